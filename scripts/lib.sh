@@ -1,0 +1,79 @@
+# Shared helpers for scripts/stack and its components (scripts/stack.d/*.sh).
+# Sourced, never executed. Everything binds 127.0.0.1; every process is recorded by PID.
+
+PAYGRESS_CACHE="${PAYGRESS_CACHE:-$HOME/.cache/paygress}"
+# Runtime state of the running stack (logs, data dirs, pid files, generated configs).
+STACK_DIR="${PAYGRESS_STACK_DIR:-$PAYGRESS_CACHE/stack}"
+# Build/install cache, keyed by version: $PAYGRESS_CACHE/build/<name>-<version>/...
+BUILD_DIR="$PAYGRESS_CACHE/build"
+PID_DIR="$STACK_DIR/pids"
+LOG_DIR="$STACK_DIR/logs"
+mkdir -p "$STACK_DIR" "$BUILD_DIR" "$PID_DIR" "$LOG_DIR"
+
+# Fixed loopback ports, one table so components never collide.
+PORT_ETCD_CLIENT=23790
+PORT_ETCD_PEER=23800
+PORT_APISERVER=26443
+PORT_RELAY=27777
+PORT_MINT=23338
+PORT_MINT_ALT=23339
+PORT_TOR_BASE=25000        # tor network uses 25000..25099 (authorities, relays, exit, client)
+PORT_TOR_SOCKS=29050       # C tor client SocksPort used by torsocks
+PORT_NODE_AGENT=28080      # stack-node agent health endpoint
+
+log() { printf '[stack %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+
+# fail PEER LOGFILE MESSAGE: a failure names the peer and the path of its log.
+fail() {
+  printf '[stack] FAILED peer=%s log=%s: %s\n' "$1" "$2" "$3" >&2
+  if [ -f "$2" ]; then echo "---- last lines of $2 ----" >&2; tail -n 30 "$2" >&2; fi
+  exit 1
+}
+
+# is_running NAME: the recorded process is alive.
+is_running() {
+  local f="$PID_DIR/$1.pid"
+  [ -f "$f" ] && kill -0 "$(cat "$f")" 2>/dev/null
+}
+
+# start_proc NAME CMD...: start CMD in the background (own process group), log to $LOG_DIR/NAME.log,
+# record its PID. Idempotent: does nothing if NAME is already running.
+start_proc() {
+  local name="$1"; shift
+  if is_running "$name"; then return 0; fi
+  local logf="$LOG_DIR/$name.log"
+  setsid "$@" >>"$logf" 2>&1 < /dev/null &
+  echo $! > "$PID_DIR/$name.pid"
+}
+
+# stop_proc NAME: TERM the process group, wait up to 10 s, then KILL.
+stop_proc() {
+  local name="$1" f="$PID_DIR/$1.pid" pid i
+  [ -f "$f" ] || return 0
+  pid="$(cat "$f")"
+  if kill -0 "$pid" 2>/dev/null; then
+    kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null
+    for i in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
+  fi
+  rm -f "$f"
+}
+
+# wait_for PEER LOGFILE TIMEOUT_SECONDS CMD...: poll CMD every 0.5 s until it succeeds, else fail naming the peer.
+wait_for() {
+  local peer="$1" logf="$2" timeout="$3"; shift 3
+  local deadline=$(( $(date +%s) + timeout ))
+  until "$@" >/dev/null 2>&1; do
+    if [ "$(date +%s)" -ge "$deadline" ]; then fail "$peer" "$logf" "not ready after ${timeout}s"; fi
+    sleep 0.5
+  done
+}
+
+# tcp_open PORT [HOST]: something listens there.
+tcp_open() { (exec 3<>"/dev/tcp/${2:-127.0.0.1}/$1") 2>/dev/null; }
+
+# Go builds go to the Go module proxy only; keep their caches with ours so warm runs are quick.
+export GOPATH="${GOPATH:-$PAYGRESS_CACHE/go}"
+export GOMODCACHE="${GOMODCACHE:-$PAYGRESS_CACHE/go/pkg/mod}"
+export GOCACHE="${GOCACHE:-$PAYGRESS_CACHE/go-build}"
+export GOFLAGS="${GOFLAGS:--mod=mod}"
