@@ -1,0 +1,1 @@
+//! app adapter: see ARCHITECTURE.md.

@@ -1,0 +1,485 @@
+//! Configuration from environment variables. Everything is parsed and validated before any I/O, and every
+//! bad variable is reported at once.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use crate::protocol::Tier;
+
+/// One documented variable: name, default, meaning. `paygress --help` and the README table come from this.
+pub struct VarDoc {
+    pub name: &'static str,
+    pub default: &'static str,
+    pub help: &'static str,
+}
+
+pub const VARS: &[VarDoc] = &[
+    VarDoc { name: "RUN_MODE", default: "nostr", help: "nostr (serve requests from relays) or http (REST API)" },
+    VarDoc { name: "NOSTR_RELAYS", default: "wss://relay.damus.io,wss://nos.lol", help: "comma-separated relay URLs" },
+    VarDoc { name: "NOSTR_PRIVATE_KEY", default: "(generated into PAYGRESS_STATE_DIR/nostr.key)", help: "provider key: nsec…, 64 hex chars, or a path to a file holding one (a mounted Secret)" },
+    VarDoc { name: "WHITELISTED_MINTS", default: "(required)", help: "comma-separated mint URLs accepted, compared normalised and exactly" },
+    VarDoc { name: "PAYMENT_RATE_SATS_PER_HOUR", default: "100", help: "price of the default tier, and of tiers that name no rate" },
+    VarDoc { name: "POD_NAMESPACE", default: "user-workloads", help: "namespace of SSH pods, their Services and Secrets" },
+    VarDoc { name: "ENABLE_TOR_SIDECAR", default: "true", help: "run an in-process arti onion service per lease (no sidecar exists; the name is the seed's)" },
+    VarDoc { name: "TOR_IMAGE", default: "(unused)", help: "accepted for compatibility; Tor runs in-process, so it has no effect" },
+    VarDoc { name: "PAYGRESS_TOR_NETWORK_CONFIG", default: "(public Tor network)", help: "arti TOML fragment naming another Tor network (authorities, fallbacks)" },
+    VarDoc { name: "PAYGRESS_STATE_DIR", default: "/var/lib/paygress", help: "persistent volume: request journal, Tor state, default wallet and key" },
+    VarDoc { name: "PAYGRESS_WALLET_DIR", default: "PAYGRESS_STATE_DIR/wallet", help: "Cashu wallet (seed and database); must be persistent" },
+    VarDoc { name: "PAYGRESS_DEFAULT_IMAGE", default: "lscr.io/linuxserver/openssh-server:latest", help: "image used when a request names none" },
+    VarDoc { name: "PAYGRESS_ALLOWED_IMAGES", default: "PAYGRESS_DEFAULT_IMAGE", help: "comma-separated images a request may ask for" },
+    VarDoc { name: "PAYGRESS_TIERS", default: "basic:500m:512Mi", help: "comma-separated name:cpu:memory[:sats_per_hour]; the first is the default" },
+    VarDoc { name: "PAYGRESS_MIN_DURATION_SECONDS", default: "60", help: "shortest lease sold" },
+    VarDoc { name: "PAYGRESS_MAX_DURATION_SECONDS", default: "604800", help: "longest lease sold (also caps top-ups)" },
+    VarDoc { name: "PAYGRESS_SSH_PORT", default: "2222", help: "SSH port of the pods, their Services and onion services" },
+    VarDoc { name: "PAYGRESS_HTTP_ADDR", default: "127.0.0.1:8080", help: "health/metrics listener (and the API in http mode)" },
+    VarDoc { name: "PAYGRESS_MAX_CONCURRENT_REQUESTS", default: "32", help: "requests handled at once; more wait in a bounded queue" },
+    VarDoc { name: "PAYGRESS_READY_TIMEOUT_SECONDS", default: "180", help: "how long to wait for a pod to run and answer SSH" },
+    VarDoc { name: "PAYGRESS_OFFER_INTERVAL_SECONDS", default: "900", help: "how often the offer is re-published" },
+    VarDoc { name: "PAYGRESS_RECONCILE_INTERVAL_SECONDS", default: "5", help: "how often leases are checked for expiry and orphans" },
+    VarDoc { name: "PAYGRESS_LOG_FORMAT", default: "text", help: "text or json" },
+    VarDoc { name: "RUST_LOG", default: "info", help: "tracing filter" },
+];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunMode {
+    Nostr,
+    Http,
+}
+
+/// Where the provider's Nostr secret key comes from. Parsing the key itself belongs to the nostr adapter;
+/// here we only check its shape, so config stays free of I/O.
+#[derive(Clone, PartialEq, Eq)]
+pub enum KeySource {
+    /// nsec… or hex, given inline.
+    Inline(String),
+    /// A file holding nsec… or hex (a mounted Secret).
+    File(PathBuf),
+    /// Generated on first start and kept in the state dir.
+    Generated(PathBuf),
+}
+
+impl fmt::Debug for KeySource {
+    // Never print the key itself.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KeySource::Inline(_) => f.write_str("Inline(<redacted>)"),
+            KeySource::File(p) => write!(f, "File({})", p.display()),
+            KeySource::Generated(p) => write!(f, "Generated({})", p.display()),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub run_mode: RunMode,
+    pub relays: Vec<String>,
+    pub nostr_key: KeySource,
+    /// Normalised (see [`normalize_mint_url`]).
+    pub whitelisted_mints: Vec<String>,
+    pub namespace: String,
+    pub enable_tor: bool,
+    pub tor_image_ignored: Option<String>,
+    pub tor_network_config: Option<PathBuf>,
+    pub state_dir: PathBuf,
+    pub wallet_dir: PathBuf,
+    pub default_image: String,
+    pub allowed_images: Vec<String>,
+    pub tiers: Vec<Tier>,
+    pub min_duration_secs: u64,
+    pub max_duration_secs: u64,
+    pub ssh_port: u16,
+    pub http_addr: SocketAddr,
+    pub max_concurrent_requests: usize,
+    pub ready_timeout_secs: u64,
+    pub offer_interval_secs: u64,
+    pub reconcile_interval_secs: u64,
+    pub log_json: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub var: &'static str,
+    pub message: String,
+}
+
+/// All problems found, reported together.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "invalid configuration ({} problem(s)):", self.0.len())?;
+        for e in &self.0 {
+            writeln!(f, "  {}: {}", e.var, e.message)?;
+        }
+        Ok(())
+    }
+}
+
+/// Normalise a mint URL for exact comparison: lowercase scheme and host, no default port, no trailing
+/// slash, no query or fragment. Returns None for anything that is not an http(s) URL.
+pub fn normalize_mint_url(raw: &str) -> Option<String> {
+    let url = url::Url::parse(raw.trim()).ok()?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return None;
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return None;
+    }
+    let host = url.host_str()?.to_ascii_lowercase();
+    let port = match url.port() {
+        Some(p) => format!(":{p}"),
+        None => String::new(),
+    };
+    let path = url.path().trim_end_matches('/');
+    Some(format!("{}://{host}{port}{path}", url.scheme()))
+}
+
+/// The default tier's CPU and memory when PAYGRESS_TIERS is not set.
+const DEFAULT_TIERS: &str = "basic:500m:512Mi";
+
+impl Config {
+    pub fn from_env() -> Result<Config, ConfigErrors> {
+        Self::from_map(&std::env::vars().collect())
+    }
+
+    pub fn from_map(env: &BTreeMap<String, String>) -> Result<Config, ConfigErrors> {
+        let mut p = Parser { env, errors: Vec::new() };
+
+        let run_mode = match p.str("RUN_MODE", "nostr").to_ascii_lowercase().as_str() {
+            "nostr" => RunMode::Nostr,
+            "http" => RunMode::Http,
+            other => {
+                p.err("RUN_MODE", format!("must be nostr or http, not {other:?}"));
+                RunMode::Nostr
+            }
+        };
+
+        let relays: Vec<String> = p.list("NOSTR_RELAYS", "wss://relay.damus.io,wss://nos.lol");
+        for r in &relays {
+            let ok = url::Url::parse(r).map(|u| matches!(u.scheme(), "ws" | "wss")).unwrap_or(false);
+            if !ok {
+                p.err("NOSTR_RELAYS", format!("{r:?} is not a ws:// or wss:// URL"));
+            }
+        }
+        if relays.is_empty() && run_mode == RunMode::Nostr {
+            p.err("NOSTR_RELAYS", "at least one relay is needed in nostr mode".into());
+        }
+
+        let state_dir = PathBuf::from(p.str("PAYGRESS_STATE_DIR", "/var/lib/paygress"));
+        let wallet_dir = match env.get("PAYGRESS_WALLET_DIR").filter(|v| !v.trim().is_empty()) {
+            Some(v) => PathBuf::from(v.trim()),
+            None => state_dir.join("wallet"),
+        };
+
+        let nostr_key = match env.get("NOSTR_PRIVATE_KEY").map(|v| v.trim()).filter(|v| !v.is_empty()) {
+            None => KeySource::Generated(state_dir.join("nostr.key")),
+            Some(v) if v.starts_with("nsec1") || is_hex_key(v) => KeySource::Inline(v.to_string()),
+            Some(v) if v.starts_with('/') || v.starts_with("./") => KeySource::File(PathBuf::from(v)),
+            Some(_) => {
+                // Do not echo the value: it may be a mistyped secret.
+                p.err("NOSTR_PRIVATE_KEY", "must be nsec1…, 64 hex characters, or an absolute file path".into());
+                KeySource::Generated(state_dir.join("nostr.key"))
+            }
+        };
+
+        let mut whitelisted_mints = Vec::new();
+        let raw_mints = p.list("WHITELISTED_MINTS", "");
+        if raw_mints.is_empty() {
+            p.err("WHITELISTED_MINTS", "at least one mint URL is required".into());
+        }
+        for m in raw_mints {
+            match normalize_mint_url(&m) {
+                Some(n) => whitelisted_mints.push(n),
+                None => p.err("WHITELISTED_MINTS", format!("{m:?} is not an http(s) mint URL")),
+            }
+        }
+
+        let namespace = p.str("POD_NAMESPACE", "user-workloads");
+        if !is_dns_label(&namespace) {
+            p.err("POD_NAMESPACE", format!("{namespace:?} is not a valid namespace name"));
+        }
+
+        let enable_tor = p.bool("ENABLE_TOR_SIDECAR", true);
+        let tor_image_ignored = env.get("TOR_IMAGE").map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
+        let tor_network_config = env
+            .get("PAYGRESS_TOR_NETWORK_CONFIG")
+            .map(|v| v.trim())
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from);
+
+        let default_image = p.str("PAYGRESS_DEFAULT_IMAGE", "lscr.io/linuxserver/openssh-server:latest");
+        let mut allowed_images = p.list("PAYGRESS_ALLOWED_IMAGES", "");
+        if !allowed_images.contains(&default_image) {
+            allowed_images.insert(0, default_image.clone());
+        }
+
+        let base_rate = p.num("PAYMENT_RATE_SATS_PER_HOUR", 100);
+        if base_rate == 0 {
+            p.err("PAYMENT_RATE_SATS_PER_HOUR", "must be at least 1".into());
+        }
+        let tiers_raw = p.str("PAYGRESS_TIERS", DEFAULT_TIERS);
+        let tiers = parse_tiers(&tiers_raw, base_rate).unwrap_or_else(|m| {
+            p.err("PAYGRESS_TIERS", m);
+            Vec::new()
+        });
+
+        let min_duration_secs = p.num("PAYGRESS_MIN_DURATION_SECONDS", 60);
+        let max_duration_secs = p.num("PAYGRESS_MAX_DURATION_SECONDS", 7 * 24 * 3600);
+        if min_duration_secs == 0 {
+            p.err("PAYGRESS_MIN_DURATION_SECONDS", "must be at least 1".into());
+        }
+        if max_duration_secs < min_duration_secs {
+            p.err("PAYGRESS_MAX_DURATION_SECONDS", "must not be below PAYGRESS_MIN_DURATION_SECONDS".into());
+        }
+
+        let ssh_port = p.num("PAYGRESS_SSH_PORT", 2222);
+        let ssh_port = u16::try_from(ssh_port).ok().filter(|p| *p > 0).unwrap_or_else(|| {
+            p.err("PAYGRESS_SSH_PORT", "must be a port number 1..65535".into());
+            2222
+        });
+
+        let http_raw = p.str("PAYGRESS_HTTP_ADDR", "127.0.0.1:8080");
+        let http_addr = http_raw.parse().unwrap_or_else(|_| {
+            p.err("PAYGRESS_HTTP_ADDR", format!("{http_raw:?} is not host:port"));
+            SocketAddr::from(([127, 0, 0, 1], 8080))
+        });
+
+        let max_concurrent_requests = p.num("PAYGRESS_MAX_CONCURRENT_REQUESTS", 32) as usize;
+        if max_concurrent_requests == 0 {
+            p.err("PAYGRESS_MAX_CONCURRENT_REQUESTS", "must be at least 1".into());
+        }
+        let ready_timeout_secs = p.num("PAYGRESS_READY_TIMEOUT_SECONDS", 180);
+        let offer_interval_secs = p.num("PAYGRESS_OFFER_INTERVAL_SECONDS", 900).max(10);
+        let reconcile_interval_secs = p.num("PAYGRESS_RECONCILE_INTERVAL_SECONDS", 5).max(1);
+        let log_json = match p.str("PAYGRESS_LOG_FORMAT", "text").as_str() {
+            "text" => false,
+            "json" => true,
+            other => {
+                p.err("PAYGRESS_LOG_FORMAT", format!("must be text or json, not {other:?}"));
+                false
+            }
+        };
+
+        if !p.errors.is_empty() {
+            return Err(ConfigErrors(p.errors));
+        }
+        Ok(Config {
+            run_mode,
+            relays,
+            nostr_key,
+            whitelisted_mints,
+            namespace,
+            enable_tor,
+            tor_image_ignored,
+            tor_network_config,
+            state_dir,
+            wallet_dir,
+            default_image,
+            allowed_images,
+            tiers,
+            min_duration_secs,
+            max_duration_secs,
+            ssh_port,
+            http_addr,
+            max_concurrent_requests,
+            ready_timeout_secs,
+            offer_interval_secs,
+            reconcile_interval_secs,
+            log_json,
+        })
+    }
+
+    pub fn default_tier(&self) -> &Tier {
+        // Validation guarantees at least one tier.
+        &self.tiers[0]
+    }
+
+    pub fn tier(&self, name: Option<&str>) -> Option<&Tier> {
+        match name {
+            None => Some(self.default_tier()),
+            Some(n) => self.tiers.iter().find(|t| t.name == n),
+        }
+    }
+
+    /// Text of `paygress --help`.
+    pub fn help_text() -> String {
+        let mut s = String::from(
+            "paygress — sells SSH pods for Cashu ecash over Nostr, each reachable as a Tor onion service.\n\n\
+             Usage: paygress [wallet balance | wallet send <sats> [--mint URL]]\n\n\
+             Configuration (environment variables):\n",
+        );
+        for v in VARS {
+            s.push_str(&format!("  {:<36} {}\n  {:<36}   default: {}\n", v.name, v.help, "", v.default));
+        }
+        s
+    }
+}
+
+fn parse_tiers(raw: &str, base_rate: u64) -> Result<Vec<Tier>, String> {
+    let mut tiers: Vec<Tier> = Vec::new();
+    for item in raw.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let parts: Vec<&str> = item.split(':').collect();
+        if parts.len() < 3 || parts.len() > 4 {
+            return Err(format!("{item:?}: expected name:cpu:memory[:sats_per_hour]"));
+        }
+        let name = parts[0].to_string();
+        if !is_dns_label(&name) {
+            return Err(format!("{item:?}: tier name must be lowercase letters, digits and '-'"));
+        }
+        if !is_quantity(parts[1]) || !is_quantity(parts[2]) {
+            return Err(format!("{item:?}: cpu and memory must be Kubernetes quantities like 500m or 1Gi"));
+        }
+        let sats_per_hour = match parts.get(3) {
+            Some(r) => r.parse::<u64>().ok().filter(|r| *r > 0).ok_or(format!("{item:?}: rate must be a positive integer"))?,
+            None => base_rate.max(1),
+        };
+        if tiers.iter().any(|t| t.name == name) {
+            return Err(format!("tier {name:?} appears twice"));
+        }
+        tiers.push(Tier { name, cpu: parts[1].to_string(), memory: parts[2].to_string(), sats_per_hour });
+    }
+    if tiers.is_empty() {
+        return Err("at least one tier is needed".into());
+    }
+    Ok(tiers)
+}
+
+fn is_hex_key(v: &str) -> bool {
+    v.len() == 64 && v.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// RFC 1123 label, as Kubernetes requires of namespace names.
+pub fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+fn is_quantity(s: &str) -> bool {
+    let digits = s.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    let suffix = &s[digits.len()..];
+    !digits.is_empty()
+        && digits.bytes().all(|b| b.is_ascii_digit() || b == b'.')
+        && matches!(suffix, "" | "m" | "k" | "M" | "G" | "T" | "Ki" | "Mi" | "Gi" | "Ti")
+}
+
+struct Parser<'a> {
+    env: &'a BTreeMap<String, String>,
+    errors: Vec<ConfigError>,
+}
+
+impl Parser<'_> {
+    fn err(&mut self, var: &'static str, message: String) {
+        self.errors.push(ConfigError { var, message });
+    }
+
+    fn str(&self, var: &str, default: &str) -> String {
+        match self.env.get(var).map(|v| v.trim()) {
+            Some(v) if !v.is_empty() => v.to_string(),
+            _ => default.to_string(),
+        }
+    }
+
+    fn list(&self, var: &str, default: &str) -> Vec<String> {
+        self.str(var, default)
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect()
+    }
+
+    fn num(&mut self, var: &'static str, default: u64) -> u64 {
+        let raw = self.str(var, "");
+        if raw.is_empty() {
+            return default;
+        }
+        raw.parse().unwrap_or_else(|_| {
+            self.err(var, format!("{raw:?} is not a non-negative integer"));
+            default
+        })
+    }
+
+    fn bool(&mut self, var: &'static str, default: bool) -> bool {
+        match self.str(var, "").to_ascii_lowercase().as_str() {
+            "" => default,
+            "true" | "1" | "yes" | "on" => true,
+            "false" | "0" | "no" | "off" => false,
+            other => {
+                self.err(var, format!("{other:?} is not true or false"));
+                default
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn defaults_follow_the_seed() {
+        let c = Config::from_map(&env(&[("WHITELISTED_MINTS", "https://mint.example/")])).unwrap();
+        assert_eq!(c.run_mode, RunMode::Nostr);
+        assert_eq!(c.namespace, "user-workloads");
+        assert_eq!(c.default_tier().sats_per_hour, 100);
+        assert_eq!(c.ssh_port, 2222);
+        assert!(c.enable_tor);
+        assert_eq!(c.whitelisted_mints, vec!["https://mint.example".to_string()]);
+        assert_eq!(c.allowed_images, vec![c.default_image.clone()]);
+    }
+
+    #[test]
+    fn every_bad_variable_is_reported_at_once() {
+        let e = Config::from_map(&env(&[
+            ("RUN_MODE", "grpc"),
+            ("NOSTR_RELAYS", "http://x"),
+            ("PAYMENT_RATE_SATS_PER_HOUR", "lots"),
+            ("ENABLE_TOR_SIDECAR", "maybe"),
+            ("POD_NAMESPACE", "Bad_NS"),
+            ("NOSTR_PRIVATE_KEY", "hunter2"),
+        ]))
+        .unwrap_err();
+        let vars: Vec<&str> = e.0.iter().map(|e| e.var).collect();
+        for v in [
+            "RUN_MODE",
+            "NOSTR_RELAYS",
+            "PAYMENT_RATE_SATS_PER_HOUR",
+            "ENABLE_TOR_SIDECAR",
+            "POD_NAMESPACE",
+            "WHITELISTED_MINTS",
+            "NOSTR_PRIVATE_KEY",
+        ] {
+            assert!(vars.contains(&v), "{v} missing from {vars:?}");
+        }
+        assert!(!e.to_string().contains("hunter2"), "a secret must never be echoed");
+    }
+
+    #[test]
+    fn mint_normalisation_is_exact_not_prefix() {
+        assert_eq!(normalize_mint_url("HTTPS://Mint.X:443/"), Some("https://mint.x".into()));
+        assert_eq!(normalize_mint_url("http://127.0.0.1:3338/"), Some("http://127.0.0.1:3338".into()));
+        assert_ne!(normalize_mint_url("https://mint.x.evil.io"), normalize_mint_url("https://mint.x"));
+        assert_ne!(normalize_mint_url("https://mint.x/evil"), normalize_mint_url("https://mint.x"));
+        assert_eq!(normalize_mint_url("ftp://mint.x"), None);
+        assert_eq!(normalize_mint_url("https://user:pw@mint.x"), None);
+    }
+
+    #[test]
+    fn tiers_parse_with_and_without_rate() {
+        let t = parse_tiers("basic:500m:512Mi, big:2:4Gi:400", 100).unwrap();
+        assert_eq!(t[0].sats_per_hour, 100);
+        assert_eq!(t[1].sats_per_hour, 400);
+        assert!(parse_tiers("basic:lots:512Mi", 100).is_err());
+        assert!(parse_tiers("a:1:1Gi,a:1:1Gi", 100).is_err());
+    }
+}

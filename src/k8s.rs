@@ -1,0 +1,1 @@
+//! k8s adapter: see ARCHITECTURE.md.

@@ -1,0 +1,93 @@
+//! The persisted state machine of every money path. A record is written before each effect, so after a
+//! crash the provider knows exactly which effects may have happened and resumes or compensates.
+
+use serde::{Deserialize, Serialize};
+
+use super::ports::{PortResult, ReplyRoute};
+use crate::protocol::{LeaseAccess, LeaseRequest, Reply, TopUpRequest};
+
+/// What the requester asked for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Ask {
+    Create(LeaseRequest),
+    TopUp(TopUpRequest),
+}
+
+impl Ask {
+    pub fn token(&self) -> &str {
+        match self {
+            Ask::Create(r) => &r.cashu_token,
+            Ask::TopUp(r) => &r.cashu_token,
+        }
+    }
+    /// The same ask with the token removed, once it can no longer be needed.
+    pub fn without_token(&self) -> Ask {
+        let mut a = self.clone();
+        match &mut a {
+            Ask::Create(r) => r.cashu_token.clear(),
+            Ask::TopUp(r) => r.cashu_token.clear(),
+        }
+        a
+    }
+}
+
+/// Steps of the saga. Each names what is known to have happened.
+///
+/// Create: Received → Redeeming → Redeemed → Provisioning → Replying → Done
+/// Top-up: Received → Redeeming → Redeemed → (extend) → Replying → Done
+/// Any failure after Redeemed: → Refunding → Replying(error with refund token) → Done
+/// Any failure before Redeeming: → Replying(error) → Done, nothing was taken.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Step {
+    /// Validated input is stored; no money moved.
+    Received,
+    /// A swap was (perhaps) sent to the mint. Its outcome must be established before anything else.
+    Redeeming,
+    /// The money is in the provider's wallet.
+    Redeemed,
+    /// Cluster objects may exist for `lease_id`.
+    Provisioning,
+    /// The lease cannot be had: return `refund_amount` to the requester.
+    Refunding,
+    /// `reply` is final and must be delivered.
+    Replying,
+    Done,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SagaRecord {
+    pub request_id: String,
+    pub route: ReplyRoute,
+    /// Unix seconds the request was first seen.
+    pub received_at: u64,
+    pub step: Step,
+    /// The request; its token is cleared once redeemed or refused.
+    pub ask: Ask,
+    /// Normalised mint of the token (for refunds).
+    pub mint_url: Option<String>,
+    /// Digest of the token's proofs (one token, one lease).
+    pub token_digest: Option<String>,
+    /// Sats received after mint fees.
+    pub amount: Option<u64>,
+    pub lease_id: Option<String>,
+    pub expires_at: Option<u64>,
+    /// Generated once and kept, so a resumed saga gives the pod the same password it was created with.
+    pub ssh_password: Option<String>,
+    pub access: Option<LeaseAccess>,
+    /// Why the request failed after money was taken (for the error reply after the refund).
+    pub failure: Option<(crate::protocol::ErrorCode, String)>,
+    pub reply: Option<Reply>,
+}
+
+/// Persistent journal of sagas. Implementations must make `insert_new` and `claim_token` atomic, since the
+/// same event arrives from several relays at once.
+pub trait Journal: Send + Sync {
+    /// Store a new record; false if one with this request id exists (a duplicate or replay).
+    fn insert_new(&self, record: &SagaRecord) -> PortResult<bool>;
+    fn put(&self, record: &SagaRecord) -> PortResult<()>;
+    fn get(&self, request_id: &str) -> PortResult<Option<SagaRecord>>;
+    /// Records not yet Done (to resume after a restart).
+    fn unfinished(&self) -> PortResult<Vec<SagaRecord>>;
+    /// Bind a token digest to a request. Returns the request id that already holds it, if another does.
+    fn claim_token(&self, digest: &str, request_id: &str) -> PortResult<Option<String>>;
+}

@@ -1,0 +1,210 @@
+//! The small traits through which lease logic sees the outside world. Adapters (payment, k8s, onion, nostr,
+//! store) implement them; `app` wires concrete ones in; tests wire fakes.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::protocol::{ErrorCode, Reply, Tier};
+
+/// How a failure of an outside system is handled: retried, or answered with a code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FailureKind {
+    /// The requester's input is at fault; answer with this code, do not retry.
+    Rejected(ErrorCode),
+    /// Worth retrying (network, timeouts, a busy API server).
+    Transient,
+    /// Our side failed and retrying will not help.
+    Permanent,
+}
+
+/// The error every port returns. Adapters convert their own thiserror enums into it; the message is for
+/// logs and, for `Rejected`, for the requester, so it must never hold secrets.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct PortError {
+    pub kind: FailureKind,
+    pub message: String,
+}
+
+impl PortError {
+    pub fn rejected(code: ErrorCode, message: impl Into<String>) -> Self {
+        PortError { kind: FailureKind::Rejected(code), message: message.into() }
+    }
+    pub fn transient(message: impl Into<String>) -> Self {
+        PortError { kind: FailureKind::Transient, message: message.into() }
+    }
+    pub fn permanent(message: impl Into<String>) -> Self {
+        PortError { kind: FailureKind::Permanent, message: message.into() }
+    }
+    pub fn is_transient(&self) -> bool {
+        self.kind == FailureKind::Transient
+    }
+}
+
+pub type PortResult<T> = Result<T, PortError>;
+
+/// What can be learned of a token without contacting the mint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenInfo {
+    /// Normalised mint URL.
+    pub mint_url: String,
+    pub unit: String,
+    /// Face value in `unit`.
+    pub amount: u64,
+    pub p2pk_locked: bool,
+    /// Stable digest of the token's proof secrets: the same money has the same digest whatever its encoding.
+    pub digest: String,
+}
+
+/// NUT-07 state of a token's proofs at its mint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenState {
+    Unspent,
+    Pending,
+    Spent,
+}
+
+#[async_trait]
+pub trait PaymentPort: Send + Sync {
+    /// Parse and check a token offline: encoding, mint whitelist (normalised, exact), unit `sat`, and that a
+    /// P2PK lock, if any, is to the provider's key. No network call.
+    fn inspect(&self, token: &str) -> PortResult<TokenInfo>;
+    /// Swap the token at its mint (NUT-03) into the provider's wallet. Returns sats received after input fees.
+    /// `Rejected(TokenSpent)` when the mint says it is spent.
+    async fn redeem(&self, token: &str) -> PortResult<u64>;
+    /// After a crash during `redeem`: the token's proofs' state at the mint.
+    async fn token_state(&self, token: &str) -> PortResult<TokenState>;
+    /// Mint `amount` sats of the provider's wallet at `mint_url` into a token for the requester.
+    async fn refund(&self, mint_url: &str, amount: u64) -> PortResult<String>;
+    /// Wallet balance in sats (all mints).
+    async fn balance(&self) -> PortResult<u64>;
+}
+
+/// Everything the cluster needs to run one lease.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodPlan {
+    pub lease_id: String,
+    pub pod_name: String,
+    pub service_name: String,
+    pub namespace: String,
+    pub image: String,
+    pub ssh_username: String,
+    /// Kept in a Secret, never in labels, annotations or literal env.
+    pub ssh_password: Option<String>,
+    pub ssh_public_key: Option<String>,
+    pub tier: Tier,
+    pub ssh_port: u16,
+    /// Unix seconds; the source of truth for expiry (an annotation).
+    pub expires_at: u64,
+    /// Requester's Nostr public key (hex), annotated so only they may extend or query.
+    pub requester: String,
+}
+
+/// A lease as the cluster records it (labels and annotations of its pod).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterLease {
+    pub lease_id: String,
+    pub pod_name: String,
+    /// None when the annotation is missing or unreadable: such a pod is an orphan.
+    pub expires_at: Option<u64>,
+    pub requester: Option<String>,
+    pub tier: Option<String>,
+    /// Where SSH answers, when the pod runs.
+    pub ssh_endpoint: Option<SocketAddr>,
+    pub terminating: bool,
+}
+
+/// Objects the provider labelled but that belong to no live lease pod.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrphanObject {
+    pub kind: String,
+    pub name: String,
+    pub lease_id: String,
+}
+
+#[async_trait]
+pub trait ClusterPort: Send + Sync {
+    /// Create (or find already created) the lease's Secret, Pod and Service. Idempotent.
+    async fn ensure_lease_objects(&self, plan: &PodPlan) -> PortResult<()>;
+    /// Wait until the lease's pod is Running with an IP; returns its SSH endpoint as the cluster reports it.
+    async fn wait_running(&self, lease_id: &str, timeout: Duration) -> PortResult<SocketAddr>;
+    /// Move the expiry annotation (top-ups).
+    async fn set_expiry(&self, lease_id: &str, expires_at: u64) -> PortResult<()>;
+    /// Delete every object labelled with the lease id. Idempotent.
+    async fn delete_lease(&self, lease_id: &str) -> PortResult<()>;
+    /// Every lease pod the provider manages.
+    async fn list_leases(&self) -> PortResult<Vec<ClusterLease>>;
+    /// Labelled Services and Secrets whose lease has no pod.
+    async fn list_orphans(&self) -> PortResult<Vec<OrphanObject>>;
+    async fn delete_orphan(&self, orphan: &OrphanObject) -> PortResult<()>;
+    /// The lease's onion identity key (64 bytes), kept in a Secret.
+    async fn load_onion_key(&self, lease_id: &str) -> PortResult<Option<Vec<u8>>>;
+    async fn store_onion_key(&self, lease_id: &str, key: &[u8]) -> PortResult<()>;
+    /// The API server answers (readiness).
+    async fn ping(&self) -> PortResult<()>;
+}
+
+/// The SSH host key a pod presented.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostKey {
+    /// `SHA256:…`, as OpenSSH prints it.
+    pub fingerprint: String,
+    /// OpenSSH public key line (`ssh-ed25519 AAAA…`).
+    pub public_key: String,
+}
+
+#[async_trait]
+pub trait SshProbePort: Send + Sync {
+    /// One SSH handshake with the endpoint (no login); returns its host key.
+    async fn probe(&self, endpoint: SocketAddr) -> PortResult<HostKey>;
+}
+
+#[async_trait]
+pub trait OnionPort: Send + Sync {
+    /// Whether onion services are offered at all (ENABLE_TOR_SIDECAR).
+    fn enabled(&self) -> bool;
+    /// A fresh identity key (64 secret bytes, arti's expanded ed25519 form).
+    fn generate_key(&self) -> PortResult<Vec<u8>>;
+    /// Publish (or keep publishing) the lease's onion service forwarding the SSH ports to `target`.
+    /// Returns the address, `<56 chars>.onion`, once the descriptor is published.
+    async fn launch(&self, lease_id: &str, key: &[u8], target: SocketAddr) -> PortResult<String>;
+    /// Stop the lease's onion service, if running.
+    async fn stop(&self, lease_id: &str);
+    /// Tor is bootstrapped (readiness). Always true when disabled.
+    fn ready(&self) -> bool;
+    /// Number of running onion services.
+    fn running(&self) -> usize;
+}
+
+/// How to reach the requester with the reply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReplyVia {
+    /// A kind-1001 event with NIP-44 content (for plain and NIP-44 requests).
+    Nip44,
+    /// A NIP-17 gift wrap around a kind-1001 rumor.
+    GiftWrap,
+    /// Answered in-band (HTTP); nothing to send later.
+    InBand,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplyRoute {
+    /// Request event id (hex); the reply's `e` tag.
+    pub request_id: String,
+    /// Requester's public key (hex); the reply's `p` tag and encryption target.
+    pub requester: String,
+    pub via: ReplyVia,
+}
+
+#[async_trait]
+pub trait ReplyPort: Send + Sync {
+    async fn send(&self, route: &ReplyRoute, reply: &Reply) -> PortResult<()>;
+}
+
+/// Waits are injectable so tests of timeouts run instantly.
+pub fn default_probe_interval() -> Duration {
+    Duration::from_millis(500)
+}

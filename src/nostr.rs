@@ -1,0 +1,1 @@
+//! nostr adapter: see ARCHITECTURE.md.

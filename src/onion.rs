@@ -1,0 +1,1 @@
+//! onion adapter: see ARCHITECTURE.md.

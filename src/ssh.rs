@@ -1,0 +1,1 @@
+//! ssh adapter: see ARCHITECTURE.md.

@@ -1,0 +1,1 @@
+//! store adapter: see ARCHITECTURE.md.
