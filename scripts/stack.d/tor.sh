@@ -1,0 +1,378 @@
+# scripts/stack.d/tor.sh — a private Tor network on 127.0.0.1 (sourced by scripts/stack after scripts/lib.sh).
+#
+# 3 directory authorities, 5 relays, 1 exit (127.0.0.0/8 only) and 1 client (SocksPort $PORT_TOR_SOCKS),
+# all Debian C tor with the TestingTorNetwork options. Every server node is a directory cache and HSDir.
+#
+# State: $STACK_DIR/tor/
+#   torrc.network           shared network options + DirAuthority lines (%include'd by every node and
+#                           by anything else that wants to join, e.g. scripts/smoke/tor.sh)
+#   nodes/<name>/torrc      per-node config; nodes/<name>/data = DataDirectory (keys/ kept across runs)
+#   arti-network.toml       arti-client 0.47 config fragment for this network
+#   torsocks.conf           torsocks config pointing at the client SocksPort
+#   network.json            machine-readable node table (fingerprints, ports)
+# Ports (all 127.0.0.1, in the 25000..25099 range owned by tor): node i has ORPort 25000+i,
+# DirPort 25020+i, ControlPort 25040+i (no auth). 25060..25069 are left for scripts/smoke/tor.sh.
+#
+# Keys are generated once and reused; only caches/state are wiped when the network is (re)started from
+# fully down, so a consensus left over from a long downtime never confuses anyone, while fingerprints
+# (and hence arti-network.toml) stay stable across runs.
+
+TOR_DIR="$STACK_DIR/tor"
+TOR_GEN_VERSION=1                       # bump when the node table or key layout changes
+TOR_PASSPHRASE="paygress-test-network"  # authority identity keys (test only)
+TOR_VOTING_INTERVAL=20                  # seconds; arti hsdir_interval = 24 * this / 60 minutes
+TOR_WAIT_TIMEOUT="${TOR_WAIT_TIMEOUT:-240}"
+# name:role, index = position
+TOR_NODES=(auth0:auth auth1:auth auth2:auth relay3:relay relay4:relay relay5:relay relay6:relay relay7:relay
+           exit8:exit client9:client)
+TOR_CLIENT=client9
+# HSDirs the client's consensus must list before the network counts as usable (all 9 servers by default).
+TOR_MIN_HSDIRS="${TOR_MIN_HSDIRS:-9}"
+
+tor_or_port()   { echo $(( PORT_TOR_BASE + $1 )); }
+tor_dir_port()  { echo $(( PORT_TOR_BASE + 20 + $1 )); }
+tor_ctl_port()  { echo $(( PORT_TOR_BASE + 40 + $1 )); }
+tor_node_name() { echo "${TOR_NODES[$1]%%:*}"; }
+tor_node_role() { echo "${TOR_NODES[$1]##*:}"; }
+tor_node_dir()  { echo "$TOR_DIR/nodes/$(tor_node_name "$1")"; }
+tor_proc()      { echo "tor-$(tor_node_name "$1")"; }
+tor_client_idx() { local i; for i in "${!TOR_NODES[@]}"; do [ "$(tor_node_name "$i")" = "$TOR_CLIENT" ] && echo "$i"; done; }
+
+tor_install() {
+  if command -v tor >/dev/null && command -v tor-gencert >/dev/null && command -v torsocks >/dev/null; then
+    return 0
+  fi
+  log "tor: installing tor torsocks"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y tor torsocks >/dev/null ||
+    { DEBIAN_FRONTEND=noninteractive apt-get update >/dev/null &&
+      DEBIAN_FRONTEND=noninteractive apt-get install -y tor torsocks >/dev/null; } ||
+    fail tor /dev/null "apt-get install tor torsocks failed"
+  # Debian starts a system tor on install; we never use it (it would hold 9050 only, no conflict).
+}
+
+# tor_ctl PORT COMMAND...: send commands to a node's control port (no auth), print the reply.
+tor_ctl() {
+  local port="$1"; shift
+  local req="AUTHENTICATE\r\n" c
+  for c in "$@"; do req+="$c\r\n"; done
+  req+="QUIT\r\n"
+  timeout 5 bash -c 'exec 3<>"/dev/tcp/127.0.0.1/$1" || exit 1; printf "$2" >&3; cat <&3' _ "$port" "$req" 2>/dev/null
+}
+
+# ---- key generation -----------------------------------------------------------------------------------
+
+# _tor_keys_valid: every node has its keys and every authority certificate is valid for 7 more days.
+_tor_keys_valid() {
+  [ "$(cat "$TOR_DIR/gen-version" 2>/dev/null)" = "$TOR_GEN_VERSION" ] || return 1
+  local i d
+  for i in "${!TOR_NODES[@]}"; do
+    d="$(tor_node_dir "$i")/data"
+    [ "$(tor_node_role "$i")" = client ] && continue
+    [ -s "$d/keys/secret_id_key" ] && [ -s "$d/keys/ed25519_master_id_secret_key" ] &&
+      [ -s "$d/fingerprint" ] && [ -s "$d/fingerprint-ed25519" ] || return 1
+    if [ "$(tor_node_role "$i")" = auth ]; then
+      [ -s "$d/keys/authority_identity_key" ] && [ -s "$d/keys/authority_signing_key" ] &&
+        [ -s "$d/keys/authority_certificate" ] || return 1
+    fi
+  done
+}
+
+# _tor_renew_certs: re-sign an authority signing key that expires within 7 days (identity stays the same).
+_tor_renew_certs() {
+  local i d exp
+  for i in "${!TOR_NODES[@]}"; do
+    [ "$(tor_node_role "$i")" = auth ] || continue
+    d="$(tor_node_dir "$i")/data/keys"
+    exp="$(sed -n 's/^dir-key-expires //p' "$d/authority_certificate")"
+    if [ "$(date -u -d "$exp" +%s)" -lt $(( $(date +%s) + 7*86400 )) ]; then
+      log "tor: renewing authority signing key of $(tor_node_name "$i")"
+      echo "$TOR_PASSPHRASE" | tor-gencert -m 12 -a "127.0.0.1:$(tor_dir_port "$i")" \
+        -i "$d/authority_identity_key" -s "$d/authority_signing_key" -c "$d/authority_certificate" \
+        --passphrase-fd 0 >>"$LOG_DIR/tor-gen.log" 2>&1 || fail tor "$LOG_DIR/tor-gen.log" "tor-gencert failed"
+    fi
+  done
+}
+
+_tor_generate_keys() {
+  log "tor: generating keys for ${#TOR_NODES[@]} nodes"
+  local i d name genlog="$LOG_DIR/tor-gen.log"
+  : >"$genlog"
+  rm -rf "$TOR_DIR/nodes"
+  for i in "${!TOR_NODES[@]}"; do
+    name="$(tor_node_name "$i")"; d="$(tor_node_dir "$i")/data"
+    mkdir -p "$d"; chmod 700 "$d"
+    [ "$(tor_node_role "$i")" = client ] && continue
+    mkdir -p "$d/keys"; chmod 700 "$d/keys"
+    if [ "$(tor_node_role "$i")" = auth ]; then
+      echo "$TOR_PASSPHRASE" | tor-gencert --create-identity-key -m 12 -a "127.0.0.1:$(tor_dir_port "$i")" \
+        -i "$d/keys/authority_identity_key" -s "$d/keys/authority_signing_key" \
+        -c "$d/keys/authority_certificate" --passphrase-fd 0 >>"$genlog" 2>&1 ||
+        fail tor "$genlog" "tor-gencert failed for $name"
+    fi
+    # Relay identity (RSA + ed25519) keys; writes fingerprint and fingerprint-ed25519.
+    echo >"$TOR_DIR/empty.torrc"
+    tor --list-fingerprint -f "$TOR_DIR/empty.torrc" --DataDirectory "$d" --Nickname "pg$name" \
+      --ORPort "127.0.0.1:$(tor_or_port "$i")" --Address 127.0.0.1 --ContactInfo test@localhost \
+      --DirAuthority "x orport=1 no-v2 v3ident=0000000000000000000000000000000000000000 127.0.0.1:1 0000000000000000000000000000000000000000" \
+      >>"$genlog" 2>&1 || fail tor "$genlog" "tor --list-fingerprint failed for $name"
+    rm -f "$d/lock"
+  done
+  echo "$TOR_GEN_VERSION" >"$TOR_DIR/gen-version"
+}
+
+# ---- configuration ------------------------------------------------------------------------------------
+
+_tor_rsa_fp()  { awk '{print $2}' "$(tor_node_dir "$1")/data/fingerprint"; }
+_tor_ed_fp()   { awk '{print $2}' "$(tor_node_dir "$1")/data/fingerprint-ed25519"; }
+_tor_v3ident() { sed -n 's/^fingerprint //p' "$(tor_node_dir "$1")/data/keys/authority_certificate"; }
+
+# _tor_write FILE: write stdin to FILE only if the content changed (returns 0 if changed).
+_tor_write() {
+  local tmp="$1.tmp.$$"
+  cat >"$tmp"
+  if [ -f "$1" ] && cmp -s "$tmp" "$1"; then rm -f "$tmp"; return 1; fi
+  mv "$tmp" "$1"
+}
+
+_tor_write_configs() {
+  local i name role d changed
+  {
+    echo "# generated by scripts/stack.d/tor.sh — the private Paygress test network"
+    echo "TestingTorNetwork 1"
+    echo "PathsNeededToBuildCircuits 0.67"
+    echo "ClientUseIPv6 0"
+    for i in "${!TOR_NODES[@]}"; do
+      [ "$(tor_node_role "$i")" = auth ] || continue
+      echo "DirAuthority pg$(tor_node_name "$i") orport=$(tor_or_port "$i") no-v2 v3ident=$(_tor_v3ident "$i") 127.0.0.1:$(tor_dir_port "$i") $(_tor_rsa_fp "$i")"
+    done
+  } | _tor_write "$TOR_DIR/torrc.network" || true
+
+  for i in "${!TOR_NODES[@]}"; do
+    name="$(tor_node_name "$i")"; role="$(tor_node_role "$i")"; d="$(tor_node_dir "$i")"
+    {
+      echo "%include $TOR_DIR/torrc.network"
+      echo "Nickname pg$name"
+      echo "DataDirectory $d/data"
+      echo "RunAsDaemon 0"
+      echo "Log notice stdout"
+      echo "SafeLogging 0"
+      echo "LogTimeGranularity 1"
+      echo "ShutdownWaitLength 0"
+      echo "ControlPort 127.0.0.1:$(tor_ctl_port "$i")"
+      echo "CookieAuthentication 0"
+      echo "ContactInfo paygress-test-$name@localhost"
+      if [ "$role" = client ]; then
+        echo "SocksPort 127.0.0.1:$PORT_TOR_SOCKS"
+      else
+        echo "SocksPort 0"
+        echo "Address 127.0.0.1"
+        echo "ORPort 127.0.0.1:$(tor_or_port "$i")"
+        echo "DirPort 127.0.0.1:$(tor_dir_port "$i")"
+        echo "AssumeReachable 1"
+        echo "DirCache 1"
+      fi
+      case "$role" in
+        auth)
+          echo "AuthoritativeDirectory 1"
+          echo "V3AuthoritativeDirectory 1"
+          echo "TestingDirAuthVoteExit *"
+          echo "TestingDirAuthVoteHSDir *"
+          echo "TestingDirAuthVoteGuard *"
+          echo "TestingMinExitFlagThreshold 0"
+          echo "AuthDirMaxServersPerAddr 0"
+          echo "V3AuthVotingInterval $TOR_VOTING_INTERVAL"
+          echo "V3AuthVoteDelay 4"
+          echo "V3AuthDistDelay 4"
+          echo "V3AuthNIntervalsValid 2"
+          echo "TestingV3AuthInitialVotingInterval $TOR_VOTING_INTERVAL"
+          echo "TestingV3AuthInitialVoteDelay 4"
+          echo "TestingV3AuthInitialDistDelay 4"
+          echo "ExitRelay 0"
+          echo "ExitPolicy reject *:*" ;;
+        relay)
+          echo "ExitRelay 0"
+          echo "ExitPolicy reject *:*" ;;
+        exit)
+          echo "ExitRelay 1"
+          echo "ExitPolicyRejectPrivate 0"
+          echo "ExitPolicyRejectLocalInterfaces 0"
+          echo "ExitPolicy accept 127.0.0.0/8:*"
+          echo "ExitPolicy reject *:*" ;;
+      esac
+    } | _tor_write "$d/torrc" && changed=1 || changed=0
+    if [ "$changed" = 1 ] && is_running "$(tor_proc "$i")"; then
+      log "tor: config of $name changed, restarting it"
+      stop_proc "$(tor_proc "$i")"
+    fi
+  done
+
+  _tor_write_arti_toml | _tor_write "$TOR_DIR/arti-network.toml" || true
+  _tor_write_network_json | _tor_write "$TOR_DIR/network.json" || true
+  _tor_write "$TOR_DIR/torsocks.conf" <<EOF || true
+# generated by scripts/stack.d/tor.sh — torsocks through the private network's client
+TorAddress 127.0.0.1
+TorPort $PORT_TOR_SOCKS
+OnionAddrRange 127.42.42.0/24
+# let programs under torsocks still reach local services directly (never through Tor)
+AllowOutboundLocalhost 1
+EOF
+}
+
+# arti-client 0.47 TorClientConfig fragment (TOML). Authorities use the prop330 form of
+# tor-dircommon's AuthorityContacts (v3idents + uploads/downloads/votes, each a list per authority of
+# "ip:dirport" lists); fallback_caches and authorities must be overridden together.
+_tor_write_arti_toml() {
+  local i first role auths=() caches=()
+  for i in "${!TOR_NODES[@]}"; do
+    role="$(tor_node_role "$i")"
+    [ "$role" = client ] && continue
+    caches+=("$i")
+    [ "$role" = auth ] && auths+=("$i")
+  done
+  echo "# generated by scripts/stack.d/tor.sh — arti-client 0.47 config fragment for the private Tor network"
+  echo "# (merge into TorClientConfig; storage/keystore settings are up to the user)"
+  echo
+  echo "[tor_network]"
+  echo "fallback_caches = ["
+  for i in "${caches[@]}"; do
+    printf '  { rsa_identity = "%s", ed_identity = "%s", orports = ["127.0.0.1:%s"] },\n' \
+      "$(_tor_rsa_fp "$i")" "$(_tor_ed_fp "$i")" "$(tor_or_port "$i")"
+  done
+  echo "]"
+  echo
+  echo "[tor_network.authorities]"
+  local key list
+  list=""; for i in "${auths[@]}"; do list+="\"$(_tor_v3ident "$i")\", "; done
+  echo "v3idents = [${list%, }]"
+  for key in uploads downloads votes; do
+    list=""; for i in "${auths[@]}"; do list+="[\"127.0.0.1:$(tor_dir_port "$i")\"], "; done
+    echo "$key = [${list%, }]"
+  done
+  echo
+  echo "[path_rules]"
+  echo "# every relay is on 127.0.0.1: disable the same-subnet family rule"
+  echo "ipv4_subnet_family_prefix = 33"
+  echo "ipv6_subnet_family_prefix = 129"
+  echo
+  echo "[address_filter]"
+  echo "allow_local_addrs = true"
+  echo
+  echo "[override_net_params]"
+  echo "# C tor in TestingTorNetwork mode uses a time period of 24 voting intervals; arti reads the"
+  echo "# consensus parameter instead, so it must be told (minutes). Without it onion services break."
+  echo "hsdir_interval = $(( 24 * TOR_VOTING_INTERVAL / 60 ))"
+}
+
+_tor_write_network_json() {
+  local i sep=""
+  echo "{\"voting_interval\": $TOR_VOTING_INTERVAL, \"socks\": \"127.0.0.1:$PORT_TOR_SOCKS\", \"nodes\": ["
+  for i in "${!TOR_NODES[@]}"; do
+    printf '%s  {"name": "%s", "role": "%s", "control_port": %s' "$sep" "$(tor_node_name "$i")" \
+      "$(tor_node_role "$i")" "$(tor_ctl_port "$i")"
+    if [ "$(tor_node_role "$i")" != client ]; then
+      printf ', "or_port": %s, "dir_port": %s, "rsa_identity": "%s", "ed_identity": "%s"' \
+        "$(tor_or_port "$i")" "$(tor_dir_port "$i")" "$(_tor_rsa_fp "$i")" "$(_tor_ed_fp "$i")"
+    fi
+    [ "$(tor_node_role "$i")" = auth ] && printf ', "v3ident": "%s"' "$(_tor_v3ident "$i")"
+    printf '}'; sep=$',\n'
+  done
+  printf '\n]}\n'
+}
+
+# _tor_wipe_state: drop caches, consensus, shared-random and guard state; keep keys and fingerprints.
+_tor_wipe_state() {
+  local i d f
+  for i in "${!TOR_NODES[@]}"; do
+    d="$(tor_node_dir "$i")/data"
+    [ -d "$d" ] || continue
+    for f in "$d"/* "$d"/.[!.]*; do
+      [ -e "$f" ] || continue
+      case "$(basename "$f")" in keys|fingerprint|fingerprint-ed25519) ;; *) rm -rf "$f" ;; esac
+    done
+  done
+}
+
+# ---- lifecycle ----------------------------------------------------------------------------------------
+
+tor_up() {
+  mkdir -p "$TOR_DIR"
+  local i running=0 total=${#TOR_NODES[@]}
+  for i in "${!TOR_NODES[@]}"; do is_running "$(tor_proc "$i")" && running=$((running+1)); done
+
+  if ! _tor_keys_valid; then
+    tor_down
+    running=0
+    _tor_generate_keys
+  fi
+  _tor_renew_certs
+  _tor_write_configs
+  running=0
+  for i in "${!TOR_NODES[@]}"; do is_running "$(tor_proc "$i")" && running=$((running+1)); done
+
+  if [ "$running" -eq "$total" ]; then
+    log "tor: network already running ($total nodes), reusing it"
+    return 0
+  fi
+  if [ "$running" -eq 0 ]; then
+    _tor_wipe_state
+    date +%s >"$TOR_DIR/started-at"
+    rm -f "$TOR_DIR/usable-after"
+  fi
+  log "tor: starting $((total - running)) of $total nodes"
+  for i in "${!TOR_NODES[@]}"; do
+    is_running "$(tor_proc "$i")" && continue
+    echo "==== $(date '+%F %T') start" >>"$LOG_DIR/$(tor_proc "$i").log"
+    start_proc "$(tor_proc "$i")" tor -f "$(tor_node_dir "$i")/torrc"
+  done
+}
+
+# tor_hsdir_count: number of HSDir relays in the client's current consensus.
+tor_hsdir_count() {
+  tor_ctl "$(tor_ctl_port "$(tor_client_idx)")" "GETINFO ns/all" | grep -c '^s .*HSDir' || true
+}
+
+# _tor_usable: client bootstrapped 100% and its consensus lists >= TOR_MIN_HSDIRS HSDirs.
+_tor_usable() {
+  tor_ctl "$(tor_ctl_port "$(tor_client_idx)")" "GETINFO status/bootstrap-phase" | grep -q 'PROGRESS=100' || return 1
+  [ "$(tor_hsdir_count)" -ge "$TOR_MIN_HSDIRS" ]
+}
+
+tor_wait() {
+  local i clientlog="$LOG_DIR/tor-$TOR_CLIENT.log"
+  local deadline=$(( $(date +%s) + TOR_WAIT_TIMEOUT ))
+  until _tor_usable; do
+    for i in "${!TOR_NODES[@]}"; do
+      is_running "$(tor_proc "$i")" ||
+        fail tor "$LOG_DIR/$(tor_proc "$i").log" "tor node $(tor_node_name "$i") exited"
+    done
+    if [ "$(date +%s)" -ge "$deadline" ]; then
+      fail tor "$clientlog" "network not usable after ${TOR_WAIT_TIMEOUT}s (client bootstrap: $(tor_ctl \
+        "$(tor_ctl_port "$(tor_client_idx)")" "GETINFO status/bootstrap-phase" | grep -o 'PROGRESS=[0-9]*' || echo none), HSDirs in consensus: $(tor_hsdir_count)/$TOR_MIN_HSDIRS)"
+    fi
+    sleep 1
+  done
+  if [ ! -f "$TOR_DIR/usable-after" ] && [ -f "$TOR_DIR/started-at" ]; then
+    echo $(( $(date +%s) - $(cat "$TOR_DIR/started-at") )) >"$TOR_DIR/usable-after"
+    log "tor: network usable $(cat "$TOR_DIR/usable-after")s after start ($(tor_hsdir_count) HSDirs)"
+  fi
+}
+
+tor_down() {
+  local i
+  for (( i=${#TOR_NODES[@]}-1; i>=0; i-- )); do stop_proc "$(tor_proc "$i")"; done
+}
+
+tor_status() {
+  local i
+  for i in "${!TOR_NODES[@]}"; do is_running "$(tor_proc "$i")" || return 1; done
+  tcp_open "$PORT_TOR_SOCKS"
+}
+
+tor_env() {
+  echo "export TORSOCKS_CONF_FILE='$TOR_DIR/torsocks.conf'"
+  echo "export TORSOCKS_TOR_ADDRESS=127.0.0.1"
+  echo "export TORSOCKS_TOR_PORT=$PORT_TOR_SOCKS"
+  echo "export PAYGRESS_TOR_NETWORK_CONFIG='$TOR_DIR/arti-network.toml'"
+  echo "export PAYGRESS_TOR_SOCKS=127.0.0.1:$PORT_TOR_SOCKS"
+  echo "export PAYGRESS_TOR_NETWORK_TORRC='$TOR_DIR/torrc.network'"
+}
