@@ -163,6 +163,10 @@ _tor_write_configs() {
       echo "ContactInfo paygress-test-$name@localhost"
       if [ "$role" = client ]; then
         echo "SocksPort 127.0.0.1:$PORT_TOR_SOCKS"
+        # Microdescriptor exit-policy summaries only count accepts of the whole internet (tor #11264),
+        # so "accept 127.0.0.0/8:*" summarises to "reject 1-65535" and a microdesc client finds no
+        # exit at all. Full descriptors carry the real policy.
+        echo "UseMicrodescriptors 0"
       else
         echo "SocksPort 0"
         echo "Address 127.0.0.1"
