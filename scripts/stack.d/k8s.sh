@@ -66,8 +66,17 @@ package tools
 
 import _ "k8s.io/kubernetes/cmd/kube-apiserver"
 EOF
+  # Stamp the version as hack/lib/version.sh does; unstamped, the server reports v0.0.0-master+$Format:%H$, which
+  # `kubectl version` (and any client that parses the server version) rejects.
+  local minor="${K8S_VERSION#v1.}" date ldflags="-s -w" key val
+  minor="${minor%%.*}"
+  date="$(sed -n 's/.*"Time":"\([^"]*\)".*/\1/p' "$GOMODCACHE/cache/download/k8s.io/kubernetes/@v/$K8S_VERSION.info" 2>/dev/null)"
+  for kv in "gitVersion=$K8S_VERSION" gitMajor=1 "gitMinor=$minor" gitTreeState=clean "buildDate=${date:-1970-01-01T00:00:00Z}"; do
+    key="${kv%%=*}" val="${kv#*=}"
+    ldflags+=" -X k8s.io/component-base/version.$key=$val -X k8s.io/client-go/pkg/version.$key=$val"
+  done
   ( cd "$src" && "$K8S_GO" mod tidy && \
-    nice -n 10 "$K8S_GO" build -trimpath -ldflags='-s -w' -o "$K8S_APISERVER_BIN.tmp" k8s.io/kubernetes/cmd/kube-apiserver ) \
+    nice -n 10 "$K8S_GO" build -trimpath -ldflags="$ldflags" -o "$K8S_APISERVER_BIN.tmp" k8s.io/kubernetes/cmd/kube-apiserver ) \
     >>"$logf" 2>&1 || fail kube-apiserver "$logf" "build of kube-apiserver $K8S_VERSION failed"
   mv "$K8S_APISERVER_BIN.tmp" "$K8S_APISERVER_BIN"
   log "k8s: kube-apiserver built in $(( $(date +%s) - t0 ))s"
