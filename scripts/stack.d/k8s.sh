@@ -223,14 +223,6 @@ _k8s_api_ready() { _k8s_kubectl get --raw /readyz --request-timeout=3s; }
 _k8s_etcd_ready() { curl -sf -m 2 "http://127.0.0.1:$PORT_ETCD_CLIENT/health" | grep -q '"health":"true"'; }
 _k8s_node_ready() { curl -sf -m 2 "http://127.0.0.1:$PORT_NODE_AGENT/healthz"; }
 
-# The default ServiceAccount in every namespace (no controller-manager creates it; pods refer to it).
-_k8s_default_sas() {
-  local ns
-  for ns in $(_k8s_kubectl get ns -o jsonpath='{.items[*].metadata.name}'); do
-    _k8s_kubectl -n "$ns" get sa default >/dev/null 2>&1 || _k8s_kubectl -n "$ns" create sa default >/dev/null 2>&1 || true
-  done
-}
-
 k8s_up() {
   local etcd_bin; etcd_bin="$(k8s_etcd_bin)"
   mkdir -p "$K8S_DIR"
@@ -251,6 +243,10 @@ k8s_up() {
   fi
   wait_for etcd "$LOG_DIR/etcd.log" 30 _k8s_etcd_ready
 
+  # No controller-manager and no scheduler: the stack-node agent binds pods and finalises their deletion.
+  # ServiceAccount admission is disabled: it rejects every pod in a namespace without a `default` ServiceAccount,
+  # which only the (absent) controller-manager creates; so no token volume is injected either.
+  # --endpoint-reconciler-type=none: nothing routes the ClusterIP of the `kubernetes` Service anyway.
   if ! is_running kube-apiserver; then
     [ -x "$K8S_APISERVER_BIN" ] || fail kube-apiserver "$LOG_DIR/k8s-build-apiserver.log" "kube-apiserver not built at $K8S_APISERVER_BIN (scripts/stack install k8s)"
     tcp_open "$PORT_APISERVER" && fail kube-apiserver "$LOG_DIR/kube-apiserver.log" "port $PORT_APISERVER is taken by an unrecorded process"
