@@ -308,17 +308,13 @@ _tor_wipe_state() {
 
 tor_up() {
   mkdir -p "$TOR_DIR"
-  local i running=0 total=${#TOR_NODES[@]}
-  for i in "${!TOR_NODES[@]}"; do is_running "$(tor_proc "$i")" && running=$((running+1)); done
-
+  local i running=0 total=${#TOR_NODES[@]} servers_running=0
   if ! _tor_keys_valid; then
     tor_down
-    running=0
     _tor_generate_keys
   fi
   _tor_renew_certs
   _tor_write_configs
-  running=0
   for i in "${!TOR_NODES[@]}"; do is_running "$(tor_proc "$i")" && running=$((running+1)); done
 
   if [ "$running" -eq "$total" ]; then
@@ -332,10 +328,31 @@ tor_up() {
   fi
   log "tor: starting $((total - running)) of $total nodes"
   for i in "${!TOR_NODES[@]}"; do
-    is_running "$(tor_proc "$i")" && continue
-    echo "==== $(date '+%F %T') start" >>"$LOG_DIR/$(tor_proc "$i").log"
-    start_proc "$(tor_proc "$i")" tor -f "$(tor_node_dir "$i")/torrc"
+    [ "$(tor_node_role "$i")" = client ] && continue
+    _tor_start "$i"
   done
+  # The client is started once the authorities publish a consensus (tor_wait does it on a cold start):
+  # a client that starts earlier gets 404s, backs off exponentially and then sits up to ~30 s on a
+  # consensus that has long been available.
+  if _tor_auth_consensus_ready; then _tor_start "$(tor_client_idx)"; fi
+}
+
+_tor_start() {
+  is_running "$(tor_proc "$1")" && return 0
+  echo "==== $(date '+%F %T') start" >>"$LOG_DIR/$(tor_proc "$1").log"
+  start_proc "$(tor_proc "$1")" tor -f "$(tor_node_dir "$1")/torrc"
+}
+
+# _tor_auth_consensus_ready: an authority serves a current consensus listing >= TOR_MIN_HSDIRS HSDirs.
+_tor_auth_consensus_ready() {
+  local i n
+  for i in "${!TOR_NODES[@]}"; do
+    [ "$(tor_node_role "$i")" = auth ] || continue
+    n="$(curl -s --max-time 3 "http://127.0.0.1:$(tor_dir_port "$i")/tor/status-vote/current/consensus-microdesc" \
+          2>/dev/null | grep -c '^s .*HSDir' || true)"
+    [ "${n:-0}" -ge "$TOR_MIN_HSDIRS" ] && return 0
+  done
+  return 1
 }
 
 # tor_hsdir_count: number of HSDir relays in the client's current consensus.
@@ -343,25 +360,38 @@ tor_hsdir_count() {
   tor_ctl "$(tor_ctl_port "$(tor_client_idx)")" "GETINFO ns/all" | grep -c '^s .*HSDir' || true
 }
 
-# _tor_usable: client bootstrapped 100% and its consensus lists >= TOR_MIN_HSDIRS HSDirs.
+# _tor_usable: client bootstrapped 100%, its consensus lists >= TOR_MIN_HSDIRS HSDirs and it holds the
+# descriptors of as many relays (bootstrap only needs 67%; the one exit may be among the missing).
 _tor_usable() {
-  tor_ctl "$(tor_ctl_port "$(tor_client_idx)")" "GETINFO status/bootstrap-phase" | grep -q 'PROGRESS=100' || return 1
-  [ "$(tor_hsdir_count)" -ge "$TOR_MIN_HSDIRS" ]
+  local port; port="$(tor_ctl_port "$(tor_client_idx)")"
+  tor_ctl "$port" "GETINFO status/bootstrap-phase" | grep -q 'PROGRESS=100' || return 1
+  [ "$(tor_hsdir_count)" -ge "$TOR_MIN_HSDIRS" ] || return 1
+  [ "$(tor_ctl "$port" "GETINFO desc/all-recent" | grep -c '^router ' || true)" -ge "$TOR_MIN_HSDIRS" ]
 }
 
 tor_wait() {
-  local i clientlog="$LOG_DIR/tor-$TOR_CLIENT.log"
+  local i c clientlog="$LOG_DIR/tor-$TOR_CLIENT.log" authlog="$LOG_DIR/tor-$(tor_node_name 0).log"
   local deadline=$(( $(date +%s) + TOR_WAIT_TIMEOUT ))
-  until _tor_usable; do
+  c="$(tor_client_idx)"
+  until is_running "$(tor_proc "$c")" && _tor_usable; do
     for i in "${!TOR_NODES[@]}"; do
+      [ "$i" = "$c" ] && continue
       is_running "$(tor_proc "$i")" ||
         fail tor "$LOG_DIR/$(tor_proc "$i").log" "tor node $(tor_node_name "$i") exited"
     done
-    if [ "$(date +%s)" -ge "$deadline" ]; then
+    if ! is_running "$(tor_proc "$c")"; then
+      if [ -f "$PID_DIR/$(tor_proc "$c").pid" ]; then fail tor "$clientlog" "tor client exited"; fi
+      if _tor_auth_consensus_ready; then
+        log "tor: authorities published a consensus with >= $TOR_MIN_HSDIRS HSDirs after $(( $(date +%s) - $(cat "$TOR_DIR/started-at" 2>/dev/null || date +%s) ))s; starting the client"
+        _tor_start "$c"
+      elif [ "$(date +%s)" -ge "$deadline" ]; then
+        fail tor "$authlog" "authorities published no consensus with $TOR_MIN_HSDIRS HSDirs after ${TOR_WAIT_TIMEOUT}s"
+      fi
+    elif [ "$(date +%s)" -ge "$deadline" ]; then
       fail tor "$clientlog" "network not usable after ${TOR_WAIT_TIMEOUT}s (client bootstrap: $(tor_ctl \
-        "$(tor_ctl_port "$(tor_client_idx)")" "GETINFO status/bootstrap-phase" | grep -o 'PROGRESS=[0-9]*' || echo none), HSDirs in consensus: $(tor_hsdir_count)/$TOR_MIN_HSDIRS)"
+        "$(tor_ctl_port "$c")" "GETINFO status/bootstrap-phase" | grep -o 'PROGRESS=[0-9]*' || echo none), HSDirs in consensus: $(tor_hsdir_count)/$TOR_MIN_HSDIRS)"
     fi
-    sleep 1
+    sleep 0.5
   done
   if [ ! -f "$TOR_DIR/usable-after" ] && [ -f "$TOR_DIR/started-at" ]; then
     echo $(( $(date +%s) - $(cat "$TOR_DIR/started-at") )) >"$TOR_DIR/usable-after"
