@@ -3,7 +3,8 @@
 # Needs the env of `scripts/stack env` (NOSTR_RELAYS, PATH with nak).
 # With a fresh key: a kind-1 "hello" published by `nak event` reads back with `nak req -k 1 -a PUBKEY`;
 # a kind-1000 event with 10 KiB of content round-trips intact; a kind-1059 event backdated by 2 days
-# (as NIP-59 gift wraps are) is accepted and found by its p tag.
+# (as NIP-59 gift wraps are) is accepted and found by its p tag; an already expired event (NIP-40) is
+# refused with its reason.
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=scripts/lib.sh
@@ -69,4 +70,11 @@ id="$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["id"])' "$ev")"
 fetch -k 1059 -p "$other" | grep -q "\"id\":\"$id\"" ||
   fail nostr "$LOGF" "backdated kind-1059 event $id not found by #p on $RELAY"
 echo "nostr smoke: backdated kind 1059 ok ($id)"
+# 4. NIP-40: an already expired event is refused with a reason (not silently, not after a timeout)
+if timeout 30 nak event --sec "$sec" -k 1 -c expired -t "expiration=$(( $(date +%s) - 60 ))" "$RELAY" \
+    >/dev/null 2>"$tmp/exp.err" </dev/null; then
+  fail nostr "$LOGF" "relay accepted an event whose expiration tag has passed"
+fi
+grep -q 'expired' "$tmp/exp.err" || fail nostr "$LOGF" "expired event refused without the reason: $(cat "$tmp/exp.err")"
+echo "nostr smoke: expired event refused ok"
 echo "nostr smoke: OK"
