@@ -17,6 +17,8 @@ PY="$(dirname "$(command -v cashu)")/python"
 
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
+# Nutshell reads ./.env (and ~/.cashu/.env) and lets it override the environment: run from an empty dir.
+cd "$tmp"
 
 # check_mint NAME URL FEE_EXPECTATION(zero|nonzero)
 check_mint() {

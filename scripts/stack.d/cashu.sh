@@ -41,7 +41,7 @@ cashu_install() {
   rm -rf "$CASHU_VENV"
   mkdir -p "$(dirname "$CASHU_VENV")"
   # marshmallow<4 and limits<5: without them both `mint` and `cashu` crash at start (0.20.2 predates them).
-  { python3.11 -m venv "$CASHU_VENV" &&
+  { "$(command -v python3.11 || command -v python3)" -m venv "$CASHU_VENV" &&
     nice "$CASHU_VENV/bin/pip" install --no-input "cashu==$CASHU_VERSION" "marshmallow<4" "limits<5"; } \
     >"$logf" 2>&1 || fail cashu "$logf" "pip install cashu==$CASHU_VERSION failed"
   "$CASHU_VENV/bin/cashu" --help >/dev/null 2>>"$logf" || fail cashu "$logf" "installed cashu CLI does not start"

@@ -43,7 +43,7 @@ nostr_install() {
     log "nostr: installing nostr-relay $NOSTR_RELAY_VERSION into $NOSTR_RELAY_VENV"
     rm -rf "$NOSTR_RELAY_VENV"
     mkdir -p "$(dirname "$NOSTR_RELAY_VENV")"
-    { python3.11 -m venv "$NOSTR_RELAY_VENV" &&
+    { "$(command -v python3.11 || command -v python3)" -m venv "$NOSTR_RELAY_VENV" &&
       nice "$NOSTR_RELAY_VENV/bin/pip" install --no-input "nostr-relay==$NOSTR_RELAY_VERSION" "${NOSTR_RELAY_PINS[@]}"; } \
       >"$logf" 2>&1 || fail nostr "$logf" "pip install nostr-relay==$NOSTR_RELAY_VERSION failed"
   fi
