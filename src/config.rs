@@ -146,7 +146,10 @@ impl Config {
     }
 
     pub fn from_map(env: &BTreeMap<String, String>) -> Result<Config, ConfigErrors> {
-        let mut p = Parser { env, errors: Vec::new() };
+        let mut p = Parser {
+            env,
+            errors: Vec::new(),
+        };
 
         let run_mode = match p.str("RUN_MODE", "nostr").to_ascii_lowercase().as_str() {
             "nostr" => RunMode::Nostr,
@@ -159,28 +162,48 @@ impl Config {
 
         let relays: Vec<String> = p.list("NOSTR_RELAYS", "wss://relay.damus.io,wss://nos.lol");
         for r in &relays {
-            let ok = url::Url::parse(r).map(|u| matches!(u.scheme(), "ws" | "wss")).unwrap_or(false);
+            let ok = url::Url::parse(r)
+                .map(|u| matches!(u.scheme(), "ws" | "wss"))
+                .unwrap_or(false);
             if !ok {
-                p.err("NOSTR_RELAYS", format!("{r:?} is not a ws:// or wss:// URL"));
+                p.err(
+                    "NOSTR_RELAYS",
+                    format!("{r:?} is not a ws:// or wss:// URL"),
+                );
             }
         }
         if relays.is_empty() && run_mode == RunMode::Nostr {
-            p.err("NOSTR_RELAYS", "at least one relay is needed in nostr mode".into());
+            p.err(
+                "NOSTR_RELAYS",
+                "at least one relay is needed in nostr mode".into(),
+            );
         }
 
         let state_dir = PathBuf::from(p.str("PAYGRESS_STATE_DIR", "/var/lib/paygress"));
-        let wallet_dir = match env.get("PAYGRESS_WALLET_DIR").filter(|v| !v.trim().is_empty()) {
+        let wallet_dir = match env
+            .get("PAYGRESS_WALLET_DIR")
+            .filter(|v| !v.trim().is_empty())
+        {
             Some(v) => PathBuf::from(v.trim()),
             None => state_dir.join("wallet"),
         };
 
-        let nostr_key = match env.get("NOSTR_PRIVATE_KEY").map(|v| v.trim()).filter(|v| !v.is_empty()) {
+        let nostr_key = match env
+            .get("NOSTR_PRIVATE_KEY")
+            .map(|v| v.trim())
+            .filter(|v| !v.is_empty())
+        {
             None => KeySource::Generated(state_dir.join("nostr.key")),
             Some(v) if v.starts_with("nsec1") || is_hex_key(v) => KeySource::Inline(v.to_string()),
-            Some(v) if v.starts_with('/') || v.starts_with("./") => KeySource::File(PathBuf::from(v)),
+            Some(v) if v.starts_with('/') || v.starts_with("./") => {
+                KeySource::File(PathBuf::from(v))
+            }
             Some(_) => {
                 // Do not echo the value: it may be a mistyped secret.
-                p.err("NOSTR_PRIVATE_KEY", "must be nsec1…, 64 hex characters, or an absolute file path".into());
+                p.err(
+                    "NOSTR_PRIVATE_KEY",
+                    "must be nsec1…, 64 hex characters, or an absolute file path".into(),
+                );
                 KeySource::Generated(state_dir.join("nostr.key"))
             }
         };
@@ -188,29 +211,44 @@ impl Config {
         let mut whitelisted_mints = Vec::new();
         let raw_mints = p.list("WHITELISTED_MINTS", "");
         if raw_mints.is_empty() {
-            p.err("WHITELISTED_MINTS", "at least one mint URL is required".into());
+            p.err(
+                "WHITELISTED_MINTS",
+                "at least one mint URL is required".into(),
+            );
         }
         for m in raw_mints {
             match normalize_mint_url(&m) {
                 Some(n) => whitelisted_mints.push(n),
-                None => p.err("WHITELISTED_MINTS", format!("{m:?} is not an http(s) mint URL")),
+                None => p.err(
+                    "WHITELISTED_MINTS",
+                    format!("{m:?} is not an http(s) mint URL"),
+                ),
             }
         }
 
         let namespace = p.str("POD_NAMESPACE", "user-workloads");
         if !is_dns_label(&namespace) {
-            p.err("POD_NAMESPACE", format!("{namespace:?} is not a valid namespace name"));
+            p.err(
+                "POD_NAMESPACE",
+                format!("{namespace:?} is not a valid namespace name"),
+            );
         }
 
         let enable_tor = p.bool("ENABLE_TOR_SIDECAR", true);
-        let tor_image_ignored = env.get("TOR_IMAGE").map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
+        let tor_image_ignored = env
+            .get("TOR_IMAGE")
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty());
         let tor_network_config = env
             .get("PAYGRESS_TOR_NETWORK_CONFIG")
             .map(|v| v.trim())
             .filter(|v| !v.is_empty())
             .map(PathBuf::from);
 
-        let default_image = p.str("PAYGRESS_DEFAULT_IMAGE", "lscr.io/linuxserver/openssh-server:latest");
+        let default_image = p.str(
+            "PAYGRESS_DEFAULT_IMAGE",
+            "lscr.io/linuxserver/openssh-server:latest",
+        );
         let mut allowed_images = p.list("PAYGRESS_ALLOWED_IMAGES", "");
         if !allowed_images.contains(&default_image) {
             allowed_images.insert(0, default_image.clone());
@@ -232,24 +270,36 @@ impl Config {
             p.err("PAYGRESS_MIN_DURATION_SECONDS", "must be at least 1".into());
         }
         if max_duration_secs < min_duration_secs {
-            p.err("PAYGRESS_MAX_DURATION_SECONDS", "must not be below PAYGRESS_MIN_DURATION_SECONDS".into());
+            p.err(
+                "PAYGRESS_MAX_DURATION_SECONDS",
+                "must not be below PAYGRESS_MIN_DURATION_SECONDS".into(),
+            );
         }
 
         let ssh_port = p.num("PAYGRESS_SSH_PORT", 2222);
-        let ssh_port = u16::try_from(ssh_port).ok().filter(|p| *p > 0).unwrap_or_else(|| {
-            p.err("PAYGRESS_SSH_PORT", "must be a port number 1..65535".into());
-            2222
-        });
+        let ssh_port = u16::try_from(ssh_port)
+            .ok()
+            .filter(|p| *p > 0)
+            .unwrap_or_else(|| {
+                p.err("PAYGRESS_SSH_PORT", "must be a port number 1..65535".into());
+                2222
+            });
 
         let http_raw = p.str("PAYGRESS_HTTP_ADDR", "127.0.0.1:8080");
         let http_addr = http_raw.parse().unwrap_or_else(|_| {
-            p.err("PAYGRESS_HTTP_ADDR", format!("{http_raw:?} is not host:port"));
+            p.err(
+                "PAYGRESS_HTTP_ADDR",
+                format!("{http_raw:?} is not host:port"),
+            );
             SocketAddr::from(([127, 0, 0, 1], 8080))
         });
 
         let max_concurrent_requests = p.num("PAYGRESS_MAX_CONCURRENT_REQUESTS", 32) as usize;
         if max_concurrent_requests == 0 {
-            p.err("PAYGRESS_MAX_CONCURRENT_REQUESTS", "must be at least 1".into());
+            p.err(
+                "PAYGRESS_MAX_CONCURRENT_REQUESTS",
+                "must be at least 1".into(),
+            );
         }
         let ready_timeout_secs = p.num("PAYGRESS_READY_TIMEOUT_SECONDS", 180);
         let offer_interval_secs = p.num("PAYGRESS_OFFER_INTERVAL_SECONDS", 900).max(10);
@@ -258,7 +308,10 @@ impl Config {
             "text" => false,
             "json" => true,
             other => {
-                p.err("PAYGRESS_LOG_FORMAT", format!("must be text or json, not {other:?}"));
+                p.err(
+                    "PAYGRESS_LOG_FORMAT",
+                    format!("must be text or json, not {other:?}"),
+                );
                 false
             }
         };
@@ -312,7 +365,10 @@ impl Config {
              Configuration (environment variables):\n",
         );
         for v in VARS {
-            s.push_str(&format!("  {:<36} {}\n  {:<36}   default: {}\n", v.name, v.help, "", v.default));
+            s.push_str(&format!(
+                "  {:<36} {}\n  {:<36}   default: {}\n",
+                v.name, v.help, "", v.default
+            ));
         }
         s
     }
@@ -323,23 +379,38 @@ fn parse_tiers(raw: &str, base_rate: u64) -> Result<Vec<Tier>, String> {
     for item in raw.split(',').map(str::trim).filter(|s| !s.is_empty()) {
         let parts: Vec<&str> = item.split(':').collect();
         if parts.len() < 3 || parts.len() > 4 {
-            return Err(format!("{item:?}: expected name:cpu:memory[:sats_per_hour]"));
+            return Err(format!(
+                "{item:?}: expected name:cpu:memory[:sats_per_hour]"
+            ));
         }
         let name = parts[0].to_string();
         if !is_dns_label(&name) {
-            return Err(format!("{item:?}: tier name must be lowercase letters, digits and '-'"));
+            return Err(format!(
+                "{item:?}: tier name must be lowercase letters, digits and '-'"
+            ));
         }
         if !is_quantity(parts[1]) || !is_quantity(parts[2]) {
-            return Err(format!("{item:?}: cpu and memory must be Kubernetes quantities like 500m or 1Gi"));
+            return Err(format!(
+                "{item:?}: cpu and memory must be Kubernetes quantities like 500m or 1Gi"
+            ));
         }
         let sats_per_hour = match parts.get(3) {
-            Some(r) => r.parse::<u64>().ok().filter(|r| *r > 0).ok_or(format!("{item:?}: rate must be a positive integer"))?,
+            Some(r) => r
+                .parse::<u64>()
+                .ok()
+                .filter(|r| *r > 0)
+                .ok_or(format!("{item:?}: rate must be a positive integer"))?,
             None => base_rate.max(1),
         };
         if tiers.iter().any(|t| t.name == name) {
             return Err(format!("tier {name:?} appears twice"));
         }
-        tiers.push(Tier { name, cpu: parts[1].to_string(), memory: parts[2].to_string(), sats_per_hour });
+        tiers.push(Tier {
+            name,
+            cpu: parts[1].to_string(),
+            memory: parts[2].to_string(),
+            sats_per_hour,
+        });
     }
     if tiers.is_empty() {
         return Err("at least one tier is needed".into());
@@ -355,7 +426,8 @@ fn is_hex_key(v: &str) -> bool {
 pub fn is_dns_label(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !s.starts_with('-')
         && !s.ends_with('-')
 }
@@ -365,7 +437,10 @@ fn is_quantity(s: &str) -> bool {
     let suffix = &s[digits.len()..];
     !digits.is_empty()
         && digits.bytes().all(|b| b.is_ascii_digit() || b == b'.')
-        && matches!(suffix, "" | "m" | "k" | "M" | "G" | "T" | "Ki" | "Mi" | "Gi" | "Ti")
+        && matches!(
+            suffix,
+            "" | "m" | "k" | "M" | "G" | "T" | "Ki" | "Mi" | "Gi" | "Ti"
+        )
 }
 
 struct Parser<'a> {
@@ -423,7 +498,10 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -434,7 +512,10 @@ mod tests {
         assert_eq!(c.default_tier().sats_per_hour, 100);
         assert_eq!(c.ssh_port, 2222);
         assert!(c.enable_tor);
-        assert_eq!(c.whitelisted_mints, vec!["https://mint.example".to_string()]);
+        assert_eq!(
+            c.whitelisted_mints,
+            vec!["https://mint.example".to_string()]
+        );
         assert_eq!(c.allowed_images, vec![c.default_image.clone()]);
     }
 
@@ -461,15 +542,30 @@ mod tests {
         ] {
             assert!(vars.contains(&v), "{v} missing from {vars:?}");
         }
-        assert!(!e.to_string().contains("hunter2"), "a secret must never be echoed");
+        assert!(
+            !e.to_string().contains("hunter2"),
+            "a secret must never be echoed"
+        );
     }
 
     #[test]
     fn mint_normalisation_is_exact_not_prefix() {
-        assert_eq!(normalize_mint_url("HTTPS://Mint.X:443/"), Some("https://mint.x".into()));
-        assert_eq!(normalize_mint_url("http://127.0.0.1:3338/"), Some("http://127.0.0.1:3338".into()));
-        assert_ne!(normalize_mint_url("https://mint.x.evil.io"), normalize_mint_url("https://mint.x"));
-        assert_ne!(normalize_mint_url("https://mint.x/evil"), normalize_mint_url("https://mint.x"));
+        assert_eq!(
+            normalize_mint_url("HTTPS://Mint.X:443/"),
+            Some("https://mint.x".into())
+        );
+        assert_eq!(
+            normalize_mint_url("http://127.0.0.1:3338/"),
+            Some("http://127.0.0.1:3338".into())
+        );
+        assert_ne!(
+            normalize_mint_url("https://mint.x.evil.io"),
+            normalize_mint_url("https://mint.x")
+        );
+        assert_ne!(
+            normalize_mint_url("https://mint.x/evil"),
+            normalize_mint_url("https://mint.x")
+        );
         assert_eq!(normalize_mint_url("ftp://mint.x"), None);
         assert_eq!(normalize_mint_url("https://user:pw@mint.x"), None);
     }

@@ -2,6 +2,7 @@
 //! inside the provider. See ARCHITECTURE.md for how the modules fit.
 
 pub mod config;
+pub mod metrics;
 pub mod protocol;
 
 /// Core: lease logic and the ports it uses.

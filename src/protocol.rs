@@ -183,7 +183,11 @@ pub enum Reply {
 }
 
 impl Reply {
-    pub fn error(request_id: impl Into<String>, code: ErrorCode, message: impl Into<String>) -> Self {
+    pub fn error(
+        request_id: impl Into<String>,
+        code: ErrorCode,
+        message: impl Into<String>,
+    ) -> Self {
         Reply::Error {
             request_id: request_id.into(),
             code,

@@ -4,13 +4,16 @@
 use serde::{Deserialize, Serialize};
 
 use super::ports::{PortResult, ReplyRoute};
-use crate::protocol::{LeaseAccess, LeaseRequest, Reply, TopUpRequest};
+use crate::protocol::{LeaseAccess, LeaseRequest, Reply, StatusRequest, TopUpRequest};
 
 /// What the requester asked for.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Ask {
     Create(LeaseRequest),
     TopUp(TopUpRequest),
+    Status(StatusRequest),
+    /// Unusable input; only an error reply is owed.
+    Invalid,
 }
 
 impl Ask {
@@ -18,6 +21,7 @@ impl Ask {
         match self {
             Ask::Create(r) => &r.cashu_token,
             Ask::TopUp(r) => &r.cashu_token,
+            Ask::Status(_) | Ask::Invalid => "",
         }
     }
     /// The same ask with the token removed, once it can no longer be needed.
@@ -26,6 +30,7 @@ impl Ask {
         match &mut a {
             Ask::Create(r) => r.cashu_token.clear(),
             Ask::TopUp(r) => r.cashu_token.clear(),
+            Ask::Status(_) | Ask::Invalid => {}
         }
         a
     }

@@ -3,6 +3,9 @@
 
 pub mod journal;
 pub mod ports;
+pub mod service;
+
+pub use service::{LeaseService, LeaseSettings, Ports};
 
 use ports::ReplyRoute;
 
@@ -11,11 +14,24 @@ use crate::protocol::{ErrorCode, LeaseRequest, StatusRequest, TopUpRequest};
 /// A decoded request, as a front end (Nostr or HTTP) hands it to the lease logic.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Incoming {
-    Create { route: ReplyRoute, request: LeaseRequest },
-    TopUp { route: ReplyRoute, request: TopUpRequest },
-    Status { route: ReplyRoute, request: StatusRequest },
+    Create {
+        route: ReplyRoute,
+        request: LeaseRequest,
+    },
+    TopUp {
+        route: ReplyRoute,
+        request: TopUpRequest,
+    },
+    Status {
+        route: ReplyRoute,
+        request: StatusRequest,
+    },
     /// Addressed to us but unusable (garbage, oversize, undecryptable): answered with `code`, nothing else.
-    Invalid { route: ReplyRoute, code: ErrorCode, message: String },
+    Invalid {
+        route: ReplyRoute,
+        code: ErrorCode,
+        message: String,
+    },
 }
 
 impl Incoming {
@@ -28,3 +44,6 @@ impl Incoming {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

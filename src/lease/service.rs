@@ -1,0 +1,1035 @@
+//! The lease saga engine: redeem → provision → reply, top-up and status, with compensation. Every step is
+//! journaled before its effect so a restart resumes or compensates (see `journal::Step`).
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use sha2::{Digest, Sha256};
+use tracing::{info, info_span, warn, Instrument};
+
+use super::journal::{Ask, Journal, SagaRecord, Step};
+use super::ports::{
+    ClusterLease, ClusterPort, FailureKind, OnionPort, PaymentPort, PodPlan, PortError, ReplyPort,
+    SshProbePort,
+};
+use super::Incoming;
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::protocol::{
+    ErrorCode, LeaseAccess, LeaseRequest, LeaseStatus, Reply, StatusRequest, Tier,
+};
+
+/// What the lease logic needs of the configuration.
+#[derive(Debug, Clone)]
+pub struct LeaseSettings {
+    pub namespace: String,
+    pub ssh_port: u16,
+    pub default_image: String,
+    pub allowed_images: Vec<String>,
+    pub tiers: Vec<Tier>,
+    pub min_duration_secs: u64,
+    pub max_duration_secs: u64,
+    pub ready_timeout: Duration,
+    /// Pause between attempts of a transient step (mint, API server, relays).
+    pub retry_delay: Duration,
+    /// Attempts of a transient step before the saga gives up on it (and compensates, or waits for resume).
+    pub retry_attempts: u32,
+}
+
+impl From<&Config> for LeaseSettings {
+    fn from(c: &Config) -> Self {
+        LeaseSettings {
+            namespace: c.namespace.clone(),
+            ssh_port: c.ssh_port,
+            default_image: c.default_image.clone(),
+            allowed_images: c.allowed_images.clone(),
+            tiers: c.tiers.clone(),
+            min_duration_secs: c.min_duration_secs,
+            max_duration_secs: c.max_duration_secs,
+            ready_timeout: Duration::from_secs(c.ready_timeout_secs),
+            retry_delay: Duration::from_secs(2),
+            retry_attempts: 5,
+        }
+    }
+}
+
+/// The concrete outside world, as traits.
+#[derive(Clone)]
+pub struct Ports {
+    pub payment: Arc<dyn PaymentPort>,
+    pub cluster: Arc<dyn ClusterPort>,
+    pub probe: Arc<dyn SshProbePort>,
+    pub onion: Arc<dyn OnionPort>,
+    pub replies: Arc<dyn ReplyPort>,
+    pub journal: Arc<dyn Journal>,
+}
+
+pub struct LeaseService {
+    settings: LeaseSettings,
+    ports: Ports,
+    metrics: Arc<Metrics>,
+    /// Sagas being driven right now, so a periodic resume never drives one twice.
+    driving: Mutex<HashSet<String>>,
+    /// Leases being provisioned: the reconciler must not take their half-made objects for orphans.
+    provisioning: Mutex<HashSet<String>>,
+}
+
+pub fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Lease ids are derived from the request id, so a resumed saga names the same objects (idempotent creates).
+pub fn lease_id_for(request_id: &str) -> String {
+    let digest = Sha256::digest(request_id.as_bytes());
+    hex::encode(&digest[..6])
+}
+
+pub fn pod_name(lease_id: &str) -> String {
+    format!("ssh-pod-{lease_id}")
+}
+
+pub fn service_name(lease_id: &str) -> String {
+    format!("ssh-pod-{lease_id}-ssh")
+}
+
+/// Usernames the openssh image accepts and that are safe in a shell command line.
+pub fn valid_username(u: &str) -> bool {
+    let b = u.as_bytes();
+    !b.is_empty()
+        && b.len() <= 32
+        && (b[0].is_ascii_lowercase() || b[0] == b'_')
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'_' || *c == b'-')
+        && !matches!(
+            u,
+            "root" | "abc" | "nobody" | "daemon" | "bin" | "sys" | "sshd"
+        )
+}
+
+/// One OpenSSH public key line of a type the image's sshd accepts.
+pub fn valid_public_key(k: &str) -> bool {
+    let k = k.trim();
+    if k.contains('\n') || k.len() > 8192 {
+        return false;
+    }
+    let mut parts = k.split_whitespace();
+    let (Some(kind), Some(body)) = (parts.next(), parts.next()) else {
+        return false;
+    };
+    let known = matches!(
+        kind,
+        "ssh-ed25519"
+            | "ssh-rsa"
+            | "ecdsa-sha2-nistp256"
+            | "ecdsa-sha2-nistp384"
+            | "ecdsa-sha2-nistp521"
+            | "sk-ssh-ed25519@openssh.com"
+    );
+    use base64::Engine as _;
+    known
+        && base64::engine::general_purpose::STANDARD
+            .decode(body)
+            .is_ok()
+}
+
+fn generate_password() -> String {
+    // 24 chars over a 56-symbol alphabet without look-alikes: ~139 bits.
+    const ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789";
+    let mut rng = rand::thread_rng();
+    (0..24)
+        .map(|_| ALPHABET[rng.gen_range(0..ALPHABET.len())] as char)
+        .collect()
+}
+
+/// Seconds bought by `amount` sats at `rate` sats/hour.
+pub fn seconds_for(amount: u64, rate: u64) -> u64 {
+    amount.saturating_mul(3600) / rate.max(1)
+}
+
+/// Smallest amount (sats) that buys at least `secs`.
+pub fn price_of(secs: u64, rate: u64) -> u64 {
+    (secs.saturating_mul(rate)).div_ceil(3600)
+}
+
+enum Flow {
+    /// Continue with the next step.
+    Next,
+    /// Stop for now: a transient failure persists; a later resume continues.
+    Park,
+}
+
+impl LeaseService {
+    pub fn new(settings: LeaseSettings, ports: Ports, metrics: Arc<Metrics>) -> Self {
+        LeaseService {
+            settings,
+            ports,
+            metrics,
+            driving: Mutex::new(HashSet::new()),
+            provisioning: Mutex::new(HashSet::new()),
+        }
+    }
+
+    pub fn settings(&self) -> &LeaseSettings {
+        &self.settings
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    fn tier(&self, name: Option<&str>) -> Option<&Tier> {
+        match name {
+            None => self.settings.tiers.first(),
+            Some(n) => self.settings.tiers.iter().find(|t| t.name == n),
+        }
+    }
+
+    /// Handle one decoded request to its end. Returns the reply (HTTP answers with it), or None when the
+    /// request duplicates one already handled or in flight.
+    pub async fn handle(&self, incoming: Incoming) -> Option<Reply> {
+        let route = incoming.route().clone();
+        let ask = match incoming {
+            Incoming::Create { request, .. } => Ask::Create(request),
+            Incoming::TopUp { request, .. } => Ask::TopUp(request),
+            Incoming::Status { request, .. } => Ask::Status(request),
+            Incoming::Invalid { code, message, .. } => {
+                let mut rec = new_record(route, Ask::Invalid);
+                rec.reply = Some(Reply::error(&rec.request_id, code, message));
+                rec.step = Step::Replying;
+                return self.start(rec).await;
+            }
+        };
+        self.start(new_record(route, ask)).await
+    }
+
+    async fn start(&self, rec: SagaRecord) -> Option<Reply> {
+        match self.ports.journal.insert_new(&rec) {
+            Ok(true) => self.drive(rec).await,
+            Ok(false) => {
+                // Replays and the same event from several relays land here: one saga per request id.
+                info!(request_id = %rec.request_id, "duplicate request ignored");
+                match self.ports.journal.get(&rec.request_id) {
+                    Ok(Some(existing)) if existing.step == Step::Done => existing.reply,
+                    _ => None,
+                }
+            }
+            Err(e) => {
+                warn!(request_id = %rec.request_id, error = %e, "journal unavailable; request dropped unanswered");
+                None
+            }
+        }
+    }
+
+    /// Resume every unfinished saga (at start, and periodically for parked ones).
+    pub async fn resume_unfinished(self: &Arc<Self>) {
+        let records = match self.ports.journal.unfinished() {
+            Ok(r) => r,
+            Err(e) => {
+                warn!(error = %e, "cannot read journal to resume sagas");
+                return;
+            }
+        };
+        for rec in records {
+            let this = Arc::clone(self);
+            tokio::spawn(async move {
+                this.drive(rec).await;
+            });
+        }
+    }
+
+    async fn drive(&self, mut rec: SagaRecord) -> Option<Reply> {
+        {
+            let Ok(mut d) = self.driving.lock() else {
+                return None;
+            };
+            if !d.insert(rec.request_id.clone()) {
+                return None;
+            }
+        }
+        let span = info_span!("lease", request_id = %rec.request_id, lease_id = rec.lease_id.as_deref().unwrap_or(""));
+        let out = self.drive_steps(&mut rec).instrument(span).await;
+        if let Ok(mut d) = self.driving.lock() {
+            d.remove(&rec.request_id);
+        }
+        out
+    }
+
+    async fn drive_steps(&self, rec: &mut SagaRecord) -> Option<Reply> {
+        loop {
+            let flow = match rec.step {
+                Step::Received => self.step_received(rec).await,
+                Step::Redeeming => self.step_redeeming(rec).await,
+                Step::Redeemed => self.step_redeemed(rec).await,
+                Step::Provisioning => self.step_provisioning(rec).await,
+                Step::Refunding => self.step_refunding(rec).await,
+                Step::Replying => self.step_replying(rec).await,
+                Step::Done => return rec.reply.clone(),
+            };
+            if let Err(e) = self.ports.journal.put(rec) {
+                // Without the journal a crash could lose track of money: stop here; resume retries.
+                warn!(error = %e, step = ?rec.step, "journal write failed; saga parked");
+                return None;
+            }
+            if let Flow::Park = flow {
+                return None;
+            }
+        }
+    }
+
+    fn finish_with(&self, rec: &mut SagaRecord, reply: Reply) -> Flow {
+        rec.reply = Some(reply);
+        rec.ask = rec.ask.without_token();
+        rec.step = Step::Replying;
+        Flow::Next
+    }
+
+    fn refuse(&self, rec: &mut SagaRecord, code: ErrorCode, message: impl Into<String>) -> Flow {
+        let reply = Reply::error(&rec.request_id, code, message);
+        self.finish_with(rec, reply)
+    }
+
+    /// Money was taken and the lease cannot be had: compensate.
+    fn fail_after_redeem(
+        &self,
+        rec: &mut SagaRecord,
+        code: ErrorCode,
+        message: impl Into<String>,
+    ) -> Flow {
+        rec.failure = Some((code, message.into()));
+        rec.step = Step::Refunding;
+        Flow::Next
+    }
+
+    // Step: validate input, check the token offline, claim it. Nothing is redeemed on any failure here.
+    async fn step_received(&self, rec: &mut SagaRecord) -> Flow {
+        match rec.ask.clone() {
+            Ask::Invalid => Flow::Next, // reply already set by `handle`
+            Ask::Status(req) => self.answer_status(rec, &req).await,
+            Ask::Create(req) => match self.validate_create(&req) {
+                Err((code, msg)) => self.refuse(rec, code, msg),
+                Ok(()) => self.check_token_then_redeem(rec, &req.cashu_token),
+            },
+            Ask::TopUp(req) => match self.find_owned_lease(rec, &req.lease).await {
+                Err(flow) => flow,
+                Ok(lease) => {
+                    rec.lease_id = Some(lease.lease_id.clone());
+                    rec.expires_at = lease.expires_at;
+                    self.check_token_then_redeem(rec, &req.cashu_token)
+                }
+            },
+        }
+    }
+
+    fn validate_create(&self, req: &LeaseRequest) -> Result<(), (ErrorCode, String)> {
+        let user = req.ssh_username.as_deref().unwrap_or("user");
+        if !valid_username(user) {
+            return Err((
+                ErrorCode::InvalidUsername,
+                "ssh_username must be 1-32 chars of a-z, 0-9, '_' or '-', start with a letter or '_', and not be a system user".into(),
+            ));
+        }
+        let image = req
+            .pod_image
+            .as_deref()
+            .unwrap_or(&self.settings.default_image);
+        if !self.settings.allowed_images.iter().any(|i| i == image) {
+            return Err((
+                ErrorCode::ImageNotAllowed,
+                format!(
+                    "image not allowed; allowed: {}",
+                    self.settings.allowed_images.join(", ")
+                ),
+            ));
+        }
+        if let Some(k) = &req.ssh_public_key {
+            if !valid_public_key(k) {
+                return Err((
+                    ErrorCode::InvalidPublicKey,
+                    "ssh_public_key must be one OpenSSH public key line".into(),
+                ));
+            }
+        }
+        if self.tier(req.tier.as_deref()).is_none() {
+            let names: Vec<&str> = self
+                .settings
+                .tiers
+                .iter()
+                .map(|t| t.name.as_str())
+                .collect();
+            return Err((
+                ErrorCode::UnknownTier,
+                format!("unknown tier; offered: {}", names.join(", ")),
+            ));
+        }
+        if req.cashu_token.trim().is_empty() {
+            return Err((ErrorCode::InvalidToken, "cashu_token is empty".into()));
+        }
+        Ok(())
+    }
+
+    fn tier_of(&self, rec: &SagaRecord, lease_tier: Option<&str>) -> Option<Tier> {
+        match &rec.ask {
+            Ask::Create(r) => self.tier(r.tier.as_deref()).cloned(),
+            _ => self.tier(lease_tier).cloned(),
+        }
+    }
+
+    fn check_token_then_redeem(&self, rec: &mut SagaRecord, token: &str) -> Flow {
+        let info = match self.ports.payment.inspect(token) {
+            Ok(i) => i,
+            Err(e) => return self.refuse_port(rec, e, ErrorCode::InvalidToken),
+        };
+        // Refuse before redeeming what cannot buy the minimum: nothing is taken.
+        let rate = self
+            .tier_of(rec, None)
+            .map(|t| t.sats_per_hour)
+            .unwrap_or(1);
+        let min_price = price_of(self.settings.min_duration_secs, rate);
+        if info.amount < min_price {
+            return self.refuse(
+                rec,
+                ErrorCode::AmountTooSmall,
+                format!(
+                    "{} sat buys less than the minimum of {} s; at least {} sat needed",
+                    info.amount, self.settings.min_duration_secs, min_price
+                ),
+            );
+        }
+        if matches!(rec.ask, Ask::Create(_)) {
+            let max_price = price_of(self.settings.max_duration_secs, rate);
+            // Input fees only lower the amount, so the face value bounds what could be received.
+            if info.amount > max_price + max_price / 10 + 10 {
+                return self.refuse(
+                    rec,
+                    ErrorCode::AmountTooLarge,
+                    format!(
+                        "{} sat buys more than the maximum of {} s ({} sat)",
+                        info.amount, self.settings.max_duration_secs, max_price
+                    ),
+                );
+            }
+        }
+        match self
+            .ports
+            .journal
+            .claim_token(&info.digest, &rec.request_id)
+        {
+            Ok(None) => {}
+            Ok(Some(_other)) => {
+                return self.refuse(
+                    rec,
+                    ErrorCode::TokenSpent,
+                    "this token was already used by another request",
+                );
+            }
+            Err(e) => {
+                warn!(error = %e, "journal: cannot claim token");
+                return Flow::Park;
+            }
+        }
+        rec.mint_url = Some(info.mint_url);
+        rec.token_digest = Some(info.digest);
+        rec.step = Step::Redeeming;
+        Flow::Next
+    }
+
+    fn refuse_port(&self, rec: &mut SagaRecord, e: PortError, fallback: ErrorCode) -> Flow {
+        let code = match e.kind {
+            FailureKind::Rejected(c) => c,
+            FailureKind::Transient => ErrorCode::MintUnavailable,
+            FailureKind::Permanent => fallback,
+        };
+        self.refuse(rec, code, e.message)
+    }
+
+    // Step: swap at the mint, exactly once.
+    async fn step_redeeming(&self, rec: &mut SagaRecord) -> Flow {
+        let token = rec.ask.token().to_string();
+        if token.is_empty() {
+            // Cannot happen by construction (the token is cleared only after leaving this step).
+            return self.refuse(rec, ErrorCode::Internal, "token lost before redeem");
+        }
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.ports.payment.redeem(&token).await {
+                Ok(amount) => {
+                    info!(amount, "token redeemed");
+                    self.metrics
+                        .sats_received
+                        .fetch_add(amount, Ordering::Relaxed);
+                    rec.amount = Some(amount);
+                    rec.ask = rec.ask.without_token();
+                    rec.step = Step::Redeemed;
+                    return Flow::Next;
+                }
+                Err(e) if e.is_transient() && attempt < self.settings.retry_attempts => {
+                    warn!(attempt, error = %e, "redeem failed transiently; retrying");
+                    tokio::time::sleep(self.settings.retry_delay).await;
+                }
+                Err(e) if e.is_transient() => {
+                    // Did the swap happen? Only an unspent token proves that nothing was taken.
+                    return match self.ports.payment.token_state(&token).await {
+                        Ok(super::ports::TokenState::Unspent) => self.refuse(
+                            rec,
+                            ErrorCode::MintUnavailable,
+                            format!("the mint did not answer; nothing was taken: {e}"),
+                        ),
+                        _ => Flow::Park,
+                    };
+                }
+                Err(e) => {
+                    info!(error = %e, "token refused by the mint");
+                    return self.refuse_port(rec, e, ErrorCode::InvalidToken);
+                }
+            }
+        }
+    }
+
+    // Step: price the money into a lease (create) or an extension (top-up).
+    async fn step_redeemed(&self, rec: &mut SagaRecord) -> Flow {
+        let amount = rec.amount.unwrap_or(0);
+        match rec.ask.clone() {
+            Ask::Create(req) => {
+                let Some(tier) = self.tier(req.tier.as_deref()).cloned() else {
+                    return self.fail_after_redeem(
+                        rec,
+                        ErrorCode::UnknownTier,
+                        "tier disappeared from the offer",
+                    );
+                };
+                let secs = seconds_for(amount, tier.sats_per_hour);
+                if secs < self.settings.min_duration_secs {
+                    return self.fail_after_redeem(
+                        rec,
+                        ErrorCode::AmountTooSmall,
+                        format!(
+                            "after mint fees {amount} sat buys {secs} s, below the minimum of {} s",
+                            self.settings.min_duration_secs
+                        ),
+                    );
+                }
+                let secs = secs.min(self.settings.max_duration_secs);
+                let lease_id = lease_id_for(&rec.request_id);
+                tracing::Span::current().record("lease_id", lease_id.as_str());
+                rec.lease_id = Some(lease_id);
+                rec.expires_at = Some(now_secs() + secs);
+                if req.ssh_public_key.is_none() && rec.ssh_password.is_none() {
+                    rec.ssh_password = Some(generate_password());
+                }
+                rec.step = Step::Provisioning;
+                Flow::Next
+            }
+            Ask::TopUp(_) => self.extend(rec, amount).await,
+            Ask::Status(_) | Ask::Invalid => {
+                self.refuse(rec, ErrorCode::Internal, "nothing to redeem for")
+            }
+        }
+    }
+
+    async fn extend(&self, rec: &mut SagaRecord, amount: u64) -> Flow {
+        let lease_id = rec.lease_id.clone().unwrap_or_default();
+        let lease = match self.lease_by_id(&lease_id).await {
+            Ok(Some(l)) if !l.terminating && l.expires_at.is_some_and(|e| e > now_secs()) => l,
+            Ok(_) => {
+                // Expired (or deleted) between the check and the payment: give the money back.
+                return self.fail_after_redeem(
+                    rec,
+                    ErrorCode::LeaseExpired,
+                    "the lease ended before the top-up could be applied",
+                );
+            }
+            Err(e) if e.is_transient() => return Flow::Park,
+            Err(e) => return self.fail_after_redeem(rec, ErrorCode::ProvisioningFailed, e.message),
+        };
+        let rate = self
+            .tier(lease.tier.as_deref())
+            .map(|t| t.sats_per_hour)
+            .unwrap_or(1);
+        let now = now_secs();
+        let current = lease.expires_at.unwrap_or(now).max(now);
+        let added = seconds_for(amount, rate);
+        let new_expiry = (current + added).min(now + self.settings.max_duration_secs);
+        if new_expiry <= current {
+            return self.fail_after_redeem(
+                rec,
+                ErrorCode::AmountTooLarge,
+                "the lease is already at its maximum length",
+            );
+        }
+        if let Err(e) = self
+            .retry(|| self.ports.cluster.set_expiry(&lease_id, new_expiry))
+            .await
+        {
+            if e.is_transient() {
+                return Flow::Park;
+            }
+            return self.fail_after_redeem(rec, ErrorCode::ProvisioningFailed, e.message);
+        }
+        info!(
+            lease_id,
+            new_expiry,
+            added = new_expiry - current,
+            "lease extended"
+        );
+        rec.expires_at = Some(new_expiry);
+        let reply = Reply::Extended {
+            request_id: rec.request_id.clone(),
+            lease_id,
+            amount_sats: amount,
+            added_seconds: new_expiry - current,
+            expires_at: new_expiry,
+        };
+        self.finish_with(rec, reply)
+    }
+
+    // Step: create the objects, wait for SSH, publish the onion service. Idempotent, so a resume re-runs it.
+    async fn step_provisioning(&self, rec: &mut SagaRecord) -> Flow {
+        let (Ask::Create(req), Some(lease_id), Some(expires_at)) =
+            (rec.ask.clone(), rec.lease_id.clone(), rec.expires_at)
+        else {
+            return self.fail_after_redeem(
+                rec,
+                ErrorCode::Internal,
+                "provisioning record incomplete",
+            );
+        };
+        if expires_at <= now_secs() {
+            // The whole lease elapsed while we were down: nothing to deliver, so return the money.
+            let _ = self.ports.cluster.delete_lease(&lease_id).await;
+            return self.fail_after_redeem(
+                rec,
+                ErrorCode::ProvisioningFailed,
+                "the lease could not be started before it would have expired",
+            );
+        }
+        if let Ok(mut p) = self.provisioning.lock() {
+            p.insert(lease_id.clone());
+        }
+        let result = self.provision(rec, &req, &lease_id, expires_at).await;
+        if let Ok(mut p) = self.provisioning.lock() {
+            p.remove(&lease_id);
+        }
+        match result {
+            Ok(access) => {
+                let reply = Reply::Ok {
+                    request_id: rec.request_id.clone(),
+                    amount_sats: rec.amount.unwrap_or(0),
+                    duration_seconds: expires_at.saturating_sub(now_secs()),
+                    access: access.clone(),
+                };
+                rec.access = Some(access);
+                self.finish_with(rec, reply)
+            }
+            Err(e) => {
+                warn!(error = %e, "provisioning failed; removing what was made and refunding");
+                self.ports.onion.stop(&lease_id).await;
+                if let Err(del) = self
+                    .retry(|| self.ports.cluster.delete_lease(&lease_id))
+                    .await
+                {
+                    warn!(error = %del, "cleanup after failed provisioning incomplete; the reconciler will retry");
+                }
+                self.fail_after_redeem(
+                    rec,
+                    ErrorCode::ProvisioningFailed,
+                    format!("the pod could not be started: {}", e.message),
+                )
+            }
+        }
+    }
+
+    async fn provision(
+        &self,
+        rec: &SagaRecord,
+        req: &LeaseRequest,
+        lease_id: &str,
+        expires_at: u64,
+    ) -> Result<LeaseAccess, PortError> {
+        let tier = self
+            .tier(req.tier.as_deref())
+            .cloned()
+            .ok_or_else(|| PortError::permanent("unknown tier"))?;
+        let ssh_username = req.ssh_username.clone().unwrap_or_else(|| "user".into());
+        let plan = PodPlan {
+            lease_id: lease_id.to_string(),
+            pod_name: pod_name(lease_id),
+            service_name: service_name(lease_id),
+            namespace: self.settings.namespace.clone(),
+            image: req
+                .pod_image
+                .clone()
+                .unwrap_or_else(|| self.settings.default_image.clone()),
+            ssh_username: ssh_username.clone(),
+            ssh_password: rec.ssh_password.clone(),
+            ssh_public_key: req.ssh_public_key.clone(),
+            tier: tier.clone(),
+            ssh_port: self.settings.ssh_port,
+            expires_at,
+            requester: rec.route.requester.clone(),
+        };
+        let deadline = Instant::now() + self.settings.ready_timeout;
+        self.retry(|| self.ports.cluster.ensure_lease_objects(&plan))
+            .await?;
+        info!(pod = %plan.pod_name, "pod and service created");
+        let endpoint = self
+            .ports
+            .cluster
+            .wait_running(lease_id, deadline.saturating_duration_since(Instant::now()))
+            .await?;
+        let host_key = self.wait_for_ssh(endpoint, deadline).await?;
+        info!(%endpoint, fingerprint = %host_key.fingerprint, "ssh answers");
+        let onion_address = if self.ports.onion.enabled() {
+            Some(self.launch_onion(lease_id, endpoint).await?)
+        } else {
+            None
+        };
+        let port = self.settings.ssh_port;
+        Ok(LeaseAccess {
+            lease_id: lease_id.to_string(),
+            pod_name: plan.pod_name.clone(),
+            namespace: plan.namespace.clone(),
+            ssh_username: ssh_username.clone(),
+            ssh_password: rec.ssh_password.clone(),
+            ssh_port: port,
+            host_key_fingerprint: host_key.fingerprint,
+            host_public_key: Some(host_key.public_key),
+            tier: tier.name,
+            expires_at,
+            port_forward_command: format!(
+                "kubectl -n {} port-forward svc/{} {port}:{port}",
+                plan.namespace, plan.service_name
+            ),
+            ssh_command: format!("ssh -p {port} {ssh_username}@127.0.0.1"),
+            tor_ssh_command: onion_address
+                .as_ref()
+                .map(|a| format!("torsocks ssh -p {port} {ssh_username}@{a}")),
+            onion_address,
+        })
+    }
+
+    async fn wait_for_ssh(
+        &self,
+        endpoint: SocketAddr,
+        deadline: Instant,
+    ) -> Result<super::ports::HostKey, PortError> {
+        loop {
+            match self.ports.probe.probe(endpoint).await {
+                Ok(k) => return Ok(k),
+                Err(e) if Instant::now() >= deadline => {
+                    return Err(PortError::permanent(format!(
+                        "ssh did not answer before the timeout: {e}"
+                    )))
+                }
+                Err(_) => tokio::time::sleep(super::ports::default_probe_interval()).await,
+            }
+        }
+    }
+
+    /// Publish the lease's onion service from the key in its Secret (made on first use).
+    async fn launch_onion(
+        &self,
+        lease_id: &str,
+        endpoint: SocketAddr,
+    ) -> Result<String, PortError> {
+        let key = match self
+            .retry(|| self.ports.cluster.load_onion_key(lease_id))
+            .await?
+        {
+            Some(k) => k,
+            None => {
+                let k = self.ports.onion.generate_key()?;
+                self.retry(|| self.ports.cluster.store_onion_key(lease_id, &k))
+                    .await?;
+                k
+            }
+        };
+        self.ports.onion.launch(lease_id, &key, endpoint).await
+    }
+
+    // Step: return the money that bought nothing.
+    async fn step_refunding(&self, rec: &mut SagaRecord) -> Flow {
+        let (code, message) = rec
+            .failure
+            .clone()
+            .unwrap_or((ErrorCode::Internal, "failed".into()));
+        let amount = rec.amount.unwrap_or(0);
+        let Some(mint) = rec.mint_url.clone() else {
+            return self.refuse(rec, code, message);
+        };
+        match self
+            .retry(|| self.ports.payment.refund(&mint, amount))
+            .await
+        {
+            Ok(token) => {
+                info!(amount, "refund token minted");
+                self.metrics
+                    .sats_refunded
+                    .fetch_add(amount, Ordering::Relaxed);
+                let reply = Reply::Error {
+                    request_id: rec.request_id.clone(),
+                    code,
+                    message: format!(
+                        "{message}; the payment is refunded (minus mint fees) in refund_token"
+                    ),
+                    refund_token: Some(token),
+                };
+                self.finish_with(rec, reply)
+            }
+            Err(e) if e.is_transient() => Flow::Park,
+            Err(e) => {
+                warn!(error = %e, amount, "refund failed; operator attention needed");
+                self.refuse(rec, code, format!("{message}; the refund of {amount} sat failed ({}); contact the provider with request id {}", e.message, rec.request_id))
+            }
+        }
+    }
+
+    // Step: deliver the final reply.
+    async fn step_replying(&self, rec: &mut SagaRecord) -> Flow {
+        let Some(reply) = rec.reply.clone() else {
+            rec.step = Step::Done;
+            return Flow::Next;
+        };
+        match self
+            .retry(|| self.ports.replies.send(&rec.route, &reply))
+            .await
+        {
+            Ok(()) => {
+                let outcome = match &reply {
+                    Reply::Ok { .. } => "ok",
+                    Reply::Extended { .. } => "extended",
+                    Reply::Status { .. } => "status",
+                    Reply::Error { code, .. } => code.as_str(),
+                };
+                self.metrics.outcome(outcome);
+                let waited = now_secs().saturating_sub(rec.received_at);
+                self.metrics.observe_reply_latency(waited as f64);
+                info!(outcome, "reply sent");
+                rec.step = Step::Done;
+                Flow::Next
+            }
+            Err(e) => {
+                warn!(error = %e, "reply not delivered; will retry");
+                Flow::Park
+            }
+        }
+    }
+
+    async fn answer_status(&self, rec: &mut SagaRecord, req: &StatusRequest) -> Flow {
+        match self.find_owned_lease(rec, &req.lease).await {
+            Err(flow) => flow,
+            Ok(lease) => {
+                let now = now_secs();
+                let expires_at = lease.expires_at.unwrap_or(0);
+                let active = expires_at > now && !lease.terminating;
+                let reply = Reply::Status {
+                    request_id: rec.request_id.clone(),
+                    lease: LeaseStatus {
+                        lease_id: lease.lease_id,
+                        pod_name: lease.pod_name,
+                        state: if active { "active" } else { "expired" }.into(),
+                        expires_at,
+                        seconds_remaining: expires_at.saturating_sub(now),
+                    },
+                };
+                self.finish_with(rec, reply)
+            }
+        }
+    }
+
+    /// The requester's live lease named by id or pod name. Strangers learn nothing: they get the same
+    /// answer as for a lease that does not exist.
+    async fn find_owned_lease(
+        &self,
+        rec: &mut SagaRecord,
+        name: &str,
+    ) -> Result<ClusterLease, Flow> {
+        let id = name.strip_prefix("ssh-pod-").unwrap_or(name);
+        match self.lease_by_id(id).await {
+            Err(e) if e.is_transient() => Err(Flow::Park),
+            Err(e) => Err(self.refuse(rec, ErrorCode::Unavailable, e.message)),
+            Ok(Some(l)) if l.requester.as_deref() == Some(rec.route.requester.as_str()) => {
+                if matches!(rec.ask, Ask::TopUp(_))
+                    && (l.terminating || l.expires_at.is_none_or(|e| e <= now_secs()))
+                {
+                    return Err(self.refuse(
+                        rec,
+                        ErrorCode::LeaseExpired,
+                        "the lease has expired; start a new one",
+                    ));
+                }
+                Ok(l)
+            }
+            Ok(Some(_)) => {
+                info!(
+                    lease_id = id,
+                    "request from someone who does not own the lease refused"
+                );
+                Err(self.refuse(rec, ErrorCode::LeaseNotFound, "no such lease of yours"))
+            }
+            Ok(None) => Err(self.refuse(rec, ErrorCode::LeaseNotFound, "no such lease of yours")),
+        }
+    }
+
+    async fn lease_by_id(&self, id: &str) -> Result<Option<ClusterLease>, PortError> {
+        let leases = self.retry(|| self.ports.cluster.list_leases()).await?;
+        Ok(leases.into_iter().find(|l| l.lease_id == id))
+    }
+
+    async fn retry<T, F, Fut>(&self, mut f: F) -> Result<T, PortError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, PortError>>,
+    {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match f().await {
+                Err(e) if e.is_transient() && attempt < self.settings.retry_attempts => {
+                    tokio::time::sleep(self.settings.retry_delay).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// One pass of the reconciler: end expired leases, remove orphans, bring back onion services of live
+    /// leases (after a restart). Reads only what the cluster holds.
+    pub async fn reconcile_once(&self) -> Result<(), PortError> {
+        let leases = self.ports.cluster.list_leases().await?;
+        let now = now_secs();
+        let busy: HashSet<String> = self
+            .provisioning
+            .lock()
+            .map(|p| p.clone())
+            .unwrap_or_default();
+        let mut live = 0u64;
+        for lease in &leases {
+            if busy.contains(&lease.lease_id) {
+                continue;
+            }
+            let expired = match lease.expires_at {
+                Some(e) => e <= now,
+                None => true, // no valid lease annotation: not ours to keep running
+            };
+            if expired || lease.terminating {
+                if !lease.terminating {
+                    info!(lease_id = %lease.lease_id, "lease ended; deleting its objects");
+                }
+                self.ports.onion.stop(&lease.lease_id).await;
+                if let Err(e) = self.ports.cluster.delete_lease(&lease.lease_id).await {
+                    warn!(lease_id = %lease.lease_id, error = %e, "could not delete expired lease");
+                }
+                continue;
+            }
+            live += 1;
+            if self.ports.onion.enabled() {
+                if let Some(endpoint) = lease.ssh_endpoint {
+                    // Idempotent: a running service returns its address at once.
+                    if let Err(e) = self.launch_onion(&lease.lease_id, endpoint).await {
+                        self.metrics.onion_failed.fetch_add(1, Ordering::Relaxed);
+                        warn!(lease_id = %lease.lease_id, error = %e, "onion service not restored");
+                    }
+                }
+            }
+        }
+        self.metrics.live_leases.store(live, Ordering::Relaxed);
+        self.metrics
+            .onion_running
+            .store(self.ports.onion.running() as u64, Ordering::Relaxed);
+        for orphan in self.ports.cluster.list_orphans().await? {
+            if busy.contains(&orphan.lease_id) {
+                continue;
+            }
+            info!(kind = %orphan.kind, name = %orphan.name, "deleting orphan");
+            self.ports.onion.stop(&orphan.lease_id).await;
+            if let Err(e) = self.ports.cluster.delete_orphan(&orphan).await {
+                warn!(name = %orphan.name, error = %e, "could not delete orphan");
+            }
+        }
+        Ok(())
+    }
+}
+
+fn new_record(route: super::ports::ReplyRoute, ask: Ask) -> SagaRecord {
+    SagaRecord {
+        request_id: route.request_id.clone(),
+        route,
+        received_at: now_secs(),
+        step: Step::Received,
+        ask,
+        mint_url: None,
+        token_digest: None,
+        amount: None,
+        lease_id: None,
+        expires_at: None,
+        ssh_password: None,
+        access: None,
+        failure: None,
+        reply: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usernames() {
+        for ok in ["alice", "_svc", "a-b_c9"] {
+            assert!(valid_username(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "Alice",
+            "9lives",
+            "root",
+            "a b",
+            "a;rm -rf",
+            "x".repeat(33).as_str(),
+        ] {
+            assert!(!valid_username(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn public_keys() {
+        assert!(valid_public_key(
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGx0 alice@host"
+        ));
+        assert!(!valid_public_key("ssh-ed25519"));
+        assert!(!valid_public_key("ssh-ed25519 AAAA\nssh-rsa AAAA"));
+        assert!(!valid_public_key("garbage !!!"));
+    }
+
+    #[test]
+    fn pricing_is_exact_at_the_rate() {
+        assert_eq!(seconds_for(100, 100), 3600);
+        assert_eq!(seconds_for(1, 100), 36);
+        assert_eq!(price_of(60, 100), 2);
+        assert_eq!(price_of(3600, 100), 100);
+    }
+
+    #[test]
+    fn lease_ids_are_stable_and_dns_safe() {
+        let a = lease_id_for("abcdef");
+        assert_eq!(a, lease_id_for("abcdef"));
+        assert_eq!(a.len(), 12);
+        assert!(crate::config::is_dns_label(&pod_name(&a)));
+        assert!(service_name(&a).len() <= 63);
+    }
+
+    #[test]
+    fn passwords_are_long_and_random() {
+        let (a, b) = (generate_password(), generate_password());
+        assert_eq!(a.len(), 24);
+        assert_ne!(a, b);
+    }
+}

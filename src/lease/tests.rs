@@ -1,0 +1,603 @@
+//! Saga tests with in-memory fakes of every port. The same paths run against the real peers in tests/.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use super::journal::{Journal, SagaRecord, Step};
+use super::ports::*;
+use super::service::{now_secs, LeaseService, LeaseSettings, Ports};
+use super::Incoming;
+use crate::metrics::Metrics;
+use crate::protocol::{ErrorCode, LeaseRequest, Reply, StatusRequest, Tier, TopUpRequest};
+
+const MINT: &str = "http://mint.test";
+
+/// Tokens are `tok:<mint>:<amount>:<nonce>`.
+#[derive(Default)]
+struct FakePayment {
+    spent: Mutex<HashSet<String>>,
+    redeems: Mutex<u32>,
+    refunds: Mutex<Vec<u64>>,
+}
+
+#[async_trait]
+impl PaymentPort for FakePayment {
+    fn inspect(&self, token: &str) -> PortResult<TokenInfo> {
+        let parts: Vec<&str> = token.split(':').collect();
+        if parts.len() != 5 || parts[0] != "tok" {
+            return Err(PortError::rejected(ErrorCode::InvalidToken, "not a token"));
+        }
+        let mint = format!("{}://{}", parts[1], parts[2]);
+        if mint != MINT {
+            return Err(PortError::rejected(
+                ErrorCode::MintNotAllowed,
+                "mint not allowed",
+            ));
+        }
+        let amount = parts[3]
+            .parse()
+            .map_err(|_| PortError::rejected(ErrorCode::InvalidToken, "amount"))?;
+        Ok(TokenInfo {
+            mint_url: mint,
+            unit: "sat".into(),
+            amount,
+            p2pk_locked: false,
+            digest: token.into(),
+        })
+    }
+    async fn redeem(&self, token: &str) -> PortResult<u64> {
+        *self.redeems.lock().unwrap() += 1;
+        if !self.spent.lock().unwrap().insert(token.to_string()) {
+            return Err(PortError::rejected(ErrorCode::TokenSpent, "spent"));
+        }
+        Ok(self.inspect(token)?.amount)
+    }
+    async fn token_state(&self, token: &str) -> PortResult<TokenState> {
+        Ok(if self.spent.lock().unwrap().contains(token) {
+            TokenState::Spent
+        } else {
+            TokenState::Unspent
+        })
+    }
+    async fn refund(&self, _mint: &str, amount: u64) -> PortResult<String> {
+        self.refunds.lock().unwrap().push(amount);
+        Ok(format!("refund:{amount}"))
+    }
+    async fn balance(&self) -> PortResult<u64> {
+        Ok(0)
+    }
+}
+
+#[derive(Default)]
+struct FakeCluster {
+    leases: Mutex<BTreeMap<String, PodPlan>>,
+    orphans: Mutex<Vec<OrphanObject>>,
+    keys: Mutex<HashMap<String, Vec<u8>>>,
+    fail_create: Mutex<bool>,
+    creates: Mutex<u32>,
+}
+
+#[async_trait]
+impl ClusterPort for FakeCluster {
+    async fn ensure_lease_objects(&self, plan: &PodPlan) -> PortResult<()> {
+        *self.creates.lock().unwrap() += 1;
+        if *self.fail_create.lock().unwrap() {
+            return Err(PortError::rejected(
+                ErrorCode::ProvisioningFailed,
+                "exceeded quota",
+            ));
+        }
+        self.leases
+            .lock()
+            .unwrap()
+            .entry(plan.lease_id.clone())
+            .or_insert_with(|| plan.clone());
+        Ok(())
+    }
+    async fn wait_running(&self, lease_id: &str, _t: Duration) -> PortResult<SocketAddr> {
+        if self.leases.lock().unwrap().contains_key(lease_id) {
+            Ok("127.0.0.1:2222".parse().unwrap())
+        } else {
+            Err(PortError::permanent("gone"))
+        }
+    }
+    async fn set_expiry(&self, lease_id: &str, expires_at: u64) -> PortResult<()> {
+        match self.leases.lock().unwrap().get_mut(lease_id) {
+            Some(p) => {
+                p.expires_at = expires_at;
+                Ok(())
+            }
+            None => Err(PortError::permanent("no pod")),
+        }
+    }
+    async fn delete_lease(&self, lease_id: &str) -> PortResult<()> {
+        self.leases.lock().unwrap().remove(lease_id);
+        self.keys.lock().unwrap().remove(lease_id);
+        Ok(())
+    }
+    async fn list_leases(&self) -> PortResult<Vec<ClusterLease>> {
+        Ok(self
+            .leases
+            .lock()
+            .unwrap()
+            .values()
+            .map(|p| ClusterLease {
+                lease_id: p.lease_id.clone(),
+                pod_name: p.pod_name.clone(),
+                expires_at: Some(p.expires_at),
+                requester: Some(p.requester.clone()),
+                tier: Some(p.tier.name.clone()),
+                ssh_endpoint: Some("127.0.0.1:2222".parse().unwrap()),
+                terminating: false,
+            })
+            .collect())
+    }
+    async fn list_orphans(&self) -> PortResult<Vec<OrphanObject>> {
+        Ok(self.orphans.lock().unwrap().clone())
+    }
+    async fn delete_orphan(&self, orphan: &OrphanObject) -> PortResult<()> {
+        self.orphans.lock().unwrap().retain(|o| o != orphan);
+        Ok(())
+    }
+    async fn load_onion_key(&self, lease_id: &str) -> PortResult<Option<Vec<u8>>> {
+        Ok(self.keys.lock().unwrap().get(lease_id).cloned())
+    }
+    async fn store_onion_key(&self, lease_id: &str, key: &[u8]) -> PortResult<()> {
+        self.keys
+            .lock()
+            .unwrap()
+            .insert(lease_id.into(), key.to_vec());
+        Ok(())
+    }
+    async fn ping(&self) -> PortResult<()> {
+        Ok(())
+    }
+}
+
+struct FakeProbe;
+#[async_trait]
+impl SshProbePort for FakeProbe {
+    async fn probe(&self, _e: SocketAddr) -> PortResult<HostKey> {
+        Ok(HostKey {
+            fingerprint: "SHA256:abc".into(),
+            public_key: "ssh-ed25519 AAAA".into(),
+        })
+    }
+}
+
+#[derive(Default)]
+struct FakeOnion {
+    running: Mutex<HashMap<String, Vec<u8>>>,
+}
+#[async_trait]
+impl OnionPort for FakeOnion {
+    fn enabled(&self) -> bool {
+        true
+    }
+    fn generate_key(&self) -> PortResult<Vec<u8>> {
+        Ok(vec![7; 64])
+    }
+    async fn launch(&self, lease_id: &str, key: &[u8], _t: SocketAddr) -> PortResult<String> {
+        self.running
+            .lock()
+            .unwrap()
+            .insert(lease_id.into(), key.to_vec());
+        Ok(format!("{}.onion", hex::encode(&key[..4])))
+    }
+    async fn stop(&self, lease_id: &str) {
+        self.running.lock().unwrap().remove(lease_id);
+    }
+    fn ready(&self) -> bool {
+        true
+    }
+    fn running(&self) -> usize {
+        self.running.lock().unwrap().len()
+    }
+}
+
+#[derive(Default)]
+struct FakeReplies {
+    sent: Mutex<Vec<(ReplyRoute, Reply)>>,
+}
+#[async_trait]
+impl ReplyPort for FakeReplies {
+    async fn send(&self, route: &ReplyRoute, reply: &Reply) -> PortResult<()> {
+        self.sent
+            .lock()
+            .unwrap()
+            .push((route.clone(), reply.clone()));
+        Ok(())
+    }
+}
+
+#[derive(Default)]
+struct MemJournal {
+    records: Mutex<BTreeMap<String, SagaRecord>>,
+    tokens: Mutex<HashMap<String, String>>,
+}
+impl Journal for MemJournal {
+    fn insert_new(&self, r: &SagaRecord) -> PortResult<bool> {
+        let mut m = self.records.lock().unwrap();
+        if m.contains_key(&r.request_id) {
+            return Ok(false);
+        }
+        m.insert(r.request_id.clone(), r.clone());
+        Ok(true)
+    }
+    fn put(&self, r: &SagaRecord) -> PortResult<()> {
+        self.records
+            .lock()
+            .unwrap()
+            .insert(r.request_id.clone(), r.clone());
+        Ok(())
+    }
+    fn get(&self, id: &str) -> PortResult<Option<SagaRecord>> {
+        Ok(self.records.lock().unwrap().get(id).cloned())
+    }
+    fn unfinished(&self) -> PortResult<Vec<SagaRecord>> {
+        Ok(self
+            .records
+            .lock()
+            .unwrap()
+            .values()
+            .filter(|r| r.step != Step::Done)
+            .cloned()
+            .collect())
+    }
+    fn claim_token(&self, digest: &str, request_id: &str) -> PortResult<Option<String>> {
+        let mut t = self.tokens.lock().unwrap();
+        match t.get(digest) {
+            Some(owner) if owner != request_id => Ok(Some(owner.clone())),
+            _ => {
+                t.insert(digest.into(), request_id.into());
+                Ok(None)
+            }
+        }
+    }
+}
+
+struct World {
+    svc: Arc<LeaseService>,
+    payment: Arc<FakePayment>,
+    cluster: Arc<FakeCluster>,
+    onion: Arc<FakeOnion>,
+    replies: Arc<FakeReplies>,
+    journal: Arc<MemJournal>,
+}
+
+fn world() -> World {
+    let payment = Arc::new(FakePayment::default());
+    let cluster = Arc::new(FakeCluster::default());
+    let onion = Arc::new(FakeOnion::default());
+    let replies = Arc::new(FakeReplies::default());
+    let journal = Arc::new(MemJournal::default());
+    let settings = LeaseSettings {
+        namespace: "user-workloads".into(),
+        ssh_port: 2222,
+        default_image: "img:ok".into(),
+        allowed_images: vec!["img:ok".into()],
+        tiers: vec![Tier {
+            name: "basic".into(),
+            cpu: "500m".into(),
+            memory: "512Mi".into(),
+            sats_per_hour: 100,
+        }],
+        min_duration_secs: 60,
+        max_duration_secs: 86_400,
+        ready_timeout: Duration::from_secs(5),
+        retry_delay: Duration::from_millis(1),
+        retry_attempts: 3,
+    };
+    let ports = Ports {
+        payment: payment.clone(),
+        cluster: cluster.clone(),
+        probe: Arc::new(FakeProbe),
+        onion: onion.clone(),
+        replies: replies.clone(),
+        journal: journal.clone(),
+    };
+    World {
+        svc: Arc::new(LeaseService::new(
+            settings,
+            ports,
+            Arc::new(Metrics::default()),
+        )),
+        payment,
+        cluster,
+        onion,
+        replies,
+        journal,
+    }
+}
+
+fn route(id: &str, who: &str) -> ReplyRoute {
+    ReplyRoute {
+        request_id: id.into(),
+        requester: who.into(),
+        via: ReplyVia::Nip44,
+    }
+}
+
+fn create(id: &str, token: &str) -> Incoming {
+    Incoming::Create {
+        route: route(id, "alice-pk"),
+        request: LeaseRequest {
+            cashu_token: token.into(),
+            ssh_username: Some("alice".into()),
+            pod_image: None,
+            ssh_public_key: None,
+            tier: None,
+        },
+    }
+}
+
+fn error_code(r: &Reply) -> Option<ErrorCode> {
+    match r {
+        Reply::Error { code, .. } => Some(*code),
+        _ => None,
+    }
+}
+
+#[tokio::test]
+async fn paid_request_yields_a_lease_at_the_rate() {
+    let w = world();
+    let reply = w
+        .svc
+        .handle(create("e1", "tok:http:mint.test:100:a"))
+        .await
+        .unwrap();
+    let Reply::Ok {
+        access,
+        amount_sats,
+        duration_seconds,
+        ..
+    } = reply
+    else {
+        panic!("{reply:?}")
+    };
+    assert_eq!(amount_sats, 100);
+    assert!((3598..=3600).contains(&duration_seconds));
+    assert!(access.ssh_password.as_ref().is_some_and(|p| p.len() >= 20));
+    assert!(access.onion_address.is_some());
+    assert!(access
+        .port_forward_command
+        .contains("port-forward svc/ssh-pod-"));
+    assert_eq!(w.cluster.leases.lock().unwrap().len(), 1);
+    assert_eq!(w.replies.sent.lock().unwrap().len(), 1);
+    assert_eq!(w.journal.get("e1").unwrap().unwrap().step, Step::Done);
+    // The token is not kept once redeemed.
+    assert_eq!(w.journal.get("e1").unwrap().unwrap().ask.token(), "");
+}
+
+#[tokio::test]
+async fn the_same_event_twice_makes_one_lease_and_one_reply() {
+    let w = world();
+    let (a, b) = tokio::join!(
+        w.svc.handle(create("e1", "tok:http:mint.test:100:a")),
+        w.svc.handle(create("e1", "tok:http:mint.test:100:a"))
+    );
+    assert!(a.is_some() || b.is_some());
+    w.svc.handle(create("e1", "tok:http:mint.test:100:a")).await;
+    assert_eq!(*w.payment.redeems.lock().unwrap(), 1);
+    assert_eq!(w.cluster.leases.lock().unwrap().len(), 1);
+    assert_eq!(w.replies.sent.lock().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn one_token_in_two_requests_buys_one_lease() {
+    let w = world();
+    w.svc.handle(create("e1", "tok:http:mint.test:100:a")).await;
+    let second = w
+        .svc
+        .handle(create("e2", "tok:http:mint.test:100:a"))
+        .await
+        .unwrap();
+    assert_eq!(error_code(&second), Some(ErrorCode::TokenSpent));
+    assert_eq!(*w.payment.redeems.lock().unwrap(), 1);
+    assert_eq!(w.cluster.leases.lock().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn bad_input_is_refused_before_any_redeem() {
+    let w = world();
+    let mut cases = vec![
+        (
+            create("m", "tok:http:evil.test:100:a"),
+            ErrorCode::MintNotAllowed,
+        ),
+        (
+            create("s", "tok:http:mint.test:1:a"),
+            ErrorCode::AmountTooSmall,
+        ),
+        (create("g", "garbage"), ErrorCode::InvalidToken),
+    ];
+    let mut bad_image = create("i", "tok:http:mint.test:100:b");
+    if let Incoming::Create { request, .. } = &mut bad_image {
+        request.pod_image = Some("evil:latest".into());
+    }
+    cases.push((bad_image, ErrorCode::ImageNotAllowed));
+    let mut bad_user = create("u", "tok:http:mint.test:100:c");
+    if let Incoming::Create { request, .. } = &mut bad_user {
+        request.ssh_username = Some("root".into());
+    }
+    cases.push((bad_user, ErrorCode::InvalidUsername));
+    for (incoming, code) in cases {
+        let reply = w.svc.handle(incoming).await.unwrap();
+        assert_eq!(error_code(&reply), Some(code));
+    }
+    assert_eq!(*w.payment.redeems.lock().unwrap(), 0);
+    assert!(w.cluster.leases.lock().unwrap().is_empty());
+    assert_eq!(*w.cluster.creates.lock().unwrap(), 0);
+}
+
+#[tokio::test]
+async fn failure_after_redeem_refunds_and_leaves_nothing() {
+    let w = world();
+    *w.cluster.fail_create.lock().unwrap() = true;
+    let reply = w
+        .svc
+        .handle(create("e1", "tok:http:mint.test:100:a"))
+        .await
+        .unwrap();
+    let Reply::Error {
+        code, refund_token, ..
+    } = reply
+    else {
+        panic!()
+    };
+    assert_eq!(code, ErrorCode::ProvisioningFailed);
+    assert_eq!(refund_token.as_deref(), Some("refund:100"));
+    assert_eq!(*w.payment.refunds.lock().unwrap(), vec![100]);
+    assert!(w.cluster.leases.lock().unwrap().is_empty());
+    assert_eq!(w.onion.running(), 0);
+}
+
+#[tokio::test]
+async fn only_the_owner_may_top_up_or_ask_status() {
+    let w = world();
+    w.svc.handle(create("e1", "tok:http:mint.test:100:a")).await;
+    let lease_id = w
+        .cluster
+        .leases
+        .lock()
+        .unwrap()
+        .keys()
+        .next()
+        .unwrap()
+        .clone();
+    let before = w.cluster.leases.lock().unwrap()[&lease_id].expires_at;
+
+    let stranger = Incoming::TopUp {
+        route: route("t1", "mallory-pk"),
+        request: TopUpRequest {
+            cashu_token: "tok:http:mint.test:100:b".into(),
+            lease: lease_id.clone(),
+        },
+    };
+    assert_eq!(
+        error_code(&w.svc.handle(stranger).await.unwrap()),
+        Some(ErrorCode::LeaseNotFound)
+    );
+    let peek = Incoming::Status {
+        route: route("s1", "mallory-pk"),
+        request: StatusRequest {
+            lease: lease_id.clone(),
+        },
+    };
+    assert_eq!(
+        error_code(&w.svc.handle(peek).await.unwrap()),
+        Some(ErrorCode::LeaseNotFound)
+    );
+    assert_eq!(
+        *w.payment.redeems.lock().unwrap(),
+        1,
+        "a stranger's token is not redeemed"
+    );
+
+    let owner = Incoming::TopUp {
+        route: route("t2", "alice-pk"),
+        request: TopUpRequest {
+            cashu_token: "tok:http:mint.test:50:c".into(),
+            lease: format!("ssh-pod-{lease_id}"),
+        },
+    };
+    let Reply::Extended {
+        added_seconds,
+        expires_at,
+        ..
+    } = w.svc.handle(owner).await.unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!(added_seconds, 1800);
+    assert_eq!(expires_at, before + 1800);
+    let status = Incoming::Status {
+        route: route("s2", "alice-pk"),
+        request: StatusRequest { lease: lease_id },
+    };
+    let Reply::Status { lease, .. } = w.svc.handle(status).await.unwrap() else {
+        panic!()
+    };
+    assert_eq!(lease.state, "active");
+    assert!(lease.seconds_remaining > 3600);
+}
+
+#[tokio::test]
+async fn a_saga_interrupted_after_redeem_resumes_to_a_lease() {
+    let w = world();
+    // What a crash right after the redeem leaves in the journal.
+    let mut rec = SagaRecord {
+        request_id: "e9".into(),
+        route: route("e9", "alice-pk"),
+        received_at: now_secs(),
+        step: Step::Redeemed,
+        ask: super::journal::Ask::Create(LeaseRequest {
+            cashu_token: String::new(),
+            ssh_username: Some("alice".into()),
+            pod_image: None,
+            ssh_public_key: None,
+            tier: None,
+        }),
+        mint_url: Some(MINT.into()),
+        token_digest: Some("d".into()),
+        amount: Some(100),
+        lease_id: None,
+        expires_at: None,
+        ssh_password: None,
+        access: None,
+        failure: None,
+        reply: None,
+    };
+    w.journal.put(&rec).unwrap();
+    w.svc.resume_unfinished().await;
+    for _ in 0..100 {
+        rec = w.journal.get("e9").unwrap().unwrap();
+        if rec.step == Step::Done {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(rec.step, Step::Done);
+    assert!(matches!(rec.reply, Some(Reply::Ok { .. })));
+    assert_eq!(
+        *w.payment.redeems.lock().unwrap(),
+        0,
+        "resuming never redeems again"
+    );
+    assert_eq!(w.cluster.leases.lock().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn reconcile_ends_expired_leases_and_removes_orphans() {
+    let w = world();
+    w.svc.handle(create("e1", "tok:http:mint.test:100:a")).await;
+    let id = w
+        .cluster
+        .leases
+        .lock()
+        .unwrap()
+        .keys()
+        .next()
+        .unwrap()
+        .clone();
+    w.cluster
+        .leases
+        .lock()
+        .unwrap()
+        .get_mut(&id)
+        .unwrap()
+        .expires_at = now_secs() - 1;
+    w.cluster.orphans.lock().unwrap().push(OrphanObject {
+        kind: "Service".into(),
+        name: "ssh-pod-x-ssh".into(),
+        lease_id: "x".into(),
+    });
+    w.svc.reconcile_once().await.unwrap();
+    assert!(w.cluster.leases.lock().unwrap().is_empty());
+    assert!(w.cluster.orphans.lock().unwrap().is_empty());
+    assert_eq!(w.onion.running(), 0);
+}
