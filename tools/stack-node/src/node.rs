@@ -49,7 +49,7 @@ impl NodeAgent {
                     "labels": {
                         "kubernetes.io/hostname": self.name,
                         "kubernetes.io/os": "linux",
-                        "kubernetes.io/arch": std::env::consts::ARCH.replace("x86_64", "amd64").replace("aarch64", "arm64"),
+                        "kubernetes.io/arch": go_arch(),
                         "paygress.dev/stack-node": "true",
                     },
                 },
@@ -115,10 +115,10 @@ impl NodeAgent {
                 "daemonEndpoints": {"kubeletEndpoint": {"Port": 0}},
                 "nodeInfo": {
                     "machineID": "stack-node", "systemUUID": "stack-node", "bootID": self.started,
-                    "kernelVersion": "", "osImage": "paygress test stack",
+                    "kernelVersion": kernel_version(), "osImage": "paygress test stack",
                     "containerRuntimeVersion": "stack-node://0.1.0",
                     "kubeletVersion": "v1.36.3", "kubeProxyVersion": "",
-                    "operatingSystem": "linux", "architecture": std::env::consts::ARCH,
+                    "operatingSystem": "linux", "architecture": go_arch(),
                 },
             })
         } else {
@@ -179,6 +179,21 @@ impl NodeAgent {
             }
         }
     }
+}
+
+/// Architecture name as Kubernetes (GOARCH) spells it.
+fn go_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    }
+}
+
+fn kernel_version() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
 }
 
 fn is_not_found(e: &anyhow::Error) -> bool {

@@ -69,6 +69,8 @@ impl ProcGroups {
 
 struct Shared {
     pod: String,
+    /// Offered again after every failure, as sshd does (so clients can retry, up to max_auth_attempts).
+    methods: MethodSet,
     creds: Credentials,
     home: PathBuf,
     groups: Arc<ProcGroups>,
@@ -98,6 +100,7 @@ impl PodServer {
         };
         let config = Arc::new(russh::server::Config {
             methods: MethodSet::from(methods),
+            max_auth_attempts: 6,
             auth_rejection_time: Duration::from_millis(300),
             auth_rejection_time_initial: Some(Duration::ZERO),
             keys: vec![spec.host_key],
@@ -110,6 +113,7 @@ impl PodServer {
         let groups = Arc::new(ProcGroups::default());
         let shared = Arc::new(Shared {
             pod: spec.pod,
+            methods: MethodSet::from(methods),
             creds: spec.creds,
             home: spec.home,
             groups: groups.clone(),
@@ -331,6 +335,15 @@ impl Conn {
     }
 }
 
+impl Conn {
+    fn reject(&self) -> Auth {
+        Auth::Reject {
+            proceed_with_methods: Some(self.shared.methods.clone()),
+            partial_success: false,
+        }
+    }
+}
+
 impl russh::server::Handler for Conn {
     type Error = russh::Error;
 
@@ -340,7 +353,7 @@ impl russh::server::Handler for Conn {
             Ok(Auth::Accept)
         } else {
             info!(pod = %self.shared.pod, peer = %self.peer, %user, "password rejected");
-            Ok(Auth::reject())
+            Ok(self.reject())
         }
     }
 
@@ -353,7 +366,7 @@ impl russh::server::Handler for Conn {
             Ok(Auth::Accept)
         } else {
             debug!(pod = %self.shared.pod, %user, "public key not authorised");
-            Ok(Auth::reject())
+            Ok(self.reject())
         }
     }
 
@@ -367,7 +380,7 @@ impl russh::server::Handler for Conn {
             Ok(Auth::Accept)
         } else {
             info!(pod = %self.shared.pod, peer = %self.peer, %user, "public key rejected");
-            Ok(Auth::reject())
+            Ok(self.reject())
         }
     }
 
