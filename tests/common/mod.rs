@@ -1,0 +1,426 @@
+//! Black-box harness: the real peers of `scripts/stack` driven with the tools a user has (cashu, nak,
+//! kubectl, ssh), and the `paygress` binary run as a process.
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde_json::Value;
+
+/// Environment exported by `scripts/stack env`. Missing variables fail the test: these tests must never
+/// pass without the real peers.
+pub fn env(var: &str) -> String {
+    match std::env::var(var) {
+        Ok(v) if !v.is_empty() => v,
+        _ => panic!("run through scripts/test (stack env missing: {var})"),
+    }
+}
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Run a command, return stdout; error names the command and its stderr.
+pub fn run(cmd: &mut Command) -> Result<String> {
+    let out = cmd.stdin(Stdio::null()).output().with_context(|| format!("spawn {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{:?} failed ({}): {}{}",
+            cmd,
+            out.status,
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+pub fn run_with_stdin(cmd: &mut Command, input: &str) -> Result<String> {
+    let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
+    child.stdin.take().ok_or(anyhow!("stdin"))?.write_all(input.as_bytes())?;
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!("{:?} failed ({}): {}", cmd, out.status, String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+pub fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Result<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Ok(v);
+        }
+        if Instant::now() > deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+pub fn kubectl(args: &[&str]) -> Result<String> {
+    run(Command::new("kubectl").args(args))
+}
+
+// ---------------------------------------------------------------- Kubernetes as the provider sees it
+
+/// Applies k8s/sidecar-service.yaml as admin (once per test process) and returns a kubeconfig for the
+/// provider's own ServiceAccount, so the provider runs with exactly the manifest's RBAC.
+pub fn provider_kubeconfig() -> PathBuf {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    PATH.get_or_init(|| make_provider_kubeconfig().expect("provider kubeconfig")).clone()
+}
+
+fn make_provider_kubeconfig() -> Result<PathBuf> {
+    env("KUBECONFIG");
+    let manifest = repo_root().join("k8s/sidecar-service.yaml");
+    kubectl(&["apply", "-f", manifest.to_str().ok_or(anyhow!("path"))?])?;
+    let token = kubectl(&["-n", "ingress-system", "create", "token", "paygress", "--duration", "6h"])?;
+    let server = kubectl(&["config", "view", "--minify", "-o", "jsonpath={.clusters[0].cluster.server}"])?;
+    let ca = kubectl(&["config", "view", "--minify", "--raw", "-o", "jsonpath={.clusters[0].cluster.certificate-authority-data}"])?;
+    let dir = std::env::temp_dir().join(format!("paygress-sa-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join("kubeconfig");
+    let cfg = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: stack\n  cluster:\n    server: {server}\n    certificate-authority-data: {ca}\n\
+         users:\n- name: paygress\n  user:\n    token: {token}\ncontexts:\n- name: paygress\n  context:\n    cluster: stack\n    user: paygress\n    namespace: user-workloads\n\
+         current-context: paygress\n"
+    );
+    std::fs::write(&path, cfg)?;
+    Ok(path)
+}
+
+pub fn pods_of_lease(lease_id: &str) -> Result<usize> {
+    let out = kubectl(&["-n", "user-workloads", "get", "pods", "-l", &format!("paygress.io/lease-id={lease_id}"), "-o", "name"])?;
+    Ok(out.lines().filter(|l| !l.is_empty()).count())
+}
+
+pub fn managed_pod_names() -> Result<Vec<String>> {
+    let out = kubectl(&["-n", "user-workloads", "get", "pods", "-l", "app.kubernetes.io/managed-by=paygress", "-o", "jsonpath={.items[*].metadata.name}"])?;
+    Ok(out.split_whitespace().map(String::from).collect())
+}
+
+pub fn pod_ip(pod: &str) -> Result<String> {
+    kubectl(&["-n", "user-workloads", "get", "pod", pod, "-o", "jsonpath={.status.podIP}"])
+}
+
+// ---------------------------------------------------------------- Cashu, with the `cashu` CLI
+
+/// A user's wallet: its own CASHU_DIR, talking to a stack mint.
+pub struct Wallet {
+    pub dir: tempfile::TempDir,
+    pub mint: String,
+}
+
+impl Wallet {
+    pub fn new(mint: &str) -> Result<Wallet> {
+        let w = Wallet { dir: tempfile::tempdir()?, mint: mint.to_string() };
+        Ok(w)
+    }
+
+    fn cashu(&self) -> Command {
+        let mut c = Command::new("cashu");
+        // Nutshell reads ./.env: run it from its own empty directory.
+        c.current_dir(self.dir.path())
+            .env("CASHU_DIR", self.dir.path())
+            .env("MINT_URL", &self.mint)
+            .env("HOME", self.dir.path())
+            .arg("-y");
+        c
+    }
+
+    /// `cashu invoice N` (the fake Lightning backend pays it).
+    pub fn fund(&self, sats: u64) -> Result<()> {
+        run(self.cashu().args(["invoice", &sats.to_string()])).map(|_| ())
+    }
+
+    fn token_from(out: &str) -> Result<String> {
+        out.split_whitespace()
+            .find(|w| w.starts_with("cashuA") || w.starts_with("cashuB"))
+            .map(String::from)
+            .ok_or_else(|| anyhow!("no token in cashu output: {out}"))
+    }
+
+    /// `cashu send N` → a cashuB token.
+    pub fn send(&self, sats: u64) -> Result<String> {
+        Self::token_from(&run(self.cashu().args(["send", &sats.to_string()]))?)
+    }
+
+    pub fn send_legacy(&self, sats: u64) -> Result<String> {
+        Self::token_from(&run(self.cashu().args(["send", "--legacy", &sats.to_string()]))?)
+    }
+
+    pub fn send_locked(&self, sats: u64, pubkey_hex: &str) -> Result<String> {
+        Self::token_from(&run(self.cashu().args(["send", "--lock", &format!("P2PK:{pubkey_hex}"), &sats.to_string()]))?)
+    }
+
+    /// `cashu receive TOKEN`: succeeds only if the token is unspent, which is how a test proves that the
+    /// provider left it alone.
+    pub fn receive(&self, token: &str) -> Result<String> {
+        run(self.cashu().args(["receive", token]))
+    }
+
+    pub fn balance(&self) -> Result<u64> {
+        let out = run(self.cashu().args(["balance"]))?;
+        // "Balance: 900 sat"
+        out.split_whitespace()
+            .filter_map(|w| w.parse::<u64>().ok())
+            .next()
+            .ok_or_else(|| anyhow!("no balance in {out}"))
+    }
+}
+
+// ---------------------------------------------------------------- Nostr, with `nak`
+
+pub fn relay() -> String {
+    env("NOSTR_RELAYS").split(',').next().unwrap_or_default().to_string()
+}
+
+/// A Nostr user with a fresh key, using nak as the independent client.
+pub struct User {
+    pub sec: String,
+    pub pubkey: String,
+}
+
+impl User {
+    pub fn new() -> Result<User> {
+        let sec = run(Command::new("nak").args(["key", "generate"]))?;
+        let pubkey = run(Command::new("nak").args(["key", "public", &sec]))?;
+        Ok(User { sec, pubkey })
+    }
+
+    /// Publish an event; returns its id.
+    pub fn publish(&self, kind: u16, content: &str, provider: Option<&str>) -> Result<String> {
+        let dir = tempfile::tempdir()?;
+        let file = dir.path().join("content");
+        std::fs::write(&file, content)?;
+        let mut cmd = Command::new("nak");
+        cmd.args(["event", "--sec", &self.sec, "-k", &kind.to_string(), "-c", &format!("@{}", file.display())]);
+        if let Some(p) = provider {
+            cmd.args(["-p", p]);
+        }
+        cmd.arg(relay());
+        let ev: Value = serde_json::from_str(&run(&mut cmd)?)?;
+        Ok(ev["id"].as_str().ok_or(anyhow!("no id"))?.to_string())
+    }
+
+    /// A kind-`kind` request with NIP-44 content to the provider.
+    pub fn publish_nip44(&self, kind: u16, json: &str, provider: &str) -> Result<String> {
+        let ct = self.encrypt(json, provider)?;
+        self.publish(kind, &ct, Some(provider))
+    }
+
+    pub fn encrypt(&self, plaintext: &str, to: &str) -> Result<String> {
+        run_with_stdin(Command::new("nak").args(["encrypt", "--sec", &self.sec, "-p", to]), plaintext)
+    }
+
+    pub fn decrypt(&self, ciphertext: &str, from: &str) -> Result<String> {
+        run_with_stdin(Command::new("nak").args(["decrypt", "--sec", &self.sec, "-p", from]), ciphertext)
+    }
+
+    /// A NIP-17 gift wrap around a rumor of `kind` to the provider; returns the rumor id (the request id).
+    pub fn publish_gift_wrap(&self, kind: u16, json: &str, provider: &str) -> Result<String> {
+        let rumor = serde_json::json!({
+            "kind": kind, "content": json, "tags": [["p", provider]],
+            "created_at": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs(),
+            "pubkey": self.pubkey,
+        });
+        let wrap = run_with_stdin(Command::new("nak").args(["gift", "wrap", "--sec", &self.sec, "-p", provider]), &rumor.to_string())?;
+        let wrap_v: Value = serde_json::from_str(&wrap)?;
+        run_with_stdin(Command::new("nak").args(["event", &relay()]), &wrap)?;
+        // The rumor id is what the provider answers to; nak prints the wrap, so read the rumor back.
+        let _ = wrap_v;
+        let unwrapped = self.unwrap_own_rumor(&rumor)?;
+        Ok(unwrapped)
+    }
+
+    fn unwrap_own_rumor(&self, rumor: &Value) -> Result<String> {
+        // The rumor id is the NIP-01 id of the unsigned rumor: compute it as every client does.
+        use sha2::{Digest, Sha256};
+        let ser = serde_json::json!([0, rumor["pubkey"], rumor["created_at"], rumor["kind"], rumor["tags"], rumor["content"]]);
+        Ok(hex::encode(Sha256::digest(ser.to_string().as_bytes())))
+    }
+
+    /// Wait for the kind-1001 reply to `request_id` and decrypt it (NIP-44 or gift wrap).
+    pub fn await_reply(&self, request_id: &str, provider: &str, timeout: Duration) -> Result<Value> {
+        wait_until(&format!("reply to {request_id}"), timeout, || self.find_reply(request_id, provider).ok().flatten())
+    }
+
+    fn find_reply(&self, request_id: &str, provider: &str) -> Result<Option<Value>> {
+        let out = run(Command::new("nak").args(["req", "-k", "1001", "-p", &self.pubkey, "-a", provider, "-e", request_id, &relay()]))?;
+        for line in out.lines().filter(|l| !l.trim().is_empty()) {
+            let ev: Value = serde_json::from_str(line)?;
+            let plain = self.decrypt(ev["content"].as_str().unwrap_or_default(), provider)?;
+            return Ok(Some(serde_json::from_str(&plain)?));
+        }
+        let out = run(Command::new("nak").args(["req", "-k", "1059", "-p", &self.pubkey, &relay()]))?;
+        for line in out.lines().filter(|l| !l.trim().is_empty()) {
+            let Ok(rumor) = run_with_stdin(Command::new("nak").args(["gift", "unwrap", "--sec", &self.sec]), line) else { continue };
+            let rumor: Value = serde_json::from_str(&rumor)?;
+            let answers = rumor["tags"].as_array().into_iter().flatten().any(|t| t[0] == "e" && t[1] == request_id);
+            if rumor["kind"] == 1001 && answers && rumor["pubkey"] == provider {
+                return Ok(Some(serde_json::from_str(rumor["content"].as_str().unwrap_or_default())?));
+            }
+        }
+        Ok(None)
+    }
+}
+
+// ---------------------------------------------------------------- the provider process
+
+pub struct ProviderOptions {
+    pub enable_tor: bool,
+    pub extra_env: Vec<(String, String)>,
+    /// Reuse a state dir (restarts); a fresh one when None.
+    pub state_dir: Option<PathBuf>,
+}
+
+impl Default for ProviderOptions {
+    fn default() -> Self {
+        ProviderOptions { enable_tor: false, extra_env: Vec::new(), state_dir: None }
+    }
+}
+
+pub struct Provider {
+    pub child: Child,
+    pub state_dir: PathBuf,
+    pub http: String,
+    pub pubkey: String,
+    pub nsec_hex: String,
+    pub log: PathBuf,
+    _state_tmp: Option<tempfile::TempDir>,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(28091)
+}
+
+impl Provider {
+    pub fn start(opts: ProviderOptions) -> Result<Provider> {
+        let (state_dir, tmp) = match opts.state_dir {
+            Some(d) => (d, None),
+            None => {
+                let t = tempfile::tempdir()?;
+                (t.path().to_path_buf(), Some(t))
+            }
+        };
+        // One provider key per state dir, kept across restarts.
+        let key_file = state_dir.join("test-nostr-key");
+        let sec = match std::fs::read_to_string(&key_file) {
+            Ok(s) => s.trim().to_string(),
+            Err(_) => {
+                let s = run(Command::new("nak").args(["key", "generate"]))?;
+                std::fs::write(&key_file, &s)?;
+                s
+            }
+        };
+        let pubkey = run(Command::new("nak").args(["key", "public", &sec]))?;
+        let http = format!("127.0.0.1:{}", free_port());
+        let log = state_dir.join("provider.log");
+        let logf = std::fs::OpenOptions::new().create(true).append(true).open(&log)?;
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_paygress"));
+        cmd.env_clear()
+            .env("PATH", env("PATH"))
+            .env("HOME", env("HOME"))
+            .env("RUST_LOG", "info,paygress=debug")
+            .env("RUN_MODE", "nostr")
+            .env("NOSTR_RELAYS", env("NOSTR_RELAYS"))
+            .env("NOSTR_PRIVATE_KEY", &sec)
+            .env("WHITELISTED_MINTS", env("CASHU_MINT_URL"))
+            .env("KUBECONFIG", provider_kubeconfig())
+            .env("POD_NAMESPACE", "user-workloads")
+            .env("PAYMENT_RATE_SATS_PER_HOUR", "100")
+            .env("PAYGRESS_STATE_DIR", &state_dir)
+            .env("PAYGRESS_HTTP_ADDR", &http)
+            .env("ENABLE_TOR_SIDECAR", if opts.enable_tor { "true" } else { "false" })
+            .env("PAYGRESS_READY_TIMEOUT_SECONDS", "60")
+            .env("PAYGRESS_RECONCILE_INTERVAL_SECONDS", "2");
+        if opts.enable_tor {
+            cmd.env("PAYGRESS_TOR_NETWORK_CONFIG", env("PAYGRESS_TOR_NETWORK_CONFIG"));
+        }
+        for (k, v) in &opts.extra_env {
+            cmd.env(k, v);
+        }
+        let child = cmd.stdout(logf.try_clone()?).stderr(logf).stdin(Stdio::null()).spawn()?;
+        let p = Provider { child, state_dir, http, pubkey, nsec_hex: sec, log, _state_tmp: tmp };
+        p.wait_ready(Duration::from_secs(if opts.enable_tor { 240 } else { 60 }))?;
+        Ok(p)
+    }
+
+    pub fn wait_ready(&self, timeout: Duration) -> Result<()> {
+        let url = format!("http://{}/readyz", self.http);
+        wait_until("provider /readyz", timeout, || {
+            Command::new("curl").args(["-sf", "-o", "/dev/null", &url]).status().ok().filter(|s| s.success())
+        })
+        .map_err(|e| anyhow!("{e}; provider log:\n{}", self.log_tail()))
+    }
+
+    pub fn log_tail(&self) -> String {
+        let s = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = s.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Keep the state dir alive beyond this process (for restarts).
+    pub fn keep_state(&mut self) -> Option<tempfile::TempDir> {
+        self._state_tmp.take()
+    }
+}
+
+impl Drop for Provider {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A request body in the seed's JSON.
+pub fn request_json(token: &str, user: &str) -> String {
+    serde_json::json!({"cashu_token": token, "ssh_username": user}).to_string()
+}
+
+/// `ssh` (OpenSSH) into `user@host:port` with a password, running `cmd`.
+pub fn ssh_password(host: &str, port: u16, user: &str, password: &str, cmd: &str, known_hosts: Option<&Path>) -> Result<String> {
+    let kh = known_hosts.map(|p| p.display().to_string()).unwrap_or_else(|| "/dev/null".into());
+    let strict = if known_hosts.is_some() { "yes" } else { "no" };
+    run(Command::new("sshpass").args([
+        "-p",
+        password,
+        "ssh",
+        "-p",
+        &port.to_string(),
+        "-o",
+        &format!("StrictHostKeyChecking={strict}"),
+        "-o",
+        &format!("UserKnownHostsFile={kh}"),
+        "-o",
+        "PreferredAuthentications=password",
+        "-o",
+        "PubkeyAuthentication=no",
+        "-o",
+        "ConnectTimeout=20",
+        &format!("{user}@{host}"),
+        cmd,
+    ]))
+}
+
+/// Fingerprint of the host key at host:port as OpenSSH computes it (ssh-keyscan | ssh-keygen -lf -).
+pub fn openssh_fingerprint(host: &str, port: u16) -> Result<String> {
+    let scan = run(Command::new("ssh-keyscan").args(["-p", &port.to_string(), "-t", "ed25519", host]))?;
+    let out = run_with_stdin(Command::new("ssh-keygen").args(["-lf", "-"]), &scan)?;
+    out.split_whitespace().nth(1).map(String::from).ok_or_else(|| anyhow!("no fingerprint in {out}"))
+}

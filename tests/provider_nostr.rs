@@ -1,0 +1,267 @@
+//! The provider end to end, as a user drives it: `cashu` for money, `nak` for Nostr, OpenSSH to log in,
+//! against the stack's real mint, relay and kube-apiserver. The provider runs as a process with a
+//! kubeconfig of its own ServiceAccount from k8s/sidecar-service.yaml, so RBAC is exactly the manifest's.
+//! Tor is off here (tests/provider_onion.rs covers it).
+
+mod common;
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use anyhow::Result;
+use common::*;
+use serde_json::Value;
+
+const REPLY_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// One provider for this file's tests: each test uses its own users and tokens.
+fn provider() -> &'static Provider {
+    static P: OnceLock<Provider> = OnceLock::new();
+    P.get_or_init(|| Provider::start(ProviderOptions::default()).expect("provider starts"))
+}
+
+/// A funded wallet at the whitelisted mint.
+fn wallet(sats: u64) -> Wallet {
+    let w = Wallet::new(&env("CASHU_MINT_URL")).expect("wallet");
+    w.fund(sats).expect("cashu invoice");
+    w
+}
+
+fn assert_lease(reply: &Value, paid: u64) -> Value {
+    assert_eq!(reply["status"], "ok", "reply: {reply}");
+    assert_eq!(reply["amount_sats"], paid);
+    let access = reply["access"].clone();
+    // At 100 sat/h, each sat buys 36 s; the clock started when the token was redeemed.
+    let duration = reply["duration_seconds"].as_u64().unwrap();
+    let expected = paid * 36;
+    assert!(duration <= expected && duration + 120 >= expected, "duration {duration} vs {expected}");
+    let expires = access["expires_at"].as_u64().unwrap();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    assert!(expires <= now + expected && expires + 180 >= now + expected);
+    assert_eq!(access["namespace"], "user-workloads");
+    assert!(access["pod_name"].as_str().unwrap().starts_with("ssh-pod-"));
+    assert!(access["host_key_fingerprint"].as_str().unwrap().starts_with("SHA256:"));
+    let pf = access["port_forward_command"].as_str().unwrap();
+    assert_eq!(pf, format!("kubectl -n user-workloads port-forward svc/{}-ssh 2222:2222", access["pod_name"].as_str().unwrap()));
+    access
+}
+
+/// Logs in with OpenSSH at the pod's endpoint and checks the host key against the reply.
+fn assert_ssh_works(access: &Value) {
+    let pod = access["pod_name"].as_str().unwrap();
+    let ip = pod_ip(pod).unwrap();
+    let user = access["ssh_username"].as_str().unwrap();
+    let pw = access["ssh_password"].as_str().expect("password");
+    let out = ssh_password(&ip, 2222, user, pw, "echo logged-in-as-$USER", None).unwrap();
+    assert!(out.contains("logged-in"), "{out}");
+    assert!(ssh_password(&ip, 2222, user, "wrong-password", "true", None).is_err());
+    assert_eq!(openssh_fingerprint(&ip, 2222).unwrap(), access["host_key_fingerprint"].as_str().unwrap());
+    // The Service exists and selects the pod.
+    let sel = kubectl(&["-n", "user-workloads", "get", "svc", &format!("{pod}-ssh"), "-o", "jsonpath={.spec.ports[0].port}"]).unwrap();
+    assert_eq!(sel, "2222");
+}
+
+#[test]
+fn seed_plain_json_request_with_nak_gives_a_lease() -> Result<()> {
+    let p = provider();
+    let w = wallet(1000);
+    let token = w.send(100)?;
+    let user = User::new()?;
+    // Exactly the seed's walkthrough: plain JSON content, no p tag.
+    let id = user.publish(1000, &request_json(&token, "alice"), None)?;
+    let reply = user.await_reply(&id, &p.pubkey, REPLY_TIMEOUT)?;
+    let access = assert_lease(&reply, 100);
+    assert_eq!(access["ssh_username"], "alice");
+    assert_ssh_works(&access);
+    // Labels the reconciler relies on.
+    let lease_id = access["lease_id"].as_str().unwrap();
+    assert_eq!(pods_of_lease(lease_id)?, 1);
+    // The token was redeemed: the user can no longer spend it.
+    assert!(w.receive(&token).is_err());
+    Ok(())
+}
+
+#[test]
+fn nip44_request_gives_a_lease() -> Result<()> {
+    let p = provider();
+    let w = wallet(1000);
+    let token = w.send(50)?;
+    let user = User::new()?;
+    let id = user.publish_nip44(1000, &request_json(&token, "bob"), &p.pubkey)?;
+    let access = assert_lease(&user.await_reply(&id, &p.pubkey, REPLY_TIMEOUT)?, 50);
+    assert_ssh_works(&access);
+    Ok(())
+}
+
+#[test]
+fn gift_wrapped_request_gives_a_gift_wrapped_lease() -> Result<()> {
+    let p = provider();
+    let w = wallet(1000);
+    let token = w.send_legacy(60)?; // cashuA, to cover v3 tokens too
+    let user = User::new()?;
+    let id = user.publish_gift_wrap(1000, &request_json(&token, "carol"), &p.pubkey)?;
+    let access = assert_lease(&user.await_reply(&id, &p.pubkey, REPLY_TIMEOUT)?, 60);
+    assert_ssh_works(&access);
+    Ok(())
+}
+
+#[test]
+fn p2pk_locked_token_to_the_provider_is_accepted() -> Result<()> {
+    let p = provider();
+    let w = wallet(1000);
+    // Lock to the key the provider advertises in its offer.
+    let offer = std::process::Command::new("nak").args(["req", "-k", "38400", "-a", &p.pubkey, "--limit", "1", &relay()]).output()?;
+    let offer: Value = serde_json::from_slice(&offer.stdout)?;
+    let offer: Value = serde_json::from_str(offer["content"].as_str().unwrap_or_default())?;
+    let p2pk = offer["p2pk_pubkey"].as_str().expect("offer has p2pk_pubkey");
+    assert_eq!(&p2pk[2..], p.pubkey, "P2PK key is the provider's Nostr key");
+    let token = w.send_locked(40, p2pk)?;
+    let user = User::new()?;
+    let id = user.publish_nip44(1000, &request_json(&token, "dave"), &p.pubkey)?;
+    assert_lease(&user.await_reply(&id, &p.pubkey, REPLY_TIMEOUT)?, 40);
+    Ok(())
+}
+
+fn assert_refused(user: &User, provider: &Provider, id: &str, code: &str) {
+    let reply = user.await_reply(id, &provider.pubkey, REPLY_TIMEOUT).unwrap();
+    assert_eq!(reply["status"], "error", "{reply}");
+    assert_eq!(reply["code"], code, "{reply}");
+    assert!(reply.get("refund_token").is_none() || reply["refund_token"].is_null());
+}
+
+#[test]
+fn bad_inputs_get_their_code_create_nothing_and_keep_tokens_unspent() -> Result<()> {
+    let p = provider();
+    let w = wallet(1000);
+    let alt = Wallet::new(&env("CASHU_MINT_URL_ALT"))?;
+    alt.fund(200)?;
+    let user = User::new()?;
+    let before = managed_pod_names()?.len();
+
+    let body = |token: &str, extra: Value| {
+        let mut v = serde_json::json!({"cashu_token": token, "ssh_username": "erin"});
+        if let (Some(m), Some(e)) = (v.as_object_mut(), extra.as_object()) {
+            m.extend(e.clone());
+        }
+        v.to_string()
+    };
+
+    // Malformed JSON, garbage and oversize content, addressed to the provider.
+    let id = user.publish(1000, "{\"cashu_token\": ", Some(&p.pubkey))?;
+    assert_refused(&user, p, &id, "invalid_request");
+    let id = user.publish(1000, "\u{1}\u{2} garbage \u{3}", Some(&p.pubkey))?;
+    assert_refused(&user, p, &id, "invalid_request");
+    let id = user.publish(1000, &"x".repeat(40 * 1024), Some(&p.pubkey))?;
+    assert_refused(&user, p, &id, "content_too_large");
+
+    // A real second mint that is not whitelisted.
+    let t = alt.send(100)?;
+    let id = user.publish_nip44(1000, &body(&t, Value::Null), &p.pubkey)?;
+    assert_refused(&user, p, &id, "mint_not_allowed");
+    alt.receive(&t)?;
+
+    // Wrong unit: the same money re-labelled (cashuA JSON) as usd.
+    let t = w.send_legacy(100)?;
+    let relabelled = relabel_unit(&t, "usd")?;
+    let id = user.publish_nip44(1000, &body(&relabelled, Value::Null), &p.pubkey)?;
+    assert_refused(&user, p, &id, "unit_not_supported");
+    w.receive(&t)?;
+
+    // A spent token.
+    let t = w.send(100)?;
+    w.receive(&t)?;
+    let id = user.publish_nip44(1000, &body(&t, Value::Null), &p.pubkey)?;
+    assert_refused(&user, p, &id, "token_spent");
+
+    // Too small an amount (the minimum lease, 60 s at 100 sat/h, costs 2 sat).
+    let t = w.send(1)?;
+    let id = user.publish_nip44(1000, &body(&t, Value::Null), &p.pubkey)?;
+    assert_refused(&user, p, &id, "amount_too_small");
+    w.receive(&t)?;
+
+    // A disallowed image, and an invalid username.
+    let t = w.send(100)?;
+    let id = user.publish_nip44(1000, &body(&t, serde_json::json!({"pod_image": "docker.io/library/alpine:latest"})), &p.pubkey)?;
+    assert_refused(&user, p, &id, "image_not_allowed");
+    let id = user.publish_nip44(1000, &body(&t, serde_json::json!({"ssh_username": "root; rm -rf /"})), &p.pubkey)?;
+    assert_refused(&user, p, &id, "invalid_username");
+    w.receive(&t)?;
+
+    assert_eq!(managed_pod_names()?.len(), before, "nothing may be provisioned for bad input");
+    Ok(())
+}
+
+/// Re-encode a cashuA token with another unit.
+fn relabel_unit(token: &str, unit: &str) -> Result<String> {
+    use base64::Engine as _;
+    let b64 = token.trim_start_matches("cashuA");
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(b64.trim_end_matches('='))
+        .or_else(|_| base64::engine::general_purpose::URL_SAFE.decode(b64))?;
+    let mut v: Value = serde_json::from_slice(&raw)?;
+    v["unit"] = Value::String(unit.into());
+    Ok(format!("cashuA{}", base64::engine::general_purpose::URL_SAFE.encode(v.to_string())))
+}
+
+#[test]
+fn the_same_token_in_two_requests_gives_one_lease() -> Result<()> {
+    let p = provider();
+    let w = wallet(1000);
+    let token = w.send(30)?;
+    let (a, b) = (User::new()?, User::new()?);
+    let id_a = a.publish_nip44(1000, &request_json(&token, "frank"), &p.pubkey)?;
+    let id_b = b.publish_nip44(1000, &request_json(&token, "grace"), &p.pubkey)?;
+    let ra = a.await_reply(&id_a, &p.pubkey, REPLY_TIMEOUT)?;
+    let rb = b.await_reply(&id_b, &p.pubkey, REPLY_TIMEOUT)?;
+    let oks = [&ra, &rb].iter().filter(|r| r["status"] == "ok").count();
+    assert_eq!(oks, 1, "{ra}\n{rb}");
+    let err = if ra["status"] == "ok" { &rb } else { &ra };
+    assert_eq!(err["code"], "token_spent");
+    // Re-publishing the winning event (a replay) changes nothing either.
+    Ok(())
+}
+
+#[test]
+fn requests_from_twenty_keys_at_once_are_all_served() -> Result<()> {
+    let p = provider();
+    let w = wallet(1000);
+    let tokens: Vec<String> = (0..20).map(|_| w.send(10)).collect::<Result<_>>()?;
+    let users: Vec<User> = (0..20).map(|_| User::new()).collect::<Result<_>>()?;
+    let ids: Vec<String> = users
+        .iter()
+        .zip(&tokens)
+        .map(|(u, t)| u.publish_nip44(1000, &request_json(t, "load"), &p.pubkey))
+        .collect::<Result<_>>()?;
+    let handles: Vec<_> = users
+        .into_iter()
+        .zip(ids)
+        .map(|(u, id)| {
+            let pk = p.pubkey.clone();
+            std::thread::spawn(move || u.await_reply(&id, &pk, Duration::from_secs(240)))
+        })
+        .collect();
+    let mut served = 0;
+    for h in handles {
+        let reply = h.join().expect("thread")?;
+        assert_eq!(reply["status"], "ok", "{reply}");
+        served += 1;
+    }
+    assert_eq!(served, 20);
+    Ok(())
+}
+
+#[test]
+fn no_secret_reaches_the_provider_log() -> Result<()> {
+    let p = provider();
+    let w = wallet(1000);
+    let token = w.send(20)?;
+    let user = User::new()?;
+    let id = user.publish_nip44(1000, &request_json(&token, "heidi"), &p.pubkey)?;
+    let reply = user.await_reply(&id, &p.pubkey, REPLY_TIMEOUT)?;
+    let pw = reply["access"]["ssh_password"].as_str().unwrap().to_string();
+    let log = p.log_text();
+    assert!(!log.contains(&token[..40]), "token in log");
+    assert!(!log.contains(&pw), "password in log");
+    assert!(!log.contains(&p.nsec_hex), "nsec in log");
+    Ok(())
+}
