@@ -34,7 +34,6 @@ const REDELETE_AFTER: Duration = Duration::from_secs(15);
 /// A pod this node has made real.
 struct Served {
     ip: Ipv4Addr,
-    dir: PathBuf,
     /// None when the pod has no SSH container.
     server: Option<PodServer>,
 }
@@ -57,6 +56,8 @@ pub struct PodAgent {
     served: HashMap<String, Served>,
     bind_attempts: HashMap<String, Instant>,
     delete_attempts: HashMap<String, Instant>,
+    /// Last start-up problem per pod uid, so retries every resync do not repeat the same warning.
+    last_problem: HashMap<String, String>,
     init_buf: Option<Vec<Pod>>,
 }
 
@@ -127,6 +128,7 @@ impl PodAgent {
             served: HashMap::new(),
             bind_attempts: HashMap::new(),
             delete_attempts: HashMap::new(),
+            last_problem: HashMap::new(),
             init_buf: None,
         })
     }
@@ -255,22 +257,19 @@ impl PodAgent {
         self.cache.remove(uid);
         self.bind_attempts.remove(uid);
         self.delete_attempts.remove(uid);
+        self.last_problem.remove(uid);
         if let Some(s) = self.served.remove(uid) {
             if let Some(server) = s.server {
                 server.stop().await;
                 info!(%uid, ip = %s.ip, "ssh server stopped");
             }
-            if let Err(e) = std::fs::remove_dir_all(&s.dir) {
-                if e.kind() != std::io::ErrorKind::NotFound {
-                    warn!("removing {}: {e}", s.dir.display());
-                }
-            }
         }
         self.ipam.release(uid);
+        self.remove_state_dirs(|u| u == uid);
     }
 
-    /// Remove per-pod state directories of pods that no longer exist (deleted while we were down).
-    fn gc_state_dirs(&self, live: &HashSet<String>) {
+    /// Remove per-pod state directories whose uid matches.
+    fn remove_state_dirs(&self, matches: impl Fn(&str) -> bool) {
         let Ok(entries) = std::fs::read_dir(self.state_dir.join("pods")) else {
             return;
         };
@@ -279,11 +278,18 @@ impl PodAgent {
             let Some((_, uid)) = name.rsplit_once('_') else {
                 continue;
             };
-            if !live.contains(uid) {
-                debug!("removing stale state {}", e.path().display());
-                let _ = std::fs::remove_dir_all(e.path());
+            if matches(uid) {
+                debug!("removing state {}", e.path().display());
+                if let Err(err) = std::fs::remove_dir_all(e.path()) {
+                    warn!("removing {}: {err}", e.path().display());
+                }
             }
         }
+    }
+
+    /// Remove per-pod state directories of pods that no longer exist (deleted while we were down).
+    fn gc_state_dirs(&self, live: &HashSet<String>) {
+        self.remove_state_dirs(|uid| !live.contains(uid));
     }
 
     async fn reconcile(&mut self, pod: Pod) {
@@ -346,6 +352,7 @@ impl PodAgent {
         if !self.served.contains_key(&uid) {
             match self.prepare(&pod, &uid, &ns, &name, ip).await {
                 Ok(served) => {
+                    self.last_problem.remove(&uid);
                     match &served.server {
                         Some(s) => info!(pod = %key, addr = %s.addr, "ssh server started"),
                         None => {
@@ -355,12 +362,12 @@ impl PodAgent {
                     self.served.insert(uid.clone(), served);
                 }
                 Err(PrepError::Config(msg)) => {
-                    warn!(pod = %key, "{msg}");
+                    self.problem(&uid, &key, &msg);
                     self.patch_config_error(&pod, &ns, &name, &msg).await;
                     return;
                 }
                 Err(PrepError::Other(e)) => {
-                    warn!(pod = %key, "starting pod (will retry): {e:#}");
+                    self.problem(&uid, &key, &format!("starting pod (will retry): {e:#}"));
                     return;
                 }
             }
@@ -368,6 +375,16 @@ impl PodAgent {
 
         if !status_is_running(&pod, ip) {
             self.patch_running(&pod, &uid, &ns, &name, ip).await;
+        }
+    }
+
+    /// Warn about a pod's start-up problem once per distinct message.
+    fn problem(&mut self, uid: &str, key: &str, msg: &str) {
+        if self.last_problem.get(uid).map(String::as_str) != Some(msg) {
+            warn!(pod = %key, "{msg}");
+            self.last_problem.insert(uid.to_string(), msg.to_string());
+        } else {
+            debug!(pod = %key, "{msg}");
         }
     }
 
@@ -453,11 +470,7 @@ impl PodAgent {
     ) -> Result<Served, PrepError> {
         let dir = state::pod_dir(&self.state_dir, ns, name, uid);
         let Some(container) = creds::ssh_container(pod) else {
-            return Ok(Served {
-                ip,
-                dir,
-                server: None,
-            });
+            return Ok(Served { ip, server: None });
         };
         let env = self.resolve_env(ns, container).await?;
         let creds = Credentials::from_env(&env);
@@ -489,7 +502,6 @@ impl PodAgent {
         .map_err(PrepError::Other)?;
         Ok(Served {
             ip,
-            dir,
             server: Some(server),
         })
     }
