@@ -366,7 +366,13 @@ _tor_usable() {
   local port; port="$(tor_ctl_port "$(tor_client_idx)")"
   tor_ctl "$port" "GETINFO status/bootstrap-phase" | grep -q 'PROGRESS=100' || return 1
   [ "$(tor_hsdir_count)" -ge "$TOR_MIN_HSDIRS" ] || return 1
-  [ "$(tor_ctl "$port" "GETINFO desc/all-recent" | grep -c '^router ' || true)" -ge "$TOR_MIN_HSDIRS" ]
+  [ "$(tor_ctl "$port" "GETINFO desc/all-recent" | grep -c '^router ' || true)" -ge "$TOR_MIN_HSDIRS" ] || return 1
+  # every relay has a consensus too (HSDirs, intro points, the exit)
+  local i
+  for i in "${!TOR_NODES[@]}"; do
+    [ "$(tor_node_role "$i")" = client ] && continue
+    tor_ctl "$(tor_ctl_port "$i")" "GETINFO status/enough-dir-info" | grep -q 'enough-dir-info=1' || return 1
+  done
 }
 
 tor_wait() {
@@ -383,6 +389,12 @@ tor_wait() {
       if [ -f "$PID_DIR/$(tor_proc "$c").pid" ]; then fail tor "$clientlog" "tor client exited"; fi
       if _tor_auth_consensus_ready; then
         log "tor: authorities published a consensus with >= $TOR_MIN_HSDIRS HSDirs after $(( $(date +%s) - $(cat "$TOR_DIR/started-at" 2>/dev/null || date +%s) ))s; starting the client"
+        # Relays got 404s for the consensus until now and back off exponentially (an exit without a
+        # consensus refuses streams with "misc error"); SIGHUP resets their download schedules.
+        for i in "${!TOR_NODES[@]}"; do
+          [ "$(tor_node_role "$i")" = relay ] || [ "$(tor_node_role "$i")" = exit ] || continue
+          tor_ctl "$(tor_ctl_port "$i")" "SIGNAL RELOAD" >/dev/null || true
+        done
         _tor_start "$c"
       elif [ "$(date +%s)" -ge "$deadline" ]; then
         fail tor "$authlog" "authorities published no consensus with $TOR_MIN_HSDIRS HSDirs after ${TOR_WAIT_TIMEOUT}s"
