@@ -477,6 +477,10 @@ impl PodAgent {
         if creds.bad_key_lines > 0 {
             warn!(pod = %format!("{ns}/{name}"), "{} PUBLIC_KEY line(s) are not OpenSSH public keys; ignored", creds.bad_key_lines);
         }
+        let rsa = creds.keys.iter().filter(|k| k.key_data().is_rsa()).count();
+        if rsa > 0 {
+            warn!(pod = %format!("{ns}/{name}"), "{rsa} RSA PUBLIC_KEY(s): this build's russh has no `rsa` feature, so they cannot log in");
+        }
         info!(
             pod = %format!("{ns}/{name}"),
             user = %creds.user,
