@@ -39,15 +39,17 @@ tor_proc()      { echo "tor-$(tor_node_name "$1")"; }
 tor_client_idx() { local i; for i in "${!TOR_NODES[@]}"; do [ "$(tor_node_name "$i")" = "$TOR_CLIENT" ] && echo "$i"; done; }
 
 tor_install() {
-  if command -v tor >/dev/null && command -v tor-gencert >/dev/null && command -v torsocks >/dev/null; then
+  if command -v tor >/dev/null && command -v tor-gencert >/dev/null && command -v torsocks >/dev/null &&
+     command -v curl >/dev/null; then
     return 0
   fi
-  log "tor: installing tor torsocks"
-  DEBIAN_FRONTEND=noninteractive apt-get install -y tor torsocks >/dev/null ||
-    { DEBIAN_FRONTEND=noninteractive apt-get update >/dev/null &&
-      DEBIAN_FRONTEND=noninteractive apt-get install -y tor torsocks >/dev/null; } ||
-    fail tor /dev/null "apt-get install tor torsocks failed"
-  # Debian starts a system tor on install; we never use it (it would hold 9050 only, no conflict).
+  local pkgs=(tor torsocks curl) ilog="$LOG_DIR/tor-install.log"
+  log "tor: apt-get install ${pkgs[*]}"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y "${pkgs[@]}" >"$ilog" 2>&1 ||
+    { DEBIAN_FRONTEND=noninteractive apt-get update >>"$ilog" 2>&1 &&
+      DEBIAN_FRONTEND=noninteractive apt-get install -y "${pkgs[@]}" >>"$ilog" 2>&1; } ||
+    fail tor "$ilog" "apt-get install ${pkgs[*]} failed"
+  # Debian's package may start a system tor (SocksPort 9050); it is not ours and does not conflict.
 }
 
 # tor_ctl PORT COMMAND...: send commands to a node's control port (no auth), print the reply.
