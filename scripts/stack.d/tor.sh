@@ -13,6 +13,11 @@
 # Ports (all 127.0.0.1, in the 25000..25099 range owned by tor): node i has ORPort 25000+i,
 # DirPort 25020+i, ControlPort 25040+i (no auth). 25060..25069 are left for scripts/smoke/tor.sh.
 #
+# Start-up: servers first; the client only once the authorities serve a consensus listing every relay
+# (tor_wait), at which point the relays get SIGHUP so they drop their 404 back-off. Usable (client at
+# 100%, 9 HSDirs, all descriptors, every relay with a consensus) ~13-31 s after a cold start, depending
+# on where in the 20 s voting cycle it starts; key generation adds ~9 s on the very first run.
+#
 # Keys are generated once and reused; only caches/state are wiped when the network is (re)started from
 # fully down, so a consensus left over from a long downtime never confuses anyone, while fingerprints
 # (and hence arti-network.toml) stay stable across runs.
@@ -36,6 +41,7 @@ tor_node_name() { echo "${TOR_NODES[$1]%%:*}"; }
 tor_node_role() { echo "${TOR_NODES[$1]##*:}"; }
 tor_node_dir()  { echo "$TOR_DIR/nodes/$(tor_node_name "$1")"; }
 tor_proc()      { echo "tor-$(tor_node_name "$1")"; }
+tor_any_running() { local i; for i in "${!TOR_NODES[@]}"; do is_running "$(tor_proc "$i")" && return 0; done; return 1; }
 tor_client_idx() { local i; for i in "${!TOR_NODES[@]}"; do [ "$(tor_node_name "$i")" = "$TOR_CLIENT" ] && echo "$i"; done; }
 
 tor_install() {
@@ -155,7 +161,11 @@ _tor_write_configs() {
       [ "$(tor_node_role "$i")" = auth ] || continue
       echo "DirAuthority pg$(tor_node_name "$i") orport=$(tor_or_port "$i") no-v2 v3ident=$(_tor_v3ident "$i") 127.0.0.1:$(tor_dir_port "$i") $(_tor_rsa_fp "$i")"
     done
-  } | _tor_write "$TOR_DIR/torrc.network" || true
+  } | _tor_write "$TOR_DIR/torrc.network" && changed=1 || changed=0
+  if [ "$changed" = 1 ] && tor_any_running; then
+    log "tor: network options changed, restarting the whole network"
+    tor_down
+  fi
 
   for i in "${!TOR_NODES[@]}"; do
     name="$(tor_node_name "$i")"; role="$(tor_node_role "$i")"; d="$(tor_node_dir "$i")"
