@@ -223,6 +223,18 @@ _k8s_api_ready() { _k8s_kubectl get --raw /readyz --request-timeout=3s; }
 _k8s_etcd_ready() { curl -sf -m 2 "http://127.0.0.1:$PORT_ETCD_CLIENT/health" | grep -q '"health":"true"'; }
 _k8s_node_ready() { curl -sf -m 2 "http://127.0.0.1:$PORT_NODE_AGENT/healthz"; }
 
+# _k8s_wait_proc NAME TIMEOUT CHECK...: like wait_for, but fails at once (naming NAME and its log) if the
+# recorded process has exited.
+_k8s_wait_proc() {
+  local name="$1" timeout="$2"; shift 2
+  local logf="$LOG_DIR/$name.log" deadline=$(( $(date +%s) + timeout ))
+  until "$@" >/dev/null 2>&1; do
+    is_running "$name" || fail "$name" "$logf" "process exited during start-up"
+    [ "$(date +%s)" -lt "$deadline" ] || fail "$name" "$logf" "not ready after ${timeout}s"
+    sleep 0.5
+  done
+}
+
 k8s_up() {
   local etcd_bin; etcd_bin="$(k8s_etcd_bin)"
   mkdir -p "$K8S_DIR"
@@ -241,7 +253,7 @@ k8s_up() {
       --initial-cluster "paygress=http://127.0.0.1:$PORT_ETCD_PEER" \
       --unsafe-no-fsync --quota-backend-bytes=2147483648 --log-level=warn
   fi
-  wait_for etcd "$LOG_DIR/etcd.log" 30 _k8s_etcd_ready
+  _k8s_wait_proc etcd 30 _k8s_etcd_ready
 
   # No controller-manager and no scheduler: the stack-node agent binds pods and finalises their deletion.
   # ServiceAccount admission is disabled: it rejects every pod in a namespace without a `default` ServiceAccount,
@@ -266,7 +278,7 @@ k8s_up() {
       --profiling=false \
       --v=1
   fi
-  wait_for kube-apiserver "$LOG_DIR/kube-apiserver.log" 90 _k8s_api_ready
+  _k8s_wait_proc kube-apiserver 90 _k8s_api_ready
 
   if ! is_running stack-node; then
     [ -x "$K8S_NODE_BIN" ] || fail stack-node "$LOG_DIR/k8s-build-stack-node.log" "no stack-node binary at $K8S_NODE_BIN"
@@ -277,9 +289,8 @@ k8s_up() {
 }
 
 k8s_wait() {
-  wait_for kube-apiserver "$LOG_DIR/kube-apiserver.log" 90 _k8s_api_ready
-  wait_for stack-node "$LOG_DIR/stack-node.log" 60 _k8s_node_ready
-  is_running stack-node || fail stack-node "$LOG_DIR/stack-node.log" "stack-node exited"
+  _k8s_wait_proc kube-apiserver 90 _k8s_api_ready
+  _k8s_wait_proc stack-node 60 _k8s_node_ready
 }
 
 k8s_down() {
