@@ -159,7 +159,8 @@ impl PodAgent {
                 }
             }
         }
-        info!("stopping {} ssh servers", self.served.len());
+        let n = self.served.values().filter(|s| s.server.is_some()).count();
+        info!("stopping {n} ssh servers");
         for (_, s) in self.served.drain() {
             if let Some(server) = s.server {
                 server.stop().await;
