@@ -7,13 +7,29 @@
 //
 //	nak event [--sec HEX|nsec] [-k KIND] [-c CONTENT|@FILE] [-t name=v1;v2]... [-e ID]... [-p PUBKEY]...
 //	          [-d ID] [--created-at TS|now] [--envelope] [RELAY...]
-//	    signs an event (also accepts JSON event templates on stdin, one per line, like nak), prints it
-//	    as JSON on stdout, publishes it to each RELAY ("publishing to URL... success." on stderr).
-//	    Unlike nak, exits 1 if any relay did not accept it.
+//	    signs an event, prints it as JSON on stdout, publishes it to each RELAY ("publishing to URL...
+//	    success." on stderr). Like nak it also takes events/templates as JSON on stdin (one per line):
+//	    a complete signed event is published as is (id and signature checked) unless a flag changes it
+//	    or --sec is given (then it is re-signed). Unlike nak: NOSTR_SECRET_KEY alone never re-signs a
+//	    signed stdin event; exits 1 if any relay did not accept it; stdin counts only if its first
+//	    bytes come within 1 s (an idle inherited pipe must not hang scripts).
 //	nak req [-k KIND]... [-a PUBKEY]... [-i ID]... [-t name=value]... [-e ID]... [-p PUBKEY]... [-d D]...
 //	        [-s SINCE] [-u UNTIL] [-l LIMIT] [--search Q] [--stream] [--timeout SECONDS] [RELAY...]
 //	    without relays prints the REQ message; with relays prints each matching event as one JSON line
-//	    (deduplicated) and exits after EOSE from every relay (or keeps listening with --stream).
+//	    (deduplicated, flushed at once) and exits after EOSE from every relay (error if none within
+//	    --timeout, default 30 s); --stream keeps the subscription open and prints events as they come,
+//	    until --timeout (then exit 0) or forever.
+//	nak encrypt --sec SEC -p RECIPIENT [PLAINTEXT]    (plaintext from stdin if not given; one trailing
+//	    newline dropped) prints the NIP-44 v2 payload. -p aliases: --recipient-pubkey --to --tgt --target --pubkey
+//	nak decrypt --sec SEC -p SENDER [PAYLOAD]         (payload from stdin if not given) prints the plaintext.
+//	    -p aliases: --sender-pubkey --from --src --source --pubkey. (--nip04 is refused: NIP-44 only.)
+//	nak gift wrap --sec SENDER -p RECIPIENT           < event JSON(s): prints one kind-1059 wrap per event
+//	    (rumor = the event without sig, pubkey = sender, id recomputed; seal kind 13 signed by SENDER;
+//	    wrap signed by a fresh random key, tag p=RECIPIENT; seal and wrap created_at up to 2 days ago).
+//	nak gift unwrap --sec RECIPIENT [--from SENDER]   < kind-1059 JSON(s): prints each rumor. Exits 1
+//	    (message on stderr) for a wrap/seal with a bad id or signature, a seal not of kind 13 or not by
+//	    --from, or a rumor whose pubkey is not the seal's signer (real nak silently overwrites it).
+//	PUBKEY/RECIPIENT/SENDER: hex, npub or nprofile; SEC: hex or nsec (default: NOSTR_SECRET_KEY, else key 1).
 //	nak key generate | nak key public SEC
 //	nak encode npub|nsec|note HEX | nak decode NIP19 | nak verify (event JSON on stdin)
 //	nak --version
@@ -25,6 +41,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	mrand "math/rand"
 	"os"
 	"strconv"
 	"strings"
@@ -33,9 +50,10 @@ import (
 
 	"github.com/nbd-wtf/go-nostr"
 	"github.com/nbd-wtf/go-nostr/nip19"
+	"github.com/nbd-wtf/go-nostr/nip44"
 )
 
-const version = "nak-compat 0.1.0 (paygress stand-in for nak, on go-nostr v0.38.2)"
+const version = "nak-compat 0.2.0 (paygress stand-in for nak, on go-nostr v0.38.2)"
 
 // ---- argument parsing: flags and positionals may be interleaved, flags may repeat ----
 
@@ -125,6 +143,7 @@ func secretKey(p *parsed) string {
 		}
 		sec = v.(string)
 	}
+	sec = strings.ToLower(sec)
 	if len(sec) < 64 {
 		sec = strings.Repeat("0", 64-len(sec)) + sec
 	}
@@ -180,37 +199,67 @@ func normalizeRelay(u string) string {
 	return "wss://" + u
 }
 
-// stdinLines returns lines of stdin when it is a file or a pipe that delivers something within 1 s
-// (nak reads event templates from stdin; waiting forever on an inherited, idle pipe would hang scripts).
-func stdinLines() []string {
+// stdinData returns stdin when it is a file or a pipe. With wait > 0 a pipe counts as empty unless
+// its first bytes (or its EOF) come within wait: `nak event` reads event templates from stdin like
+// nak, but waiting forever on an inherited, idle pipe would hang scripts. Once the first bytes have
+// come, it reads to EOF. With wait == 0 it blocks until EOF (commands whose input is stdin).
+func stdinData(wait time.Duration) []byte {
 	st, err := os.Stdin.Stat()
 	if err != nil || st.Mode()&os.ModeCharDevice != 0 {
 		return nil
 	}
-	type res struct {
-		data []byte
-	}
-	ch := make(chan res, 1)
-	go func() {
+	if wait == 0 || st.Mode().IsRegular() {
 		b, _ := io.ReadAll(os.Stdin)
-		ch <- res{b}
+		return b
+	}
+	first := make(chan []byte, 1)
+	go func() {
+		buf := make([]byte, 64*1024)
+		n, _ := os.Stdin.Read(buf)
+		first <- buf[:n]
 	}()
-	var data []byte
-	if st.Mode().IsRegular() {
-		data = (<-ch).data
-	} else {
-		select {
-		case r := <-ch:
-			data = r.data
-		case <-time.After(1 * time.Second):
+	select {
+	case b := <-first:
+		if len(b) == 0 {
 			return nil
 		}
+		rest, _ := io.ReadAll(os.Stdin)
+		return append(b, rest...)
+	case <-time.After(wait):
+		return nil
 	}
+}
+
+// stdinLines returns the non-blank lines of stdinData(wait).
+func stdinLines(wait time.Duration) []string {
 	var out []string
-	for _, l := range strings.Split(string(data), "\n") {
+	for _, l := range strings.Split(string(stdinData(wait)), "\n") {
 		if strings.TrimSpace(l) != "" {
 			out = append(out, l)
 		}
+	}
+	return out
+}
+
+// stdinJSONs returns the JSON values on stdin (one per line or pretty-printed, back to back),
+// blocking until EOF like nak; dies if stdin is a terminal or holds something that is not JSON.
+func stdinJSONs(usage string) []json.RawMessage {
+	if st, err := os.Stdin.Stat(); err != nil || st.Mode()&os.ModeCharDevice != 0 {
+		die("%s (reads JSON on stdin)", usage)
+	}
+	dec := json.NewDecoder(strings.NewReader(string(stdinData(0))))
+	var out []json.RawMessage
+	for {
+		var m json.RawMessage
+		if err := dec.Decode(&m); err == io.EOF {
+			break
+		} else if err != nil {
+			die("invalid JSON on stdin: %v", err)
+		}
+		out = append(out, m)
+	}
+	if len(out) == 0 {
+		die("%s: nothing on stdin", usage)
 	}
 	return out
 }
@@ -240,7 +289,7 @@ func cmdEvent(args []string) {
 		relays = append(relays, normalizeRelay(r))
 	}
 
-	templates := stdinLines()
+	templates := stdinLines(time.Second)
 	if len(templates) == 0 {
 		templates = []string{""}
 	}
@@ -248,13 +297,19 @@ func cmdEvent(args []string) {
 	conns := map[string]*nostr.Relay{}
 	failed := false
 	for _, tmpl := range templates {
-		ev := nostr.Event{Kind: 1, Content: "hello from the nostr army knife", Tags: nostr.Tags{}}
-		fromStdin := false
+		// Like nak: an event on stdin that is complete and signed is published as is, unless a flag
+		// changes it (kind, content, tags, created-at) or --sec is given, which re-sign it.
+		// (Unlike nak, NOSTR_SECRET_KEY alone does not re-sign it: piping a gift wrap into
+		// `nak event RELAY` must never re-sign the wrap with one's own key.)
+		ev := nostr.Event{Tags: nostr.Tags{}}
+		resign := false
+		kindGiven, contentGiven := false, false
 		if tmpl != "" {
 			if err := json.Unmarshal([]byte(tmpl), &ev); err != nil {
 				die("invalid event JSON on stdin: %v", err)
 			}
-			fromStdin = true
+			kindGiven = strings.Contains(tmpl, `"kind"`)
+			contentGiven = strings.Contains(tmpl, `"content"`)
 			if ev.Tags == nil {
 				ev.Tags = nostr.Tags{}
 			}
@@ -265,6 +320,10 @@ func cmdEvent(args []string) {
 				die("invalid kind %q", k)
 			}
 			ev.Kind = n
+			resign = true
+		} else if !kindGiven {
+			ev.Kind = 1
+			resign = true
 		}
 		if c, ok := p.last("content"); ok {
 			if strings.HasPrefix(c, "@") {
@@ -275,7 +334,12 @@ func cmdEvent(args []string) {
 				c = string(b)
 			}
 			ev.Content = c
+			resign = true
+		} else if !contentGiven && ev.Content == "" && ev.Kind == 1 {
+			ev.Content = "hello from the nostr army knife"
+			resign = true
 		}
+		ntags := len(ev.Tags)
 		for _, t := range p.vals["tag"] {
 			name, rest, _ := strings.Cut(t, "=")
 			tag := nostr.Tag{name}
@@ -293,18 +357,31 @@ func cmdEvent(args []string) {
 		for _, d := range p.vals["d"] {
 			ev.Tags = append(ev.Tags, nostr.Tag{"d", d})
 		}
+		if len(ev.Tags) != ntags {
+			resign = true
+		}
 		if ts, ok := p.last("created-at"); ok {
 			ev.CreatedAt = parseTimestamp(ts)
-		} else if !fromStdin || ev.CreatedAt == 0 {
+			resign = true
+		} else if ev.CreatedAt == 0 {
 			ev.CreatedAt = nostr.Now()
+			resign = true
 		}
-		if fromStdin && ev.Sig != "" && len(p.vals) == 0 {
+		if _, ok := p.last("sec"); ok {
+			resign = true
+		}
+		if ev.Sig == "" || resign {
+			if err := ev.Sign(sec); err != nil {
+				die("signing: %v", err)
+			}
+		} else {
 			// a complete signed event: publish as is
+			if ev.GetID() != ev.ID {
+				die("event on stdin has a wrong id: expected %s, got %s", ev.GetID(), ev.ID)
+			}
 			if ok, _ := ev.CheckSignature(); !ok {
 				die("event on stdin has an invalid signature")
 			}
-		} else if err := ev.Sign(sec); err != nil {
-			die("signing: %v", err)
 		}
 
 		if p.bools["envelope"] {
@@ -524,7 +601,7 @@ func cmdKey(args []string) {
 	case "public":
 		keys := args[1:]
 		if len(keys) == 0 {
-			keys = stdinLines()
+			keys = stdinLines(time.Second)
 		}
 		for _, k := range keys {
 			k = strings.TrimSpace(hexOrBech(k))
@@ -581,13 +658,9 @@ func cmdDecode(args []string) {
 }
 
 func cmdVerify() {
-	lines := stdinLines()
-	if len(lines) == 0 {
-		die("usage: echo EVENT_JSON | nak verify")
-	}
-	for _, l := range lines {
+	for _, l := range stdinJSONs("usage: echo EVENT_JSON | nak verify") {
 		var ev nostr.Event
-		if err := json.Unmarshal([]byte(l), &ev); err != nil {
+		if err := json.Unmarshal(l, &ev); err != nil {
 			die("invalid event JSON: %v", err)
 		}
 		if ev.GetID() != ev.ID {
@@ -599,9 +672,254 @@ func cmdVerify() {
 	}
 }
 
+// ---- NIP-44 encryption, NIP-59 gift wraps ----
+
+// pubKeyFlag returns the hex public key given to one of the flag's names (hex, npub or nprofile).
+func pubKeyFlag(p *parsed, name, usage string) string {
+	v, ok := p.last(name)
+	if !ok {
+		die("%s: missing -p (the other side's public key)", usage)
+	}
+	pk := strings.ToLower(hexOrBech(strings.TrimSpace(v)))
+	if !nostr.IsValidPublicKey(pk) {
+		die("invalid public key %q", v)
+	}
+	return pk
+}
+
+// argOrStdin returns the first positional argument, or else stdin (blocking until EOF) without
+// one trailing newline, so that `echo TEXT | nak encrypt ...` encrypts TEXT.
+func argOrStdin(p *parsed, usage string) string {
+	if len(p.pos) > 0 {
+		return p.pos[0]
+	}
+	if st, err := os.Stdin.Stat(); err != nil || st.Mode()&os.ModeCharDevice != 0 {
+		die("%s", usage)
+	}
+	s := string(stdinData(0))
+	s = strings.TrimSuffix(s, "\n")
+	return strings.TrimSuffix(s, "\r")
+}
+
+func conversationKey(pub, sec string) [32]byte {
+	ck, err := nip44.GenerateConversationKey(pub, sec)
+	if err != nil {
+		die("computing the NIP-44 conversation key: %v", err)
+	}
+	return ck
+}
+
+var encryptFlags = []flagSpec{
+	{names: []string{"sec"}}, {names: []string{"recipient-pubkey", "p", "tgt", "target", "pubkey", "to"}},
+	{names: []string{"nip04"}, isBool: true},
+}
+
+var decryptFlags = []flagSpec{
+	{names: []string{"sec"}}, {names: []string{"sender-pubkey", "p", "src", "source", "pubkey", "from"}},
+	{names: []string{"nip04"}, isBool: true},
+}
+
+func cmdEncrypt(args []string) {
+	const usage = "usage: nak encrypt --sec SEC -p RECIPIENT_PUBKEY [PLAINTEXT] (or the plaintext on stdin)"
+	p, err := parse(args, encryptFlags)
+	if err != nil {
+		die("%v", err)
+	}
+	if p.bools["nip04"] {
+		die("--nip04 is not supported by nak-compat (NIP-44 only)")
+	}
+	pub := pubKeyFlag(p, "recipient-pubkey", usage)
+	sec := secretKey(p)
+	plaintext := argOrStdin(p, usage)
+	ct, err := nip44.Encrypt(plaintext, conversationKey(pub, sec))
+	if err != nil {
+		die("failed to encrypt: %v", err)
+	}
+	fmt.Println(ct)
+}
+
+func cmdDecrypt(args []string) {
+	const usage = "usage: nak decrypt --sec SEC -p SENDER_PUBKEY [CIPHERTEXT] (or the ciphertext on stdin)"
+	p, err := parse(args, decryptFlags)
+	if err != nil {
+		die("%v", err)
+	}
+	if p.bools["nip04"] {
+		die("--nip04 is not supported by nak-compat (NIP-44 only)")
+	}
+	pub := pubKeyFlag(p, "sender-pubkey", usage)
+	sec := secretKey(p)
+	ct := strings.TrimSpace(argOrStdin(p, usage))
+	pt, err := nip44.Decrypt(ct, conversationKey(pub, sec))
+	if err != nil {
+		die("failed to decrypt: %v", err)
+	}
+	fmt.Println(pt)
+}
+
+// randomPast returns now minus up to two days, as NIP-59 recommends for seals and wraps.
+func randomPast() nostr.Timestamp {
+	return nostr.Now() - nostr.Timestamp(mrand.Int63n(2*24*60*60))
+}
+
+func cmdGift(args []string) {
+	const usage = "usage: nak gift wrap --sec SENDER_SEC -p RECIPIENT_PUBKEY < EVENT_JSON | nak gift unwrap --sec RECIPIENT_SEC [--from SENDER_PUBKEY] < WRAP_JSON"
+	if len(args) == 0 {
+		die("%s", usage)
+	}
+	switch args[0] {
+	case "wrap":
+		p, err := parse(args[1:], []flagSpec{
+			{names: []string{"sec"}}, {names: []string{"recipient-pubkey", "p", "tgt", "target", "pubkey", "to"}},
+			{names: []string{"use-our-identity-key"}, isBool: true}, {names: []string{"use-their-identity-key"}, isBool: true},
+		})
+		if err != nil {
+			die("%v", err)
+		}
+		recipient := pubKeyFlag(p, "recipient-pubkey", usage)
+		sec := secretKey(p)
+		sender, _ := nostr.GetPublicKey(sec)
+		ck := conversationKey(recipient, sec)
+		for _, raw := range stdinJSONs(usage) {
+			fmt.Println(giftWrap(raw, sender, sec, recipient, ck).String())
+		}
+	case "unwrap":
+		p, err := parse(args[1:], []flagSpec{
+			{names: []string{"sec"}}, {names: []string{"from", "sender-pubkey", "p"}},
+		})
+		if err != nil {
+			die("%v", err)
+		}
+		sec := secretKey(p)
+		from := ""
+		if _, ok := p.last("from"); ok {
+			from = pubKeyFlag(p, "from", usage)
+		}
+		failed := false
+		for _, raw := range stdinJSONs(usage) {
+			rumor, err := giftUnwrap(raw, sec, from)
+			if err != nil {
+				fmt.Fprintf(os.Stderr, "nak: gift unwrap: %v\n", err)
+				failed = true
+				continue
+			}
+			fmt.Println(rumor.String())
+		}
+		if failed {
+			os.Exit(1)
+		}
+	default:
+		die("%s", usage)
+	}
+}
+
+// giftWrap turns the event into a rumor (no sig, pubkey = sender, id recomputed), seals it (kind 13,
+// NIP-44 to the recipient, signed by the sender) and wraps the seal (kind 1059, NIP-44 from a fresh
+// random key, signed by it, tagged p=recipient); seal and wrap created_at are up to 2 days ago.
+func giftWrap(raw json.RawMessage, sender, sec, recipient string, ck [32]byte) nostr.Event {
+	var rumor nostr.Event
+	if err := json.Unmarshal(raw, &rumor); err != nil {
+		die("invalid event JSON on stdin: %v", err)
+	}
+	rumor.Sig = ""
+	rumor.PubKey = sender
+	if rumor.Tags == nil {
+		rumor.Tags = nostr.Tags{}
+	}
+	if rumor.CreatedAt == 0 {
+		rumor.CreatedAt = nostr.Now()
+	}
+	rumor.ID = rumor.GetID()
+	sealed, err := nip44.Encrypt(rumor.String(), ck)
+	if err != nil {
+		die("failed to encrypt the rumor: %v", err)
+	}
+	seal := nostr.Event{Kind: nostr.KindSeal, Content: sealed, CreatedAt: randomPast(), Tags: nostr.Tags{}}
+	if err := seal.Sign(sec); err != nil {
+		die("failed to sign the seal: %v", err)
+	}
+	ephemeral := nostr.GeneratePrivateKey()
+	wrapped, err := nip44.Encrypt(seal.String(), conversationKey(recipient, ephemeral))
+	if err != nil {
+		die("failed to encrypt the seal: %v", err)
+	}
+	wrap := nostr.Event{Kind: nostr.KindGiftWrap, Content: wrapped, CreatedAt: randomPast(),
+		Tags: nostr.Tags{{"p", recipient}}}
+	if err := wrap.Sign(ephemeral); err != nil {
+		die("failed to sign the gift wrap: %v", err)
+	}
+	return wrap
+}
+
+// giftUnwrap opens a kind-1059 wrap addressed to sec's key and returns the rumor. It refuses a wrap
+// or seal with a bad signature or id, a seal that is not kind 13, a seal not signed by from (when
+// given), and a rumor whose pubkey is not the seal's signer (NIP-17: that would let anyone who
+// seals impersonate anyone), or whose id, when present, is not its hash.
+func giftUnwrap(raw json.RawMessage, sec, from string) (nostr.Event, error) {
+	var wrap, seal, rumor nostr.Event
+	if err := json.Unmarshal(raw, &wrap); err != nil {
+		return rumor, fmt.Errorf("invalid gift wrap JSON: %w", err)
+	}
+	if wrap.Kind != nostr.KindGiftWrap {
+		return rumor, fmt.Errorf("not a gift wrap event (kind %d)", wrap.Kind)
+	}
+	if !wrap.CheckID() {
+		return rumor, fmt.Errorf("gift wrap %s has a wrong id", wrap.ID)
+	}
+	if ok, _ := wrap.CheckSignature(); !ok {
+		return rumor, fmt.Errorf("gift wrap %s has an invalid signature", wrap.ID)
+	}
+	ck, err := nip44.GenerateConversationKey(wrap.PubKey, sec)
+	if err != nil {
+		return rumor, fmt.Errorf("gift wrap %s: %w", wrap.ID, err)
+	}
+	sealJSON, err := nip44.Decrypt(wrap.Content, ck)
+	if err != nil {
+		return rumor, fmt.Errorf("failed to decrypt the seal of %s (not addressed to this key?): %w", wrap.ID, err)
+	}
+	if err := json.Unmarshal([]byte(sealJSON), &seal); err != nil {
+		return rumor, fmt.Errorf("invalid seal JSON in %s: %w", wrap.ID, err)
+	}
+	if seal.Kind != nostr.KindSeal {
+		return rumor, fmt.Errorf("not a seal event (kind %d) in %s", seal.Kind, wrap.ID)
+	}
+	if !seal.CheckID() {
+		return rumor, fmt.Errorf("seal in %s has a wrong id", wrap.ID)
+	}
+	if ok, _ := seal.CheckSignature(); !ok {
+		return rumor, fmt.Errorf("seal signature is invalid in %s", wrap.ID)
+	}
+	if from != "" && seal.PubKey != from {
+		return rumor, fmt.Errorf("seal in %s is signed by %s, not by --from %s", wrap.ID, seal.PubKey, from)
+	}
+	ck, err = nip44.GenerateConversationKey(seal.PubKey, sec)
+	if err != nil {
+		return rumor, fmt.Errorf("seal in %s: %w", wrap.ID, err)
+	}
+	rumorJSON, err := nip44.Decrypt(seal.Content, ck)
+	if err != nil {
+		return rumor, fmt.Errorf("failed to decrypt the rumor in %s: %w", wrap.ID, err)
+	}
+	if err := json.Unmarshal([]byte(rumorJSON), &rumor); err != nil {
+		return rumor, fmt.Errorf("invalid rumor JSON in %s: %w", wrap.ID, err)
+	}
+	if rumor.PubKey != seal.PubKey {
+		return rumor, fmt.Errorf("rumor pubkey %q differs from the seal's signer %s in %s: refusing a forged sender",
+			rumor.PubKey, seal.PubKey, wrap.ID)
+	}
+	if rumor.ID != "" && !rumor.CheckID() {
+		return rumor, fmt.Errorf("rumor in %s has a wrong id %s (its hash is %s)", wrap.ID, rumor.ID, rumor.GetID())
+	}
+	if rumor.Tags == nil {
+		rumor.Tags = nostr.Tags{}
+	}
+	rumor.ID = rumor.GetID()
+	return rumor, nil
+}
+
 func main() {
 	if len(os.Args) < 2 {
-		die("usage: nak event|req|key|encode|decode|verify ... (%s)", version)
+		die("usage: nak event|req|key|encode|decode|verify|encrypt|decrypt|gift ... (%s)", version)
 	}
 	args := os.Args[2:]
 	switch os.Args[1] {
@@ -617,10 +935,16 @@ func main() {
 		cmdDecode(args)
 	case "verify":
 		cmdVerify()
+	case "encrypt":
+		cmdEncrypt(args)
+	case "decrypt":
+		cmdDecrypt(args)
+	case "gift":
+		cmdGift(args)
 	case "--version", "-v", "version":
 		fmt.Println(version)
 	case "--help", "-h", "help":
-		fmt.Println(version + "\ncommands: event, req, key generate|public, encode, decode, verify")
+		fmt.Println(version + "\ncommands: event, req, key generate|public, encode, decode, verify, encrypt, decrypt, gift wrap|unwrap")
 	default:
 		die("unknown command %q (this is %s)", os.Args[1], version)
 	}
