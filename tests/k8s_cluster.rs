@@ -66,14 +66,15 @@ fn manifest() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("k8s/sidecar-service.yaml")
 }
 
-/// Apply the manifest (namespaces first, so the namespaced objects have somewhere to go).
+/// Apply the manifest once per test process (tests run in parallel; concurrent applies can conflict).
+/// kubectl creates the Namespaces first, as they come first in the file.
 fn apply_manifest() -> Result<()> {
-    for ns in [SA_NS, NS] {
-        if kubectl(&["get", "ns", ns], None).is_err() {
-            kubectl(&["create", "ns", ns], None)?;
-        }
+    static APPLIED: std::sync::Mutex<bool> = std::sync::Mutex::new(false);
+    let mut done = APPLIED.lock().map_err(|_| anyhow!("poisoned"))?;
+    if !*done {
+        kubectl(&["apply", "-f", manifest().to_str().context("path")?], None)?;
+        *done = true;
     }
-    kubectl(&["apply", "-f", manifest().to_str().context("path")?], None)?;
     Ok(())
 }
 
@@ -480,6 +481,40 @@ async fn refused_pod_is_a_provisioning_failure() -> Result<()> {
     ensure!(!e.message.contains("pw-refused"));
     cluster.delete_lease(&id).await?;
     wait_gone(&id).await?;
+
+    // A stale auth Secret with another password and no pod (an attempt that failed before its pod) is
+    // replaced, so the password the user is told is the one the pod gets.
+    let id2 = unique_id("ks");
+    let _cleanup2 = Cleanup(vec![id2.clone()]);
+    let secret_name = k8s::auth_secret_name(&id2);
+    let stale = format!(
+        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: {secret_name}\n  namespace: {NS}\n  labels:\n    \
+         app.kubernetes.io/managed-by: paygress\n    app.kubernetes.io/name: paygress-ssh-pod\n    \
+         paygress.io/lease-id: {id2}\nstringData:\n  password: stale-pw\n"
+    );
+    kubectl(&["apply", "-f", "-"], Some(&stale))?;
+    let p2 = plan(
+        &id2,
+        "fresh-pw",
+        "lscr.io/linuxserver/openssh-server:latest",
+    );
+    cluster
+        .ensure_lease_objects(&p2)
+        .await
+        .context("ensure over a stale secret")?;
+    let secret: Secret = serde_json::from_str(&kubectl(
+        &["-n", NS, "get", "secret", &secret_name, "-o", "json"],
+        None,
+    )?)?;
+    ensure!(
+        secret
+            .data
+            .and_then(|d| d.get("password").cloned())
+            .map(|b| b.0)
+            == Some(b"fresh-pw".to_vec())
+    );
+    cluster.delete_lease(&id2).await?;
+    wait_gone(&id2).await?;
 
     let bad = cluster
         .wait_running("Bad,Id", Duration::from_secs(1))

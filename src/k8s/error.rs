@@ -91,6 +91,9 @@ pub enum KubeError {
     #[error("lease {lease_id}: a different onion key is already stored in {secret}")]
     OnionKeyConflict { lease_id: String, secret: String },
 
+    #[error("lease {lease_id}: {secret} holds another password and the pod already uses it")]
+    AuthSecretConflict { lease_id: String, secret: String },
+
     #[error("orphan {kind}/{name}: not an object this adapter deletes")]
     NotOurs { kind: String, name: String },
 }
@@ -175,7 +178,9 @@ impl KubeError {
             KubeError::InvalidLeaseId { .. } | KubeError::PodNotFound { .. } => {
                 FailureKind::Rejected(ErrorCode::LeaseNotFound)
             }
-            KubeError::OnionKeyConflict { .. } => FailureKind::Permanent,
+            KubeError::OnionKeyConflict { .. } | KubeError::AuthSecretConflict { .. } => {
+                FailureKind::Permanent
+            }
             KubeError::PodDead { .. } => FailureKind::Rejected(ErrorCode::ProvisioningFailed),
             KubeError::Timeout { .. } => FailureKind::Transient,
             KubeError::Transport { permanent, .. } => {

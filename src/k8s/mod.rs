@@ -323,6 +323,62 @@ impl KubeCluster {
         }
     }
 
+    /// The auth Secret already existed (a resumed saga). If it holds another password (left by an earlier
+    /// attempt that never made its pod), the user would be told a password the pod does not accept: replace
+    /// it while no pod uses it, refuse once one does.
+    async fn reconcile_auth_secret(
+        &self,
+        lease_id: &str,
+        object: &str,
+        wanted: &Secret,
+    ) -> Result<(), KubeError> {
+        let name = auth_secret_name(lease_id);
+        let existing = self
+            .call(lease_id, Action::Get, object, self.secrets().get_opt(&name))
+            .await?;
+        if existing.as_ref().and_then(|s| s.data.as_ref()) == wanted.data.as_ref() {
+            return Ok(());
+        }
+        if self.pod_uid(lease_id).await?.is_some() {
+            return Err(KubeError::AuthSecretConflict {
+                lease_id: lease_id.to_string(),
+                secret: name,
+            });
+        }
+        warn!(
+            lease_id,
+            object, "stale auth secret from an earlier attempt; replacing it"
+        );
+        self.delete_named(
+            &self.secrets(),
+            lease_id,
+            object,
+            &name,
+            &DeleteParams::default(),
+        )
+        .await?;
+        match self
+            .call(
+                lease_id,
+                Action::Create,
+                object,
+                self.secrets().create(&PostParams::default(), wanted),
+            )
+            .await
+        {
+            Ok(_) => Ok(()),
+            // Deletion not finished yet: the saga's retry will get here again.
+            Err(e) if e.is_already_exists() => Err(KubeError::Transport {
+                lease_id: lease_id.to_string(),
+                action: Action::Create,
+                object: object.to_string(),
+                message: "stale secret still being deleted".into(),
+                permanent: false,
+            }),
+            Err(e) => Err(e),
+        }
+    }
+
     /// The pod's uid, to make it the owner of the objects created after it.
     async fn pod_uid(&self, lease_id: &str) -> Result<Option<String>, KubeError> {
         let name = pod_name(lease_id);
@@ -366,8 +422,13 @@ impl ClusterPort for KubeCluster {
         // Secret before Pod: the pod's USER_PASSWORD refers to it and cannot start without it.
         if let Some(secret) = objects::auth_secret(plan) {
             let object = format!("secret/{}", auth_secret_name(id));
-            self.create_idempotent(&self.secrets(), id, &object, &secret)
-                .await?;
+            if self
+                .create_idempotent(&self.secrets(), id, &object, &secret)
+                .await?
+                .is_none()
+            {
+                self.reconcile_auth_secret(id, &object, &secret).await?;
+            }
         }
         let pod_object = format!("pod/{}", plan.pod_name);
         let uid = match self
