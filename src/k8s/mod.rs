@@ -29,7 +29,8 @@ pub use error::{Action, KubeError};
 pub use objects::{auth_secret_name, onion_secret_name, pod_name, service_name, valid_lease_id};
 
 use crate::lease::ports::{
-    default_probe_interval, ClusterLease, ClusterPort, OrphanObject, PodPlan, PortResult,
+    default_probe_interval, ClusterLease, ClusterPort, FailureKind, OrphanObject, PodPlan,
+    PortResult,
 };
 use objects::PodProgress;
 
@@ -266,7 +267,7 @@ impl KubeCluster {
             {
                 Ok(Some(pod)) => pod,
                 Ok(None) => return Err(dead("the pod does not exist (deleted?)".into())),
-                Err(e) if e.kind().eq(&crate::lease::ports::FailureKind::Transient) => {
+                Err(e) if e.kind() == FailureKind::Transient => {
                     *last = e.to_string();
                     tokio::time::sleep(self.poll_interval).await;
                     continue;
@@ -313,7 +314,7 @@ impl KubeCluster {
                 }
                 Err(e) => {
                     let e = KubeError::from_kube(lease_id, Action::Watch, &object, e);
-                    if !e.kind().eq(&crate::lease::ports::FailureKind::Transient) {
+                    if e.kind() != FailureKind::Transient {
                         return Err(e);
                     }
                     *last = e.to_string();
