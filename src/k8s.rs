@@ -1,1 +1,0 @@
-//! k8s adapter: see ARCHITECTURE.md.

@@ -1,0 +1,653 @@
+//! Pure builders and readers of the Kubernetes objects of one lease: names, labels, the Secret, Pod and
+//! Service specs, and what a listed pod says about its lease. No I/O here, so all of it is unit-tested.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+
+use k8s_openapi::api::core::v1::{
+    Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, Pod, PodSecurityContext, PodSpec,
+    Probe, ResourceRequirements, SeccompProfile, Secret, SecretKeySelector, SecurityContext,
+    Service, ServicePort, ServiceSpec, TCPSocketAction,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use k8s_openapi::ByteString;
+
+use crate::lease::ports::{ClusterLease, PodPlan};
+
+pub const LABEL_APP: &str = "app";
+pub const APP: &str = "paygress-ssh-pod";
+pub const LABEL_LEASE: &str = "paygress.io/lease-id";
+pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+pub const MANAGED_BY: &str = "paygress";
+pub const LABEL_NAME: &str = "app.kubernetes.io/name";
+
+pub const ANN_EXPIRES_AT: &str = "paygress.io/expires-at";
+pub const ANN_REQUESTER: &str = "paygress.io/requester";
+pub const ANN_TIER: &str = "paygress.io/tier";
+
+/// Data key of the auth Secret.
+pub const PASSWORD_KEY: &str = "password";
+/// Data key of the onion Secret: C tor's file name for the same key.
+pub const ONION_KEY: &str = "hs_ed25519_secret_key";
+
+pub const CONTAINER_NAME: &str = "ssh";
+pub const PORT_NAME: &str = "ssh";
+
+/// Selects every object the provider created (pods, Services, Secrets).
+pub fn managed_selector() -> String {
+    format!("{LABEL_MANAGED_BY}={MANAGED_BY},{LABEL_NAME}={APP}")
+}
+
+/// Selects the objects of one lease. `lease_id` must have passed [`valid_lease_id`]: it is spliced into a
+/// selector, and an unchecked `a,b=c` would widen it.
+pub fn lease_selector(lease_id: &str) -> String {
+    format!("{},{LABEL_LEASE}={lease_id}", managed_selector())
+}
+
+/// Longest lease id whose Service name (`ssh-pod-<id>-ssh`) is still a 63-character DNS label.
+pub const MAX_LEASE_ID_LEN: usize = 63 - "ssh-pod-".len() - "-ssh".len();
+
+/// A lease id usable in object names and label selectors: a DNS label short enough for every derived name.
+pub fn valid_lease_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_LEASE_ID_LEN
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !id.starts_with('-')
+        && !id.ends_with('-')
+}
+
+pub fn pod_name(lease_id: &str) -> String {
+    format!("ssh-pod-{lease_id}")
+}
+pub fn service_name(lease_id: &str) -> String {
+    format!("ssh-pod-{lease_id}-ssh")
+}
+pub fn auth_secret_name(lease_id: &str) -> String {
+    format!("ssh-pod-{lease_id}-auth")
+}
+pub fn onion_secret_name(lease_id: &str) -> String {
+    format!("ssh-pod-{lease_id}-onion")
+}
+
+/// Labels of every object of a lease; pods also get `app=` (the NetworkPolicy and Service select on it).
+pub fn labels(lease_id: &str, is_pod: bool) -> BTreeMap<String, String> {
+    let mut l = BTreeMap::from([
+        (LABEL_LEASE.to_string(), lease_id.to_string()),
+        (LABEL_MANAGED_BY.to_string(), MANAGED_BY.to_string()),
+        (LABEL_NAME.to_string(), APP.to_string()),
+    ]);
+    if is_pod {
+        l.insert(LABEL_APP.to_string(), APP.to_string());
+    }
+    l
+}
+
+fn meta(name: String, namespace: &str, lease_id: &str, is_pod: bool) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name),
+        namespace: Some(namespace.to_string()),
+        labels: Some(labels(lease_id, is_pod)),
+        ..Default::default()
+    }
+}
+
+/// Owner reference to the lease pod, so that on a cluster with a garbage collector a deleted pod takes its
+/// Service and onion Secret along even if the provider never gets to it. Not blocking: that would need
+/// extra RBAC (OwnerReferencesPermissionEnforcement) and buys nothing here.
+pub fn pod_owner(pod_name: &str, uid: &str) -> OwnerReference {
+    OwnerReference {
+        api_version: "v1".into(),
+        kind: "Pod".into(),
+        name: pod_name.to_string(),
+        uid: uid.to_string(),
+        controller: Some(false),
+        block_owner_deletion: None,
+    }
+}
+
+/// The Secret holding the SSH password, or None when the plan has no password (key-only login).
+pub fn auth_secret(plan: &PodPlan) -> Option<Secret> {
+    let pw = plan.ssh_password.as_ref()?;
+    Some(Secret {
+        metadata: meta(
+            auth_secret_name(&plan.lease_id),
+            &plan.namespace,
+            &plan.lease_id,
+            false,
+        ),
+        type_: Some("Opaque".into()),
+        data: Some(BTreeMap::from([(
+            PASSWORD_KEY.to_string(),
+            ByteString(pw.as_bytes().to_vec()),
+        )])),
+        // Nothing in the pod ever rewrites it.
+        immutable: Some(true),
+        ..Default::default()
+    })
+}
+
+pub fn onion_secret(
+    namespace: &str,
+    lease_id: &str,
+    key: &[u8],
+    owner: Option<OwnerReference>,
+) -> Secret {
+    let mut metadata = meta(onion_secret_name(lease_id), namespace, lease_id, false);
+    metadata.owner_references = owner.map(|o| vec![o]);
+    Secret {
+        metadata,
+        type_: Some("Opaque".into()),
+        data: Some(BTreeMap::from([(
+            ONION_KEY.to_string(),
+            ByteString(key.to_vec()),
+        )])),
+        immutable: Some(true),
+        ..Default::default()
+    }
+}
+
+fn literal(name: &str, value: impl Into<String>) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value: Some(value.into()),
+        value_from: None,
+    }
+}
+
+/// Environment as linuxserver/openssh-server reads it. The password only ever travels as a secretKeyRef.
+fn env(plan: &PodPlan) -> Vec<EnvVar> {
+    let mut env = vec![
+        literal("PUID", "1000"),
+        literal("PGID", "1000"),
+        literal("TZ", "UTC"),
+        literal("USER_NAME", plan.ssh_username.clone()),
+    ];
+    if let Some(key) = &plan.ssh_public_key {
+        env.push(literal("PUBLIC_KEY", key.clone()));
+    }
+    // A key, when given, is the only way in: password login stays off even if a password was also made.
+    let password_access = plan.ssh_password.is_some() && plan.ssh_public_key.is_none();
+    if plan.ssh_password.is_some() {
+        env.push(EnvVar {
+            name: "USER_PASSWORD".into(),
+            value: None,
+            value_from: Some(EnvVarSource {
+                secret_key_ref: Some(SecretKeySelector {
+                    name: auth_secret_name(&plan.lease_id),
+                    key: PASSWORD_KEY.into(),
+                    optional: Some(false),
+                }),
+                ..Default::default()
+            }),
+        });
+    }
+    env.push(literal(
+        "PASSWORD_ACCESS",
+        if password_access { "true" } else { "false" },
+    ));
+    env
+}
+
+pub fn pod(plan: &PodPlan) -> Pod {
+    let mut metadata = meta(plan.pod_name.clone(), &plan.namespace, &plan.lease_id, true);
+    metadata.annotations = Some(BTreeMap::from([
+        (ANN_EXPIRES_AT.to_string(), plan.expires_at.to_string()),
+        (ANN_REQUESTER.to_string(), plan.requester.clone()),
+        (ANN_TIER.to_string(), plan.tier.name.clone()),
+    ]));
+    let quantities = BTreeMap::from([
+        ("cpu".to_string(), Quantity(plan.tier.cpu.clone())),
+        ("memory".to_string(), Quantity(plan.tier.memory.clone())),
+    ]);
+    let port = i32::from(plan.ssh_port);
+    let container = Container {
+        name: CONTAINER_NAME.into(),
+        image: Some(plan.image.clone()),
+        env: Some(env(plan)),
+        ports: Some(vec![ContainerPort {
+            name: Some(PORT_NAME.into()),
+            container_port: port,
+            protocol: Some("TCP".into()),
+            ..Default::default()
+        }]),
+        // requests = limits: Guaranteed QoS, the tier is what was paid for, no more, no less.
+        resources: Some(ResourceRequirements {
+            requests: Some(quantities.clone()),
+            limits: Some(quantities),
+            ..Default::default()
+        }),
+        readiness_probe: Some(Probe {
+            tcp_socket: Some(TCPSocketAction {
+                port: IntOrString::Int(port),
+                host: None,
+            }),
+            period_seconds: Some(2),
+            ..Default::default()
+        }),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            privileged: Some(false),
+            // The image starts as root (s6-overlay init), fixes the user's uid/gid and home ownership, then
+            // runs sshd as that user (port 2222, so no NET_BIND_SERVICE). Root in the init needs exactly:
+            // CHOWN (chown /config to the user), FOWNER + DAC_OVERRIDE (chmod/write files root does not own,
+            // e.g. the user's ~/.ssh), SETUID + SETGID (s6-setuidgid drops to the user). Everything else —
+            // NET_RAW, MKNOD, SYS_CHROOT, KILL, AUDIT_WRITE… — is dropped.
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                add: Some(
+                    ["CHOWN", "DAC_OVERRIDE", "FOWNER", "SETGID", "SETUID"]
+                        .map(String::from)
+                        .to_vec(),
+                ),
+            }),
+            seccomp_profile: Some(SeccompProfile {
+                type_: "RuntimeDefault".into(),
+                localhost_profile: None,
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    Pod {
+        metadata,
+        spec: Some(PodSpec {
+            containers: vec![container],
+            // The pod never talks to the API server, and must not be handed a token to do so.
+            automount_service_account_token: Some(false),
+            // No env vars advertising every Service of the namespace (other tenants' ssh Services).
+            enable_service_links: Some(false),
+            // OnFailure: a crash or OOM kill of the leased container restarts it in place (same pod IP, so
+            // Service and onion target stay right) for the rest of the paid time. Never would strand a paying
+            // user after one crash; Always would also resurrect a container the user deliberately shut down
+            // (exit 0). The lease's end is the provider deleting the pod, which no policy affects; and
+            // activeDeadlineSeconds is not used since it cannot be raised on top-up.
+            restart_policy: Some("OnFailure".into()),
+            termination_grace_period_seconds: Some(5),
+            security_context: Some(PodSecurityContext {
+                seccomp_profile: Some(SeccompProfile {
+                    type_: "RuntimeDefault".into(),
+                    localhost_profile: None,
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
+pub fn service(plan: &PodPlan, owner: Option<OwnerReference>) -> Service {
+    let mut metadata = meta(
+        plan.service_name.clone(),
+        &plan.namespace,
+        &plan.lease_id,
+        false,
+    );
+    metadata.owner_references = owner.map(|o| vec![o]);
+    let mut selector = BTreeMap::from([(LABEL_LEASE.to_string(), plan.lease_id.clone())]);
+    selector.insert(LABEL_APP.to_string(), APP.to_string());
+    Service {
+        metadata,
+        spec: Some(ServiceSpec {
+            type_: Some("ClusterIP".into()),
+            selector: Some(selector),
+            ports: Some(vec![ServicePort {
+                name: Some(PORT_NAME.into()),
+                port: i32::from(plan.ssh_port),
+                target_port: Some(IntOrString::String(PORT_NAME.into())),
+                protocol: Some("TCP".into()),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
+/// What a pod tells while we wait for it to run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PodProgress {
+    /// Running with an IP: SSH should answer here.
+    Running(SocketAddr),
+    /// Not yet; the text says why (for the timeout message).
+    Pending(String),
+    /// It will never run: phase Failed/Succeeded, being deleted, or a spec the node can never start.
+    Dead(String),
+}
+
+/// Container waiting reasons after which the pod can never start without a new spec.
+const FATAL_WAITING: &[&str] = &["InvalidImageName", "ErrImageNeverPull"];
+
+/// The SSH port the pod declares (its `ssh` containerPort), else `default`.
+pub fn declared_ssh_port(pod: &Pod, default: u16) -> u16 {
+    pod.spec
+        .as_ref()
+        .and_then(|s| {
+            s.containers
+                .iter()
+                .flat_map(|c| c.ports.iter().flatten())
+                .find(|p| p.name.as_deref() == Some(PORT_NAME))
+        })
+        .and_then(|p| u16::try_from(p.container_port).ok())
+        .unwrap_or(default)
+}
+
+pub fn progress(pod: &Pod, default_port: u16) -> PodProgress {
+    if pod.metadata.deletion_timestamp.is_some() {
+        return PodProgress::Dead("the pod is being deleted".into());
+    }
+    let Some(status) = &pod.status else {
+        return PodProgress::Pending("no status yet (not scheduled)".into());
+    };
+    let phase = status.phase.as_deref().unwrap_or("Unknown");
+    let waiting = status
+        .container_statuses
+        .iter()
+        .flatten()
+        .filter_map(|c| c.state.as_ref()?.waiting.as_ref())
+        .filter_map(|w| w.reason.clone())
+        .collect::<Vec<_>>();
+    match phase {
+        "Failed" | "Succeeded" => {
+            let why = status
+                .reason
+                .clone()
+                .or_else(|| status.message.clone())
+                .unwrap_or_default();
+            PodProgress::Dead(format!("pod phase {phase} {why}").trim_end().to_string())
+        }
+        _ if waiting.iter().any(|r| FATAL_WAITING.contains(&r.as_str())) => {
+            PodProgress::Dead(format!("container cannot start: {}", waiting.join(", ")))
+        }
+        "Running" => match status
+            .pod_ip
+            .as_deref()
+            .and_then(|ip| ip.parse::<IpAddr>().ok())
+        {
+            Some(ip) => {
+                PodProgress::Running(SocketAddr::new(ip, declared_ssh_port(pod, default_port)))
+            }
+            None => PodProgress::Pending("running but no pod IP yet".into()),
+        },
+        _ if waiting.is_empty() => PodProgress::Pending(format!("phase {phase}")),
+        _ => PodProgress::Pending(format!("phase {phase}, waiting: {}", waiting.join(", "))),
+    }
+}
+
+pub fn label<'a>(meta: &'a ObjectMeta, key: &str) -> Option<&'a str> {
+    meta.labels.as_ref()?.get(key).map(String::as_str)
+}
+
+fn annotation<'a>(meta: &'a ObjectMeta, key: &str) -> Option<&'a str> {
+    meta.annotations.as_ref()?.get(key).map(String::as_str)
+}
+
+/// The lease a managed pod belongs to; None for a pod without a usable lease-id label.
+pub fn cluster_lease(pod: &Pod, default_port: u16) -> Option<ClusterLease> {
+    let lease_id = label(&pod.metadata, LABEL_LEASE).filter(|id| valid_lease_id(id))?;
+    let ssh_endpoint = match progress(pod, default_port) {
+        PodProgress::Running(addr) => Some(addr),
+        _ => None,
+    };
+    Some(ClusterLease {
+        lease_id: lease_id.to_string(),
+        pod_name: pod.metadata.name.clone().unwrap_or_default(),
+        expires_at: annotation(&pod.metadata, ANN_EXPIRES_AT)
+            .and_then(|v| v.trim().parse::<u64>().ok()),
+        requester: annotation(&pod.metadata, ANN_REQUESTER).map(String::from),
+        tier: annotation(&pod.metadata, ANN_TIER).map(String::from),
+        ssh_endpoint,
+        terminating: pod.metadata.deletion_timestamp.is_some(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::Tier;
+
+    fn plan(password: Option<&str>, key: Option<&str>) -> PodPlan {
+        PodPlan {
+            lease_id: "abc123".into(),
+            pod_name: pod_name("abc123"),
+            service_name: service_name("abc123"),
+            namespace: "user-workloads".into(),
+            image: "lscr.io/linuxserver/openssh-server:latest".into(),
+            ssh_username: "alice".into(),
+            ssh_password: password.map(String::from),
+            ssh_public_key: key.map(String::from),
+            tier: Tier {
+                name: "basic".into(),
+                cpu: "500m".into(),
+                memory: "512Mi".into(),
+                sats_per_hour: 100,
+            },
+            ssh_port: 2222,
+            expires_at: 1_900_000_000,
+            requester: "ab".repeat(32),
+        }
+    }
+
+    fn env_of(p: &Pod) -> Vec<EnvVar> {
+        p.spec.as_ref().unwrap().containers[0].env.clone().unwrap()
+    }
+
+    fn env_value(p: &Pod, name: &str) -> Option<String> {
+        env_of(p)
+            .into_iter()
+            .find(|e| e.name == name)
+            .and_then(|e| e.value)
+    }
+
+    #[test]
+    fn lease_ids_are_checked_before_use_in_names_and_selectors() {
+        assert!(valid_lease_id("abc-123"));
+        assert!(valid_lease_id(&"a".repeat(MAX_LEASE_ID_LEN)));
+        assert!(!valid_lease_id(&"a".repeat(MAX_LEASE_ID_LEN + 1)));
+        for bad in ["", "-a", "a-", "A", "a,b=c", "a b", "a/b", "a.b", "a_b"] {
+            assert!(!valid_lease_id(bad), "{bad:?}");
+        }
+        assert_eq!(service_name(&"a".repeat(MAX_LEASE_ID_LEN)).len(), 63);
+        assert_eq!(
+            lease_selector("x1"),
+            "app.kubernetes.io/managed-by=paygress,app.kubernetes.io/name=paygress-ssh-pod,paygress.io/lease-id=x1"
+        );
+    }
+
+    #[test]
+    fn password_travels_only_through_the_secret() {
+        let p = plan(Some("hunter2-secret"), None);
+        let pod = pod(&p);
+        let json = serde_json::to_string(&pod).unwrap();
+        assert!(
+            !json.contains("hunter2-secret"),
+            "password leaked into the pod spec"
+        );
+        let pw = env_of(&pod)
+            .into_iter()
+            .find(|e| e.name == "USER_PASSWORD")
+            .unwrap();
+        assert!(pw.value.is_none());
+        let r = pw.value_from.unwrap().secret_key_ref.unwrap();
+        assert_eq!(
+            (r.name.as_str(), r.key.as_str()),
+            ("ssh-pod-abc123-auth", PASSWORD_KEY)
+        );
+        assert_eq!(env_value(&pod, "PASSWORD_ACCESS").as_deref(), Some("true"));
+        assert_eq!(env_value(&pod, "USER_NAME").as_deref(), Some("alice"));
+        assert_eq!(env_value(&pod, "PUID").as_deref(), Some("1000"));
+
+        let s = auth_secret(&p).unwrap();
+        assert_eq!(s.data.unwrap()[PASSWORD_KEY].0, b"hunter2-secret");
+        let s_meta = serde_json::to_string(&s.metadata).unwrap();
+        assert!(!s_meta.contains("hunter2"));
+        assert!(auth_secret(&plan(None, Some("ssh-ed25519 AAAA"))).is_none());
+    }
+
+    #[test]
+    fn a_public_key_turns_password_login_off() {
+        let pod = pod(&plan(None, Some("ssh-ed25519 AAAAC3 k")));
+        assert_eq!(
+            env_value(&pod, "PUBLIC_KEY").as_deref(),
+            Some("ssh-ed25519 AAAAC3 k")
+        );
+        assert_eq!(env_value(&pod, "PASSWORD_ACCESS").as_deref(), Some("false"));
+        assert!(env_of(&pod).iter().all(|e| e.name != "USER_PASSWORD"));
+        let both = super::pod(&plan(Some("pw"), Some("ssh-ed25519 AAAAC3 k")));
+        assert_eq!(
+            env_value(&both, "PASSWORD_ACCESS").as_deref(),
+            Some("false")
+        );
+    }
+
+    #[test]
+    fn pod_is_locked_down_and_labelled() {
+        let pod = pod(&plan(Some("pw"), None));
+        let spec = pod.spec.as_ref().unwrap();
+        assert_eq!(spec.automount_service_account_token, Some(false));
+        assert_eq!(spec.enable_service_links, Some(false));
+        assert_eq!(spec.restart_policy.as_deref(), Some("OnFailure"));
+        let c = &spec.containers[0];
+        let sc = c.security_context.as_ref().unwrap();
+        assert_eq!(sc.allow_privilege_escalation, Some(false));
+        assert_eq!(sc.seccomp_profile.as_ref().unwrap().type_, "RuntimeDefault");
+        let caps = sc.capabilities.as_ref().unwrap();
+        assert_eq!(caps.drop.as_deref(), Some(&["ALL".to_string()][..]));
+        assert_eq!(caps.add.as_ref().unwrap().len(), 5);
+        let res = c.resources.as_ref().unwrap();
+        assert_eq!(res.requests, res.limits);
+        assert_eq!(res.limits.as_ref().unwrap()["cpu"].0, "500m");
+        assert_eq!(res.limits.as_ref().unwrap()["memory"].0, "512Mi");
+        assert_eq!(c.ports.as_ref().unwrap()[0].container_port, 2222);
+        assert_eq!(c.ports.as_ref().unwrap()[0].name.as_deref(), Some("ssh"));
+        let probe = c
+            .readiness_probe
+            .as_ref()
+            .unwrap()
+            .tcp_socket
+            .as_ref()
+            .unwrap();
+        assert_eq!(probe.port, IntOrString::Int(2222));
+
+        let l = pod.metadata.labels.as_ref().unwrap();
+        assert_eq!(l[LABEL_APP], APP);
+        assert_eq!(l[LABEL_LEASE], "abc123");
+        assert_eq!(l[LABEL_MANAGED_BY], MANAGED_BY);
+        assert_eq!(l[LABEL_NAME], APP);
+        let a = pod.metadata.annotations.as_ref().unwrap();
+        assert_eq!(a[ANN_EXPIRES_AT], "1900000000");
+        assert_eq!(a[ANN_TIER], "basic");
+        assert_eq!(a[ANN_REQUESTER], "ab".repeat(32));
+    }
+
+    #[test]
+    fn service_selects_the_lease_pod_by_label() {
+        let p = plan(Some("pw"), None);
+        let s = service(&p, Some(pod_owner("ssh-pod-abc123", "uid-1")));
+        assert_eq!(s.metadata.name.as_deref(), Some("ssh-pod-abc123-ssh"));
+        let spec = s.spec.unwrap();
+        assert_eq!(spec.type_.as_deref(), Some("ClusterIP"));
+        let sel = spec.selector.unwrap();
+        assert_eq!(sel[LABEL_LEASE], "abc123");
+        // Every selector label is on the pod.
+        let pod_labels = pod(&p).metadata.labels.unwrap();
+        assert!(sel.iter().all(|(k, v)| pod_labels.get(k) == Some(v)));
+        assert_eq!(spec.ports.unwrap()[0].port, 2222);
+        assert_eq!(s.metadata.labels.unwrap()[LABEL_MANAGED_BY], MANAGED_BY);
+        assert_eq!(s.metadata.owner_references.unwrap()[0].uid, "uid-1");
+    }
+
+    fn pod_json(v: serde_json::Value) -> Pod {
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn progress_reads_phase_ip_and_fatal_reasons() {
+        let base = pod(&plan(Some("pw"), None));
+        let mut p = base.clone();
+        assert!(matches!(progress(&p, 2222), PodProgress::Pending(_)));
+
+        p.status = Some(
+            pod_json(serde_json::json!({"status": {"phase": "Running", "podIP": "127.0.100.7"}}))
+                .status
+                .unwrap(),
+        );
+        assert_eq!(
+            progress(&p, 1),
+            PodProgress::Running("127.0.100.7:2222".parse().unwrap())
+        );
+
+        p.status = Some(
+            pod_json(serde_json::json!({"status": {"phase": "Running"}}))
+                .status
+                .unwrap(),
+        );
+        assert!(matches!(progress(&p, 2222), PodProgress::Pending(_)));
+
+        p.status = Some(
+            pod_json(serde_json::json!({"status": {"phase": "Failed", "reason": "Evicted"}}))
+                .status
+                .unwrap(),
+        );
+        assert_eq!(
+            progress(&p, 2222),
+            PodProgress::Dead("pod phase Failed Evicted".into())
+        );
+
+        p.status = Some(
+            pod_json(
+                serde_json::json!({"status": {"phase": "Pending", "containerStatuses": [
+                {"name": "ssh", "image": "x", "imageID": "", "ready": false, "restartCount": 0,
+                 "state": {"waiting": {"reason": "InvalidImageName"}}}]}}),
+            )
+            .status
+            .unwrap(),
+        );
+        assert!(
+            matches!(progress(&p, 2222), PodProgress::Dead(m) if m.contains("InvalidImageName"))
+        );
+
+        let mut gone = base;
+        gone.metadata.deletion_timestamp = Some(
+            pod_json(
+                serde_json::json!({"metadata": {"deletionTimestamp": "2026-01-01T00:00:00Z"}}),
+            )
+            .metadata
+            .deletion_timestamp
+            .unwrap(),
+        );
+        assert!(matches!(progress(&gone, 2222), PodProgress::Dead(_)));
+    }
+
+    #[test]
+    fn cluster_lease_tolerates_missing_or_garbage_annotations() {
+        let mut p = pod(&plan(Some("pw"), None));
+        let l = cluster_lease(&p, 2222).unwrap();
+        assert_eq!(l.lease_id, "abc123");
+        assert_eq!(l.expires_at, Some(1_900_000_000));
+        assert_eq!(l.tier.as_deref(), Some("basic"));
+        assert_eq!(l.ssh_endpoint, None);
+        assert!(!l.terminating);
+
+        p.metadata
+            .annotations
+            .as_mut()
+            .unwrap()
+            .insert(ANN_EXPIRES_AT.into(), "soon".into());
+        assert_eq!(cluster_lease(&p, 2222).unwrap().expires_at, None);
+        p.metadata.annotations = None;
+        let l = cluster_lease(&p, 2222).unwrap();
+        assert_eq!((l.expires_at, l.requester), (None, None));
+
+        p.metadata
+            .labels
+            .as_mut()
+            .unwrap()
+            .insert(LABEL_LEASE.into(), "Bad,Id".into());
+        assert!(cluster_lease(&p, 2222).is_none());
+    }
+}
