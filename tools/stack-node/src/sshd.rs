@@ -635,3 +635,142 @@ impl Drop for AbortOnDrop {
 async fn stopped(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|s| *s).await;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use russh::keys::ssh_key::private::Ed25519Keypair;
+    use russh::keys::{PrivateKeyWithHashAlg, PublicKeyOrCertificate};
+    use russh::{client, ChannelMsg};
+    use std::collections::BTreeMap;
+
+    struct TestClient;
+
+    impl client::Handler for TestClient {
+        type Error = russh::Error;
+
+        async fn check_server_key(
+            &mut self,
+            _key: &PublicKeyOrCertificate,
+        ) -> Result<bool, Self::Error> {
+            Ok(true)
+        }
+    }
+
+    async fn connect(addr: SocketAddr) -> client::Handle<TestClient> {
+        client::connect(Arc::new(client::Config::default()), addr, TestClient)
+            .await
+            .unwrap()
+    }
+
+    /// (stdout, stderr, exit status) of one exec; None once the server drops the connection.
+    async fn exec(h: &client::Handle<TestClient>, cmd: &str) -> (Vec<u8>, Vec<u8>, Option<u32>) {
+        let mut ch = h.channel_open_session().await.unwrap();
+        ch.exec(true, cmd).await.unwrap();
+        let (mut out, mut err, mut code) = (Vec::new(), Vec::new(), None);
+        while let Some(msg) = ch.wait().await {
+            match msg {
+                ChannelMsg::Data { data } => out.extend_from_slice(&data),
+                ChannelMsg::ExtendedData { data, ext: 1 } => err.extend_from_slice(&data),
+                ChannelMsg::ExitStatus { exit_status } => code = Some(exit_status),
+                _ => {}
+            }
+        }
+        (out, err, code)
+    }
+
+    #[tokio::test]
+    async fn serves_exactly_the_pod_credentials() {
+        let user_key = PrivateKey::from(Ed25519Keypair::from_seed(&[9u8; 32]));
+        let other_key = PrivateKey::from(Ed25519Keypair::from_seed(&[10u8; 32]));
+        let env: BTreeMap<String, String> = [
+            ("USER_NAME", "alice".to_string()),
+            ("USER_PASSWORD", "secret".to_string()),
+            ("PASSWORD_ACCESS", "true".to_string()),
+            ("PUBLIC_KEY", user_key.public_key().to_openssh().unwrap()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        let home = std::env::temp_dir().join(format!("stack-node-sshd-{}", std::process::id()));
+        // Outside the stack's pod CIDR so a running stack does not collide.
+        let ip: Ipv4Addr = "127.0.99.7".parse().unwrap();
+        let server = PodServer::start(ServerSpec {
+            pod: "test/pod".into(),
+            ip,
+            creds: Credentials::from_env(&env),
+            host_key: PrivateKey::from(Ed25519Keypair::from_seed(&[7u8; 32])),
+            home: home.clone(),
+        })
+        .await
+        .unwrap();
+        let addr = server.addr;
+
+        let mut h = connect(addr).await;
+        assert!(!h
+            .authenticate_password("alice", "wrong")
+            .await
+            .unwrap()
+            .success());
+        assert!(!h
+            .authenticate_password("bob", "secret")
+            .await
+            .unwrap()
+            .success());
+        assert!(!h
+            .authenticate_publickey(
+                "alice",
+                PrivateKeyWithHashAlg::new(Arc::new(other_key), None)
+            )
+            .await
+            .unwrap()
+            .success());
+        // Rejections leave password auth available, as with sshd.
+        assert!(h
+            .authenticate_password("alice", "secret")
+            .await
+            .unwrap()
+            .success());
+        let (out, err, code) = exec(&h, "echo out; echo err >&2; pwd; exit 3").await;
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            format!("out\n{}\n", home.display())
+        );
+        assert_eq!(err, b"err\n");
+        assert_eq!(code, Some(3));
+
+        let mut hk = connect(addr).await;
+        assert!(!hk
+            .authenticate_publickey(
+                "bob",
+                PrivateKeyWithHashAlg::new(Arc::new(user_key.clone()), None)
+            )
+            .await
+            .unwrap()
+            .success());
+        assert!(hk
+            .authenticate_publickey(
+                "alice",
+                PrivateKeyWithHashAlg::new(Arc::new(user_key), None)
+            )
+            .await
+            .unwrap()
+            .success());
+        let (out, _, code) = exec(&hk, "echo $USER").await;
+        assert_eq!((out.as_slice(), code), (&b"alice\n"[..], Some(0)));
+
+        // A live session is dropped when the server stops, and the port closes.
+        let live = tokio::spawn(async move { exec(&hk, "sleep 30; echo never").await });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        server.stop().await;
+        let (out, _, code) = tokio::time::timeout(Duration::from_secs(5), live)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(out.is_empty());
+        assert_eq!(code, None);
+        assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+        drop(h);
+        let _ = std::fs::remove_dir_all(&home);
+    }
+}
