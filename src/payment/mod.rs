@@ -99,20 +99,28 @@ impl CashuPayment {
         p2pk_secret: &[u8; 32],
         unit: &str,
     ) -> Result<CashuPayment, PaymentError> {
-        let unit = CurrencyUnit::from_str(unit)
-            .map_err(|_| PaymentError::Setup { reason: format!("unknown currency unit {unit}") })?;
+        let unit = CurrencyUnit::from_str(unit).map_err(|_| PaymentError::Setup {
+            reason: format!("unknown currency unit {unit}"),
+        })?;
         let mut normalised = Vec::new();
         for m in mints {
-            let n = normalize_mint_url(m).ok_or_else(|| PaymentError::Setup { reason: format!("bad mint URL {m}") })?;
+            let n = normalize_mint_url(m).ok_or_else(|| PaymentError::Setup {
+                reason: format!("bad mint URL {m}"),
+            })?;
             if !normalised.contains(&n) {
                 normalised.push(n);
             }
         }
-        let p2pk_key = SecretKey::from_slice(p2pk_secret)
-            .map_err(|_| PaymentError::Setup { reason: "P2PK secret key is not a valid secp256k1 key".into() })?;
+        let p2pk_key = SecretKey::from_slice(p2pk_secret).map_err(|_| PaymentError::Setup {
+            reason: "P2PK secret key is not a valid secp256k1 key".into(),
+        })?;
         let seed = seed::load_or_create(wallet_dir)?;
-        let db = WalletRedbDatabase::new(&wallet_dir.join(seed::DB_FILE))
-            .map_err(|e| PaymentError::Storage { action: "open wallet database", reason: e.to_string() })?;
+        let db = WalletRedbDatabase::new(&wallet_dir.join(seed::DB_FILE)).map_err(|e| {
+            PaymentError::Storage {
+                action: "open wallet database",
+                reason: e.to_string(),
+            }
+        })?;
         Ok(CashuPayment {
             wallet_dir: wallet_dir.to_path_buf(),
             mints: normalised,
@@ -143,7 +151,10 @@ impl CashuPayment {
                     .seed(self.seed)
                     .build()
                     .await
-                    .map_err(|e| PaymentError::Storage { action: "load wallets", reason: e.to_string() })
+                    .map_err(|e| PaymentError::Storage {
+                        action: "load wallets",
+                        reason: e.to_string(),
+                    })
             })
             .await
     }
@@ -152,9 +163,13 @@ impl CashuPayment {
     /// any swap or send a crash interrupted (needs the mint; failures are logged and retried next start).
     async fn wallet(&self, mint: &str) -> Result<Wallet, PaymentError> {
         if !self.mints.iter().any(|m| m == mint) {
-            return Err(PaymentError::MintNotAllowed { mint: mint.to_string() });
+            return Err(PaymentError::MintNotAllowed {
+                mint: mint.to_string(),
+            });
         }
-        let url = MintUrl::from_str(mint).map_err(|_| PaymentError::MintNotAllowed { mint: mint.to_string() })?;
+        let url = MintUrl::from_str(mint).map_err(|_| PaymentError::MintNotAllowed {
+            mint: mint.to_string(),
+        })?;
         let repo = self.repo().await?;
         let fresh = !repo.has_wallet(&url, &self.unit).await;
         let wallet = repo
@@ -163,16 +178,29 @@ impl CashuPayment {
             .map_err(|e| PaymentError::from_cdk(mint, "open wallet", e))?;
         if fresh {
             match tokio::time::timeout(MINT_TIMEOUT, wallet.recover_incomplete_sagas()).await {
-                Ok(Ok(report)) => tracing::debug!(mint, ?report, "wallet opened, interrupted operations checked"),
-                Ok(Err(e)) => tracing::warn!(mint, error = %e, "could not recover interrupted wallet operations"),
-                Err(_) => tracing::warn!(mint, "timed out recovering interrupted wallet operations"),
+                Ok(Ok(report)) => tracing::debug!(
+                    mint,
+                    ?report,
+                    "wallet opened, interrupted operations checked"
+                ),
+                Ok(Err(e)) => {
+                    tracing::warn!(mint, error = %e, "could not recover interrupted wallet operations")
+                }
+                Err(_) => {
+                    tracing::warn!(mint, "timed out recovering interrupted wallet operations")
+                }
             }
         }
         Ok(wallet)
     }
 
     async fn lock(&self, mint: &str) -> Arc<Mutex<()>> {
-        self.locks.lock().await.entry(mint.to_string()).or_default().clone()
+        self.locks
+            .lock()
+            .await
+            .entry(mint.to_string())
+            .or_default()
+            .clone()
     }
 
     fn check(&self, raw: &str) -> Result<token::Checked, PaymentError> {
@@ -188,10 +216,16 @@ impl CashuPayment {
         // spelling that is equal for us (e.g. an explicit :443) is not refused as IncorrectMint.
         let mut tok = checked.token;
         match &mut tok {
-            Token::TokenV3(t) => t.token.iter_mut().for_each(|e| e.mint = wallet.mint_url.clone()),
+            Token::TokenV3(t) => t
+                .token
+                .iter_mut()
+                .for_each(|e| e.mint = wallet.mint_url.clone()),
             Token::TokenV4(t) => t.mint_url = wallet.mint_url.clone(),
         }
-        let opts = ReceiveOptions { p2pk_signing_keys: vec![self.p2pk_key.clone()], ..Default::default() };
+        let opts = ReceiveOptions {
+            p2pk_signing_keys: vec![self.p2pk_key.clone()],
+            ..Default::default()
+        };
         let lock = self.lock(&mint).await;
         let _guard = lock.lock().await;
         let received = tokio::time::timeout(MINT_TIMEOUT, wallet.receive(&tok.to_string(), opts))
@@ -218,16 +252,25 @@ impl CashuPayment {
             .into_iter()
             .map(|s| cdk::dhke::hash_to_curve(s.as_bytes()))
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|_| PaymentError::InvalidToken { reason: "proof secret maps to no curve point".into() })?;
+            .map_err(|_| PaymentError::InvalidToken {
+                reason: "proof secret maps to no curve point".into(),
+            })?;
         let wallet = self.wallet(&mint).await?;
         let resp = tokio::time::timeout(
             MINT_TIMEOUT,
-            wallet.mint_connector().post_check_state(CheckStateRequest { ys: ys.clone() }),
+            wallet
+                .mint_connector()
+                .post_check_state(CheckStateRequest { ys: ys.clone() }),
         )
         .await
-        .map_err(|_| PaymentError::MintUnavailable { mint: mint.clone(), action: "check state", reason: "timed out".into() })?
+        .map_err(|_| PaymentError::MintUnavailable {
+            mint: mint.clone(),
+            action: "check state",
+            reason: "timed out".into(),
+        })?
         .map_err(|e| PaymentError::from_cdk(&mint, "check state", e))?;
-        let states: BTreeMap<PublicKey, State> = resp.states.iter().map(|s| (s.y, s.state)).collect();
+        let states: BTreeMap<PublicKey, State> =
+            resp.states.iter().map(|s| (s.y, s.state)).collect();
         let mut all_spent = true;
         for y in &ys {
             match states.get(y) {
@@ -246,7 +289,11 @@ impl CashuPayment {
         }
         // Our swap spends all proofs at once. Partly spent means someone else spent some: our swap did
         // not happen (and a new one would fail as spent), so that is not `Spent`.
-        Ok(if all_spent { TokenState::Spent } else { TokenState::Unspent })
+        Ok(if all_spent {
+            TokenState::Spent
+        } else {
+            TokenState::Unspent
+        })
     }
 
     /// Make a token of `amount` from the wallet at `mint` (normalised URL; None = the mint with the largest
@@ -258,18 +305,33 @@ impl CashuPayment {
     }
 
     /// As [`send`](Self::send), returning the amount actually sent.
-    pub async fn send_up_to(&self, mint: Option<&str>, amount: u64) -> Result<SentToken, PaymentError> {
+    pub async fn send_up_to(
+        &self,
+        mint: Option<&str>,
+        amount: u64,
+    ) -> Result<SentToken, PaymentError> {
         let mint = match mint {
-            Some(m) => normalize_mint_url(m).ok_or_else(|| PaymentError::MintNotAllowed { mint: m.to_string() })?,
+            Some(m) => normalize_mint_url(m).ok_or_else(|| PaymentError::MintNotAllowed {
+                mint: m.to_string(),
+            })?,
             None => self.richest_mint().await?,
         };
         if amount == 0 {
-            return Err(PaymentError::InsufficientFunds { mint, available: 0, requested: 0 });
+            return Err(PaymentError::InsufficientFunds {
+                mint,
+                available: 0,
+                requested: 0,
+            });
         }
         let wallet = self.wallet(&mint).await?;
         let lock = self.lock(&mint).await;
         let _guard = lock.lock().await;
-        let available = u64::from(wallet.total_balance().await.map_err(|e| PaymentError::from_cdk(&mint, "send", e))?);
+        let available = u64::from(
+            wallet
+                .total_balance()
+                .await
+                .map_err(|e| PaymentError::from_cdk(&mint, "send", e))?,
+        );
         let mut try_amount = amount.min(available);
         // A few attempts at most: after a shortfall, aim below the balance by the fee of spending every
         // proof (an upper bound of the swap fee), once, twice, three times.
@@ -282,7 +344,11 @@ impl CashuPayment {
                 wallet.prepare_send(Amount::from(try_amount), SendOptions::default()),
             )
             .await
-            .map_err(|_| PaymentError::MintUnavailable { mint: mint.clone(), action: "send", reason: "timed out".into() })?;
+            .map_err(|_| PaymentError::MintUnavailable {
+                mint: mint.clone(),
+                action: "send",
+                reason: "timed out".into(),
+            })?;
             match prepared {
                 Ok(p) => {
                     let token = tokio::time::timeout(MINT_TIMEOUT, p.confirm(None))
@@ -298,21 +364,35 @@ impl CashuPayment {
                     } else {
                         tracing::info!(mint = %mint, amount = try_amount, "token sent");
                     }
-                    return Ok(SentToken { token: token.to_string(), mint_url: mint, amount: try_amount, requested: amount });
+                    return Ok(SentToken {
+                        token: token.to_string(),
+                        mint_url: mint,
+                        amount: try_amount,
+                        requested: amount,
+                    });
                 }
                 Err(cdk::Error::InsufficientFunds) => {
-                    let proofs = wallet.get_unspent_proofs().await.map_err(|e| PaymentError::from_cdk(&mint, "send", e))?;
+                    let proofs = wallet
+                        .get_unspent_proofs()
+                        .await
+                        .map_err(|e| PaymentError::from_cdk(&mint, "send", e))?;
                     let fee = wallet
                         .get_proofs_fee(&proofs)
                         .await
                         .map(|f| u64::from(f.total))
                         .map_err(|e| PaymentError::from_cdk(&mint, "send", e))?;
-                    try_amount = available.saturating_sub(fee.max(1) * attempt).min(try_amount - 1);
+                    try_amount = available
+                        .saturating_sub(fee.max(1) * attempt)
+                        .min(try_amount - 1);
                 }
                 Err(e) => return Err(PaymentError::from_cdk(&mint, "send", e)),
             }
         }
-        Err(PaymentError::InsufficientFunds { mint, available, requested: amount })
+        Err(PaymentError::InsufficientFunds {
+            mint,
+            available,
+            requested: amount,
+        })
     }
 
     async fn richest_mint(&self) -> Result<String, PaymentError> {
@@ -322,7 +402,11 @@ impl CashuPayment {
             .filter(|(m, _)| self.mints.contains(m))
             .max_by_key(|(_, b)| *b)
             .map(|(m, _)| m)
-            .ok_or_else(|| PaymentError::InsufficientFunds { mint: "(any)".into(), available: 0, requested: 0 })
+            .ok_or_else(|| PaymentError::InsufficientFunds {
+                mint: "(any)".into(),
+                available: 0,
+                requested: 0,
+            })
     }
 
     /// Spendable sats per mint: every whitelisted mint, plus any other mint the database holds ecash of
@@ -334,25 +418,30 @@ impl CashuPayment {
             if w.unit != self.unit {
                 continue;
             }
-            let b = w
-                .total_balance()
-                .await
-                .map_err(|e| PaymentError::Storage { action: "balance", reason: e.to_string() })?;
-            let key = normalize_mint_url(&w.mint_url.to_string()).unwrap_or_else(|| w.mint_url.to_string());
+            let b = w.total_balance().await.map_err(|e| PaymentError::Storage {
+                action: "balance",
+                reason: e.to_string(),
+            })?;
+            let key = normalize_mint_url(&w.mint_url.to_string())
+                .unwrap_or_else(|| w.mint_url.to_string());
             *out.entry(key).or_default() += u64::from(b);
         }
         // Whitelisted mints without a wallet yet: their ecash (if any) is still in the database.
         for m in &self.mints {
-            let url = MintUrl::from_str(m).map_err(|_| PaymentError::MintNotAllowed { mint: m.clone() })?;
+            let url = MintUrl::from_str(m)
+                .map_err(|_| PaymentError::MintNotAllowed { mint: m.clone() })?;
             if !repo.has_wallet(&url, &self.unit).await {
                 let w = repo
                     .get_or_create_wallet(url, self.unit.clone(), None)
                     .await
-                    .map_err(|e| PaymentError::Storage { action: "balance", reason: e.to_string() })?;
-                let b = w
-                    .total_balance()
-                    .await
-                    .map_err(|e| PaymentError::Storage { action: "balance", reason: e.to_string() })?;
+                    .map_err(|e| PaymentError::Storage {
+                        action: "balance",
+                        reason: e.to_string(),
+                    })?;
+                let b = w.total_balance().await.map_err(|e| PaymentError::Storage {
+                    action: "balance",
+                    reason: e.to_string(),
+                })?;
                 *out.entry(m.clone()).or_default() += u64::from(b);
             }
         }
@@ -418,7 +507,10 @@ mod tests {
         assert_eq!(e.kind, FailureKind::Rejected(ErrorCode::MintNotAllowed));
         let e = p.token_state(t).await.expect_err("refused");
         assert_eq!(e.kind, FailureKind::Rejected(ErrorCode::MintNotAllowed));
-        let e = p.refund("https://8333.space:3338", 5).await.expect_err("refused");
+        let e = p
+            .refund("https://8333.space:3338", 5)
+            .await
+            .expect_err("refused");
         assert_eq!(e.kind, FailureKind::Rejected(ErrorCode::MintNotAllowed));
     }
 
@@ -428,7 +520,10 @@ mod tests {
         {
             let p = payment(dir.path());
             assert_eq!(p.balance().await.expect("balance"), 0);
-            assert_eq!(p.balances().await.expect("balances"), vec![("https://mint.x".to_string(), 0)]);
+            assert_eq!(
+                p.balances().await.expect("balances"),
+                vec![("https://mint.x".to_string(), 0)]
+            );
         }
         let p = payment(dir.path());
         assert_eq!(p.balance().await.expect("balance"), 0);
