@@ -25,12 +25,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use cdk::cdk_database::WalletDatabase;
 use cdk::mint_url::MintUrl;
 use cdk::nuts::{CheckStateRequest, CurrencyUnit, PublicKey, SecretKey, State, Token};
-use cdk::wallet::{ReceiveOptions, SendOptions, Wallet, WalletRepository, WalletRepositoryBuilder};
+use cdk::wallet::{ReceiveOptions, SendOptions, Wallet, WalletBuilder};
 use cdk::Amount;
 use cdk_redb::WalletRedbDatabase;
-use tokio::sync::{Mutex, OnceCell};
+use tokio::sync::Mutex;
 
 pub use error::PaymentError;
 
@@ -72,8 +73,9 @@ pub struct CashuPayment {
     p2pk_pubkey: PublicKey,
     seed: [u8; 64],
     db: Arc<WalletRedbDatabase>,
-    /// Built on first use: it reads the database asynchronously.
-    repo: OnceCell<WalletRepository>,
+    /// Per-mint wallets (normalised URL), built on first use. Not cdk's `WalletRepository`: its wallets
+    /// share a rate limiter whose background writer keeps the database open after drop.
+    wallets: Mutex<BTreeMap<String, Wallet>>,
     /// One money-moving operation per mint at a time: cdk's sagas are safe, but serialising avoids
     /// spurious `ConcurrentUpdate` conflicts on the keyset counters of one wallet.
     locks: Mutex<BTreeMap<String, Arc<Mutex<()>>>>,
@@ -129,7 +131,7 @@ impl CashuPayment {
             p2pk_key,
             seed,
             db: Arc::new(db),
-            repo: OnceCell::new(),
+            wallets: Mutex::new(BTreeMap::new()),
             locks: Mutex::new(BTreeMap::new()),
         })
     }
@@ -143,20 +145,18 @@ impl CashuPayment {
         &self.mints
     }
 
-    async fn repo(&self) -> Result<&WalletRepository, PaymentError> {
-        self.repo
-            .get_or_try_init(|| async {
-                WalletRepositoryBuilder::new()
-                    .localstore(self.db.clone())
-                    .seed(self.seed)
-                    .build()
-                    .await
-                    .map_err(|e| PaymentError::Storage {
-                        action: "load wallets",
-                        reason: e.to_string(),
-                    })
-            })
-            .await
+    /// A cdk wallet over our database; no network I/O. Rate limiting is off: we talk to a few known mints,
+    /// and cdk's limiter persists its budget from a background task.
+    fn build_wallet(&self, url: MintUrl) -> Result<Wallet, PaymentError> {
+        let mint = url.to_string();
+        WalletBuilder::new()
+            .mint_url(url)
+            .unit(self.unit.clone())
+            .localstore(self.db.clone())
+            .seed(self.seed)
+            .without_rate_limiting()
+            .build()
+            .map_err(|e| PaymentError::from_cdk(&mint, "open wallet", e))
     }
 
     /// The wallet of a whitelisted mint (normalised URL), created on first use. A new wallet first finishes
@@ -170,26 +170,25 @@ impl CashuPayment {
         let url = MintUrl::from_str(mint).map_err(|_| PaymentError::MintNotAllowed {
             mint: mint.to_string(),
         })?;
-        let repo = self.repo().await?;
-        let fresh = !repo.has_wallet(&url, &self.unit).await;
-        let wallet = repo
-            .get_or_create_wallet(url, self.unit.clone(), None)
-            .await
-            .map_err(|e| PaymentError::from_cdk(mint, "open wallet", e))?;
-        if fresh {
-            match tokio::time::timeout(MINT_TIMEOUT, wallet.recover_incomplete_sagas()).await {
-                Ok(Ok(report)) => tracing::debug!(
-                    mint,
-                    ?report,
-                    "wallet opened, interrupted operations checked"
-                ),
-                Ok(Err(e)) => {
-                    tracing::warn!(mint, error = %e, "could not recover interrupted wallet operations")
-                }
-                Err(_) => {
-                    tracing::warn!(mint, "timed out recovering interrupted wallet operations")
-                }
+        let wallet = {
+            let mut wallets = self.wallets.lock().await;
+            if let Some(w) = wallets.get(mint) {
+                return Ok(w.clone());
             }
+            let w = self.build_wallet(url)?;
+            wallets.insert(mint.to_string(), w.clone());
+            w
+        };
+        match tokio::time::timeout(MINT_TIMEOUT, wallet.recover_incomplete_sagas()).await {
+            Ok(Ok(report)) => tracing::debug!(
+                mint,
+                ?report,
+                "wallet opened, interrupted operations checked"
+            ),
+            Ok(Err(e)) => {
+                tracing::warn!(mint, error = %e, "could not recover interrupted wallet operations")
+            }
+            Err(_) => tracing::warn!(mint, "timed out recovering interrupted wallet operations"),
         }
         Ok(wallet)
     }
@@ -244,10 +243,9 @@ impl CashuPayment {
     /// NUT-07 state of the token's proofs at its (whitelisted) mint. The wallet's own database is not
     /// touched: these proofs are not ours until redeemed.
     pub async fn check_state(&self, raw: &str) -> Result<TokenState, PaymentError> {
-        let checked = self.check(raw)?;
-        let mint = checked.info.mint_url;
-        let ys = checked
-            .token
+        // Only the mint matters here: a token we would refuse (another lock, unit) may still be asked about.
+        let (tok, mint) = token::check_mint(raw, &self.mints)?;
+        let ys = tok
             .token_secrets()
             .into_iter()
             .map(|s| cdk::dhke::hash_to_curve(s.as_bytes()))
@@ -410,40 +408,39 @@ impl CashuPayment {
     }
 
     /// Spendable sats per mint: every whitelisted mint, plus any other mint the database holds ecash of
-    /// (from an earlier whitelist). No network I/O.
+    /// (from an earlier whitelist). Reads the database only; no network I/O.
     pub async fn balances(&self) -> Result<Vec<(String, u64)>, PaymentError> {
-        let repo = self.repo().await?;
+        let storage = |e: cdk::cdk_database::Error| PaymentError::Storage {
+            action: "balance",
+            reason: e.to_string(),
+        };
         let mut out: BTreeMap<String, u64> = self.mints.iter().map(|m| (m.clone(), 0)).collect();
-        for w in repo.get_wallets().await {
-            if w.unit != self.unit {
-                continue;
-            }
-            let b = w.total_balance().await.map_err(|e| PaymentError::Storage {
-                action: "balance",
-                reason: e.to_string(),
-            })?;
-            let key = normalize_mint_url(&w.mint_url.to_string())
-                .unwrap_or_else(|| w.mint_url.to_string());
-            *out.entry(key).or_default() += u64::from(b);
-        }
-        // Whitelisted mints without a wallet yet: their ecash (if any) is still in the database.
+        let mut urls: Vec<MintUrl> = self
+            .db
+            .get_mints()
+            .await
+            .map_err(storage)?
+            .into_keys()
+            .collect();
         for m in &self.mints {
             let url = MintUrl::from_str(m)
                 .map_err(|_| PaymentError::MintNotAllowed { mint: m.clone() })?;
-            if !repo.has_wallet(&url, &self.unit).await {
-                let w = repo
-                    .get_or_create_wallet(url, self.unit.clone(), None)
-                    .await
-                    .map_err(|e| PaymentError::Storage {
-                        action: "balance",
-                        reason: e.to_string(),
-                    })?;
-                let b = w.total_balance().await.map_err(|e| PaymentError::Storage {
-                    action: "balance",
-                    reason: e.to_string(),
-                })?;
-                *out.entry(m.clone()).or_default() += u64::from(b);
+            if !urls.contains(&url) {
+                urls.push(url);
             }
+        }
+        for url in urls {
+            let b = self
+                .db
+                .get_balance(
+                    Some(url.clone()),
+                    Some(self.unit.clone()),
+                    Some(vec![State::Unspent]),
+                )
+                .await
+                .map_err(storage)?;
+            let key = normalize_mint_url(&url.to_string()).unwrap_or_else(|| url.to_string());
+            *out.entry(key).or_default() += b;
         }
         Ok(out.into_iter().collect())
     }

@@ -58,6 +58,17 @@ pub(crate) fn token_mint(token: &Token) -> Result<String, PaymentError> {
     normalize_mint_url(&mint).ok_or(PaymentError::MintNotAllowed { mint })
 }
 
+/// Decode and check the mint against the whitelist: enough to ask that mint about the token.
+pub(crate) fn check_mint(raw: &str, whitelist: &[String]) -> Result<(Token, String), PaymentError> {
+    let token = decode(raw)?;
+    let mint_url = token_mint(&token)?;
+    // Exact equality of normalised URLs: a prefix test would admit https://mint.x.evil.io (lesson 3).
+    if !whitelist.contains(&mint_url) {
+        return Err(PaymentError::MintNotAllowed { mint: mint_url });
+    }
+    Ok((token, mint_url))
+}
+
 /// Every offline check of `PaymentPort::inspect`, in the order that answers the most useful error first.
 pub(crate) fn check(
     raw: &str,
@@ -65,12 +76,7 @@ pub(crate) fn check(
     unit: &CurrencyUnit,
     our_key: &PublicKey,
 ) -> Result<Checked, PaymentError> {
-    let token = decode(raw)?;
-    let mint_url = token_mint(&token)?;
-    // Exact equality of normalised URLs: a prefix test would admit https://mint.x.evil.io (lesson 3).
-    if !whitelist.contains(&mint_url) {
-        return Err(PaymentError::MintNotAllowed { mint: mint_url });
-    }
+    let (token, mint_url) = check_mint(raw, whitelist)?;
     // V3 tokens without a unit are sat by convention (NUT-00).
     let token_unit = token.unit().unwrap_or_default();
     if token_unit != *unit {
