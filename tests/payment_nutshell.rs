@@ -6,6 +6,7 @@
 
 use std::path::Path;
 use std::process::Command;
+use std::str::FromStr;
 
 use paygress::lease::ports::{FailureKind, PaymentPort, TokenState};
 use paygress::payment::CashuPayment;
@@ -159,6 +160,15 @@ async fn legacy_cashu_a_redeems_and_digest_matches_v4() {
     let p = provider(dir.path(), std::slice::from_ref(&a));
     let info = p.inspect(&format!(" cashu:{token}\n")).expect("inspect");
     assert_eq!(info.amount, 100);
+    // The same proofs re-encoded as cashuB have the same digest (one token, one lease, any encoding).
+    let v3 = match cdk::nuts::Token::from_str(&token).expect("decode") {
+        cdk::nuts::Token::TokenV3(t) => t,
+        cdk::nuts::Token::TokenV4(_) => panic!("--legacy printed a v4 token"),
+    };
+    let v4 =
+        cdk::nuts::Token::TokenV4(cdk::nuts::TokenV4::try_from(v3).expect("v3 to v4")).to_string();
+    assert!(v4.starts_with("cashuB"));
+    assert_eq!(p.inspect(&v4).expect("inspect v4").digest, info.digest);
     assert_eq!(p.redeem(&token).await.expect("redeem"), 100);
     assert_eq!(p.balance().await.expect("balance"), 100);
 }
@@ -281,6 +291,26 @@ async fn refund_is_receivable_and_wallet_survives_reopen() {
     assert_eq!(p.redeem(&cli.send(30, &[])).await.expect("redeem"), 30);
     let token = p.send(None, 30).await.expect("send");
     assert_eq!(requester.receive(&token), 30);
+    p.recover().await.expect("nothing to recover");
+
+    // A restart with a new whitelist (only B): ecash still held at A can be refunded there.
+    assert_eq!(p.redeem(&cli.send(20, &[])).await.expect("redeem"), 20);
+    drop(p);
+    let b = mint_b();
+    let p = provider(dir.path(), std::slice::from_ref(&b));
+    let norm_b = paygress::config::normalize_mint_url(&b).expect("url");
+    let mut expected = vec![(norm.clone(), 20), (norm_b, 0)];
+    expected.sort();
+    assert_eq!(p.balances().await.expect("balances"), expected);
+    assert_eq!(
+        requester.receive(&p.refund(&a, 20).await.expect("refund at old mint")),
+        20
+    );
+    let err = p.refund(&a, 1).await.expect_err("nothing left at A");
+    assert!(
+        matches!(err.kind, FailureKind::Rejected(ErrorCode::MintNotAllowed)),
+        "{err}"
+    );
     drop(p);
     let reopened = provider(dir.path(), std::slice::from_ref(&a));
     assert_eq!(reopened.balance().await.expect("balance"), 0);

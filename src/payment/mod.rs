@@ -167,18 +167,39 @@ impl CashuPayment {
                 mint: mint.to_string(),
             });
         }
+        self.open_wallet(mint).await
+    }
+
+    /// For spending our own ecash: a whitelisted mint, or one the wallet still holds ecash at (a refund
+    /// resumed after the whitelist changed must still be paid where the money is).
+    async fn spending_wallet(&self, mint: &str) -> Result<Wallet, PaymentError> {
+        if self.mints.iter().any(|m| m == mint) {
+            return self.open_wallet(mint).await;
+        }
+        let held = self
+            .balances()
+            .await?
+            .into_iter()
+            .any(|(m, b)| m == mint && b > 0);
+        if !held {
+            return Err(PaymentError::MintNotAllowed {
+                mint: mint.to_string(),
+            });
+        }
+        self.open_wallet(mint).await
+    }
+
+    async fn open_wallet(&self, mint: &str) -> Result<Wallet, PaymentError> {
         let url = MintUrl::from_str(mint).map_err(|_| PaymentError::MintNotAllowed {
             mint: mint.to_string(),
         })?;
-        let wallet = {
-            let mut wallets = self.wallets.lock().await;
-            if let Some(w) = wallets.get(mint) {
-                return Ok(w.clone());
-            }
-            let w = self.build_wallet(url)?;
-            wallets.insert(mint.to_string(), w.clone());
-            w
-        };
+        // The map stays locked while a fresh wallet recovers, so no operation can start on it meanwhile:
+        // cdk's recovery would take an in-flight saga of ours for an interrupted one.
+        let mut wallets = self.wallets.lock().await;
+        if let Some(w) = wallets.get(mint) {
+            return Ok(w.clone());
+        }
+        let wallet = self.build_wallet(url)?;
         match tokio::time::timeout(MINT_TIMEOUT, wallet.recover_incomplete_sagas()).await {
             Ok(Ok(report)) => tracing::debug!(
                 mint,
@@ -190,7 +211,28 @@ impl CashuPayment {
             }
             Err(_) => tracing::warn!(mint, "timed out recovering interrupted wallet operations"),
         }
+        wallets.insert(mint.to_string(), wallet.clone());
         Ok(wallet)
+    }
+
+    /// Finish swaps and sends a crash or timeout interrupted, at every whitelisted mint (cdk sagas; NUT-09
+    /// restore of recorded outputs). Wallets run this when first opened; call it again after a `redeem`
+    /// ended Transient and `token_state` says Spent, so the swapped ecash lands in the balance.
+    pub async fn recover(&self) -> Result<(), PaymentError> {
+        for mint in &self.mints {
+            let wallet = self.open_wallet(mint).await?;
+            let lock = self.lock(mint).await;
+            let _guard = lock.lock().await;
+            tokio::time::timeout(MINT_TIMEOUT, wallet.recover_incomplete_sagas())
+                .await
+                .map_err(|_| PaymentError::MintUnavailable {
+                    mint: mint.clone(),
+                    action: "recover",
+                    reason: "timed out".into(),
+                })?
+                .map_err(|e| PaymentError::from_cdk(mint, "recover", e))?;
+        }
+        Ok(())
     }
 
     async fn lock(&self, mint: &str) -> Arc<Mutex<()>> {
@@ -321,7 +363,7 @@ impl CashuPayment {
                 requested: 0,
             });
         }
-        let wallet = self.wallet(&mint).await?;
+        let wallet = self.spending_wallet(&mint).await?;
         let lock = self.lock(&mint).await;
         let _guard = lock.lock().await;
         let available = u64::from(
@@ -397,7 +439,6 @@ impl CashuPayment {
         let balances = self.balances().await?;
         balances
             .into_iter()
-            .filter(|(m, _)| self.mints.contains(m))
             .max_by_key(|(_, b)| *b)
             .map(|(m, _)| m)
             .ok_or_else(|| PaymentError::InsufficientFunds {
