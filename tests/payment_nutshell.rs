@@ -137,8 +137,13 @@ async fn redeem_once_then_token_spent() {
         p.token_state(&token).await.expect("state"),
         TokenState::Unspent
     );
+    assert_eq!(p.received_amount(&token).await.expect("received"), None);
 
     assert_eq!(p.redeem(&token).await.expect("redeem"), 100);
+    assert_eq!(
+        p.received_amount(&token).await.expect("received"),
+        Some(100)
+    );
     assert_eq!(
         p.token_state(&token).await.expect("state"),
         TokenState::Spent

@@ -336,6 +336,34 @@ impl CashuPayment {
         })
     }
 
+    /// Whether this wallet completed a swap of exactly this token's proofs, and for how much (after fees).
+    /// Resolves a `redeem` that ended Transient or was cut by a crash: call [`recover`](Self::recover) first;
+    /// then `Some(n)` means the ecash is ours, while `None` with `token_state == Spent` means someone else
+    /// redeemed the token. Reads the wallet database only.
+    pub async fn received_amount(&self, raw: &str) -> Result<Option<u64>, PaymentError> {
+        let (tok, mint) = token::check_mint(raw, &self.mints)?;
+        let mut ys = tok
+            .token_secrets()
+            .into_iter()
+            .map(|s| cdk::dhke::hash_to_curve(s.as_bytes()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|_| PaymentError::InvalidToken {
+                reason: "proof secret maps to no curve point".into(),
+            })?;
+        ys.sort();
+        let wallet = self.open_wallet(&mint).await?;
+        let txs = wallet
+            .list_transactions(Some(cdk::wallet::types::TransactionDirection::Incoming))
+            .await
+            .map_err(|e| PaymentError::from_cdk(&mint, "list transactions", e))?;
+        Ok(txs.into_iter().find_map(|t| {
+            let mut t_ys = t.ys.clone();
+            t_ys.sort();
+            (t_ys == ys && t.status == cdk::wallet::types::TransactionStatus::Completed)
+                .then(|| u64::from(t.amount))
+        }))
+    }
+
     /// Make a token of `amount` from the wallet at `mint` (normalised URL; None = the mint with the largest
     /// balance). The token's face value is `amount`; mint fees of the swap are paid by us, the receiver pays
     /// their own redemption fee. When the wallet cannot cover `amount`, it sends the most it can after fees
