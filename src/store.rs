@@ -1,1 +1,325 @@
-//! store adapter: see ARCHITECTURE.md.
+//! store adapter: the saga journal in redb (`<state_dir>/journal.redb`).
+//!
+//! Tables: `sagas` (request id → JSON of `SagaRecord`) and `tokens` (token digest → request id). redb
+//! serialises write transactions and commits durably (fsync) by default, so `insert_new` and `claim_token`,
+//! each a read-check-write inside one write transaction, are atomic across threads. Calls block for the
+//! length of one fsync; callers on an async runtime may wrap them in `spawn_blocking`.
+
+use std::path::{Path, PathBuf};
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+
+use crate::lease::journal::{Journal, SagaRecord, Step};
+use crate::lease::ports::{FailureKind, PortError, PortResult};
+
+const SAGAS: TableDefinition<&str, &str> = TableDefinition::new("sagas");
+const TOKENS: TableDefinition<&str, &str> = TableDefinition::new("tokens");
+
+pub const JOURNAL_FILE: &str = "journal.redb";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("journal {path}: cannot open: {reason}")]
+    Open { path: PathBuf, reason: String },
+    #[error("journal: {action} failed: {reason}")]
+    Db {
+        action: &'static str,
+        reason: String,
+    },
+    #[error("journal: record {request_id} is unreadable: {reason}")]
+    Corrupt { request_id: String, reason: String },
+}
+
+impl StoreError {
+    pub fn kind(&self) -> FailureKind {
+        // A local database that fails will not heal by retrying the same request.
+        FailureKind::Permanent
+    }
+}
+
+impl From<StoreError> for PortError {
+    fn from(e: StoreError) -> PortError {
+        PortError {
+            kind: e.kind(),
+            message: e.to_string(),
+        }
+    }
+}
+
+fn db_err(action: &'static str) -> impl Fn(redb::Error) -> StoreError {
+    move |e| StoreError::Db {
+        action,
+        reason: e.to_string(),
+    }
+}
+
+/// Shorthand: any redb error type into `StoreError::Db`.
+fn de<E: Into<redb::Error>>(action: &'static str) -> impl Fn(E) -> StoreError {
+    move |e| db_err(action)(e.into())
+}
+
+pub struct RedbJournal {
+    db: Database,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for RedbJournal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedbJournal")
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+impl RedbJournal {
+    /// Open or create `<state_dir>/journal.redb` (and the dir).
+    pub fn open(state_dir: &Path) -> Result<RedbJournal, StoreError> {
+        let path = state_dir.join(JOURNAL_FILE);
+        let open_err = |reason: String| StoreError::Open {
+            path: path.clone(),
+            reason,
+        };
+        std::fs::create_dir_all(state_dir).map_err(|e| open_err(e.to_string()))?;
+        let db = Database::create(&path).map_err(|e| open_err(e.to_string()))?;
+        // Create both tables up front so read transactions never meet a missing table.
+        let tx = db.begin_write().map_err(|e| open_err(e.to_string()))?;
+        {
+            tx.open_table(SAGAS).map_err(|e| open_err(e.to_string()))?;
+            tx.open_table(TOKENS).map_err(|e| open_err(e.to_string()))?;
+        }
+        tx.commit().map_err(|e| open_err(e.to_string()))?;
+        Ok(RedbJournal { db, path })
+    }
+
+    fn encode(record: &SagaRecord) -> Result<String, StoreError> {
+        serde_json::to_string(record).map_err(|e| StoreError::Corrupt {
+            request_id: record.request_id.clone(),
+            reason: e.to_string(),
+        })
+    }
+
+    fn write(&self, record: &SagaRecord, only_if_new: bool) -> Result<bool, StoreError> {
+        let json = Self::encode(record)?;
+        let tx = self.db.begin_write().map_err(de("begin write"))?;
+        let inserted = {
+            let mut t = tx.open_table(SAGAS).map_err(de("open sagas"))?;
+            if only_if_new
+                && t.get(record.request_id.as_str())
+                    .map_err(de("read saga"))?
+                    .is_some()
+            {
+                false
+            } else {
+                t.insert(record.request_id.as_str(), json.as_str())
+                    .map_err(de("write saga"))?;
+                true
+            }
+        };
+        if inserted {
+            tx.commit().map_err(de("commit saga"))?;
+        } else {
+            tx.abort().map_err(de("abort"))?;
+        }
+        Ok(inserted)
+    }
+
+    fn read(&self, request_id: &str) -> Result<Option<SagaRecord>, StoreError> {
+        let tx = self.db.begin_read().map_err(de("begin read"))?;
+        let t = tx.open_table(SAGAS).map_err(de("open sagas"))?;
+        let Some(v) = t.get(request_id).map_err(de("read saga"))? else {
+            return Ok(None);
+        };
+        serde_json::from_str(v.value())
+            .map(Some)
+            .map_err(|e| StoreError::Corrupt {
+                request_id: request_id.to_string(),
+                reason: e.to_string(),
+            })
+    }
+
+    fn list_unfinished(&self) -> Result<Vec<SagaRecord>, StoreError> {
+        let tx = self.db.begin_read().map_err(de("begin read"))?;
+        let t = tx.open_table(SAGAS).map_err(de("open sagas"))?;
+        let mut out = Vec::new();
+        for entry in t.iter().map_err(de("scan sagas"))? {
+            let (k, v) = entry.map_err(de("scan sagas"))?;
+            match serde_json::from_str::<SagaRecord>(v.value()) {
+                Ok(r) if r.step != Step::Done => out.push(r),
+                Ok(_) => {}
+                // One unreadable record must not stop every other saga from resuming.
+                Err(e) => {
+                    tracing::error!(request_id = k.value(), error = %e, "skipping unreadable saga record")
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn claim(&self, digest: &str, request_id: &str) -> Result<Option<String>, StoreError> {
+        let tx = self.db.begin_write().map_err(de("begin write"))?;
+        let holder = {
+            let mut t = tx.open_table(TOKENS).map_err(de("open tokens"))?;
+            let existing = t
+                .get(digest)
+                .map_err(de("read token"))?
+                .map(|v| v.value().to_string());
+            match existing {
+                Some(h) => Some(h),
+                None => {
+                    t.insert(digest, request_id).map_err(de("write token"))?;
+                    None
+                }
+            }
+        };
+        match &holder {
+            None => tx.commit().map_err(de("commit token"))?,
+            Some(_) => tx.abort().map_err(de("abort"))?,
+        }
+        // The same request claiming again (a resumed saga) is not a conflict.
+        Ok(holder.filter(|h| h != request_id))
+    }
+}
+
+impl Journal for RedbJournal {
+    fn insert_new(&self, record: &SagaRecord) -> PortResult<bool> {
+        Ok(self.write(record, true)?)
+    }
+
+    fn put(&self, record: &SagaRecord) -> PortResult<()> {
+        self.write(record, false)?;
+        Ok(())
+    }
+
+    fn get(&self, request_id: &str) -> PortResult<Option<SagaRecord>> {
+        Ok(self.read(request_id)?)
+    }
+
+    fn unfinished(&self) -> PortResult<Vec<SagaRecord>> {
+        Ok(self.list_unfinished()?)
+    }
+
+    fn claim_token(&self, digest: &str, request_id: &str) -> PortResult<Option<String>> {
+        Ok(self.claim(digest, request_id)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::lease::journal::Ask;
+    use crate::lease::ports::{ReplyRoute, ReplyVia};
+    use crate::protocol::TopUpRequest;
+
+    fn record(id: &str, step: Step) -> SagaRecord {
+        let ask = TopUpRequest {
+            cashu_token: "cashuBxyz".into(),
+            lease: "l1".into(),
+        };
+        SagaRecord {
+            request_id: id.to_string(),
+            route: ReplyRoute {
+                request_id: id.to_string(),
+                requester: "ab".repeat(32),
+                via: ReplyVia::Nip44,
+            },
+            received_at: 1_700_000_000,
+            step,
+            ask: Ask::TopUp(ask),
+            mint_url: Some("http://127.0.0.1:3338".into()),
+            token_digest: Some("d1".into()),
+            amount: Some(100),
+            lease_id: None,
+            expires_at: None,
+            ssh_password: None,
+            access: None,
+            failure: None,
+            reply: None,
+        }
+    }
+
+    #[test]
+    fn insert_twice_second_is_false_and_put_overwrites() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let j = RedbJournal::open(dir.path()).expect("open");
+        assert!(j.insert_new(&record("r1", Step::Received)).expect("insert"));
+        assert!(!j
+            .insert_new(&record("r1", Step::Redeeming))
+            .expect("insert again"));
+        assert_eq!(
+            j.get("r1").expect("get").expect("some").step,
+            Step::Received
+        );
+        j.put(&record("r1", Step::Redeemed)).expect("put");
+        assert_eq!(
+            j.get("r1").expect("get").expect("some").step,
+            Step::Redeemed
+        );
+        assert!(j.get("nope").expect("get").is_none());
+    }
+
+    #[test]
+    fn token_claimed_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let j = RedbJournal::open(dir.path()).expect("open");
+        assert_eq!(j.claim_token("dig", "r1").expect("claim"), None);
+        assert_eq!(
+            j.claim_token("dig", "r2").expect("claim"),
+            Some("r1".to_string())
+        );
+        assert_eq!(j.claim_token("dig", "r1").expect("reclaim"), None);
+        assert_eq!(j.claim_token("other", "r2").expect("claim"), None);
+    }
+
+    #[test]
+    fn concurrent_claims_have_one_winner() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let j = Arc::new(RedbJournal::open(dir.path()).expect("open"));
+        let handles: Vec<_> = (0..8)
+            .map(|i| {
+                let j = j.clone();
+                std::thread::spawn(move || {
+                    let won_insert = j
+                        .insert_new(&record("same", Step::Received))
+                        .expect("insert");
+                    let holder = j.claim_token("dig", &format!("r{i}")).expect("claim");
+                    (won_insert, holder.is_none())
+                })
+            })
+            .collect();
+        let results: Vec<_> = handles
+            .into_iter()
+            .map(|h| h.join().expect("thread"))
+            .collect();
+        assert_eq!(results.iter().filter(|r| r.0).count(), 1);
+        assert_eq!(results.iter().filter(|r| r.1).count(), 1);
+    }
+
+    #[test]
+    fn unfinished_lists_non_done_and_survives_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let j = RedbJournal::open(dir.path()).expect("open");
+            j.put(&record("a", Step::Redeeming)).expect("put");
+            j.put(&record("b", Step::Done)).expect("put");
+            j.put(&record("c", Step::Replying)).expect("put");
+            j.claim_token("dig", "a").expect("claim");
+        }
+        let j = RedbJournal::open(dir.path()).expect("reopen");
+        let mut ids: Vec<_> = j
+            .unfinished()
+            .expect("unfinished")
+            .into_iter()
+            .map(|r| r.request_id)
+            .collect();
+        ids.sort();
+        assert_eq!(ids, ["a", "c"]);
+        assert_eq!(j.get("b").expect("get").expect("some").step, Step::Done);
+        assert_eq!(
+            j.claim_token("dig", "z").expect("claim"),
+            Some("a".to_string())
+        );
+        assert_eq!(j.get("a").expect("get"), Some(record("a", Step::Redeeming)));
+    }
+}

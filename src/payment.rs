@@ -1,1 +1,0 @@
-//! payment adapter: see ARCHITECTURE.md.
