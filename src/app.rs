@@ -56,7 +56,7 @@ pub async fn run(cfg: Config) -> Result<()> {
     let journal = Arc::new(crate::store::RedbJournal::open(&cfg.state_dir).context("open request journal")?);
     let keys = crate::nostr::load_keys(&cfg.nostr_key).context("load the provider's Nostr key")?;
     let payment = Arc::new(
-        crate::payment::CashuPayment::new(&cfg.wallet_dir, cfg.whitelisted_mints.clone(), keys.secret_key().secret_bytes())
+        crate::payment::CashuPayment::new(&cfg.wallet_dir, &cfg.whitelisted_mints, &keys.secret_key().secret_bytes(), "sat")
             .context("open the Cashu wallet")?,
     );
 
@@ -219,8 +219,8 @@ impl crate::lease::ports::ReplyPort for InBandReplies {
 /// `paygress wallet balance|send`: the operator's access to earned ecash.
 pub async fn wallet_command(cfg: &Config, args: &[String]) -> Result<()> {
     let keys = crate::nostr::load_keys(&cfg.nostr_key).context("load the provider's Nostr key")?;
-    let payment = crate::payment::CashuPayment::new(&cfg.wallet_dir, cfg.whitelisted_mints.clone(), keys.secret_key().secret_bytes())
-        .context("open the Cashu wallet")?;
+    let payment = crate::payment::CashuPayment::new(&cfg.wallet_dir, &cfg.whitelisted_mints, &keys.secret_key().secret_bytes(), "sat")
+        .context("open the Cashu wallet (stop the provider first: the wallet database is single-process)")?;
     match args.first().map(String::as_str) {
         Some("balance") => {
             for (mint, sats) in payment.balances().await? {

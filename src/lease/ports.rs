@@ -86,6 +86,9 @@ pub trait PaymentPort: Send + Sync {
     async fn redeem(&self, token: &str) -> PortResult<u64>;
     /// After a crash during `redeem`: the token's proofs' state at the mint.
     async fn token_state(&self, token: &str) -> PortResult<TokenState>;
+    /// Sats our own wallet received from this token in a completed swap, if it did (after interrupted swaps
+    /// are recovered). Tells "we redeemed it before a crash" from "someone else spent it".
+    async fn received_amount(&self, token: &str) -> PortResult<Option<u64>>;
     /// Mint `amount` sats of the provider's wallet at `mint_url` into a token for the requester.
     async fn refund(&self, mint_url: &str, amount: u64) -> PortResult<String>;
     /// Wallet balance in sats (all mints).

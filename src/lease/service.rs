@@ -462,13 +462,7 @@ impl LeaseService {
             match self.ports.payment.redeem(&token).await {
                 Ok(amount) => {
                     info!(amount, "token redeemed");
-                    self.metrics
-                        .sats_received
-                        .fetch_add(amount, Ordering::Relaxed);
-                    rec.amount = Some(amount);
-                    rec.ask = rec.ask.without_token();
-                    rec.step = Step::Redeemed;
-                    return Flow::Next;
+                    return self.redeemed(rec, amount);
                 }
                 Err(e) if e.is_transient() && attempt < self.settings.retry_attempts => {
                     warn!(attempt, error = %e, "redeem failed transiently; retrying");
@@ -485,12 +479,31 @@ impl LeaseService {
                         _ => Flow::Park,
                     };
                 }
+                Err(e) if e.kind == FailureKind::Rejected(ErrorCode::TokenSpent) => {
+                    // Spent by us before a crash, or by someone else? Our wallet's records tell.
+                    return match self.ports.payment.received_amount(&token).await {
+                        Ok(Some(amount)) => {
+                            info!(amount, "token was redeemed before a restart; continuing");
+                            self.redeemed(rec, amount)
+                        }
+                        Ok(None) => self.refuse_port(rec, e, ErrorCode::TokenSpent),
+                        Err(_) => Flow::Park,
+                    };
+                }
                 Err(e) => {
                     info!(error = %e, "token refused by the mint");
                     return self.refuse_port(rec, e, ErrorCode::InvalidToken);
                 }
             }
         }
+    }
+
+    fn redeemed(&self, rec: &mut SagaRecord, amount: u64) -> Flow {
+        self.metrics.sats_received.fetch_add(amount, Ordering::Relaxed);
+        rec.amount = Some(amount);
+        rec.ask = rec.ask.without_token();
+        rec.step = Step::Redeemed;
+        Flow::Next
     }
 
     // Step: price the money into a lease (create) or an extension (top-up).

@@ -22,6 +22,8 @@ struct FakePayment {
     spent: Mutex<HashSet<String>>,
     redeems: Mutex<u32>,
     refunds: Mutex<Vec<u64>>,
+    /// Tokens this wallet swapped (as its database would show).
+    received: Mutex<HashMap<String, u64>>,
 }
 
 #[async_trait]
@@ -54,7 +56,9 @@ impl PaymentPort for FakePayment {
         if !self.spent.lock().unwrap().insert(token.to_string()) {
             return Err(PortError::rejected(ErrorCode::TokenSpent, "spent"));
         }
-        Ok(self.inspect(token)?.amount)
+        let amount = self.inspect(token)?.amount;
+        self.received.lock().unwrap().insert(token.to_string(), amount);
+        Ok(amount)
     }
     async fn token_state(&self, token: &str) -> PortResult<TokenState> {
         Ok(if self.spent.lock().unwrap().contains(token) {
@@ -62,6 +66,9 @@ impl PaymentPort for FakePayment {
         } else {
             TokenState::Unspent
         })
+    }
+    async fn received_amount(&self, token: &str) -> PortResult<Option<u64>> {
+        Ok(self.received.lock().unwrap().get(token).copied())
     }
     async fn refund(&self, _mint: &str, amount: u64) -> PortResult<String> {
         self.refunds.lock().unwrap().push(amount);

@@ -533,6 +533,10 @@ impl PaymentPort for CashuPayment {
         Ok(self.check_state(token).await?)
     }
 
+    async fn received_amount(&self, token: &str) -> PortResult<Option<u64>> {
+        Ok(CashuPayment::received_amount(self, token).await?)
+    }
+
     /// Partial refunds (wallet short) return the smaller token; the shortfall is logged. See `send_up_to`.
     async fn refund(&self, mint_url: &str, amount: u64) -> PortResult<String> {
         Ok(self.send_up_to(Some(mint_url), amount).await?.token)
