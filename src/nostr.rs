@@ -1,1 +1,0 @@
-//! nostr adapter: see ARCHITECTURE.md.
