@@ -356,6 +356,7 @@ impl Provider {
         wait_until("provider /readyz", timeout, || {
             Command::new("curl").args(["-sf", "-o", "/dev/null", &url]).status().ok().filter(|s| s.success())
         })
+        .map(|_| ())
         .map_err(|e| anyhow!("{e}; provider log:\n{}", self.log_tail()))
     }
 
