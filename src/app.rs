@@ -56,12 +56,19 @@ pub async fn run(cfg: Config) -> Result<()> {
     let journal = Arc::new(crate::store::RedbJournal::open(&cfg.state_dir).context("open request journal")?);
     let keys = crate::nostr::load_keys(&cfg.nostr_key).context("load the provider's Nostr key")?;
     let payment = Arc::new(
-        crate::payment::CashuPayment::new(&cfg.wallet_dir, &cfg.whitelisted_mints, &keys.secret_key().secret_bytes(), "sat")
-            .context("open the Cashu wallet")?,
+        crate::payment::CashuPayment::new(
+            &cfg.wallet_dir,
+            &cfg.whitelisted_mints,
+            &keys.secret_key().secret_bytes(),
+            "sat",
+        )
+        .context("open the Cashu wallet")?,
     );
 
     // Then the outside world.
-    let cluster = Arc::new(crate::k8s::KubeCluster::connect(cfg.namespace.clone(), cfg.ssh_port).await.context("Kubernetes client")?);
+    let cluster = Arc::new(
+        crate::k8s::KubeCluster::connect(cfg.namespace.clone(), cfg.ssh_port).await.context("Kubernetes client")?,
+    );
     let onion: Arc<dyn OnionPort> = if cfg.enable_tor {
         Arc::new(crate::onion::ArtiOnion::from_config(&cfg).context("start arti")?)
     } else {
@@ -77,8 +84,13 @@ pub async fn run(cfg: Config) -> Result<()> {
     let offer = offer(&cfg, &pubkey_hex, &payment.p2pk_pubkey_hex());
     let frontend = match cfg.run_mode {
         RunMode::Nostr => {
-            let opts = crate::nostr::NostrOptions::new(cfg.relays.clone(), Duration::from_secs(cfg.offer_interval_secs));
-            Some(crate::nostr::NostrFrontend::start(keys.clone(), opts, offer, tx.clone()).await.context("connect to Nostr relays")?)
+            let opts =
+                crate::nostr::NostrOptions::new(cfg.relays.clone(), Duration::from_secs(cfg.offer_interval_secs));
+            Some(
+                crate::nostr::NostrFrontend::start(keys.clone(), opts, offer, tx.clone())
+                    .await
+                    .context("connect to Nostr relays")?,
+            )
         }
         RunMode::Http => {
             readiness.relays.store(true, Ordering::Relaxed);
@@ -211,7 +223,11 @@ struct InBandReplies;
 
 #[async_trait::async_trait]
 impl crate::lease::ports::ReplyPort for InBandReplies {
-    async fn send(&self, _route: &crate::lease::ports::ReplyRoute, _reply: &protocol::Reply) -> crate::lease::ports::PortResult<()> {
+    async fn send(
+        &self,
+        _route: &crate::lease::ports::ReplyRoute,
+        _reply: &protocol::Reply,
+    ) -> crate::lease::ports::PortResult<()> {
         Ok(())
     }
 }
@@ -219,8 +235,13 @@ impl crate::lease::ports::ReplyPort for InBandReplies {
 /// `paygress wallet balance|send`: the operator's access to earned ecash.
 pub async fn wallet_command(cfg: &Config, args: &[String]) -> Result<()> {
     let keys = crate::nostr::load_keys(&cfg.nostr_key).context("load the provider's Nostr key")?;
-    let payment = crate::payment::CashuPayment::new(&cfg.wallet_dir, &cfg.whitelisted_mints, &keys.secret_key().secret_bytes(), "sat")
-        .context("open the Cashu wallet (stop the provider first: the wallet database is single-process)")?;
+    let payment = crate::payment::CashuPayment::new(
+        &cfg.wallet_dir,
+        &cfg.whitelisted_mints,
+        &keys.secret_key().secret_bytes(),
+        "sat",
+    )
+    .context("open the Cashu wallet (stop the provider first: the wallet database is single-process)")?;
     match args.first().map(String::as_str) {
         Some("balance") => {
             for (mint, sats) in payment.balances().await? {
@@ -229,7 +250,8 @@ pub async fn wallet_command(cfg: &Config, args: &[String]) -> Result<()> {
             Ok(())
         }
         Some("send") => {
-            let amount: u64 = args.get(1).and_then(|a| a.parse().ok()).context("usage: paygress wallet send <sats> [--mint URL]")?;
+            let amount: u64 =
+                args.get(1).and_then(|a| a.parse().ok()).context("usage: paygress wallet send <sats> [--mint URL]")?;
             let mint = args.iter().position(|a| a == "--mint").and_then(|i| args.get(i + 1)).map(String::as_str);
             println!("{}", payment.send(mint, amount).await?);
             Ok(())

@@ -18,26 +18,94 @@ pub struct VarDoc {
 pub const VARS: &[VarDoc] = &[
     VarDoc { name: "RUN_MODE", default: "nostr", help: "nostr (serve requests from relays) or http (REST API)" },
     VarDoc { name: "NOSTR_RELAYS", default: "wss://relay.damus.io,wss://nos.lol", help: "comma-separated relay URLs" },
-    VarDoc { name: "NOSTR_PRIVATE_KEY", default: "(generated into PAYGRESS_STATE_DIR/nostr.key)", help: "provider key: nsec…, 64 hex chars, or a path to a file holding one (a mounted Secret)" },
-    VarDoc { name: "WHITELISTED_MINTS", default: "(required)", help: "comma-separated mint URLs accepted, compared normalised and exactly" },
-    VarDoc { name: "PAYMENT_RATE_SATS_PER_HOUR", default: "100", help: "price of the default tier, and of tiers that name no rate" },
-    VarDoc { name: "POD_NAMESPACE", default: "user-workloads", help: "namespace of SSH pods, their Services and Secrets" },
-    VarDoc { name: "ENABLE_TOR_SIDECAR", default: "true", help: "run an in-process arti onion service per lease (no sidecar exists; the name is the seed's)" },
-    VarDoc { name: "TOR_IMAGE", default: "(unused)", help: "accepted for compatibility; Tor runs in-process, so it has no effect" },
-    VarDoc { name: "PAYGRESS_TOR_NETWORK_CONFIG", default: "(public Tor network)", help: "arti TOML fragment naming another Tor network (authorities, fallbacks)" },
-    VarDoc { name: "PAYGRESS_STATE_DIR", default: "/var/lib/paygress", help: "persistent volume: request journal, Tor state, default wallet and key" },
-    VarDoc { name: "PAYGRESS_WALLET_DIR", default: "PAYGRESS_STATE_DIR/wallet", help: "Cashu wallet (seed and database); must be persistent" },
-    VarDoc { name: "PAYGRESS_DEFAULT_IMAGE", default: "lscr.io/linuxserver/openssh-server:latest", help: "image used when a request names none" },
-    VarDoc { name: "PAYGRESS_ALLOWED_IMAGES", default: "PAYGRESS_DEFAULT_IMAGE", help: "comma-separated images a request may ask for" },
-    VarDoc { name: "PAYGRESS_TIERS", default: "basic:500m:512Mi", help: "comma-separated name:cpu:memory[:sats_per_hour]; the first is the default" },
+    VarDoc {
+        name: "NOSTR_PRIVATE_KEY",
+        default: "(generated into PAYGRESS_STATE_DIR/nostr.key)",
+        help: "provider key: nsec…, 64 hex chars, or a path to a file holding one (a mounted Secret)",
+    },
+    VarDoc {
+        name: "WHITELISTED_MINTS",
+        default: "(required)",
+        help: "comma-separated mint URLs accepted, compared normalised and exactly",
+    },
+    VarDoc {
+        name: "PAYMENT_RATE_SATS_PER_HOUR",
+        default: "100",
+        help: "price of the default tier, and of tiers that name no rate",
+    },
+    VarDoc {
+        name: "POD_NAMESPACE",
+        default: "user-workloads",
+        help: "namespace of SSH pods, their Services and Secrets",
+    },
+    VarDoc {
+        name: "ENABLE_TOR_SIDECAR",
+        default: "true",
+        help: "run an in-process arti onion service per lease (no sidecar exists; the name is the seed's)",
+    },
+    VarDoc {
+        name: "TOR_IMAGE",
+        default: "(unused)",
+        help: "accepted for compatibility; Tor runs in-process, so it has no effect",
+    },
+    VarDoc {
+        name: "PAYGRESS_TOR_NETWORK_CONFIG",
+        default: "(public Tor network)",
+        help: "arti TOML fragment naming another Tor network (authorities, fallbacks)",
+    },
+    VarDoc {
+        name: "PAYGRESS_STATE_DIR",
+        default: "/var/lib/paygress",
+        help: "persistent volume: request journal, Tor state, default wallet and key",
+    },
+    VarDoc {
+        name: "PAYGRESS_WALLET_DIR",
+        default: "PAYGRESS_STATE_DIR/wallet",
+        help: "Cashu wallet (seed and database); must be persistent",
+    },
+    VarDoc {
+        name: "PAYGRESS_DEFAULT_IMAGE",
+        default: "lscr.io/linuxserver/openssh-server:latest",
+        help: "image used when a request names none",
+    },
+    VarDoc {
+        name: "PAYGRESS_ALLOWED_IMAGES",
+        default: "PAYGRESS_DEFAULT_IMAGE",
+        help: "comma-separated images a request may ask for",
+    },
+    VarDoc {
+        name: "PAYGRESS_TIERS",
+        default: "basic:500m:512Mi",
+        help: "comma-separated name:cpu:memory[:sats_per_hour]; the first is the default",
+    },
     VarDoc { name: "PAYGRESS_MIN_DURATION_SECONDS", default: "60", help: "shortest lease sold" },
     VarDoc { name: "PAYGRESS_MAX_DURATION_SECONDS", default: "604800", help: "longest lease sold (also caps top-ups)" },
-    VarDoc { name: "PAYGRESS_SSH_PORT", default: "2222", help: "SSH port of the pods, their Services and onion services" },
-    VarDoc { name: "PAYGRESS_HTTP_ADDR", default: "127.0.0.1:8080", help: "health/metrics listener (and the API in http mode)" },
-    VarDoc { name: "PAYGRESS_MAX_CONCURRENT_REQUESTS", default: "32", help: "requests handled at once; more wait in a bounded queue" },
-    VarDoc { name: "PAYGRESS_READY_TIMEOUT_SECONDS", default: "180", help: "how long to wait for a pod to run and answer SSH" },
+    VarDoc {
+        name: "PAYGRESS_SSH_PORT",
+        default: "2222",
+        help: "SSH port of the pods, their Services and onion services",
+    },
+    VarDoc {
+        name: "PAYGRESS_HTTP_ADDR",
+        default: "127.0.0.1:8080",
+        help: "health/metrics listener (and the API in http mode)",
+    },
+    VarDoc {
+        name: "PAYGRESS_MAX_CONCURRENT_REQUESTS",
+        default: "32",
+        help: "requests handled at once; more wait in a bounded queue",
+    },
+    VarDoc {
+        name: "PAYGRESS_READY_TIMEOUT_SECONDS",
+        default: "180",
+        help: "how long to wait for a pod to run and answer SSH",
+    },
     VarDoc { name: "PAYGRESS_OFFER_INTERVAL_SECONDS", default: "900", help: "how often the offer is re-published" },
-    VarDoc { name: "PAYGRESS_RECONCILE_INTERVAL_SECONDS", default: "5", help: "how often leases are checked for expiry and orphans" },
+    VarDoc {
+        name: "PAYGRESS_RECONCILE_INTERVAL_SECONDS",
+        default: "5",
+        help: "how often leases are checked for expiry and orphans",
+    },
     VarDoc { name: "PAYGRESS_LOG_FORMAT", default: "text", help: "text or json" },
     VarDoc { name: "RUST_LOG", default: "info", help: "tracing filter" },
 ];
@@ -146,10 +214,7 @@ impl Config {
     }
 
     pub fn from_map(env: &BTreeMap<String, String>) -> Result<Config, ConfigErrors> {
-        let mut p = Parser {
-            env,
-            errors: Vec::new(),
-        };
+        let mut p = Parser { env, errors: Vec::new() };
 
         let run_mode = match p.str("RUN_MODE", "nostr").to_ascii_lowercase().as_str() {
             "nostr" => RunMode::Nostr,
@@ -162,48 +227,28 @@ impl Config {
 
         let relays: Vec<String> = p.list("NOSTR_RELAYS", "wss://relay.damus.io,wss://nos.lol");
         for r in &relays {
-            let ok = url::Url::parse(r)
-                .map(|u| matches!(u.scheme(), "ws" | "wss"))
-                .unwrap_or(false);
+            let ok = url::Url::parse(r).map(|u| matches!(u.scheme(), "ws" | "wss")).unwrap_or(false);
             if !ok {
-                p.err(
-                    "NOSTR_RELAYS",
-                    format!("{r:?} is not a ws:// or wss:// URL"),
-                );
+                p.err("NOSTR_RELAYS", format!("{r:?} is not a ws:// or wss:// URL"));
             }
         }
         if relays.is_empty() && run_mode == RunMode::Nostr {
-            p.err(
-                "NOSTR_RELAYS",
-                "at least one relay is needed in nostr mode".into(),
-            );
+            p.err("NOSTR_RELAYS", "at least one relay is needed in nostr mode".into());
         }
 
         let state_dir = PathBuf::from(p.str("PAYGRESS_STATE_DIR", "/var/lib/paygress"));
-        let wallet_dir = match env
-            .get("PAYGRESS_WALLET_DIR")
-            .filter(|v| !v.trim().is_empty())
-        {
+        let wallet_dir = match env.get("PAYGRESS_WALLET_DIR").filter(|v| !v.trim().is_empty()) {
             Some(v) => PathBuf::from(v.trim()),
             None => state_dir.join("wallet"),
         };
 
-        let nostr_key = match env
-            .get("NOSTR_PRIVATE_KEY")
-            .map(|v| v.trim())
-            .filter(|v| !v.is_empty())
-        {
+        let nostr_key = match env.get("NOSTR_PRIVATE_KEY").map(|v| v.trim()).filter(|v| !v.is_empty()) {
             None => KeySource::Generated(state_dir.join("nostr.key")),
             Some(v) if v.starts_with("nsec1") || is_hex_key(v) => KeySource::Inline(v.to_string()),
-            Some(v) if v.starts_with('/') || v.starts_with("./") => {
-                KeySource::File(PathBuf::from(v))
-            }
+            Some(v) if v.starts_with('/') || v.starts_with("./") => KeySource::File(PathBuf::from(v)),
             Some(_) => {
                 // Do not echo the value: it may be a mistyped secret.
-                p.err(
-                    "NOSTR_PRIVATE_KEY",
-                    "must be nsec1…, 64 hex characters, or an absolute file path".into(),
-                );
+                p.err("NOSTR_PRIVATE_KEY", "must be nsec1…, 64 hex characters, or an absolute file path".into());
                 KeySource::Generated(state_dir.join("nostr.key"))
             }
         };
@@ -211,44 +256,26 @@ impl Config {
         let mut whitelisted_mints = Vec::new();
         let raw_mints = p.list("WHITELISTED_MINTS", "");
         if raw_mints.is_empty() {
-            p.err(
-                "WHITELISTED_MINTS",
-                "at least one mint URL is required".into(),
-            );
+            p.err("WHITELISTED_MINTS", "at least one mint URL is required".into());
         }
         for m in raw_mints {
             match normalize_mint_url(&m) {
                 Some(n) => whitelisted_mints.push(n),
-                None => p.err(
-                    "WHITELISTED_MINTS",
-                    format!("{m:?} is not an http(s) mint URL"),
-                ),
+                None => p.err("WHITELISTED_MINTS", format!("{m:?} is not an http(s) mint URL")),
             }
         }
 
         let namespace = p.str("POD_NAMESPACE", "user-workloads");
         if !is_dns_label(&namespace) {
-            p.err(
-                "POD_NAMESPACE",
-                format!("{namespace:?} is not a valid namespace name"),
-            );
+            p.err("POD_NAMESPACE", format!("{namespace:?} is not a valid namespace name"));
         }
 
         let enable_tor = p.bool("ENABLE_TOR_SIDECAR", true);
-        let tor_image_ignored = env
-            .get("TOR_IMAGE")
-            .map(|v| v.trim().to_string())
-            .filter(|v| !v.is_empty());
-        let tor_network_config = env
-            .get("PAYGRESS_TOR_NETWORK_CONFIG")
-            .map(|v| v.trim())
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from);
+        let tor_image_ignored = env.get("TOR_IMAGE").map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
+        let tor_network_config =
+            env.get("PAYGRESS_TOR_NETWORK_CONFIG").map(|v| v.trim()).filter(|v| !v.is_empty()).map(PathBuf::from);
 
-        let default_image = p.str(
-            "PAYGRESS_DEFAULT_IMAGE",
-            "lscr.io/linuxserver/openssh-server:latest",
-        );
+        let default_image = p.str("PAYGRESS_DEFAULT_IMAGE", "lscr.io/linuxserver/openssh-server:latest");
         let mut allowed_images = p.list("PAYGRESS_ALLOWED_IMAGES", "");
         if !allowed_images.contains(&default_image) {
             allowed_images.insert(0, default_image.clone());
@@ -270,36 +297,24 @@ impl Config {
             p.err("PAYGRESS_MIN_DURATION_SECONDS", "must be at least 1".into());
         }
         if max_duration_secs < min_duration_secs {
-            p.err(
-                "PAYGRESS_MAX_DURATION_SECONDS",
-                "must not be below PAYGRESS_MIN_DURATION_SECONDS".into(),
-            );
+            p.err("PAYGRESS_MAX_DURATION_SECONDS", "must not be below PAYGRESS_MIN_DURATION_SECONDS".into());
         }
 
         let ssh_port = p.num("PAYGRESS_SSH_PORT", 2222);
-        let ssh_port = u16::try_from(ssh_port)
-            .ok()
-            .filter(|p| *p > 0)
-            .unwrap_or_else(|| {
-                p.err("PAYGRESS_SSH_PORT", "must be a port number 1..65535".into());
-                2222
-            });
+        let ssh_port = u16::try_from(ssh_port).ok().filter(|p| *p > 0).unwrap_or_else(|| {
+            p.err("PAYGRESS_SSH_PORT", "must be a port number 1..65535".into());
+            2222
+        });
 
         let http_raw = p.str("PAYGRESS_HTTP_ADDR", "127.0.0.1:8080");
         let http_addr = http_raw.parse().unwrap_or_else(|_| {
-            p.err(
-                "PAYGRESS_HTTP_ADDR",
-                format!("{http_raw:?} is not host:port"),
-            );
+            p.err("PAYGRESS_HTTP_ADDR", format!("{http_raw:?} is not host:port"));
             SocketAddr::from(([127, 0, 0, 1], 8080))
         });
 
         let max_concurrent_requests = p.num("PAYGRESS_MAX_CONCURRENT_REQUESTS", 32) as usize;
         if max_concurrent_requests == 0 {
-            p.err(
-                "PAYGRESS_MAX_CONCURRENT_REQUESTS",
-                "must be at least 1".into(),
-            );
+            p.err("PAYGRESS_MAX_CONCURRENT_REQUESTS", "must be at least 1".into());
         }
         let ready_timeout_secs = p.num("PAYGRESS_READY_TIMEOUT_SECONDS", 180);
         let offer_interval_secs = p.num("PAYGRESS_OFFER_INTERVAL_SECONDS", 900).max(10);
@@ -308,10 +323,7 @@ impl Config {
             "text" => false,
             "json" => true,
             other => {
-                p.err(
-                    "PAYGRESS_LOG_FORMAT",
-                    format!("must be text or json, not {other:?}"),
-                );
+                p.err("PAYGRESS_LOG_FORMAT", format!("must be text or json, not {other:?}"));
                 false
             }
         };
@@ -365,10 +377,7 @@ impl Config {
              Configuration (environment variables):\n",
         );
         for v in VARS {
-            s.push_str(&format!(
-                "  {:<36} {}\n  {:<36}   default: {}\n",
-                v.name, v.help, "", v.default
-            ));
+            s.push_str(&format!("  {:<36} {}\n  {:<36}   default: {}\n", v.name, v.help, "", v.default));
         }
         s
     }
@@ -379,38 +388,25 @@ fn parse_tiers(raw: &str, base_rate: u64) -> Result<Vec<Tier>, String> {
     for item in raw.split(',').map(str::trim).filter(|s| !s.is_empty()) {
         let parts: Vec<&str> = item.split(':').collect();
         if parts.len() < 3 || parts.len() > 4 {
-            return Err(format!(
-                "{item:?}: expected name:cpu:memory[:sats_per_hour]"
-            ));
+            return Err(format!("{item:?}: expected name:cpu:memory[:sats_per_hour]"));
         }
         let name = parts[0].to_string();
         if !is_dns_label(&name) {
-            return Err(format!(
-                "{item:?}: tier name must be lowercase letters, digits and '-'"
-            ));
+            return Err(format!("{item:?}: tier name must be lowercase letters, digits and '-'"));
         }
         if !is_quantity(parts[1]) || !is_quantity(parts[2]) {
-            return Err(format!(
-                "{item:?}: cpu and memory must be Kubernetes quantities like 500m or 1Gi"
-            ));
+            return Err(format!("{item:?}: cpu and memory must be Kubernetes quantities like 500m or 1Gi"));
         }
         let sats_per_hour = match parts.get(3) {
-            Some(r) => r
-                .parse::<u64>()
-                .ok()
-                .filter(|r| *r > 0)
-                .ok_or(format!("{item:?}: rate must be a positive integer"))?,
+            Some(r) => {
+                r.parse::<u64>().ok().filter(|r| *r > 0).ok_or(format!("{item:?}: rate must be a positive integer"))?
+            }
             None => base_rate.max(1),
         };
         if tiers.iter().any(|t| t.name == name) {
             return Err(format!("tier {name:?} appears twice"));
         }
-        tiers.push(Tier {
-            name,
-            cpu: parts[1].to_string(),
-            memory: parts[2].to_string(),
-            sats_per_hour,
-        });
+        tiers.push(Tier { name, cpu: parts[1].to_string(), memory: parts[2].to_string(), sats_per_hour });
     }
     if tiers.is_empty() {
         return Err("at least one tier is needed".into());
@@ -426,8 +422,7 @@ fn is_hex_key(v: &str) -> bool {
 pub fn is_dns_label(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !s.starts_with('-')
         && !s.ends_with('-')
 }
@@ -437,10 +432,7 @@ fn is_quantity(s: &str) -> bool {
     let suffix = &s[digits.len()..];
     !digits.is_empty()
         && digits.bytes().all(|b| b.is_ascii_digit() || b == b'.')
-        && matches!(
-            suffix,
-            "" | "m" | "k" | "M" | "G" | "T" | "Ki" | "Mi" | "Gi" | "Ti"
-        )
+        && matches!(suffix, "" | "m" | "k" | "M" | "G" | "T" | "Ki" | "Mi" | "Gi" | "Ti")
 }
 
 struct Parser<'a> {
@@ -461,12 +453,7 @@ impl Parser<'_> {
     }
 
     fn list(&self, var: &str, default: &str) -> Vec<String> {
-        self.str(var, default)
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(String::from)
-            .collect()
+        self.str(var, default).split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect()
     }
 
     fn num(&mut self, var: &'static str, default: u64) -> u64 {
@@ -498,10 +485,7 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
     #[test]
@@ -512,10 +496,7 @@ mod tests {
         assert_eq!(c.default_tier().sats_per_hour, 100);
         assert_eq!(c.ssh_port, 2222);
         assert!(c.enable_tor);
-        assert_eq!(
-            c.whitelisted_mints,
-            vec!["https://mint.example".to_string()]
-        );
+        assert_eq!(c.whitelisted_mints, vec!["https://mint.example".to_string()]);
         assert_eq!(c.allowed_images, vec![c.default_image.clone()]);
     }
 
@@ -542,30 +523,15 @@ mod tests {
         ] {
             assert!(vars.contains(&v), "{v} missing from {vars:?}");
         }
-        assert!(
-            !e.to_string().contains("hunter2"),
-            "a secret must never be echoed"
-        );
+        assert!(!e.to_string().contains("hunter2"), "a secret must never be echoed");
     }
 
     #[test]
     fn mint_normalisation_is_exact_not_prefix() {
-        assert_eq!(
-            normalize_mint_url("HTTPS://Mint.X:443/"),
-            Some("https://mint.x".into())
-        );
-        assert_eq!(
-            normalize_mint_url("http://127.0.0.1:3338/"),
-            Some("http://127.0.0.1:3338".into())
-        );
-        assert_ne!(
-            normalize_mint_url("https://mint.x.evil.io"),
-            normalize_mint_url("https://mint.x")
-        );
-        assert_ne!(
-            normalize_mint_url("https://mint.x/evil"),
-            normalize_mint_url("https://mint.x")
-        );
+        assert_eq!(normalize_mint_url("HTTPS://Mint.X:443/"), Some("https://mint.x".into()));
+        assert_eq!(normalize_mint_url("http://127.0.0.1:3338/"), Some("http://127.0.0.1:3338".into()));
+        assert_ne!(normalize_mint_url("https://mint.x.evil.io"), normalize_mint_url("https://mint.x"));
+        assert_ne!(normalize_mint_url("https://mint.x/evil"), normalize_mint_url("https://mint.x"));
         assert_eq!(normalize_mint_url("ftp://mint.x"), None);
         assert_eq!(normalize_mint_url("https://user:pw@mint.x"), None);
     }

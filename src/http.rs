@@ -41,13 +41,7 @@ impl Readiness {
         let tor = self.tor.load(Ordering::Relaxed);
         let api_server = self.api_server.load(Ordering::Relaxed);
         let draining = self.draining.load(Ordering::Relaxed);
-        ReadyReport {
-            ready: relays && tor && api_server && !draining,
-            relays,
-            tor,
-            api_server,
-            draining,
-        }
+        ReadyReport { ready: relays && tor && api_server && !draining, relays, tor, api_server, draining }
     }
 }
 
@@ -72,20 +66,12 @@ async fn healthz() -> impl IntoResponse {
 
 async fn readyz(State(s): State<HealthState>) -> Response {
     let report = s.readiness.report();
-    let status = if report.ready {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
+    let status = if report.ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, Json(report)).into_response()
 }
 
 async fn metrics(State(s): State<HealthState>) -> Response {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        s.metrics.render(),
-    )
-        .into_response()
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], s.metrics.render()).into_response()
 }
 
 #[cfg(test)]

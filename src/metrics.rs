@@ -48,10 +48,7 @@ impl Metrics {
     }
 
     pub fn outcome_count(&self, code: &str) -> u64 {
-        self.outcomes
-            .lock()
-            .map(|m| m.get(code).copied().unwrap_or(0))
-            .unwrap_or(0)
+        self.outcomes.lock().map(|m| m.get(code).copied().unwrap_or(0)).unwrap_or(0)
     }
 
     pub fn render(&self) -> String {
@@ -59,10 +56,7 @@ impl Metrics {
         let g = |s: &mut String, name: &str, help: &str, kind: &str, v: u64| {
             let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
         };
-        let _ = writeln!(
-            s,
-            "# HELP paygress_requests_total Requests by outcome code."
-        );
+        let _ = writeln!(s, "# HELP paygress_requests_total Requests by outcome code.");
         let _ = writeln!(s, "# TYPE paygress_requests_total counter");
         if let Ok(m) = self.outcomes.lock() {
             for (code, n) in m.iter() {
@@ -90,17 +84,14 @@ impl Metrics {
             "gauge",
             self.live_leases.load(Ordering::Relaxed),
         );
-        let _ = writeln!(s, "# HELP paygress_onion_services Onion services by status.\n# TYPE paygress_onion_services gauge");
         let _ = writeln!(
             s,
-            "paygress_onion_services{{status=\"running\"}} {}",
-            self.onion_running.load(Ordering::Relaxed)
+            "# HELP paygress_onion_services Onion services by status.\n# TYPE paygress_onion_services gauge"
         );
-        let _ = writeln!(
-            s,
-            "paygress_onion_services{{status=\"failed\"}} {}",
-            self.onion_failed.load(Ordering::Relaxed)
-        );
+        let _ =
+            writeln!(s, "paygress_onion_services{{status=\"running\"}} {}", self.onion_running.load(Ordering::Relaxed));
+        let _ =
+            writeln!(s, "paygress_onion_services{{status=\"failed\"}} {}", self.onion_failed.load(Ordering::Relaxed));
         g(
             &mut s,
             "paygress_connected_relays",
@@ -108,20 +99,15 @@ impl Metrics {
             "gauge",
             self.connected_relays.load(Ordering::Relaxed),
         );
-        let _ = writeln!(s, "# HELP paygress_reply_seconds Time from request to reply.\n# TYPE paygress_reply_seconds histogram");
+        let _ = writeln!(
+            s,
+            "# HELP paygress_reply_seconds Time from request to reply.\n# TYPE paygress_reply_seconds histogram"
+        );
         if let Ok(h) = self.latency.lock() {
             for (i, le) in LATENCY_BUCKETS.iter().enumerate() {
-                let _ = writeln!(
-                    s,
-                    "paygress_reply_seconds_bucket{{le=\"{le}\"}} {}",
-                    h.buckets[i]
-                );
+                let _ = writeln!(s, "paygress_reply_seconds_bucket{{le=\"{le}\"}} {}", h.buckets[i]);
             }
-            let _ = writeln!(
-                s,
-                "paygress_reply_seconds_bucket{{le=\"+Inf\"}} {}",
-                h.count
-            );
+            let _ = writeln!(s, "paygress_reply_seconds_bucket{{le=\"+Inf\"}} {}", h.count);
             let _ = writeln!(s, "paygress_reply_seconds_sum {}", h.sum);
             let _ = writeln!(s, "paygress_reply_seconds_count {}", h.count);
         }

@@ -158,7 +158,7 @@ pub enum Reply {
         /// Sats received after mint fees.
         amount_sats: u64,
         duration_seconds: u64,
-        access: LeaseAccess,
+        access: Box<LeaseAccess>,
     },
     /// A top-up was applied.
     Extended {
@@ -183,17 +183,8 @@ pub enum Reply {
 }
 
 impl Reply {
-    pub fn error(
-        request_id: impl Into<String>,
-        code: ErrorCode,
-        message: impl Into<String>,
-    ) -> Self {
-        Reply::Error {
-            request_id: request_id.into(),
-            code,
-            message: message.into(),
-            refund_token: None,
-        }
+    pub fn error(request_id: impl Into<String>, code: ErrorCode, message: impl Into<String>) -> Self {
+        Reply::Error { request_id: request_id.into(), code, message: message.into(), refund_token: None }
     }
 }
 
@@ -236,8 +227,7 @@ mod tests {
 
     #[test]
     fn seed_request_parses_with_only_token_and_user() {
-        let r: LeaseRequest =
-            serde_json::from_str(r#"{"cashu_token":"cashuBxyz","ssh_username":"alice"}"#).unwrap();
+        let r: LeaseRequest = serde_json::from_str(r#"{"cashu_token":"cashuBxyz","ssh_username":"alice"}"#).unwrap();
         assert_eq!(r.ssh_username.as_deref(), Some("alice"));
         assert!(r.pod_image.is_none());
     }
@@ -255,8 +245,7 @@ mod tests {
 
     #[test]
     fn topup_accepts_pod_name_alias() {
-        let r: TopUpRequest =
-            serde_json::from_str(r#"{"cashu_token":"t","pod_name":"ssh-pod-1"}"#).unwrap();
+        let r: TopUpRequest = serde_json::from_str(r#"{"cashu_token":"t","pod_name":"ssh-pod-1"}"#).unwrap();
         assert_eq!(r.lease, "ssh-pod-1");
     }
 }

@@ -17,27 +17,15 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug, thiserror::Error)]
 pub enum SshError {
     #[error("ssh probe of {endpoint}: connect failed: {source}")]
-    Connect {
-        endpoint: SocketAddr,
-        source: std::io::Error,
-    },
+    Connect { endpoint: SocketAddr, source: std::io::Error },
     #[error("ssh probe of {endpoint}: no key exchange within {after:?}")]
-    Timeout {
-        endpoint: SocketAddr,
-        after: Duration,
-    },
+    Timeout { endpoint: SocketAddr, after: Duration },
     #[error("ssh probe of {endpoint}: handshake failed: {message}")]
-    Handshake {
-        endpoint: SocketAddr,
-        message: String,
-    },
+    Handshake { endpoint: SocketAddr, message: String },
     #[error("ssh probe of {endpoint}: the server presented no host key")]
     NoHostKey { endpoint: SocketAddr },
     #[error("ssh probe of {endpoint}: cannot encode the host key: {message}")]
-    Encode {
-        endpoint: SocketAddr,
-        message: String,
-    },
+    Encode { endpoint: SocketAddr, message: String },
 }
 
 impl SshError {
@@ -55,10 +43,7 @@ impl SshError {
 
 impl From<SshError> for PortError {
     fn from(e: SshError) -> Self {
-        PortError {
-            kind: e.kind(),
-            message: e.to_string(),
-        }
+        PortError { kind: e.kind(), message: e.to_string() }
     }
 }
 
@@ -67,10 +52,7 @@ impl From<SshError> for PortError {
 pub fn host_key(key: &PublicKey) -> Result<HostKey, String> {
     let bare = PublicKey::new(key.key_data().clone(), "");
     let public_key = bare.to_openssh().map_err(|e| e.to_string())?;
-    Ok(HostKey {
-        fingerprint: key.fingerprint(HashAlg::Sha256).to_string(),
-        public_key,
-    })
+    Ok(HostKey { fingerprint: key.fingerprint(HashAlg::Sha256).to_string(), public_key })
 }
 
 /// Accepts whatever host key the server shows (we are learning it, not trusting it) and keeps it.
@@ -81,16 +63,11 @@ struct Capture {
 impl russh::client::Handler for Capture {
     type Error = russh::Error;
 
-    async fn check_server_key(
-        &mut self,
-        server_key: &PublicKeyOrCertificate,
-    ) -> Result<bool, Self::Error> {
+    async fn check_server_key(&mut self, server_key: &PublicKeyOrCertificate) -> Result<bool, Self::Error> {
         let key = match server_key {
             PublicKeyOrCertificate::PublicKey { key, .. } => key.clone(),
             // A host certificate: report the key it certifies, which is what `ssh-keygen -lf` shows for it.
-            PublicKeyOrCertificate::Certificate(cert) => {
-                PublicKey::new(cert.public_key().clone(), "")
-            }
+            PublicKeyOrCertificate::Certificate(cert) => PublicKey::new(cert.public_key().clone(), ""),
         };
         if let Ok(mut slot) = self.seen.lock() {
             *slot = Some(key);
@@ -106,9 +83,7 @@ pub struct RusshProbe {
 
 impl Default for RusshProbe {
     fn default() -> Self {
-        RusshProbe {
-            timeout: DEFAULT_TIMEOUT,
-        }
+        RusshProbe { timeout: DEFAULT_TIMEOUT }
     }
 }
 
@@ -124,28 +99,18 @@ impl RusshProbe {
     }
 
     async fn handshake(&self, endpoint: SocketAddr) -> Result<HostKey, SshError> {
-        let stream = tokio::net::TcpStream::connect(endpoint)
-            .await
-            .map_err(|source| SshError::Connect { endpoint, source })?;
+        let stream =
+            tokio::net::TcpStream::connect(endpoint).await.map_err(|source| SshError::Connect { endpoint, source })?;
         let _ = stream.set_nodelay(true);
-        let config = Arc::new(russh::client::Config {
-            inactivity_timeout: Some(self.timeout),
-            ..Default::default()
-        });
+        let config = Arc::new(russh::client::Config { inactivity_timeout: Some(self.timeout), ..Default::default() });
         let seen = Arc::new(Mutex::new(None));
         // `connect_stream` returns once the first key exchange is done, i.e. the server signed the exchange
         // with the host key passed to `check_server_key`.
         let handle = russh::client::connect_stream(config, stream, Capture { seen: seen.clone() })
             .await
-            .map_err(|e| SshError::Handshake {
-                endpoint,
-                message: e.to_string(),
-            })?;
+            .map_err(|e| SshError::Handshake { endpoint, message: e.to_string() })?;
         let key = seen.lock().ok().and_then(|mut s| s.take());
-        if let Err(e) = handle
-            .disconnect(russh::Disconnect::ByApplication, "probe done", "en")
-            .await
-        {
+        if let Err(e) = handle.disconnect(russh::Disconnect::ByApplication, "probe done", "en").await {
             debug!(%endpoint, error = %e, "ssh probe: disconnect failed (session already closed)");
         }
         let key = key.ok_or(SshError::NoHostKey { endpoint })?;
@@ -158,10 +123,7 @@ impl SshProbePort for RusshProbe {
     async fn probe(&self, endpoint: SocketAddr) -> PortResult<HostKey> {
         let key = tokio::time::timeout(self.timeout, self.handshake(endpoint))
             .await
-            .map_err(|_| SshError::Timeout {
-                endpoint,
-                after: self.timeout,
-            })??;
+            .map_err(|_| SshError::Timeout { endpoint, after: self.timeout })??;
         debug!(%endpoint, fingerprint = %key.fingerprint, "ssh probe: host key");
         Ok(key)
     }
@@ -183,8 +145,7 @@ hpdsyLliTg+EGmnsoIs1AAAAAAECAwQF
 -----END OPENSSH PRIVATE KEY-----
 ";
     const TEST_FP: &str = "SHA256:bvQV+iTeE8eN27WupCqD1yzKwY7Wwg67I2le7l+yD64";
-    const TEST_PUB: &str =
-        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIF9F8ecNXLjRJ5v7S3+epR+BhpdsyLliTg+EGmnsoIs1";
+    const TEST_PUB: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIF9F8ecNXLjRJ5v7S3+epR+BhpdsyLliTg+EGmnsoIs1";
 
     struct Srv;
     impl russh::server::Handler for Srv {
@@ -195,10 +156,7 @@ hpdsyLliTg+EGmnsoIs1AAAAAAECAwQF
     async fn server(key: PrivateKey) -> SocketAddr {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let config = Arc::new(russh::server::Config {
-            keys: vec![key],
-            ..Default::default()
-        });
+        let config = Arc::new(russh::server::Config { keys: vec![key], ..Default::default() });
         tokio::spawn(async move {
             while let Ok((sock, _)) = listener.accept().await {
                 let config = config.clone();
@@ -243,11 +201,7 @@ hpdsyLliTg+EGmnsoIs1AAAAAAECAwQF
             // What ssh-keygen says of the public key the probe returned, written to a file as users would.
             let pub_path = dir.path().join(format!("probed_{t}.pub"));
             std::fs::write(&pub_path, format!("{}\n", got.public_key)).unwrap();
-            let out = std::process::Command::new("ssh-keygen")
-                .arg("-lf")
-                .arg(&pub_path)
-                .output()
-                .unwrap();
+            let out = std::process::Command::new("ssh-keygen").arg("-lf").arg(&pub_path).output().unwrap();
             assert!(out.status.success());
             let line = String::from_utf8(out.stdout).unwrap();
             let expected = line.split_whitespace().nth(1).unwrap();
@@ -269,11 +223,7 @@ hpdsyLliTg+EGmnsoIs1AAAAAAECAwQF
                 held.push(s);
             }
         });
-        let e = RusshProbe::new()
-            .with_timeout(Duration::from_millis(300))
-            .probe(addr)
-            .await
-            .unwrap_err();
+        let e = RusshProbe::new().with_timeout(Duration::from_millis(300)).probe(addr).await.unwrap_err();
         assert!(e.is_transient(), "{e:?}");
         assert!(e.message.contains("no key exchange"), "{e}");
     }
@@ -298,11 +248,7 @@ hpdsyLliTg+EGmnsoIs1AAAAAAECAwQF
                 let _ = s.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n").await;
             }
         });
-        let e = RusshProbe::new()
-            .with_timeout(Duration::from_secs(5))
-            .probe(addr)
-            .await
-            .unwrap_err();
+        let e = RusshProbe::new().with_timeout(Duration::from_secs(5)).probe(addr).await.unwrap_err();
         assert!(e.is_transient(), "{e:?}");
     }
 }

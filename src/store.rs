@@ -22,10 +22,7 @@ pub enum StoreError {
     #[error("journal {path}: cannot open: {reason}")]
     Open { path: PathBuf, reason: String },
     #[error("journal: {action} failed: {reason}")]
-    Db {
-        action: &'static str,
-        reason: String,
-    },
+    Db { action: &'static str, reason: String },
     #[error("journal: record {request_id} is unreadable: {reason}")]
     Corrupt { request_id: String, reason: String },
 }
@@ -39,18 +36,12 @@ impl StoreError {
 
 impl From<StoreError> for PortError {
     fn from(e: StoreError) -> PortError {
-        PortError {
-            kind: e.kind(),
-            message: e.to_string(),
-        }
+        PortError { kind: e.kind(), message: e.to_string() }
     }
 }
 
 fn db_err(action: &'static str) -> impl Fn(redb::Error) -> StoreError {
-    move |e| StoreError::Db {
-        action,
-        reason: e.to_string(),
-    }
+    move |e| StoreError::Db { action, reason: e.to_string() }
 }
 
 /// Shorthand: any redb error type into `StoreError::Db`.
@@ -65,9 +56,7 @@ pub struct RedbJournal {
 
 impl std::fmt::Debug for RedbJournal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedbJournal")
-            .field("path", &self.path)
-            .finish()
+        f.debug_struct("RedbJournal").field("path", &self.path).finish()
     }
 }
 
@@ -75,10 +64,7 @@ impl RedbJournal {
     /// Open or create `<state_dir>/journal.redb` (and the dir).
     pub fn open(state_dir: &Path) -> Result<RedbJournal, StoreError> {
         let path = state_dir.join(JOURNAL_FILE);
-        let open_err = |reason: String| StoreError::Open {
-            path: path.clone(),
-            reason,
-        };
+        let open_err = |reason: String| StoreError::Open { path: path.clone(), reason };
         std::fs::create_dir_all(state_dir).map_err(|e| open_err(e.to_string()))?;
         let db = Database::create(&path).map_err(|e| open_err(e.to_string()))?;
         // Create both tables up front so read transactions never meet a missing table.
@@ -92,10 +78,8 @@ impl RedbJournal {
     }
 
     fn encode(record: &SagaRecord) -> Result<String, StoreError> {
-        serde_json::to_string(record).map_err(|e| StoreError::Corrupt {
-            request_id: record.request_id.clone(),
-            reason: e.to_string(),
-        })
+        serde_json::to_string(record)
+            .map_err(|e| StoreError::Corrupt { request_id: record.request_id.clone(), reason: e.to_string() })
     }
 
     fn write(&self, record: &SagaRecord, only_if_new: bool) -> Result<bool, StoreError> {
@@ -103,15 +87,10 @@ impl RedbJournal {
         let tx = self.db.begin_write().map_err(de("begin write"))?;
         let inserted = {
             let mut t = tx.open_table(SAGAS).map_err(de("open sagas"))?;
-            if only_if_new
-                && t.get(record.request_id.as_str())
-                    .map_err(de("read saga"))?
-                    .is_some()
-            {
+            if only_if_new && t.get(record.request_id.as_str()).map_err(de("read saga"))?.is_some() {
                 false
             } else {
-                t.insert(record.request_id.as_str(), json.as_str())
-                    .map_err(de("write saga"))?;
+                t.insert(record.request_id.as_str(), json.as_str()).map_err(de("write saga"))?;
                 true
             }
         };
@@ -131,10 +110,7 @@ impl RedbJournal {
         };
         serde_json::from_str(v.value())
             .map(Some)
-            .map_err(|e| StoreError::Corrupt {
-                request_id: request_id.to_string(),
-                reason: e.to_string(),
-            })
+            .map_err(|e| StoreError::Corrupt { request_id: request_id.to_string(), reason: e.to_string() })
     }
 
     fn list_unfinished(&self) -> Result<Vec<SagaRecord>, StoreError> {
@@ -159,10 +135,7 @@ impl RedbJournal {
         let tx = self.db.begin_write().map_err(de("begin write"))?;
         let holder = {
             let mut t = tx.open_table(TOKENS).map_err(de("open tokens"))?;
-            let existing = t
-                .get(digest)
-                .map_err(de("read token"))?
-                .map(|v| v.value().to_string());
+            let existing = t.get(digest).map_err(de("read token"))?.map(|v| v.value().to_string());
             match existing {
                 Some(h) => Some(h),
                 None => {
@@ -213,17 +186,10 @@ mod tests {
     use crate::protocol::TopUpRequest;
 
     fn record(id: &str, step: Step) -> SagaRecord {
-        let ask = TopUpRequest {
-            cashu_token: "cashuBxyz".into(),
-            lease: "l1".into(),
-        };
+        let ask = TopUpRequest { cashu_token: "cashuBxyz".into(), lease: "l1".into() };
         SagaRecord {
             request_id: id.to_string(),
-            route: ReplyRoute {
-                request_id: id.to_string(),
-                requester: "ab".repeat(32),
-                via: ReplyVia::Nip44,
-            },
+            route: ReplyRoute { request_id: id.to_string(), requester: "ab".repeat(32), via: ReplyVia::Nip44 },
             received_at: 1_700_000_000,
             step,
             ask: Ask::TopUp(ask),
@@ -244,18 +210,10 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let j = RedbJournal::open(dir.path()).expect("open");
         assert!(j.insert_new(&record("r1", Step::Received)).expect("insert"));
-        assert!(!j
-            .insert_new(&record("r1", Step::Redeeming))
-            .expect("insert again"));
-        assert_eq!(
-            j.get("r1").expect("get").expect("some").step,
-            Step::Received
-        );
+        assert!(!j.insert_new(&record("r1", Step::Redeeming)).expect("insert again"));
+        assert_eq!(j.get("r1").expect("get").expect("some").step, Step::Received);
         j.put(&record("r1", Step::Redeemed)).expect("put");
-        assert_eq!(
-            j.get("r1").expect("get").expect("some").step,
-            Step::Redeemed
-        );
+        assert_eq!(j.get("r1").expect("get").expect("some").step, Step::Redeemed);
         assert!(j.get("nope").expect("get").is_none());
     }
 
@@ -264,10 +222,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let j = RedbJournal::open(dir.path()).expect("open");
         assert_eq!(j.claim_token("dig", "r1").expect("claim"), None);
-        assert_eq!(
-            j.claim_token("dig", "r2").expect("claim"),
-            Some("r1".to_string())
-        );
+        assert_eq!(j.claim_token("dig", "r2").expect("claim"), Some("r1".to_string()));
         assert_eq!(j.claim_token("dig", "r1").expect("reclaim"), None);
         assert_eq!(j.claim_token("other", "r2").expect("claim"), None);
     }
@@ -280,18 +235,13 @@ mod tests {
             .map(|i| {
                 let j = j.clone();
                 std::thread::spawn(move || {
-                    let won_insert = j
-                        .insert_new(&record("same", Step::Received))
-                        .expect("insert");
+                    let won_insert = j.insert_new(&record("same", Step::Received)).expect("insert");
                     let holder = j.claim_token("dig", &format!("r{i}")).expect("claim");
                     (won_insert, holder.is_none())
                 })
             })
             .collect();
-        let results: Vec<_> = handles
-            .into_iter()
-            .map(|h| h.join().expect("thread"))
-            .collect();
+        let results: Vec<_> = handles.into_iter().map(|h| h.join().expect("thread")).collect();
         assert_eq!(results.iter().filter(|r| r.0).count(), 1);
         assert_eq!(results.iter().filter(|r| r.1).count(), 1);
     }
@@ -307,19 +257,11 @@ mod tests {
             j.claim_token("dig", "a").expect("claim");
         }
         let j = RedbJournal::open(dir.path()).expect("reopen");
-        let mut ids: Vec<_> = j
-            .unfinished()
-            .expect("unfinished")
-            .into_iter()
-            .map(|r| r.request_id)
-            .collect();
+        let mut ids: Vec<_> = j.unfinished().expect("unfinished").into_iter().map(|r| r.request_id).collect();
         ids.sort();
         assert_eq!(ids, ["a", "c"]);
         assert_eq!(j.get("b").expect("get").expect("some").step, Step::Done);
-        assert_eq!(
-            j.claim_token("dig", "z").expect("claim"),
-            Some("a".to_string())
-        );
+        assert_eq!(j.claim_token("dig", "z").expect("claim"), Some("a".to_string()));
         assert_eq!(j.get("a").expect("get"), Some(record("a", Step::Redeeming)));
     }
 }

@@ -34,30 +34,17 @@ fn admin_kubeconfig() -> PathBuf {
 fn kubectl(args: &[&str], stdin: Option<&str>) -> Result<String> {
     let mut cmd = Command::new("kubectl");
     cmd.arg("--kubeconfig").arg(admin_kubeconfig()).args(args);
-    cmd.stdin(if stdin.is_some() {
-        Stdio::piped()
-    } else {
-        Stdio::null()
-    });
+    cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut child = cmd.spawn().context(
-        "kubectl not found: run through scripts/test (stack env missing: PATH with kubectl)",
-    )?;
+    let mut child =
+        cmd.spawn().context("kubectl not found: run through scripts/test (stack env missing: PATH with kubectl)")?;
     if let Some(input) = stdin {
         use std::io::Write;
-        child
-            .stdin
-            .take()
-            .context("stdin")?
-            .write_all(input.as_bytes())?;
+        child.stdin.take().context("stdin")?.write_all(input.as_bytes())?;
     }
     let out = child.wait_with_output()?;
     if !out.status.success() {
-        bail!(
-            "kubectl {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+        bail!("kubectl {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
     }
     Ok(String::from_utf8(out.stdout)?)
 }
@@ -81,10 +68,7 @@ fn apply_manifest() -> Result<()> {
 /// A kube Config that authenticates as the paygress ServiceAccount: token from the API, server and CA from
 /// the admin kubeconfig.
 async fn sa_config() -> Result<kube::Config> {
-    let token = kubectl(
-        &["-n", SA_NS, "create", "token", "paygress", "--duration=1h"],
-        None,
-    )?;
+    let token = kubectl(&["-n", SA_NS, "create", "token", "paygress", "--duration=1h"], None)?;
     let admin = Kubeconfig::read_from(admin_kubeconfig())?;
     let cluster = admin
         .clusters
@@ -92,9 +76,7 @@ async fn sa_config() -> Result<kube::Config> {
         .and_then(|c| c.cluster.clone())
         .ok_or_else(|| anyhow!("admin kubeconfig has no cluster"))?;
     let server = cluster.server.ok_or_else(|| anyhow!("no server"))?;
-    let ca = cluster
-        .certificate_authority_data
-        .ok_or_else(|| anyhow!("no CA data"))?;
+    let ca = cluster.certificate_authority_data.ok_or_else(|| anyhow!("no CA data"))?;
     let yaml = format!(
         "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: {server}\n    certificate-authority-data: {ca}\n\
          users:\n- name: paygress\n  user:\n    token: {}\ncontexts:\n- name: c\n  context:\n    cluster: c\n    user: paygress\n\
@@ -106,27 +88,16 @@ async fn sa_config() -> Result<kube::Config> {
 }
 
 async fn sa_cluster() -> Result<KubeCluster> {
-    Ok(KubeCluster::from_config(sa_config().await?, NS, SSH_PORT)?
-        .with_orphan_grace(Duration::ZERO))
+    Ok(KubeCluster::from_config(sa_config().await?, NS, SSH_PORT)?.with_orphan_grace(Duration::ZERO))
 }
 
 fn unique_id(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    format!(
-        "{prefix}{:x}{:x}",
-        std::process::id(),
-        nanos & 0xffff_ffff_ffff
-    )
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    format!("{prefix}{:x}{:x}", std::process::id(), nanos & 0xffff_ffff_ffff)
 }
 
 fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 fn plan(lease_id: &str, password: &str, image: &str) -> PodPlan {
@@ -139,12 +110,7 @@ fn plan(lease_id: &str, password: &str, image: &str) -> PodPlan {
         ssh_username: "tester".into(),
         ssh_password: Some(password.into()),
         ssh_public_key: None,
-        tier: Tier {
-            name: "basic".into(),
-            cpu: "100m".into(),
-            memory: "64Mi".into(),
-            sats_per_hour: 100,
-        },
+        tier: Tier { name: "basic".into(), cpu: "100m".into(), memory: "64Mi".into(), sats_per_hour: 100 },
         ssh_port: SSH_PORT,
         expires_at: now() + 3600,
         requester: "ab".repeat(32),
@@ -157,18 +123,7 @@ impl Drop for Cleanup {
     fn drop(&mut self) {
         for id in &self.0 {
             let sel = format!("paygress.io/lease-id={id}");
-            let _ = kubectl(
-                &[
-                    "-n",
-                    NS,
-                    "delete",
-                    "pod,service,secret",
-                    "-l",
-                    &sel,
-                    "--wait=false",
-                ],
-                None,
-            );
+            let _ = kubectl(&["-n", NS, "delete", "pod,service,secret", "-l", &sel, "--wait=false"], None);
         }
     }
 }
@@ -176,24 +131,8 @@ impl Drop for Cleanup {
 /// Every object of a lease as admin sees it: `kind/name` lines.
 fn objects_of(lease_id: &str) -> Result<Vec<String>> {
     let sel = format!("paygress.io/lease-id={lease_id}");
-    let out = kubectl(
-        &[
-            "-n",
-            NS,
-            "get",
-            "pod,service,secret",
-            "-l",
-            &sel,
-            "-o",
-            "name",
-        ],
-        None,
-    )?;
-    Ok(out
-        .lines()
-        .map(String::from)
-        .filter(|l| !l.is_empty())
-        .collect())
+    let out = kubectl(&["-n", NS, "get", "pod,service,secret", "-l", &sel, "-o", "name"], None)?;
+    Ok(out.lines().map(String::from).filter(|l| !l.is_empty()).collect())
 }
 
 async fn wait_gone(lease_id: &str) -> Result<()> {
@@ -211,28 +150,15 @@ async fn wait_gone(lease_id: &str) -> Result<()> {
 /// `ssh-keyscan` + `ssh-keygen -lf -`: OpenSSH's own view of the host key fingerprints at the endpoint.
 fn openssh_fingerprints(ep: SocketAddr) -> Result<String> {
     let scan = Command::new("ssh-keyscan")
-        .args([
-            "-T",
-            "10",
-            "-p",
-            &ep.port().to_string(),
-            &ep.ip().to_string(),
-        ])
+        .args(["-T", "10", "-p", &ep.port().to_string(), &ep.ip().to_string()])
         .stderr(Stdio::null())
         .output()
         .context("ssh-keyscan")?;
-    let mut keygen = Command::new("ssh-keygen")
-        .args(["-lf", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()?;
+    let mut keygen =
+        Command::new("ssh-keygen").args(["-lf", "-"]).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn()?;
     {
         use std::io::Write;
-        keygen
-            .stdin
-            .take()
-            .context("stdin")?
-            .write_all(&scan.stdout)?;
+        keygen.stdin.take().context("stdin")?.write_all(&scan.stdout)?;
     }
     Ok(String::from_utf8(keygen.wait_with_output()?.stdout)?)
 }
@@ -250,86 +176,43 @@ async fn lease_lifecycle_with_the_manifest_rbac() -> Result<()> {
     let p = plan(&id, &password, "lscr.io/linuxserver/openssh-server:latest");
 
     // Idempotent: a resumed saga creates again.
-    cluster
-        .ensure_lease_objects(&p)
-        .await
-        .context("ensure #1")?;
-    cluster
-        .ensure_lease_objects(&p)
-        .await
-        .context("ensure #2")?;
+    cluster.ensure_lease_objects(&p).await.context("ensure #1")?;
+    cluster.ensure_lease_objects(&p).await.context("ensure #2")?;
     let mut objs = objects_of(&id)?;
     objs.sort();
-    let expected = vec![
-        format!("pod/ssh-pod-{id}"),
-        format!("secret/ssh-pod-{id}-auth"),
-        format!("service/ssh-pod-{id}-ssh"),
-    ];
+    let expected =
+        vec![format!("pod/ssh-pod-{id}"), format!("secret/ssh-pod-{id}-auth"), format!("service/ssh-pod-{id}-ssh")];
     ensure!(objs == expected, "objects {objs:?}, expected {expected:?}");
 
     // What the API server stored: labels everywhere, annotations on the pod, the password nowhere but the
     // Secret.
-    let pod_json = kubectl(
-        &["-n", NS, "get", "pod", &k8s::pod_name(&id), "-o", "json"],
-        None,
-    )?;
-    ensure!(
-        !pod_json.contains(&password),
-        "password visible in the pod object"
-    );
+    let pod_json = kubectl(&["-n", NS, "get", "pod", &k8s::pod_name(&id), "-o", "json"], None)?;
+    ensure!(!pod_json.contains(&password), "password visible in the pod object");
     let pod: Pod = serde_json::from_str(&pod_json)?;
     let ann = pod.metadata.annotations.clone().unwrap_or_default();
     ensure!(ann.get("paygress.io/expires-at") == Some(&p.expires_at.to_string()));
     ensure!(ann.get("paygress.io/tier").map(String::as_str) == Some("basic"));
     for kind in ["pod", "service", "secret"] {
-        let sel = format!("app.kubernetes.io/managed-by=paygress,app.kubernetes.io/name=paygress-ssh-pod,paygress.io/lease-id={id}");
+        let sel = format!(
+            "app.kubernetes.io/managed-by=paygress,app.kubernetes.io/name=paygress-ssh-pod,paygress.io/lease-id={id}"
+        );
         let n = kubectl(&["-n", NS, "get", kind, "-l", &sel, "-o", "name"], None)?;
         ensure!(n.lines().count() == 1, "{kind} not labelled: {n:?}");
     }
-    let svc_json = kubectl(
-        &[
-            "-n",
-            NS,
-            "get",
-            "service",
-            &k8s::service_name(&id),
-            "-o",
-            "json",
-        ],
-        None,
-    )?;
+    let svc_json = kubectl(&["-n", NS, "get", "service", &k8s::service_name(&id), "-o", "json"], None)?;
     ensure!(!svc_json.contains(&password));
-    let secret: Secret = serde_json::from_str(&kubectl(
-        &[
-            "-n",
-            NS,
-            "get",
-            "secret",
-            &k8s::auth_secret_name(&id),
-            "-o",
-            "json",
-        ],
-        None,
-    )?)?;
-    let stored = secret
-        .data
-        .and_then(|d| d.get("password").cloned())
-        .context("password key")?;
+    let secret: Secret =
+        serde_json::from_str(&kubectl(&["-n", NS, "get", "secret", &k8s::auth_secret_name(&id), "-o", "json"], None)?)?;
+    let stored = secret.data.and_then(|d| d.get("password").cloned()).context("password key")?;
     ensure!(stored.0 == password.as_bytes());
 
     // Running: the endpoint as the cluster reports it, and SSH really answers there.
-    let ep = cluster
-        .wait_running(&id, RUN_TIMEOUT)
-        .await
-        .context("wait_running")?;
+    let ep = cluster.wait_running(&id, RUN_TIMEOUT).await.context("wait_running")?;
     ensure!(ep.port() == SSH_PORT, "endpoint {ep}");
     let probe = RusshProbe::new();
     let host_key = probe.probe(ep).await.context("probe")?;
     ensure!(host_key.fingerprint.starts_with("SHA256:"), "{host_key:?}");
-    ensure!(
-        probe.probe(ep).await? == host_key,
-        "host key changed between probes"
-    );
+    ensure!(probe.probe(ep).await? == host_key, "host key changed between probes");
     let openssh = openssh_fingerprints(ep)?;
     ensure!(
         openssh.contains(&host_key.fingerprint),
@@ -340,22 +223,8 @@ async fn lease_lifecycle_with_the_manifest_rbac() -> Result<()> {
     // The credentials the pod got from the Secret let the user in (OpenSSH client, password via env).
     let login = Command::new("sshpass")
         .env("SSHPASS", &password)
-        .args([
-            "-e",
-            "ssh",
-            "-o",
-            "StrictHostKeyChecking=no",
-            "-o",
-            "UserKnownHostsFile=/dev/null",
-        ])
-        .args([
-            "-o",
-            "PubkeyAuthentication=no",
-            "-o",
-            "ConnectTimeout=10",
-            "-p",
-            &ep.port().to_string(),
-        ])
+        .args(["-e", "ssh", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null"])
+        .args(["-o", "PubkeyAuthentication=no", "-o", "ConnectTimeout=10", "-p", &ep.port().to_string()])
         .arg(format!("tester@{}", ep.ip()))
         .arg("echo logged-in")
         .output()
@@ -368,41 +237,24 @@ async fn lease_lifecycle_with_the_manifest_rbac() -> Result<()> {
 
     // Top-up moves the annotation; list_leases reads it back.
     let new_expiry = p.expires_at + 7200;
-    cluster
-        .set_expiry(&id, new_expiry)
-        .await
-        .context("set_expiry")?;
+    cluster.set_expiry(&id, new_expiry).await.context("set_expiry")?;
     let leases = cluster.list_leases().await?;
-    let l = leases
-        .iter()
-        .find(|l| l.lease_id == id)
-        .context("lease not listed")?;
+    let l = leases.iter().find(|l| l.lease_id == id).context("lease not listed")?;
     ensure!(l.expires_at == Some(new_expiry), "{l:?}");
     ensure!(l.ssh_endpoint == Some(ep), "{l:?}");
-    ensure!(
-        l.requester.as_deref() == Some(p.requester.as_str()) && l.tier.as_deref() == Some("basic")
-    );
+    ensure!(l.requester.as_deref() == Some(p.requester.as_str()) && l.tier.as_deref() == Some("basic"));
     ensure!(!l.terminating);
     let missing = cluster.set_expiry(&unique_id("none"), 1).await.unwrap_err();
-    ensure!(
-        missing.kind == FailureKind::Rejected(ErrorCode::LeaseNotFound),
-        "{missing:?}"
-    );
+    ensure!(missing.kind == FailureKind::Rejected(ErrorCode::LeaseNotFound), "{missing:?}");
 
     // Onion key: stored once, read back, never silently replaced.
     let key: Vec<u8> = (0u8..64).collect();
     ensure!(cluster.load_onion_key(&id).await?.is_none());
     cluster.store_onion_key(&id, &key).await?;
-    cluster
-        .store_onion_key(&id, &key)
-        .await
-        .context("same key again")?;
+    cluster.store_onion_key(&id, &key).await.context("same key again")?;
     ensure!(cluster.load_onion_key(&id).await?.as_deref() == Some(&key[..]));
     let other: Vec<u8> = (1u8..65).collect();
-    ensure!(
-        cluster.store_onion_key(&id, &other).await.is_err(),
-        "a different key replaced the stored one"
-    );
+    ensure!(cluster.store_onion_key(&id, &other).await.is_err(), "a different key replaced the stored one");
 
     // An orphan: a labelled Service whose lease has no pod (made by admin, as a crash would leave it).
     let orphan_svc = k8s::service_name(&orphan_id);
@@ -419,42 +271,19 @@ async fn lease_lifecycle_with_the_manifest_rbac() -> Result<()> {
         .with_context(|| format!("orphan not found in {orphans:?}"))?
         .clone();
     ensure!(o.kind == "Service" && o.name == orphan_svc, "{o:?}");
-    ensure!(
-        !orphans.iter().any(|o| o.lease_id == id),
-        "live lease reported as orphan: {orphans:?}"
-    );
+    ensure!(!orphans.iter().any(|o| o.lease_id == id), "live lease reported as orphan: {orphans:?}");
     cluster.delete_orphan(&o).await?;
-    ensure!(
-        kubectl(&["-n", NS, "get", "service", &orphan_svc], None).is_err(),
-        "orphan still there"
-    );
-    let not_ours = OrphanObject {
-        kind: "Service".into(),
-        name: "kubernetes".into(),
-        lease_id: orphan_id.clone(),
-    };
+    ensure!(kubectl(&["-n", NS, "get", "service", &orphan_svc], None).is_err(), "orphan still there");
+    let not_ours = OrphanObject { kind: "Service".into(), name: "kubernetes".into(), lease_id: orphan_id.clone() };
     ensure!(cluster.delete_orphan(&not_ours).await.unwrap_err().kind == FailureKind::Permanent);
 
     // The end: everything labelled with the lease goes; twice is fine.
     cluster.delete_lease(&id).await.context("delete_lease")?;
-    cluster
-        .delete_lease(&id)
-        .await
-        .context("delete_lease again")?;
+    cluster.delete_lease(&id).await.context("delete_lease again")?;
     wait_gone(&id).await?;
-    ensure!(!cluster
-        .list_leases()
-        .await?
-        .iter()
-        .any(|l| l.lease_id == id));
-    let e = cluster
-        .wait_running(&id, Duration::from_secs(10))
-        .await
-        .unwrap_err();
-    ensure!(
-        !e.is_transient(),
-        "waiting on a deleted lease must fail for good: {e:?}"
-    );
+    ensure!(!cluster.list_leases().await?.iter().any(|l| l.lease_id == id));
+    let e = cluster.wait_running(&id, Duration::from_secs(10)).await.unwrap_err();
+    ensure!(!e.is_transient(), "waiting on a deleted lease must fail for good: {e:?}");
     Ok(())
 }
 
@@ -466,17 +295,10 @@ async fn refused_pod_is_a_provisioning_failure() -> Result<()> {
     let _cleanup = Cleanup(vec![id.clone()]);
     // The API server's validation refuses an image name with surrounding whitespace.
     let e = cluster
-        .ensure_lease_objects(&plan(
-            &id,
-            "pw-refused",
-            " lscr.io/linuxserver/openssh-server:latest",
-        ))
+        .ensure_lease_objects(&plan(&id, "pw-refused", " lscr.io/linuxserver/openssh-server:latest"))
         .await
         .unwrap_err();
-    ensure!(
-        e.kind == FailureKind::Rejected(ErrorCode::ProvisioningFailed),
-        "{e:?}"
-    );
+    ensure!(e.kind == FailureKind::Rejected(ErrorCode::ProvisioningFailed), "{e:?}");
     ensure!(e.message.contains(&k8s::pod_name(&id)), "no context in {e}");
     ensure!(!e.message.contains("pw-refused"));
     cluster.delete_lease(&id).await?;
@@ -493,37 +315,16 @@ async fn refused_pod_is_a_provisioning_failure() -> Result<()> {
          paygress.io/lease-id: {id2}\nstringData:\n  password: stale-pw\n"
     );
     kubectl(&["apply", "-f", "-"], Some(&stale))?;
-    let p2 = plan(
-        &id2,
-        "fresh-pw",
-        "lscr.io/linuxserver/openssh-server:latest",
-    );
-    cluster
-        .ensure_lease_objects(&p2)
-        .await
-        .context("ensure over a stale secret")?;
-    let secret: Secret = serde_json::from_str(&kubectl(
-        &["-n", NS, "get", "secret", &secret_name, "-o", "json"],
-        None,
-    )?)?;
-    ensure!(
-        secret
-            .data
-            .and_then(|d| d.get("password").cloned())
-            .map(|b| b.0)
-            == Some(b"fresh-pw".to_vec())
-    );
+    let p2 = plan(&id2, "fresh-pw", "lscr.io/linuxserver/openssh-server:latest");
+    cluster.ensure_lease_objects(&p2).await.context("ensure over a stale secret")?;
+    let secret: Secret =
+        serde_json::from_str(&kubectl(&["-n", NS, "get", "secret", &secret_name, "-o", "json"], None)?)?;
+    ensure!(secret.data.and_then(|d| d.get("password").cloned()).map(|b| b.0) == Some(b"fresh-pw".to_vec()));
     cluster.delete_lease(&id2).await?;
     wait_gone(&id2).await?;
 
-    let bad = cluster
-        .wait_running("Bad,Id", Duration::from_secs(1))
-        .await
-        .unwrap_err();
-    ensure!(
-        bad.kind == FailureKind::Rejected(ErrorCode::LeaseNotFound),
-        "{bad:?}"
-    );
+    let bad = cluster.wait_running("Bad,Id", Duration::from_secs(1)).await.unwrap_err();
+    ensure!(bad.kind == FailureKind::Rejected(ErrorCode::LeaseNotFound), "{bad:?}");
     Ok(())
 }
 
@@ -534,23 +335,15 @@ async fn service_account_is_confined_to_its_role() -> Result<()> {
 
     // Real calls: secrets of other namespaces are out of reach.
     for ns in [SA_NS, "default", "kube-system"] {
-        let err = Api::<Secret>::namespaced(client.clone(), ns)
-            .list(&ListParams::default().limit(1))
-            .await
-            .unwrap_err();
+        let err =
+            Api::<Secret>::namespaced(client.clone(), ns).list(&ListParams::default().limit(1)).await.unwrap_err();
         match err {
             kube::Error::Api(s) if s.code == 403 => {}
             other => bail!("listing secrets in {ns}: expected 403, got {other:?}"),
         }
     }
-    let err = Api::<Pod>::all(client.clone())
-        .list(&ListParams::default().limit(1))
-        .await
-        .unwrap_err();
-    ensure!(
-        matches!(&err, kube::Error::Api(s) if s.code == 403),
-        "cluster-wide pod list: {err:?}"
-    );
+    let err = Api::<Pod>::all(client.clone()).list(&ListParams::default().limit(1)).await.unwrap_err();
+    ensure!(matches!(&err, kube::Error::Api(s) if s.code == 403), "cluster-wide pod list: {err:?}");
     // The adapter pointed at another namespace is refused, and says so for good.
     let elsewhere = KubeCluster::from_config(sa_config().await?, "default", SSH_PORT)?;
     let e = elsewhere.ping().await.unwrap_err();
@@ -560,13 +353,9 @@ async fn service_account_is_confined_to_its_role() -> Result<()> {
     let sa = format!("system:serviceaccount:{SA_NS}:paygress");
     // `pods/exec` on the can-i command line would mean "the pod named exec"; subresources go in their own flag.
     let can = |verb: &str, res: &str, ns: &str| -> Result<bool> {
-        let (resource, sub) = res
-            .split_once('/')
-            .map_or((res, None), |(r, s)| (r, Some(s)));
+        let (resource, sub) = res.split_once('/').map_or((res, None), |(r, s)| (r, Some(s)));
         let mut cmd = Command::new("kubectl");
-        cmd.arg("--kubeconfig")
-            .arg(admin_kubeconfig())
-            .args(["auth", "can-i", verb, resource, "-n", ns, "--as", &sa]);
+        cmd.arg("--kubeconfig").arg(admin_kubeconfig()).args(["auth", "can-i", verb, resource, "-n", ns, "--as", &sa]);
         if let Some(sub) = sub {
             cmd.arg(format!("--subresource={sub}"));
         }
@@ -574,10 +363,7 @@ async fn service_account_is_confined_to_its_role() -> Result<()> {
         Ok(String::from_utf8_lossy(&out.stdout).trim() == "yes")
     };
     for (verbs, res) in [
-        (
-            &["get", "list", "watch", "create", "delete", "patch"][..],
-            "pods",
-        ),
+        (&["get", "list", "watch", "create", "delete", "patch"][..], "pods"),
         (&["get", "list", "create", "delete"][..], "services"),
         (&["get", "list", "create", "delete"][..], "secrets"),
     ] {
@@ -602,10 +388,7 @@ async fn service_account_is_confined_to_its_role() -> Result<()> {
         ("delete", "namespaces", NS),
         ("create", "roles", NS),
     ] {
-        ensure!(
-            !can(v, res, ns)?,
-            "{sa} may {v} {res} in {ns}: more than the adapter needs"
-        );
+        ensure!(!can(v, res, ns)?, "{sa} may {v} {res} in {ns}: more than the adapter needs");
     }
     Ok(())
 }

@@ -41,10 +41,7 @@ impl CliWallet {
     fn new(mint: &str) -> CliWallet {
         // The stack's wallet dir must be exported even though each test uses a fresh one.
         let _ = env("CASHU_DIR");
-        CliWallet {
-            dir: tempfile::tempdir().expect("tempdir"),
-            mint: mint.to_string(),
-        }
+        CliWallet { dir: tempfile::tempdir().expect("tempdir"), mint: mint.to_string() }
     }
 
     fn run(&self, args: &[&str]) -> String {
@@ -62,30 +59,19 @@ impl CliWallet {
             .unwrap_or_else(|e| panic!("cannot run `cashu` (stack env PATH?): {e}"));
         let stdout = String::from_utf8_lossy(&out.stdout).to_string();
         let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-        assert!(
-            out.status.success(),
-            "cashu {args:?} failed: {stdout}\n{stderr}"
-        );
+        assert!(out.status.success(), "cashu {args:?} failed: {stdout}\n{stderr}");
         stdout + &stderr
     }
 
     fn balance(&self) -> u64 {
         let out = self.run(&["balance"]);
-        let line = out
-            .lines()
-            .find(|l| l.contains("Balance"))
-            .unwrap_or_else(|| panic!("no balance in {out}"));
-        line.split_whitespace()
-            .find_map(|w| w.parse::<u64>().ok())
-            .unwrap_or_else(|| panic!("no number in {line}"))
+        let line = out.lines().find(|l| l.contains("Balance")).unwrap_or_else(|| panic!("no balance in {out}"));
+        line.split_whitespace().find_map(|w| w.parse::<u64>().ok()).unwrap_or_else(|| panic!("no number in {line}"))
     }
 
     fn fund(&self, sats: u64) {
         self.run(&["invoice", &sats.to_string()]);
-        assert!(
-            self.balance() >= sats,
-            "invoice did not fund the CLI wallet"
-        );
+        assert!(self.balance() >= sats, "invoice did not fund the CLI wallet");
     }
 
     fn send(&self, sats: u64, extra: &[&str]) -> String {
@@ -129,25 +115,13 @@ async fn redeem_once_then_token_spent() {
     assert_eq!(info.amount, 100);
     assert_eq!(info.unit, "sat");
     assert!(!info.p2pk_locked);
-    assert_eq!(
-        info.mint_url,
-        paygress::config::normalize_mint_url(&a).expect("url")
-    );
-    assert_eq!(
-        p.token_state(&token).await.expect("state"),
-        TokenState::Unspent
-    );
+    assert_eq!(info.mint_url, paygress::config::normalize_mint_url(&a).expect("url"));
+    assert_eq!(p.token_state(&token).await.expect("state"), TokenState::Unspent);
     assert_eq!(p.received_amount(&token).await.expect("received"), None);
 
     assert_eq!(p.redeem(&token).await.expect("redeem"), 100);
-    assert_eq!(
-        p.received_amount(&token).await.expect("received"),
-        Some(100)
-    );
-    assert_eq!(
-        p.token_state(&token).await.expect("state"),
-        TokenState::Spent
-    );
+    assert_eq!(p.received_amount(&token).await.expect("received"), Some(100));
+    assert_eq!(p.token_state(&token).await.expect("state"), TokenState::Spent);
     let again = p.redeem(&token).await.expect_err("second redeem must fail");
     assert_eq!(again.kind, rejected(ErrorCode::TokenSpent), "{again}");
     assert_eq!(p.balance().await.expect("balance"), 100);
@@ -170,8 +144,7 @@ async fn legacy_cashu_a_redeems_and_digest_matches_v4() {
         cdk::nuts::Token::TokenV3(t) => t,
         cdk::nuts::Token::TokenV4(_) => panic!("--legacy printed a v4 token"),
     };
-    let v4 =
-        cdk::nuts::Token::TokenV4(cdk::nuts::TokenV4::try_from(v3).expect("v3 to v4")).to_string();
+    let v4 = cdk::nuts::Token::TokenV4(cdk::nuts::TokenV4::try_from(v3).expect("v3 to v4")).to_string();
     assert!(v4.starts_with("cashuB"));
     assert_eq!(p.inspect(&v4).expect("inspect v4").digest, info.digest);
     assert_eq!(p.redeem(&token).await.expect("redeem"), 100);
@@ -192,29 +165,15 @@ async fn p2pk_locked_to_provider_redeems_and_to_others_is_refused() {
     assert_eq!(p.redeem(&token).await.expect("redeem locked token"), 100);
 
     // Locked to somebody else: refused offline, and still unspent at the mint.
-    let other = CashuPayment::new(
-        &dir.path().join("other"),
-        std::slice::from_ref(&a),
-        &[0x43; 32],
-        "sat",
-    )
-    .expect("other wallet");
-    let foreign = cli.send(
-        50,
-        &["--lock", &format!("P2PK:{}", other.p2pk_pubkey_hex())],
-    );
+    let other = CashuPayment::new(&dir.path().join("other"), std::slice::from_ref(&a), &[0x43; 32], "sat")
+        .expect("other wallet");
+    let foreign = cli.send(50, &["--lock", &format!("P2PK:{}", other.p2pk_pubkey_hex())]);
     let err = p.inspect(&foreign).expect_err("locked to another key");
     assert_eq!(err.kind, rejected(ErrorCode::InvalidToken), "{err}");
     let err = p.redeem(&foreign).await.expect_err("locked to another key");
     assert_eq!(err.kind, rejected(ErrorCode::InvalidToken), "{err}");
-    assert_eq!(
-        p.token_state(&foreign).await.expect("state"),
-        TokenState::Unspent
-    );
-    assert_eq!(
-        other.redeem(&foreign).await.expect("its owner can redeem"),
-        50
-    );
+    assert_eq!(p.token_state(&foreign).await.expect("state"), TokenState::Unspent);
+    assert_eq!(other.redeem(&foreign).await.expect("its owner can redeem"), 50);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -228,10 +187,7 @@ async fn token_of_other_mint_is_refused_and_left_unspent() {
     let p = provider(dir.path(), std::slice::from_ref(&a));
     let err = p.inspect(&token).expect_err("mint B is not whitelisted");
     assert_eq!(err.kind, rejected(ErrorCode::MintNotAllowed), "{err}");
-    let err = p
-        .redeem(&token)
-        .await
-        .expect_err("mint B is not whitelisted");
+    let err = p.redeem(&token).await.expect_err("mint B is not whitelisted");
     assert_eq!(err.kind, rejected(ErrorCode::MintNotAllowed), "{err}");
     let err = p.token_state(&token).await.expect_err("no call to mint B");
     assert_eq!(err.kind, rejected(ErrorCode::MintNotAllowed), "{err}");
@@ -239,16 +195,10 @@ async fn token_of_other_mint_is_refused_and_left_unspent() {
     // A wallet that does trust mint B sees the token unspent, and a user can still receive it.
     let dir_b = tempfile::tempdir().expect("tempdir");
     let pb = provider(dir_b.path(), std::slice::from_ref(&b));
-    assert_eq!(
-        pb.token_state(&token).await.expect("state at B"),
-        TokenState::Unspent
-    );
+    assert_eq!(pb.token_state(&token).await.expect("state at B"), TokenState::Unspent);
     let receiver = CliWallet::new(&b);
     let got = receiver.receive(&token);
-    assert!(
-        got > 0 && got <= 100,
-        "token should still be spendable at mint B (got {got})"
-    );
+    assert!(got > 0 && got <= 100, "token should still be spendable at mint B (got {got})");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -260,21 +210,13 @@ async fn refund_is_receivable_and_wallet_survives_reopen() {
     {
         let p = provider(dir.path(), std::slice::from_ref(&a));
         assert_eq!(p.redeem(&cli.send(100, &[])).await.expect("redeem"), 100);
-        assert_eq!(
-            p.redeem(&cli.send(64, &["--legacy"]))
-                .await
-                .expect("redeem"),
-            64
-        );
+        assert_eq!(p.redeem(&cli.send(64, &["--legacy"])).await.expect("redeem"), 64);
     }
     // A restart: same dir, new instance.
     let p = provider(dir.path(), std::slice::from_ref(&a));
     assert_eq!(p.balance().await.expect("balance"), 164);
     let norm = paygress::config::normalize_mint_url(&a).expect("url");
-    assert_eq!(
-        p.balances().await.expect("balances"),
-        vec![(norm.clone(), 164)]
-    );
+    assert_eq!(p.balances().await.expect("balances"), vec![(norm.clone(), 164)]);
 
     let refund = p.refund(&a, 40).await.expect("refund");
     assert!(refund.starts_with("cashuB"));
@@ -307,15 +249,9 @@ async fn refund_is_receivable_and_wallet_survives_reopen() {
     let mut expected = vec![(norm.clone(), 20), (norm_b, 0)];
     expected.sort();
     assert_eq!(p.balances().await.expect("balances"), expected);
-    assert_eq!(
-        requester.receive(&p.refund(&a, 20).await.expect("refund at old mint")),
-        20
-    );
+    assert_eq!(requester.receive(&p.refund(&a, 20).await.expect("refund at old mint")), 20);
     let err = p.refund(&a, 1).await.expect_err("nothing left at A");
-    assert!(
-        matches!(err.kind, FailureKind::Rejected(ErrorCode::MintNotAllowed)),
-        "{err}"
-    );
+    assert!(matches!(err.kind, FailureKind::Rejected(ErrorCode::MintNotAllowed)), "{err}");
     drop(p);
     let reopened = provider(dir.path(), std::slice::from_ref(&a));
     assert_eq!(reopened.balance().await.expect("balance"), 0);

@@ -41,52 +41,24 @@ pub enum KubeError {
     InvalidLeaseId { lease_id: String },
 
     #[error("lease {lease_id}: plan names {found:?}, expected {expected:?}")]
-    PlanMismatch {
-        lease_id: String,
-        expected: String,
-        found: String,
-    },
+    PlanMismatch { lease_id: String, expected: String, found: String },
 
     /// The API server answered with an error status.
-    #[error(
-        "lease {lease_id}: {action} {object} refused by the API server: {code} {reason}: {message}"
-    )]
-    Api {
-        lease_id: String,
-        action: Action,
-        object: String,
-        code: u16,
-        reason: String,
-        message: String,
-    },
+    #[error("lease {lease_id}: {action} {object} refused by the API server: {code} {reason}: {message}")]
+    Api { lease_id: String, action: Action, object: String, code: u16, reason: String, message: String },
 
     /// No usable answer: connection, TLS, timeout of the call, undecodable body.
     #[error("lease {lease_id}: {action} {object}: {message}")]
-    Transport {
-        lease_id: String,
-        action: Action,
-        object: String,
-        message: String,
-        permanent: bool,
-    },
+    Transport { lease_id: String, action: Action, object: String, message: String, permanent: bool },
 
     #[error("lease {lease_id}: pod {pod} not found")]
     PodNotFound { lease_id: String, pod: String },
 
     #[error("lease {lease_id}: pod {pod} will not run: {why}")]
-    PodDead {
-        lease_id: String,
-        pod: String,
-        why: String,
-    },
+    PodDead { lease_id: String, pod: String, why: String },
 
     #[error("lease {lease_id}: pod {pod} not running after {waited:?} ({last})")]
-    Timeout {
-        lease_id: String,
-        pod: String,
-        waited: Duration,
-        last: String,
-    },
+    Timeout { lease_id: String, pod: String, waited: Duration, last: String },
 
     #[error("lease {lease_id}: a different onion key is already stored in {secret}")]
     OnionKeyConflict { lease_id: String, secret: String },
@@ -99,12 +71,7 @@ pub enum KubeError {
 }
 
 impl KubeError {
-    pub(crate) fn from_kube(
-        lease_id: &str,
-        action: Action,
-        object: &str,
-        err: kube::Error,
-    ) -> Self {
+    pub(crate) fn from_kube(lease_id: &str, action: Action, object: &str, err: kube::Error) -> Self {
         let lease_id = lease_id.to_string();
         let object = object.to_string();
         match err {
@@ -118,41 +85,17 @@ impl KubeError {
                     message.truncate(cut);
                     message.push('…');
                 }
-                KubeError::Api {
-                    lease_id,
-                    action,
-                    object,
-                    code: status.code,
-                    reason: status.reason.clone(),
-                    message,
-                }
+                KubeError::Api { lease_id, action, object, code: status.code, reason: status.reason.clone(), message }
             }
             // A body we cannot decode or a request we cannot build will not improve on retry.
-            e @ (kube::Error::SerdeError(_)
-            | kube::Error::BuildRequest(_)
-            | kube::Error::HttpError(_)) => KubeError::Transport {
-                lease_id,
-                action,
-                object,
-                message: e.to_string(),
-                permanent: true,
-            },
-            e => KubeError::Transport {
-                lease_id,
-                action,
-                object,
-                message: e.to_string(),
-                permanent: false,
-            },
+            e @ (kube::Error::SerdeError(_) | kube::Error::BuildRequest(_) | kube::Error::HttpError(_)) => {
+                KubeError::Transport { lease_id, action, object, message: e.to_string(), permanent: true }
+            }
+            e => KubeError::Transport { lease_id, action, object, message: e.to_string(), permanent: false },
         }
     }
 
-    pub(crate) fn call_timeout(
-        lease_id: &str,
-        action: Action,
-        object: &str,
-        after: Duration,
-    ) -> Self {
+    pub(crate) fn call_timeout(lease_id: &str, action: Action, object: &str, after: Duration) -> Self {
         KubeError::Transport {
             lease_id: lease_id.to_string(),
             action,
@@ -172,15 +115,13 @@ impl KubeError {
 
     pub fn kind(&self) -> FailureKind {
         match self {
-            KubeError::Config { .. }
-            | KubeError::PlanMismatch { .. }
-            | KubeError::NotOurs { .. } => FailureKind::Permanent,
+            KubeError::Config { .. } | KubeError::PlanMismatch { .. } | KubeError::NotOurs { .. } => {
+                FailureKind::Permanent
+            }
             KubeError::InvalidLeaseId { .. } | KubeError::PodNotFound { .. } => {
                 FailureKind::Rejected(ErrorCode::LeaseNotFound)
             }
-            KubeError::OnionKeyConflict { .. } | KubeError::AuthSecretConflict { .. } => {
-                FailureKind::Permanent
-            }
+            KubeError::OnionKeyConflict { .. } | KubeError::AuthSecretConflict { .. } => FailureKind::Permanent,
             KubeError::PodDead { .. } => FailureKind::Rejected(ErrorCode::ProvisioningFailed),
             KubeError::Timeout { .. } => FailureKind::Transient,
             KubeError::Transport { permanent, .. } => {
@@ -190,14 +131,9 @@ impl KubeError {
                     FailureKind::Transient
                 }
             }
-            KubeError::Api {
-                action,
-                object,
-                code,
-                reason,
-                message,
-                ..
-            } => api_kind(*action, object, *code, reason, message),
+            KubeError::Api { action, object, code, reason, message, .. } => {
+                api_kind(*action, object, *code, reason, message)
+            }
         }
     }
 }
@@ -212,9 +148,7 @@ fn api_kind(action: Action, object: &str, code: u16, reason: &str, message: &str
         429 | 500 | 502 | 503 | 504 => FailureKind::Transient,
         // Conflict on update (resourceVersion) or an object still being deleted: try again.
         409 if reason != "AlreadyExists" => FailureKind::Transient,
-        400 | 422 if action == Action::Create => {
-            FailureKind::Rejected(ErrorCode::ProvisioningFailed)
-        }
+        400 | 422 if action == Action::Create => FailureKind::Rejected(ErrorCode::ProvisioningFailed),
         // ResourceQuota and admission policies answer 403 with a message; plain RBAC denials are our
         // deployment's fault.
         403 if creating_pod && !message.contains("cannot create resource") => {
@@ -229,10 +163,7 @@ fn api_kind(action: Action, object: &str, code: u16, reason: &str, message: &str
 
 impl From<KubeError> for PortError {
     fn from(e: KubeError) -> Self {
-        PortError {
-            kind: e.kind(),
-            message: e.to_string(),
-        }
+        PortError { kind: e.kind(), message: e.to_string() }
     }
 }
 
@@ -254,28 +185,8 @@ mod tests {
     #[test]
     fn api_statuses_map_to_failure_kinds() {
         let pf = FailureKind::Rejected(ErrorCode::ProvisioningFailed);
-        assert_eq!(
-            api(
-                Action::Create,
-                "pod/p",
-                422,
-                "Invalid",
-                "spec.containers[0].image: Invalid"
-            )
-            .kind(),
-            pf
-        );
-        assert_eq!(
-            api(
-                Action::Create,
-                "pod/p",
-                403,
-                "Forbidden",
-                "exceeded quota: q, requested: cpu=1"
-            )
-            .kind(),
-            pf
-        );
+        assert_eq!(api(Action::Create, "pod/p", 422, "Invalid", "spec.containers[0].image: Invalid").kind(), pf);
+        assert_eq!(api(Action::Create, "pod/p", 403, "Forbidden", "exceeded quota: q, requested: cpu=1").kind(), pf);
         assert_eq!(
             api(
                 Action::Create,
@@ -288,24 +199,14 @@ mod tests {
             FailureKind::Permanent
         );
         for code in [429, 500, 503, 504] {
-            assert_eq!(
-                api(Action::List, "pods", code, "", "").kind(),
-                FailureKind::Transient,
-                "{code}"
-            );
+            assert_eq!(api(Action::List, "pods", code, "", "").kind(), FailureKind::Transient, "{code}");
         }
-        assert_eq!(
-            api(Action::Create, "pod/p", 409, "Conflict", "").kind(),
-            FailureKind::Transient
-        );
+        assert_eq!(api(Action::Create, "pod/p", 409, "Conflict", "").kind(), FailureKind::Transient);
         assert_eq!(
             api(Action::Patch, "pod/p", 404, "NotFound", "").kind(),
             FailureKind::Rejected(ErrorCode::LeaseNotFound)
         );
-        assert_eq!(
-            api(Action::List, "secrets", 401, "Unauthorized", "").kind(),
-            FailureKind::Permanent
-        );
+        assert_eq!(api(Action::List, "secrets", 401, "Unauthorized", "").kind(), FailureKind::Permanent);
         assert!(api(Action::Create, "pod/p", 409, "AlreadyExists", "").is_already_exists());
         assert!(api(Action::Get, "pod/p", 404, "NotFound", "").is_not_found());
     }

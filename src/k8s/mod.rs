@@ -18,9 +18,7 @@ use async_trait::async_trait;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Pod, Secret, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::{
-    Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams,
-};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
 use kube::{Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use tracing::{debug, info, warn};
@@ -29,8 +27,7 @@ pub use error::{Action, KubeError};
 pub use objects::{auth_secret_name, onion_secret_name, pod_name, service_name, valid_lease_id};
 
 use crate::lease::ports::{
-    default_probe_interval, ClusterLease, ClusterPort, FailureKind, OrphanObject, PodPlan,
-    PortResult,
+    default_probe_interval, ClusterLease, ClusterPort, FailureKind, OrphanObject, PodPlan, PortResult,
 };
 use objects::PodProgress;
 
@@ -68,20 +65,12 @@ impl KubeCluster {
 
     /// Client from the default configuration: `KUBECONFIG` / `~/.kube/config`, else in-cluster.
     pub async fn connect(namespace: impl Into<String>, ssh_port: u16) -> Result<Self, KubeError> {
-        let config = kube::Config::infer().await.map_err(|e| KubeError::Config {
-            message: e.to_string(),
-        })?;
+        let config = kube::Config::infer().await.map_err(|e| KubeError::Config { message: e.to_string() })?;
         Self::from_config(config, namespace, ssh_port)
     }
 
-    pub fn from_config(
-        config: kube::Config,
-        namespace: impl Into<String>,
-        ssh_port: u16,
-    ) -> Result<Self, KubeError> {
-        let client = Client::try_from(config).map_err(|e| KubeError::Config {
-            message: e.to_string(),
-        })?;
+    pub fn from_config(config: kube::Config, namespace: impl Into<String>, ssh_port: u16) -> Result<Self, KubeError> {
+        let client = Client::try_from(config).map_err(|e| KubeError::Config { message: e.to_string() })?;
         Ok(Self::new(client, namespace, ssh_port))
     }
 
@@ -125,12 +114,7 @@ impl KubeCluster {
         match tokio::time::timeout(self.call_timeout, fut).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => Err(KubeError::from_kube(lease_id, action, object, e)),
-            Err(_) => Err(KubeError::call_timeout(
-                lease_id,
-                action,
-                object,
-                self.call_timeout,
-            )),
+            Err(_) => Err(KubeError::call_timeout(lease_id, action, object, self.call_timeout)),
         }
     }
 
@@ -145,15 +129,7 @@ impl KubeCluster {
     where
         K: Resource + Clone + DeserializeOwned + serde::Serialize + std::fmt::Debug,
     {
-        match self
-            .call(
-                lease_id,
-                Action::Create,
-                object,
-                api.create(&PostParams::default(), obj),
-            )
-            .await
-        {
+        match self.call(lease_id, Action::Create, object, api.create(&PostParams::default(), obj)).await {
             Ok(created) => {
                 info!(lease_id, object, "created");
                 Ok(Some(created))
@@ -177,10 +153,7 @@ impl KubeCluster {
     where
         K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
     {
-        match self
-            .call(lease_id, Action::Delete, object, api.delete(name, dp))
-            .await
-        {
+        match self.call(lease_id, Action::Delete, object, api.delete(name, dp)).await {
             Ok(_) => {
                 info!(lease_id, object, "deleted");
                 Ok(())
@@ -191,12 +164,7 @@ impl KubeCluster {
     }
 
     /// Every object of kind K matching `selector`, following continue tokens.
-    async fn list_all<K>(
-        &self,
-        api: &Api<K>,
-        what: &str,
-        selector: &str,
-    ) -> Result<Vec<K>, KubeError>
+    async fn list_all<K>(&self, api: &Api<K>, what: &str, selector: &str) -> Result<Vec<K>, KubeError>
     where
         K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
     {
@@ -220,9 +188,7 @@ impl KubeCluster {
         if valid_lease_id(lease_id) {
             Ok(())
         } else {
-            Err(KubeError::InvalidLeaseId {
-                lease_id: lease_id.chars().take(80).collect(),
-            })
+            Err(KubeError::InvalidLeaseId { lease_id: lease_id.chars().take(80).collect() })
         }
     }
 
@@ -235,11 +201,7 @@ impl KubeCluster {
             (self.namespace.clone(), &plan.namespace),
         ] {
             if &expected != found {
-                return Err(KubeError::PlanMismatch {
-                    lease_id: id.clone(),
-                    expected,
-                    found: found.clone(),
-                });
+                return Err(KubeError::PlanMismatch { lease_id: id.clone(), expected, found: found.clone() });
             }
         }
         Ok(())
@@ -247,24 +209,13 @@ impl KubeCluster {
 
     /// Watch the pod until it runs with an IP or cannot run any more. `last` keeps the latest state seen,
     /// for the message when the caller's timeout ends the wait.
-    async fn watch_until_running(
-        &self,
-        lease_id: &str,
-        last: &mut String,
-    ) -> Result<SocketAddr, KubeError> {
+    async fn watch_until_running(&self, lease_id: &str, last: &mut String) -> Result<SocketAddr, KubeError> {
         let name = pod_name(lease_id);
         let object = format!("pod/{name}");
         let pods = self.pods();
-        let dead = |why: String| KubeError::PodDead {
-            lease_id: lease_id.to_string(),
-            pod: name.clone(),
-            why,
-        };
+        let dead = |why: String| KubeError::PodDead { lease_id: lease_id.to_string(), pod: name.clone(), why };
         loop {
-            let pod = match self
-                .call(lease_id, Action::Get, &object, pods.get_opt(&name))
-                .await
-            {
+            let pod = match self.call(lease_id, Action::Get, &object, pods.get_opt(&name)).await {
                 Ok(Some(pod)) => pod,
                 Ok(None) => return Err(dead("the pod does not exist (deleted?)".into())),
                 Err(e) if e.kind() == FailureKind::Transient => {
@@ -281,9 +232,7 @@ impl KubeCluster {
             }
             // Then wait for changes instead of polling; any hiccup falls back to a fresh read.
             let rv = pod.resource_version().unwrap_or_default();
-            let wp = WatchParams::default()
-                .fields(&format!("metadata.name={name}"))
-                .timeout(WATCH_SECONDS);
+            let wp = WatchParams::default().fields(&format!("metadata.name={name}")).timeout(WATCH_SECONDS);
             match pods.watch(&wp, &rv).await {
                 Ok(stream) => {
                     let mut stream = pin!(stream);
@@ -296,9 +245,7 @@ impl KubeCluster {
                                     PodProgress::Pending(why) => *last = why,
                                 }
                             }
-                            Ok(WatchEvent::Deleted(_)) => {
-                                return Err(dead("the pod was deleted".into()))
-                            }
+                            Ok(WatchEvent::Deleted(_)) => return Err(dead("the pod was deleted".into())),
                             Ok(WatchEvent::Bookmark(_)) => {}
                             // 410 Gone (resourceVersion too old) and the like: read afresh.
                             Ok(WatchEvent::Error(status)) => {
@@ -327,46 +274,18 @@ impl KubeCluster {
     /// The auth Secret already existed (a resumed saga). If it holds another password (left by an earlier
     /// attempt that never made its pod), the user would be told a password the pod does not accept: replace
     /// it while no pod uses it, refuse once one does.
-    async fn reconcile_auth_secret(
-        &self,
-        lease_id: &str,
-        object: &str,
-        wanted: &Secret,
-    ) -> Result<(), KubeError> {
+    async fn reconcile_auth_secret(&self, lease_id: &str, object: &str, wanted: &Secret) -> Result<(), KubeError> {
         let name = auth_secret_name(lease_id);
-        let existing = self
-            .call(lease_id, Action::Get, object, self.secrets().get_opt(&name))
-            .await?;
+        let existing = self.call(lease_id, Action::Get, object, self.secrets().get_opt(&name)).await?;
         if existing.as_ref().and_then(|s| s.data.as_ref()) == wanted.data.as_ref() {
             return Ok(());
         }
         if self.pod_uid(lease_id).await?.is_some() {
-            return Err(KubeError::AuthSecretConflict {
-                lease_id: lease_id.to_string(),
-                secret: name,
-            });
+            return Err(KubeError::AuthSecretConflict { lease_id: lease_id.to_string(), secret: name });
         }
-        warn!(
-            lease_id,
-            object, "stale auth secret from an earlier attempt; replacing it"
-        );
-        self.delete_named(
-            &self.secrets(),
-            lease_id,
-            object,
-            &name,
-            &DeleteParams::default(),
-        )
-        .await?;
-        match self
-            .call(
-                lease_id,
-                Action::Create,
-                object,
-                self.secrets().create(&PostParams::default(), wanted),
-            )
-            .await
-        {
+        warn!(lease_id, object, "stale auth secret from an earlier attempt; replacing it");
+        self.delete_named(&self.secrets(), lease_id, object, &name, &DeleteParams::default()).await?;
+        match self.call(lease_id, Action::Create, object, self.secrets().create(&PostParams::default(), wanted)).await {
             Ok(_) => Ok(()),
             // Deletion not finished yet: the saga's retry will get here again.
             Err(e) if e.is_already_exists() => Err(KubeError::Transport {
@@ -383,14 +302,7 @@ impl KubeCluster {
     /// The pod's uid, to make it the owner of the objects created after it.
     async fn pod_uid(&self, lease_id: &str) -> Result<Option<String>, KubeError> {
         let name = pod_name(lease_id);
-        let pod = self
-            .call(
-                lease_id,
-                Action::Get,
-                &format!("pod/{name}"),
-                self.pods().get_opt(&name),
-            )
-            .await?;
+        let pod = self.call(lease_id, Action::Get, &format!("pod/{name}"), self.pods().get_opt(&name)).await?;
         Ok(pod.and_then(|p| p.metadata.uid))
     }
 }
@@ -403,14 +315,9 @@ fn older_than(meta: &ObjectMeta, grace: Duration) -> bool {
     if grace.is_zero() {
         return true;
     }
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     match &meta.creation_timestamp {
-        Some(t) => u64::try_from(t.0.as_second())
-            .map(|c| now.saturating_sub(c) >= grace.as_secs())
-            .unwrap_or(false),
+        Some(t) => u64::try_from(t.0.as_second()).map(|c| now.saturating_sub(c) >= grace.as_secs()).unwrap_or(false),
         None => false,
     }
 }
@@ -423,39 +330,25 @@ impl ClusterPort for KubeCluster {
         // Secret before Pod: the pod's USER_PASSWORD refers to it and cannot start without it.
         if let Some(secret) = objects::auth_secret(plan) {
             let object = format!("secret/{}", auth_secret_name(id));
-            if self
-                .create_idempotent(&self.secrets(), id, &object, &secret)
-                .await?
-                .is_none()
-            {
+            if self.create_idempotent(&self.secrets(), id, &object, &secret).await?.is_none() {
                 self.reconcile_auth_secret(id, &object, &secret).await?;
             }
         }
         let pod_object = format!("pod/{}", plan.pod_name);
-        let uid = match self
-            .create_idempotent(&self.pods(), id, &pod_object, &objects::pod(plan))
-            .await?
-        {
+        let uid = match self.create_idempotent(&self.pods(), id, &pod_object, &objects::pod(plan)).await? {
             Some(created) => created.metadata.uid,
             None => self.pod_uid(id).await?,
         };
         let owner = uid.map(|uid| objects::pod_owner(&plan.pod_name, &uid));
         let svc_object = format!("service/{}", plan.service_name);
-        self.create_idempotent(
-            &self.services(),
-            id,
-            &svc_object,
-            &objects::service(plan, owner),
-        )
-        .await?;
+        self.create_idempotent(&self.services(), id, &svc_object, &objects::service(plan, owner)).await?;
         Ok(())
     }
 
     async fn wait_running(&self, lease_id: &str, timeout: Duration) -> PortResult<SocketAddr> {
         Self::check_id(lease_id)?;
         let mut last = String::from("not seen yet");
-        let waited =
-            tokio::time::timeout(timeout, self.watch_until_running(lease_id, &mut last)).await;
+        let waited = tokio::time::timeout(timeout, self.watch_until_running(lease_id, &mut last)).await;
         match waited {
             Ok(Ok(addr)) => {
                 info!(lease_id, endpoint = %addr, "pod running");
@@ -483,16 +376,12 @@ impl ClusterPort for KubeCluster {
             lease_id,
             Action::Patch,
             &object,
-            self.pods()
-                .patch(&name, &PatchParams::default(), &Patch::Merge(&patch)),
+            self.pods().patch(&name, &PatchParams::default(), &Patch::Merge(&patch)),
         )
         .await
         .map_err(|e| {
             if e.is_not_found() {
-                KubeError::PodNotFound {
-                    lease_id: lease_id.to_string(),
-                    pod: name.clone(),
-                }
+                KubeError::PodNotFound { lease_id: lease_id.to_string(), pod: name.clone() }
             } else {
                 e
             }
@@ -506,43 +395,27 @@ impl ClusterPort for KubeCluster {
         let dp = DeleteParams::default();
         // The pod first: it stops serving at once; its grace period (5 s) lets sshd end sessions cleanly.
         let pod = pod_name(lease_id);
-        self.delete_named(&self.pods(), lease_id, &format!("pod/{pod}"), &pod, &dp)
-            .await?;
+        self.delete_named(&self.pods(), lease_id, &format!("pod/{pod}"), &pod, &dp).await?;
         let svc = service_name(lease_id);
-        self.delete_named(
-            &self.services(),
-            lease_id,
-            &format!("service/{svc}"),
-            &svc,
-            &dp,
-        )
-        .await?;
+        self.delete_named(&self.services(), lease_id, &format!("service/{svc}"), &svc, &dp).await?;
         for s in [auth_secret_name(lease_id), onion_secret_name(lease_id)] {
-            self.delete_named(&self.secrets(), lease_id, &format!("secret/{s}"), &s, &dp)
-                .await?;
+            self.delete_named(&self.secrets(), lease_id, &format!("secret/{s}"), &s, &dp).await?;
         }
         // And anything else labelled with the lease (objects of an older naming, hand-made ones).
         let selector = objects::lease_selector(lease_id);
-        for s in self
-            .list_all(&self.services(), "services", &selector)
-            .await?
-        {
+        for s in self.list_all(&self.services(), "services", &selector).await? {
             let n = s.name_any();
-            self.delete_named(&self.services(), lease_id, &format!("service/{n}"), &n, &dp)
-                .await?;
+            self.delete_named(&self.services(), lease_id, &format!("service/{n}"), &n, &dp).await?;
         }
         for s in self.list_all(&self.secrets(), "secrets", &selector).await? {
             let n = s.name_any();
-            self.delete_named(&self.secrets(), lease_id, &format!("secret/{n}"), &n, &dp)
-                .await?;
+            self.delete_named(&self.secrets(), lease_id, &format!("secret/{n}"), &n, &dp).await?;
         }
         Ok(())
     }
 
     async fn list_leases(&self) -> PortResult<Vec<ClusterLease>> {
-        let pods = self
-            .list_all(&self.pods(), "pods", &objects::managed_selector())
-            .await?;
+        let pods = self.list_all(&self.pods(), "pods", &objects::managed_selector()).await?;
         let mut leases = Vec::with_capacity(pods.len());
         for pod in &pods {
             match objects::cluster_lease(pod, self.ssh_port) {
@@ -559,16 +432,12 @@ impl ClusterPort for KubeCluster {
         let selector = objects::managed_selector();
         // Services and Secrets before pods: a lease created between the two lists then shows its pod, and
         // is not mistaken for an orphan.
-        let services = self
-            .list_all(&self.services(), "services", &selector)
-            .await?;
+        let services = self.list_all(&self.services(), "services", &selector).await?;
         let secrets = self.list_all(&self.secrets(), "secrets", &selector).await?;
         let pods = self.list_all(&self.pods(), "pods", &selector).await?;
         let live: BTreeSet<&str> = pods.iter().filter_map(|p| lease_of(&p.metadata)).collect();
-        let candidates = services
-            .iter()
-            .map(|s| ("Service", &s.metadata))
-            .chain(secrets.iter().map(|s| ("Secret", &s.metadata)));
+        let candidates =
+            services.iter().map(|s| ("Service", &s.metadata)).chain(secrets.iter().map(|s| ("Secret", &s.metadata)));
         let mut orphans = Vec::new();
         for (kind, meta) in candidates {
             let Some(lease_id) = lease_of(meta) else {
@@ -588,37 +457,18 @@ impl ClusterPort for KubeCluster {
 
     async fn delete_orphan(&self, orphan: &OrphanObject) -> PortResult<()> {
         // Only names this adapter makes: a bad record must not delete someone else's object.
-        let not_ours = || KubeError::NotOurs {
-            kind: orphan.kind.clone(),
-            name: orphan.name.clone(),
-        };
-        if !valid_lease_id(&orphan.lease_id)
-            || !orphan.name.starts_with(&pod_name(&orphan.lease_id))
-        {
+        let not_ours = || KubeError::NotOurs { kind: orphan.kind.clone(), name: orphan.name.clone() };
+        if !valid_lease_id(&orphan.lease_id) || !orphan.name.starts_with(&pod_name(&orphan.lease_id)) {
             return Err(not_ours().into());
         }
         let dp = DeleteParams::default();
         let id = orphan.lease_id.as_str();
         match orphan.kind.as_str() {
             "Service" => {
-                self.delete_named(
-                    &self.services(),
-                    id,
-                    &format!("service/{}", orphan.name),
-                    &orphan.name,
-                    &dp,
-                )
-                .await?
+                self.delete_named(&self.services(), id, &format!("service/{}", orphan.name), &orphan.name, &dp).await?
             }
             "Secret" => {
-                self.delete_named(
-                    &self.secrets(),
-                    id,
-                    &format!("secret/{}", orphan.name),
-                    &orphan.name,
-                    &dp,
-                )
-                .await?
+                self.delete_named(&self.secrets(), id, &format!("secret/{}", orphan.name), &orphan.name, &dp).await?
             }
             _ => return Err(not_ours().into()),
         }
@@ -628,42 +478,21 @@ impl ClusterPort for KubeCluster {
     async fn load_onion_key(&self, lease_id: &str) -> PortResult<Option<Vec<u8>>> {
         Self::check_id(lease_id)?;
         let name = onion_secret_name(lease_id);
-        let secret = self
-            .call(
-                lease_id,
-                Action::Get,
-                &format!("secret/{name}"),
-                self.secrets().get_opt(&name),
-            )
-            .await?;
-        Ok(secret
-            .and_then(|s| s.data)
-            .and_then(|mut d| d.remove(objects::ONION_KEY))
-            .map(|b| b.0))
+        let secret = self.call(lease_id, Action::Get, &format!("secret/{name}"), self.secrets().get_opt(&name)).await?;
+        Ok(secret.and_then(|s| s.data).and_then(|mut d| d.remove(objects::ONION_KEY)).map(|b| b.0))
     }
 
     async fn store_onion_key(&self, lease_id: &str, key: &[u8]) -> PortResult<()> {
         Self::check_id(lease_id)?;
         let name = onion_secret_name(lease_id);
         let object = format!("secret/{name}");
-        let owner = self
-            .pod_uid(lease_id)
-            .await?
-            .map(|uid| objects::pod_owner(&pod_name(lease_id), &uid));
+        let owner = self.pod_uid(lease_id).await?.map(|uid| objects::pod_owner(&pod_name(lease_id), &uid));
         let secret = objects::onion_secret(&self.namespace, lease_id, key, owner);
-        if self
-            .create_idempotent(&self.secrets(), lease_id, &object, &secret)
-            .await?
-            .is_none()
-        {
+        if self.create_idempotent(&self.secrets(), lease_id, &object, &secret).await?.is_none() {
             // The address must never change under a lease: an existing, different key is an error.
             let existing = self.load_onion_key(lease_id).await?;
             if existing.as_deref() != Some(key) {
-                return Err(KubeError::OnionKeyConflict {
-                    lease_id: lease_id.to_string(),
-                    secret: name,
-                }
-                .into());
+                return Err(KubeError::OnionKeyConflict { lease_id: lease_id.to_string(), secret: name }.into());
             }
         }
         Ok(())
@@ -672,8 +501,7 @@ impl ClusterPort for KubeCluster {
     async fn ping(&self) -> PortResult<()> {
         // A namespaced list exercises what the provider needs (reachability, credentials, RBAC), unlike /version.
         let lp = ListParams::default().limit(1);
-        self.call("-", Action::List, "pods", self.pods().list_metadata(&lp))
-            .await?;
+        self.call("-", Action::List, "pods", self.pods().list_metadata(&lp)).await?;
         Ok(())
     }
 }

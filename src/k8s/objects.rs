@@ -5,9 +5,9 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, Pod, PodSecurityContext, PodSpec,
-    Probe, ResourceRequirements, SeccompProfile, Secret, SecretKeySelector, SecurityContext,
-    Service, ServicePort, ServiceSpec, TCPSocketAction,
+    Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, Pod, PodSecurityContext, PodSpec, Probe,
+    ResourceRequirements, SeccompProfile, Secret, SecretKeySelector, SecurityContext, Service, ServicePort,
+    ServiceSpec, TCPSocketAction,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
@@ -53,9 +53,7 @@ pub const MAX_LEASE_ID_LEN: usize = 63 - "ssh-pod-".len() - "-ssh".len();
 pub fn valid_lease_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= MAX_LEASE_ID_LEN
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !id.starts_with('-')
         && !id.ends_with('-')
 }
@@ -113,49 +111,29 @@ pub fn pod_owner(pod_name: &str, uid: &str) -> OwnerReference {
 pub fn auth_secret(plan: &PodPlan) -> Option<Secret> {
     let pw = plan.ssh_password.as_ref()?;
     Some(Secret {
-        metadata: meta(
-            auth_secret_name(&plan.lease_id),
-            &plan.namespace,
-            &plan.lease_id,
-            false,
-        ),
+        metadata: meta(auth_secret_name(&plan.lease_id), &plan.namespace, &plan.lease_id, false),
         type_: Some("Opaque".into()),
-        data: Some(BTreeMap::from([(
-            PASSWORD_KEY.to_string(),
-            ByteString(pw.as_bytes().to_vec()),
-        )])),
+        data: Some(BTreeMap::from([(PASSWORD_KEY.to_string(), ByteString(pw.as_bytes().to_vec()))])),
         // Nothing in the pod ever rewrites it.
         immutable: Some(true),
         ..Default::default()
     })
 }
 
-pub fn onion_secret(
-    namespace: &str,
-    lease_id: &str,
-    key: &[u8],
-    owner: Option<OwnerReference>,
-) -> Secret {
+pub fn onion_secret(namespace: &str, lease_id: &str, key: &[u8], owner: Option<OwnerReference>) -> Secret {
     let mut metadata = meta(onion_secret_name(lease_id), namespace, lease_id, false);
     metadata.owner_references = owner.map(|o| vec![o]);
     Secret {
         metadata,
         type_: Some("Opaque".into()),
-        data: Some(BTreeMap::from([(
-            ONION_KEY.to_string(),
-            ByteString(key.to_vec()),
-        )])),
+        data: Some(BTreeMap::from([(ONION_KEY.to_string(), ByteString(key.to_vec()))])),
         immutable: Some(true),
         ..Default::default()
     }
 }
 
 fn literal(name: &str, value: impl Into<String>) -> EnvVar {
-    EnvVar {
-        name: name.into(),
-        value: Some(value.into()),
-        value_from: None,
-    }
+    EnvVar { name: name.into(), value: Some(value.into()), value_from: None }
 }
 
 /// Environment as linuxserver/openssh-server reads it. The password only ever travels as a secretKeyRef.
@@ -185,10 +163,7 @@ fn env(plan: &PodPlan) -> Vec<EnvVar> {
             }),
         });
     }
-    env.push(literal(
-        "PASSWORD_ACCESS",
-        if password_access { "true" } else { "false" },
-    ));
+    env.push(literal("PASSWORD_ACCESS", if password_access { "true" } else { "false" }));
     env
 }
 
@@ -221,10 +196,7 @@ pub fn pod(plan: &PodPlan) -> Pod {
             ..Default::default()
         }),
         readiness_probe: Some(Probe {
-            tcp_socket: Some(TCPSocketAction {
-                port: IntOrString::Int(port),
-                host: None,
-            }),
+            tcp_socket: Some(TCPSocketAction { port: IntOrString::Int(port), host: None }),
             period_seconds: Some(2),
             ..Default::default()
         }),
@@ -238,16 +210,9 @@ pub fn pod(plan: &PodPlan) -> Pod {
             // NET_RAW, MKNOD, SYS_CHROOT, KILL, AUDIT_WRITE… — is dropped.
             capabilities: Some(Capabilities {
                 drop: Some(vec!["ALL".into()]),
-                add: Some(
-                    ["CHOWN", "DAC_OVERRIDE", "FOWNER", "SETGID", "SETUID"]
-                        .map(String::from)
-                        .to_vec(),
-                ),
+                add: Some(["CHOWN", "DAC_OVERRIDE", "FOWNER", "SETGID", "SETUID"].map(String::from).to_vec()),
             }),
-            seccomp_profile: Some(SeccompProfile {
-                type_: "RuntimeDefault".into(),
-                localhost_profile: None,
-            }),
+            seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".into(), localhost_profile: None }),
             ..Default::default()
         }),
         ..Default::default()
@@ -268,10 +233,7 @@ pub fn pod(plan: &PodPlan) -> Pod {
             restart_policy: Some("OnFailure".into()),
             termination_grace_period_seconds: Some(5),
             security_context: Some(PodSecurityContext {
-                seccomp_profile: Some(SeccompProfile {
-                    type_: "RuntimeDefault".into(),
-                    localhost_profile: None,
-                }),
+                seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".into(), localhost_profile: None }),
                 ..Default::default()
             }),
             ..Default::default()
@@ -281,12 +243,7 @@ pub fn pod(plan: &PodPlan) -> Pod {
 }
 
 pub fn service(plan: &PodPlan, owner: Option<OwnerReference>) -> Service {
-    let mut metadata = meta(
-        plan.service_name.clone(),
-        &plan.namespace,
-        &plan.lease_id,
-        false,
-    );
+    let mut metadata = meta(plan.service_name.clone(), &plan.namespace, &plan.lease_id, false);
     metadata.owner_references = owner.map(|o| vec![o]);
     let mut selector = BTreeMap::from([(LABEL_LEASE.to_string(), plan.lease_id.clone())]);
     selector.insert(LABEL_APP.to_string(), APP.to_string());
@@ -327,10 +284,7 @@ pub fn declared_ssh_port(pod: &Pod, default: u16) -> u16 {
     pod.spec
         .as_ref()
         .and_then(|s| {
-            s.containers
-                .iter()
-                .flat_map(|c| c.ports.iter().flatten())
-                .find(|p| p.name.as_deref() == Some(PORT_NAME))
+            s.containers.iter().flat_map(|c| c.ports.iter().flatten()).find(|p| p.name.as_deref() == Some(PORT_NAME))
         })
         .and_then(|p| u16::try_from(p.container_port).ok())
         .unwrap_or(default)
@@ -353,24 +307,14 @@ pub fn progress(pod: &Pod, default_port: u16) -> PodProgress {
         .collect::<Vec<_>>();
     match phase {
         "Failed" | "Succeeded" => {
-            let why = status
-                .reason
-                .clone()
-                .or_else(|| status.message.clone())
-                .unwrap_or_default();
+            let why = status.reason.clone().or_else(|| status.message.clone()).unwrap_or_default();
             PodProgress::Dead(format!("pod phase {phase} {why}").trim_end().to_string())
         }
         _ if waiting.iter().any(|r| FATAL_WAITING.contains(&r.as_str())) => {
             PodProgress::Dead(format!("container cannot start: {}", waiting.join(", ")))
         }
-        "Running" => match status
-            .pod_ip
-            .as_deref()
-            .and_then(|ip| ip.parse::<IpAddr>().ok())
-        {
-            Some(ip) => {
-                PodProgress::Running(SocketAddr::new(ip, declared_ssh_port(pod, default_port)))
-            }
+        "Running" => match status.pod_ip.as_deref().and_then(|ip| ip.parse::<IpAddr>().ok()) {
+            Some(ip) => PodProgress::Running(SocketAddr::new(ip, declared_ssh_port(pod, default_port))),
             None => PodProgress::Pending("running but no pod IP yet".into()),
         },
         _ if waiting.is_empty() => PodProgress::Pending(format!("phase {phase}")),
@@ -396,8 +340,7 @@ pub fn cluster_lease(pod: &Pod, default_port: u16) -> Option<ClusterLease> {
     Some(ClusterLease {
         lease_id: lease_id.to_string(),
         pod_name: pod.metadata.name.clone().unwrap_or_default(),
-        expires_at: annotation(&pod.metadata, ANN_EXPIRES_AT)
-            .and_then(|v| v.trim().parse::<u64>().ok()),
+        expires_at: annotation(&pod.metadata, ANN_EXPIRES_AT).and_then(|v| v.trim().parse::<u64>().ok()),
         requester: annotation(&pod.metadata, ANN_REQUESTER).map(String::from),
         tier: annotation(&pod.metadata, ANN_TIER).map(String::from),
         ssh_endpoint,
@@ -420,12 +363,7 @@ mod tests {
             ssh_username: "alice".into(),
             ssh_password: password.map(String::from),
             ssh_public_key: key.map(String::from),
-            tier: Tier {
-                name: "basic".into(),
-                cpu: "500m".into(),
-                memory: "512Mi".into(),
-                sats_per_hour: 100,
-            },
+            tier: Tier { name: "basic".into(), cpu: "500m".into(), memory: "512Mi".into(), sats_per_hour: 100 },
             ssh_port: 2222,
             expires_at: 1_900_000_000,
             requester: "ab".repeat(32),
@@ -437,10 +375,7 @@ mod tests {
     }
 
     fn env_value(p: &Pod, name: &str) -> Option<String> {
-        env_of(p)
-            .into_iter()
-            .find(|e| e.name == name)
-            .and_then(|e| e.value)
+        env_of(p).into_iter().find(|e| e.name == name).and_then(|e| e.value)
     }
 
     #[test]
@@ -463,20 +398,11 @@ mod tests {
         let p = plan(Some("hunter2-secret"), None);
         let pod = pod(&p);
         let json = serde_json::to_string(&pod).unwrap();
-        assert!(
-            !json.contains("hunter2-secret"),
-            "password leaked into the pod spec"
-        );
-        let pw = env_of(&pod)
-            .into_iter()
-            .find(|e| e.name == "USER_PASSWORD")
-            .unwrap();
+        assert!(!json.contains("hunter2-secret"), "password leaked into the pod spec");
+        let pw = env_of(&pod).into_iter().find(|e| e.name == "USER_PASSWORD").unwrap();
         assert!(pw.value.is_none());
         let r = pw.value_from.unwrap().secret_key_ref.unwrap();
-        assert_eq!(
-            (r.name.as_str(), r.key.as_str()),
-            ("ssh-pod-abc123-auth", PASSWORD_KEY)
-        );
+        assert_eq!((r.name.as_str(), r.key.as_str()), ("ssh-pod-abc123-auth", PASSWORD_KEY));
         assert_eq!(env_value(&pod, "PASSWORD_ACCESS").as_deref(), Some("true"));
         assert_eq!(env_value(&pod, "USER_NAME").as_deref(), Some("alice"));
         assert_eq!(env_value(&pod, "PUID").as_deref(), Some("1000"));
@@ -491,17 +417,11 @@ mod tests {
     #[test]
     fn a_public_key_turns_password_login_off() {
         let pod = pod(&plan(None, Some("ssh-ed25519 AAAAC3 k")));
-        assert_eq!(
-            env_value(&pod, "PUBLIC_KEY").as_deref(),
-            Some("ssh-ed25519 AAAAC3 k")
-        );
+        assert_eq!(env_value(&pod, "PUBLIC_KEY").as_deref(), Some("ssh-ed25519 AAAAC3 k"));
         assert_eq!(env_value(&pod, "PASSWORD_ACCESS").as_deref(), Some("false"));
         assert!(env_of(&pod).iter().all(|e| e.name != "USER_PASSWORD"));
         let both = super::pod(&plan(Some("pw"), Some("ssh-ed25519 AAAAC3 k")));
-        assert_eq!(
-            env_value(&both, "PASSWORD_ACCESS").as_deref(),
-            Some("false")
-        );
+        assert_eq!(env_value(&both, "PASSWORD_ACCESS").as_deref(), Some("false"));
     }
 
     #[test]
@@ -524,13 +444,7 @@ mod tests {
         assert_eq!(res.limits.as_ref().unwrap()["memory"].0, "512Mi");
         assert_eq!(c.ports.as_ref().unwrap()[0].container_port, 2222);
         assert_eq!(c.ports.as_ref().unwrap()[0].name.as_deref(), Some("ssh"));
-        let probe = c
-            .readiness_probe
-            .as_ref()
-            .unwrap()
-            .tcp_socket
-            .as_ref()
-            .unwrap();
+        let probe = c.readiness_probe.as_ref().unwrap().tcp_socket.as_ref().unwrap();
         assert_eq!(probe.port, IntOrString::Int(2222));
 
         let l = pod.metadata.labels.as_ref().unwrap();
@@ -571,54 +485,32 @@ mod tests {
         let mut p = base.clone();
         assert!(matches!(progress(&p, 2222), PodProgress::Pending(_)));
 
-        p.status = Some(
-            pod_json(serde_json::json!({"status": {"phase": "Running", "podIP": "127.0.100.7"}}))
-                .status
-                .unwrap(),
-        );
-        assert_eq!(
-            progress(&p, 1),
-            PodProgress::Running("127.0.100.7:2222".parse().unwrap())
-        );
+        p.status =
+            Some(pod_json(serde_json::json!({"status": {"phase": "Running", "podIP": "127.0.100.7"}})).status.unwrap());
+        assert_eq!(progress(&p, 1), PodProgress::Running("127.0.100.7:2222".parse().unwrap()));
 
-        p.status = Some(
-            pod_json(serde_json::json!({"status": {"phase": "Running"}}))
-                .status
-                .unwrap(),
-        );
+        p.status = Some(pod_json(serde_json::json!({"status": {"phase": "Running"}})).status.unwrap());
         assert!(matches!(progress(&p, 2222), PodProgress::Pending(_)));
 
-        p.status = Some(
-            pod_json(serde_json::json!({"status": {"phase": "Failed", "reason": "Evicted"}}))
-                .status
-                .unwrap(),
-        );
-        assert_eq!(
-            progress(&p, 2222),
-            PodProgress::Dead("pod phase Failed Evicted".into())
-        );
+        p.status =
+            Some(pod_json(serde_json::json!({"status": {"phase": "Failed", "reason": "Evicted"}})).status.unwrap());
+        assert_eq!(progress(&p, 2222), PodProgress::Dead("pod phase Failed Evicted".into()));
 
         p.status = Some(
-            pod_json(
-                serde_json::json!({"status": {"phase": "Pending", "containerStatuses": [
+            pod_json(serde_json::json!({"status": {"phase": "Pending", "containerStatuses": [
                 {"name": "ssh", "image": "x", "imageID": "", "ready": false, "restartCount": 0,
-                 "state": {"waiting": {"reason": "InvalidImageName"}}}]}}),
-            )
+                 "state": {"waiting": {"reason": "InvalidImageName"}}}]}}))
             .status
             .unwrap(),
         );
-        assert!(
-            matches!(progress(&p, 2222), PodProgress::Dead(m) if m.contains("InvalidImageName"))
-        );
+        assert!(matches!(progress(&p, 2222), PodProgress::Dead(m) if m.contains("InvalidImageName")));
 
         let mut gone = base;
         gone.metadata.deletion_timestamp = Some(
-            pod_json(
-                serde_json::json!({"metadata": {"deletionTimestamp": "2026-01-01T00:00:00Z"}}),
-            )
-            .metadata
-            .deletion_timestamp
-            .unwrap(),
+            pod_json(serde_json::json!({"metadata": {"deletionTimestamp": "2026-01-01T00:00:00Z"}}))
+                .metadata
+                .deletion_timestamp
+                .unwrap(),
         );
         assert!(matches!(progress(&gone, 2222), PodProgress::Dead(_)));
     }
@@ -633,21 +525,13 @@ mod tests {
         assert_eq!(l.ssh_endpoint, None);
         assert!(!l.terminating);
 
-        p.metadata
-            .annotations
-            .as_mut()
-            .unwrap()
-            .insert(ANN_EXPIRES_AT.into(), "soon".into());
+        p.metadata.annotations.as_mut().unwrap().insert(ANN_EXPIRES_AT.into(), "soon".into());
         assert_eq!(cluster_lease(&p, 2222).unwrap().expires_at, None);
         p.metadata.annotations = None;
         let l = cluster_lease(&p, 2222).unwrap();
         assert_eq!((l.expires_at, l.requester), (None, None));
 
-        p.metadata
-            .labels
-            .as_mut()
-            .unwrap()
-            .insert(LABEL_LEASE.into(), "Bad,Id".into());
+        p.metadata.labels.as_mut().unwrap().insert(LABEL_LEASE.into(), "Bad,Id".into());
         assert!(cluster_lease(&p, 2222).is_none());
     }
 }

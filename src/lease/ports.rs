@@ -31,22 +31,13 @@ pub struct PortError {
 
 impl PortError {
     pub fn rejected(code: ErrorCode, message: impl Into<String>) -> Self {
-        PortError {
-            kind: FailureKind::Rejected(code),
-            message: message.into(),
-        }
+        PortError { kind: FailureKind::Rejected(code), message: message.into() }
     }
     pub fn transient(message: impl Into<String>) -> Self {
-        PortError {
-            kind: FailureKind::Transient,
-            message: message.into(),
-        }
+        PortError { kind: FailureKind::Transient, message: message.into() }
     }
     pub fn permanent(message: impl Into<String>) -> Self {
-        PortError {
-            kind: FailureKind::Permanent,
-            message: message.into(),
-        }
+        PortError { kind: FailureKind::Permanent, message: message.into() }
     }
     pub fn is_transient(&self) -> bool {
         self.kind == FailureKind::Transient

@@ -13,15 +13,12 @@ use tracing::{info, info_span, warn, Instrument};
 
 use super::journal::{Ask, Journal, SagaRecord, Step};
 use super::ports::{
-    ClusterLease, ClusterPort, FailureKind, OnionPort, PaymentPort, PodPlan, PortError, ReplyPort,
-    SshProbePort,
+    ClusterLease, ClusterPort, FailureKind, OnionPort, PaymentPort, PodPlan, PortError, ReplyPort, SshProbePort,
 };
 use super::Incoming;
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::protocol::{
-    ErrorCode, LeaseAccess, LeaseRequest, LeaseStatus, Reply, StatusRequest, Tier,
-};
+use crate::protocol::{ErrorCode, LeaseAccess, LeaseRequest, LeaseStatus, Reply, StatusRequest, Tier};
 
 /// What the lease logic needs of the configuration.
 #[derive(Debug, Clone)]
@@ -79,10 +76,7 @@ pub struct LeaseService {
 }
 
 pub fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 /// Lease ids are derived from the request id, so a resumed saga names the same objects (idempotent creates).
@@ -105,12 +99,8 @@ pub fn valid_username(u: &str) -> bool {
     !b.is_empty()
         && b.len() <= 32
         && (b[0].is_ascii_lowercase() || b[0] == b'_')
-        && b.iter()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'_' || *c == b'-')
-        && !matches!(
-            u,
-            "root" | "abc" | "nobody" | "daemon" | "bin" | "sys" | "sshd"
-        )
+        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'_' || *c == b'-')
+        && !matches!(u, "root" | "abc" | "nobody" | "daemon" | "bin" | "sys" | "sshd")
 }
 
 /// One OpenSSH public key line of a type the image's sshd accepts.
@@ -133,19 +123,14 @@ pub fn valid_public_key(k: &str) -> bool {
             | "sk-ssh-ed25519@openssh.com"
     );
     use base64::Engine as _;
-    known
-        && base64::engine::general_purpose::STANDARD
-            .decode(body)
-            .is_ok()
+    known && base64::engine::general_purpose::STANDARD.decode(body).is_ok()
 }
 
 fn generate_password() -> String {
     // 24 chars over a 56-symbol alphabet without look-alikes: ~139 bits.
     const ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789";
     let mut rng = rand::thread_rng();
-    (0..24)
-        .map(|_| ALPHABET[rng.gen_range(0..ALPHABET.len())] as char)
-        .collect()
+    (0..24).map(|_| ALPHABET[rng.gen_range(0..ALPHABET.len())] as char).collect()
 }
 
 /// Seconds bought by `amount` sats at `rate` sats/hour.
@@ -296,12 +281,7 @@ impl LeaseService {
     }
 
     /// Money was taken and the lease cannot be had: compensate.
-    fn fail_after_redeem(
-        &self,
-        rec: &mut SagaRecord,
-        code: ErrorCode,
-        message: impl Into<String>,
-    ) -> Flow {
+    fn fail_after_redeem(&self, rec: &mut SagaRecord, code: ErrorCode, message: impl Into<String>) -> Flow {
         rec.failure = Some((code, message.into()));
         rec.step = Step::Refunding;
         Flow::Next
@@ -335,38 +315,21 @@ impl LeaseService {
                 "ssh_username must be 1-32 chars of a-z, 0-9, '_' or '-', start with a letter or '_', and not be a system user".into(),
             ));
         }
-        let image = req
-            .pod_image
-            .as_deref()
-            .unwrap_or(&self.settings.default_image);
+        let image = req.pod_image.as_deref().unwrap_or(&self.settings.default_image);
         if !self.settings.allowed_images.iter().any(|i| i == image) {
             return Err((
                 ErrorCode::ImageNotAllowed,
-                format!(
-                    "image not allowed; allowed: {}",
-                    self.settings.allowed_images.join(", ")
-                ),
+                format!("image not allowed; allowed: {}", self.settings.allowed_images.join(", ")),
             ));
         }
         if let Some(k) = &req.ssh_public_key {
             if !valid_public_key(k) {
-                return Err((
-                    ErrorCode::InvalidPublicKey,
-                    "ssh_public_key must be one OpenSSH public key line".into(),
-                ));
+                return Err((ErrorCode::InvalidPublicKey, "ssh_public_key must be one OpenSSH public key line".into()));
             }
         }
         if self.tier(req.tier.as_deref()).is_none() {
-            let names: Vec<&str> = self
-                .settings
-                .tiers
-                .iter()
-                .map(|t| t.name.as_str())
-                .collect();
-            return Err((
-                ErrorCode::UnknownTier,
-                format!("unknown tier; offered: {}", names.join(", ")),
-            ));
+            let names: Vec<&str> = self.settings.tiers.iter().map(|t| t.name.as_str()).collect();
+            return Err((ErrorCode::UnknownTier, format!("unknown tier; offered: {}", names.join(", "))));
         }
         if req.cashu_token.trim().is_empty() {
             return Err((ErrorCode::InvalidToken, "cashu_token is empty".into()));
@@ -387,10 +350,7 @@ impl LeaseService {
             Err(e) => return self.refuse_port(rec, e, ErrorCode::InvalidToken),
         };
         // Refuse before redeeming what cannot buy the minimum: nothing is taken.
-        let rate = self
-            .tier_of(rec, None)
-            .map(|t| t.sats_per_hour)
-            .unwrap_or(1);
+        let rate = self.tier_of(rec, None).map(|t| t.sats_per_hour).unwrap_or(1);
         let min_price = price_of(self.settings.min_duration_secs, rate);
         if info.amount < min_price {
             return self.refuse(
@@ -416,18 +376,10 @@ impl LeaseService {
                 );
             }
         }
-        match self
-            .ports
-            .journal
-            .claim_token(&info.digest, &rec.request_id)
-        {
+        match self.ports.journal.claim_token(&info.digest, &rec.request_id) {
             Ok(None) => {}
             Ok(Some(_other)) => {
-                return self.refuse(
-                    rec,
-                    ErrorCode::TokenSpent,
-                    "this token was already used by another request",
-                );
+                return self.refuse(rec, ErrorCode::TokenSpent, "this token was already used by another request");
             }
             Err(e) => {
                 warn!(error = %e, "journal: cannot claim token");
@@ -512,11 +464,7 @@ impl LeaseService {
         match rec.ask.clone() {
             Ask::Create(req) => {
                 let Some(tier) = self.tier(req.tier.as_deref()).cloned() else {
-                    return self.fail_after_redeem(
-                        rec,
-                        ErrorCode::UnknownTier,
-                        "tier disappeared from the offer",
-                    );
+                    return self.fail_after_redeem(rec, ErrorCode::UnknownTier, "tier disappeared from the offer");
                 };
                 let secs = seconds_for(amount, tier.sats_per_hour);
                 if secs < self.settings.min_duration_secs {
@@ -541,9 +489,7 @@ impl LeaseService {
                 Flow::Next
             }
             Ask::TopUp(_) => self.extend(rec, amount).await,
-            Ask::Status(_) | Ask::Invalid => {
-                self.refuse(rec, ErrorCode::Internal, "nothing to redeem for")
-            }
+            Ask::Status(_) | Ask::Invalid => self.refuse(rec, ErrorCode::Internal, "nothing to redeem for"),
         }
     }
 
@@ -562,10 +508,7 @@ impl LeaseService {
             Err(e) if e.is_transient() => return Flow::Park,
             Err(e) => return self.fail_after_redeem(rec, ErrorCode::ProvisioningFailed, e.message),
         };
-        let rate = self
-            .tier(lease.tier.as_deref())
-            .map(|t| t.sats_per_hour)
-            .unwrap_or(1);
+        let rate = self.tier(lease.tier.as_deref()).map(|t| t.sats_per_hour).unwrap_or(1);
         let now = now_secs();
         let current = lease.expires_at.unwrap_or(now).max(now);
         let added = seconds_for(amount, rate);
@@ -577,21 +520,13 @@ impl LeaseService {
                 "the lease is already at its maximum length",
             );
         }
-        if let Err(e) = self
-            .retry(|| self.ports.cluster.set_expiry(&lease_id, new_expiry))
-            .await
-        {
+        if let Err(e) = self.retry(|| self.ports.cluster.set_expiry(&lease_id, new_expiry)).await {
             if e.is_transient() {
                 return Flow::Park;
             }
             return self.fail_after_redeem(rec, ErrorCode::ProvisioningFailed, e.message);
         }
-        info!(
-            lease_id,
-            new_expiry,
-            added = new_expiry - current,
-            "lease extended"
-        );
+        info!(lease_id, new_expiry, added = new_expiry - current, "lease extended");
         rec.expires_at = Some(new_expiry);
         let reply = Reply::Extended {
             request_id: rec.request_id.clone(),
@@ -608,11 +543,7 @@ impl LeaseService {
         let (Ask::Create(req), Some(lease_id), Some(expires_at)) =
             (rec.ask.clone(), rec.lease_id.clone(), rec.expires_at)
         else {
-            return self.fail_after_redeem(
-                rec,
-                ErrorCode::Internal,
-                "provisioning record incomplete",
-            );
+            return self.fail_after_redeem(rec, ErrorCode::Internal, "provisioning record incomplete");
         };
         if expires_at <= now_secs() {
             // The whole lease elapsed while we were down: nothing to deliver, so return the money.
@@ -636,7 +567,7 @@ impl LeaseService {
                     request_id: rec.request_id.clone(),
                     amount_sats: rec.amount.unwrap_or(0),
                     duration_seconds: expires_at.saturating_sub(now_secs()),
-                    access: access.clone(),
+                    access: Box::new(access.clone()),
                 };
                 rec.access = Some(access);
                 self.finish_with(rec, reply)
@@ -644,10 +575,7 @@ impl LeaseService {
             Err(e) => {
                 warn!(error = %e, "provisioning failed; removing what was made and refunding");
                 self.ports.onion.stop(&lease_id).await;
-                if let Err(del) = self
-                    .retry(|| self.ports.cluster.delete_lease(&lease_id))
-                    .await
-                {
+                if let Err(del) = self.retry(|| self.ports.cluster.delete_lease(&lease_id)).await {
                     warn!(error = %del, "cleanup after failed provisioning incomplete; the reconciler will retry");
                 }
                 self.fail_after_redeem(
@@ -666,20 +594,14 @@ impl LeaseService {
         lease_id: &str,
         expires_at: u64,
     ) -> Result<LeaseAccess, PortError> {
-        let tier = self
-            .tier(req.tier.as_deref())
-            .cloned()
-            .ok_or_else(|| PortError::permanent("unknown tier"))?;
+        let tier = self.tier(req.tier.as_deref()).cloned().ok_or_else(|| PortError::permanent("unknown tier"))?;
         let ssh_username = req.ssh_username.clone().unwrap_or_else(|| "user".into());
         let plan = PodPlan {
             lease_id: lease_id.to_string(),
             pod_name: pod_name(lease_id),
             service_name: service_name(lease_id),
             namespace: self.settings.namespace.clone(),
-            image: req
-                .pod_image
-                .clone()
-                .unwrap_or_else(|| self.settings.default_image.clone()),
+            image: req.pod_image.clone().unwrap_or_else(|| self.settings.default_image.clone()),
             ssh_username: ssh_username.clone(),
             ssh_password: rec.ssh_password.clone(),
             ssh_public_key: req.ssh_public_key.clone(),
@@ -689,21 +611,14 @@ impl LeaseService {
             requester: rec.route.requester.clone(),
         };
         let deadline = Instant::now() + self.settings.ready_timeout;
-        self.retry(|| self.ports.cluster.ensure_lease_objects(&plan))
-            .await?;
+        self.retry(|| self.ports.cluster.ensure_lease_objects(&plan)).await?;
         info!(pod = %plan.pod_name, "pod and service created");
-        let endpoint = self
-            .ports
-            .cluster
-            .wait_running(lease_id, deadline.saturating_duration_since(Instant::now()))
-            .await?;
+        let endpoint =
+            self.ports.cluster.wait_running(lease_id, deadline.saturating_duration_since(Instant::now())).await?;
         let host_key = self.wait_for_ssh(endpoint, deadline).await?;
         info!(%endpoint, fingerprint = %host_key.fingerprint, "ssh answers");
-        let onion_address = if self.ports.onion.enabled() {
-            Some(self.launch_onion(lease_id, endpoint).await?)
-        } else {
-            None
-        };
+        let onion_address =
+            if self.ports.onion.enabled() { Some(self.launch_onion(lease_id, endpoint).await?) } else { None };
         let port = self.settings.ssh_port;
         Ok(LeaseAccess {
             lease_id: lease_id.to_string(),
@@ -721,25 +636,17 @@ impl LeaseService {
                 plan.namespace, plan.service_name
             ),
             ssh_command: format!("ssh -p {port} {ssh_username}@127.0.0.1"),
-            tor_ssh_command: onion_address
-                .as_ref()
-                .map(|a| format!("torsocks ssh -p {port} {ssh_username}@{a}")),
+            tor_ssh_command: onion_address.as_ref().map(|a| format!("torsocks ssh -p {port} {ssh_username}@{a}")),
             onion_address,
         })
     }
 
-    async fn wait_for_ssh(
-        &self,
-        endpoint: SocketAddr,
-        deadline: Instant,
-    ) -> Result<super::ports::HostKey, PortError> {
+    async fn wait_for_ssh(&self, endpoint: SocketAddr, deadline: Instant) -> Result<super::ports::HostKey, PortError> {
         loop {
             match self.ports.probe.probe(endpoint).await {
                 Ok(k) => return Ok(k),
                 Err(e) if Instant::now() >= deadline => {
-                    return Err(PortError::permanent(format!(
-                        "ssh did not answer before the timeout: {e}"
-                    )))
+                    return Err(PortError::permanent(format!("ssh did not answer before the timeout: {e}")))
                 }
                 Err(_) => tokio::time::sleep(super::ports::default_probe_interval()).await,
             }
@@ -747,20 +654,12 @@ impl LeaseService {
     }
 
     /// Publish the lease's onion service from the key in its Secret (made on first use).
-    async fn launch_onion(
-        &self,
-        lease_id: &str,
-        endpoint: SocketAddr,
-    ) -> Result<String, PortError> {
-        let key = match self
-            .retry(|| self.ports.cluster.load_onion_key(lease_id))
-            .await?
-        {
+    async fn launch_onion(&self, lease_id: &str, endpoint: SocketAddr) -> Result<String, PortError> {
+        let key = match self.retry(|| self.ports.cluster.load_onion_key(lease_id)).await? {
             Some(k) => k,
             None => {
                 let k = self.ports.onion.generate_key()?;
-                self.retry(|| self.ports.cluster.store_onion_key(lease_id, &k))
-                    .await?;
+                self.retry(|| self.ports.cluster.store_onion_key(lease_id, &k)).await?;
                 k
             }
         };
@@ -769,29 +668,19 @@ impl LeaseService {
 
     // Step: return the money that bought nothing.
     async fn step_refunding(&self, rec: &mut SagaRecord) -> Flow {
-        let (code, message) = rec
-            .failure
-            .clone()
-            .unwrap_or((ErrorCode::Internal, "failed".into()));
+        let (code, message) = rec.failure.clone().unwrap_or((ErrorCode::Internal, "failed".into()));
         let amount = rec.amount.unwrap_or(0);
         let Some(mint) = rec.mint_url.clone() else {
             return self.refuse(rec, code, message);
         };
-        match self
-            .retry(|| self.ports.payment.refund(&mint, amount))
-            .await
-        {
+        match self.retry(|| self.ports.payment.refund(&mint, amount)).await {
             Ok(token) => {
                 info!(amount, "refund token minted");
-                self.metrics
-                    .sats_refunded
-                    .fetch_add(amount, Ordering::Relaxed);
+                self.metrics.sats_refunded.fetch_add(amount, Ordering::Relaxed);
                 let reply = Reply::Error {
                     request_id: rec.request_id.clone(),
                     code,
-                    message: format!(
-                        "{message}; the payment is refunded (minus mint fees) in refund_token"
-                    ),
+                    message: format!("{message}; the payment is refunded (minus mint fees) in refund_token"),
                     refund_token: Some(token),
                 };
                 self.finish_with(rec, reply)
@@ -799,7 +688,14 @@ impl LeaseService {
             Err(e) if e.is_transient() => Flow::Park,
             Err(e) => {
                 warn!(error = %e, amount, "refund failed; operator attention needed");
-                self.refuse(rec, code, format!("{message}; the refund of {amount} sat failed ({}); contact the provider with request id {}", e.message, rec.request_id))
+                self.refuse(
+                    rec,
+                    code,
+                    format!(
+                        "{message}; the refund of {amount} sat failed ({}); contact the provider with request id {}",
+                        e.message, rec.request_id
+                    ),
+                )
             }
         }
     }
@@ -810,10 +706,7 @@ impl LeaseService {
             rec.step = Step::Done;
             return Flow::Next;
         };
-        match self
-            .retry(|| self.ports.replies.send(&rec.route, &reply))
-            .await
-        {
+        match self.retry(|| self.ports.replies.send(&rec.route, &reply)).await {
             Ok(()) => {
                 let outcome = match &reply {
                     Reply::Ok { .. } => "ok",
@@ -859,32 +752,19 @@ impl LeaseService {
 
     /// The requester's live lease named by id or pod name. Strangers learn nothing: they get the same
     /// answer as for a lease that does not exist.
-    async fn find_owned_lease(
-        &self,
-        rec: &mut SagaRecord,
-        name: &str,
-    ) -> Result<ClusterLease, Flow> {
+    async fn find_owned_lease(&self, rec: &mut SagaRecord, name: &str) -> Result<ClusterLease, Flow> {
         let id = name.strip_prefix("ssh-pod-").unwrap_or(name);
         match self.lease_by_id(id).await {
             Err(e) if e.is_transient() => Err(Flow::Park),
             Err(e) => Err(self.refuse(rec, ErrorCode::Unavailable, e.message)),
             Ok(Some(l)) if l.requester.as_deref() == Some(rec.route.requester.as_str()) => {
-                if matches!(rec.ask, Ask::TopUp(_))
-                    && (l.terminating || l.expires_at.is_none_or(|e| e <= now_secs()))
-                {
-                    return Err(self.refuse(
-                        rec,
-                        ErrorCode::LeaseExpired,
-                        "the lease has expired; start a new one",
-                    ));
+                if matches!(rec.ask, Ask::TopUp(_)) && (l.terminating || l.expires_at.is_none_or(|e| e <= now_secs())) {
+                    return Err(self.refuse(rec, ErrorCode::LeaseExpired, "the lease has expired; start a new one"));
                 }
                 Ok(l)
             }
             Ok(Some(_)) => {
-                info!(
-                    lease_id = id,
-                    "request from someone who does not own the lease refused"
-                );
+                info!(lease_id = id, "request from someone who does not own the lease refused");
                 Err(self.refuse(rec, ErrorCode::LeaseNotFound, "no such lease of yours"))
             }
             Ok(None) => Err(self.refuse(rec, ErrorCode::LeaseNotFound, "no such lease of yours")),
@@ -918,11 +798,7 @@ impl LeaseService {
     pub async fn reconcile_once(&self) -> Result<(), PortError> {
         let leases = self.ports.cluster.list_leases().await?;
         let now = now_secs();
-        let busy: HashSet<String> = self
-            .provisioning
-            .lock()
-            .map(|p| p.clone())
-            .unwrap_or_default();
+        let busy: HashSet<String> = self.provisioning.lock().map(|p| p.clone()).unwrap_or_default();
         let mut live = 0u64;
         for lease in &leases {
             if busy.contains(&lease.lease_id) {
@@ -954,9 +830,7 @@ impl LeaseService {
             }
         }
         self.metrics.live_leases.store(live, Ordering::Relaxed);
-        self.metrics
-            .onion_running
-            .store(self.ports.onion.running() as u64, Ordering::Relaxed);
+        self.metrics.onion_running.store(self.ports.onion.running() as u64, Ordering::Relaxed);
         for orphan in self.ports.cluster.list_orphans().await? {
             if busy.contains(&orphan.lease_id) {
                 continue;
@@ -999,24 +873,14 @@ mod tests {
         for ok in ["alice", "_svc", "a-b_c9"] {
             assert!(valid_username(ok), "{ok}");
         }
-        for bad in [
-            "",
-            "Alice",
-            "9lives",
-            "root",
-            "a b",
-            "a;rm -rf",
-            "x".repeat(33).as_str(),
-        ] {
+        for bad in ["", "Alice", "9lives", "root", "a b", "a;rm -rf", "x".repeat(33).as_str()] {
             assert!(!valid_username(bad), "{bad}");
         }
     }
 
     #[test]
     fn public_keys() {
-        assert!(valid_public_key(
-            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGx0 alice@host"
-        ));
+        assert!(valid_public_key("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGx0 alice@host"));
         assert!(!valid_public_key("ssh-ed25519"));
         assert!(!valid_public_key("ssh-ed25519 AAAA\nssh-rsa AAAA"));
         assert!(!valid_public_key("garbage !!!"));

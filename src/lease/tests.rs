@@ -35,21 +35,10 @@ impl PaymentPort for FakePayment {
         }
         let mint = format!("{}://{}", parts[1], parts[2]);
         if mint != MINT {
-            return Err(PortError::rejected(
-                ErrorCode::MintNotAllowed,
-                "mint not allowed",
-            ));
+            return Err(PortError::rejected(ErrorCode::MintNotAllowed, "mint not allowed"));
         }
-        let amount = parts[3]
-            .parse()
-            .map_err(|_| PortError::rejected(ErrorCode::InvalidToken, "amount"))?;
-        Ok(TokenInfo {
-            mint_url: mint,
-            unit: "sat".into(),
-            amount,
-            p2pk_locked: false,
-            digest: token.into(),
-        })
+        let amount = parts[3].parse().map_err(|_| PortError::rejected(ErrorCode::InvalidToken, "amount"))?;
+        Ok(TokenInfo { mint_url: mint, unit: "sat".into(), amount, p2pk_locked: false, digest: token.into() })
     }
     async fn redeem(&self, token: &str) -> PortResult<u64> {
         *self.redeems.lock().unwrap() += 1;
@@ -61,11 +50,7 @@ impl PaymentPort for FakePayment {
         Ok(amount)
     }
     async fn token_state(&self, token: &str) -> PortResult<TokenState> {
-        Ok(if self.spent.lock().unwrap().contains(token) {
-            TokenState::Spent
-        } else {
-            TokenState::Unspent
-        })
+        Ok(if self.spent.lock().unwrap().contains(token) { TokenState::Spent } else { TokenState::Unspent })
     }
     async fn received_amount(&self, token: &str) -> PortResult<Option<u64>> {
         Ok(self.received.lock().unwrap().get(token).copied())
@@ -93,16 +78,9 @@ impl ClusterPort for FakeCluster {
     async fn ensure_lease_objects(&self, plan: &PodPlan) -> PortResult<()> {
         *self.creates.lock().unwrap() += 1;
         if *self.fail_create.lock().unwrap() {
-            return Err(PortError::rejected(
-                ErrorCode::ProvisioningFailed,
-                "exceeded quota",
-            ));
+            return Err(PortError::rejected(ErrorCode::ProvisioningFailed, "exceeded quota"));
         }
-        self.leases
-            .lock()
-            .unwrap()
-            .entry(plan.lease_id.clone())
-            .or_insert_with(|| plan.clone());
+        self.leases.lock().unwrap().entry(plan.lease_id.clone()).or_insert_with(|| plan.clone());
         Ok(())
     }
     async fn wait_running(&self, lease_id: &str, _t: Duration) -> PortResult<SocketAddr> {
@@ -154,10 +132,7 @@ impl ClusterPort for FakeCluster {
         Ok(self.keys.lock().unwrap().get(lease_id).cloned())
     }
     async fn store_onion_key(&self, lease_id: &str, key: &[u8]) -> PortResult<()> {
-        self.keys
-            .lock()
-            .unwrap()
-            .insert(lease_id.into(), key.to_vec());
+        self.keys.lock().unwrap().insert(lease_id.into(), key.to_vec());
         Ok(())
     }
     async fn ping(&self) -> PortResult<()> {
@@ -169,10 +144,7 @@ struct FakeProbe;
 #[async_trait]
 impl SshProbePort for FakeProbe {
     async fn probe(&self, _e: SocketAddr) -> PortResult<HostKey> {
-        Ok(HostKey {
-            fingerprint: "SHA256:abc".into(),
-            public_key: "ssh-ed25519 AAAA".into(),
-        })
+        Ok(HostKey { fingerprint: "SHA256:abc".into(), public_key: "ssh-ed25519 AAAA".into() })
     }
 }
 
@@ -189,10 +161,7 @@ impl OnionPort for FakeOnion {
         Ok(vec![7; 64])
     }
     async fn launch(&self, lease_id: &str, key: &[u8], _t: SocketAddr) -> PortResult<String> {
-        self.running
-            .lock()
-            .unwrap()
-            .insert(lease_id.into(), key.to_vec());
+        self.running.lock().unwrap().insert(lease_id.into(), key.to_vec());
         Ok(format!("{}.onion", hex::encode(&key[..4])))
     }
     async fn stop(&self, lease_id: &str) {
@@ -213,10 +182,7 @@ struct FakeReplies {
 #[async_trait]
 impl ReplyPort for FakeReplies {
     async fn send(&self, route: &ReplyRoute, reply: &Reply) -> PortResult<()> {
-        self.sent
-            .lock()
-            .unwrap()
-            .push((route.clone(), reply.clone()));
+        self.sent.lock().unwrap().push((route.clone(), reply.clone()));
         Ok(())
     }
 }
@@ -236,24 +202,14 @@ impl Journal for MemJournal {
         Ok(true)
     }
     fn put(&self, r: &SagaRecord) -> PortResult<()> {
-        self.records
-            .lock()
-            .unwrap()
-            .insert(r.request_id.clone(), r.clone());
+        self.records.lock().unwrap().insert(r.request_id.clone(), r.clone());
         Ok(())
     }
     fn get(&self, id: &str) -> PortResult<Option<SagaRecord>> {
         Ok(self.records.lock().unwrap().get(id).cloned())
     }
     fn unfinished(&self) -> PortResult<Vec<SagaRecord>> {
-        Ok(self
-            .records
-            .lock()
-            .unwrap()
-            .values()
-            .filter(|r| r.step != Step::Done)
-            .cloned()
-            .collect())
+        Ok(self.records.lock().unwrap().values().filter(|r| r.step != Step::Done).cloned().collect())
     }
     fn claim_token(&self, digest: &str, request_id: &str) -> PortResult<Option<String>> {
         let mut t = self.tokens.lock().unwrap();
@@ -287,12 +243,7 @@ fn world() -> World {
         ssh_port: 2222,
         default_image: "img:ok".into(),
         allowed_images: vec!["img:ok".into()],
-        tiers: vec![Tier {
-            name: "basic".into(),
-            cpu: "500m".into(),
-            memory: "512Mi".into(),
-            sats_per_hour: 100,
-        }],
+        tiers: vec![Tier { name: "basic".into(), cpu: "500m".into(), memory: "512Mi".into(), sats_per_hour: 100 }],
         min_duration_secs: 60,
         max_duration_secs: 86_400,
         ready_timeout: Duration::from_secs(5),
@@ -308,11 +259,7 @@ fn world() -> World {
         journal: journal.clone(),
     };
     World {
-        svc: Arc::new(LeaseService::new(
-            settings,
-            ports,
-            Arc::new(Metrics::default()),
-        )),
+        svc: Arc::new(LeaseService::new(settings, ports, Arc::new(Metrics::default()))),
         payment,
         cluster,
         onion,
@@ -322,11 +269,7 @@ fn world() -> World {
 }
 
 fn route(id: &str, who: &str) -> ReplyRoute {
-    ReplyRoute {
-        request_id: id.into(),
-        requester: who.into(),
-        via: ReplyVia::Nip44,
-    }
+    ReplyRoute { request_id: id.into(), requester: who.into(), via: ReplyVia::Nip44 }
 }
 
 fn create(id: &str, token: &str) -> Incoming {
@@ -352,27 +295,13 @@ fn error_code(r: &Reply) -> Option<ErrorCode> {
 #[tokio::test]
 async fn paid_request_yields_a_lease_at_the_rate() {
     let w = world();
-    let reply = w
-        .svc
-        .handle(create("e1", "tok:http:mint.test:100:a"))
-        .await
-        .unwrap();
-    let Reply::Ok {
-        access,
-        amount_sats,
-        duration_seconds,
-        ..
-    } = reply
-    else {
-        panic!("{reply:?}")
-    };
+    let reply = w.svc.handle(create("e1", "tok:http:mint.test:100:a")).await.unwrap();
+    let Reply::Ok { access, amount_sats, duration_seconds, .. } = reply else { panic!("{reply:?}") };
     assert_eq!(amount_sats, 100);
     assert!((3598..=3600).contains(&duration_seconds));
     assert!(access.ssh_password.as_ref().is_some_and(|p| p.len() >= 20));
     assert!(access.onion_address.is_some());
-    assert!(access
-        .port_forward_command
-        .contains("port-forward svc/ssh-pod-"));
+    assert!(access.port_forward_command.contains("port-forward svc/ssh-pod-"));
     assert_eq!(w.cluster.leases.lock().unwrap().len(), 1);
     assert_eq!(w.replies.sent.lock().unwrap().len(), 1);
     assert_eq!(w.journal.get("e1").unwrap().unwrap().step, Step::Done);
@@ -398,11 +327,7 @@ async fn the_same_event_twice_makes_one_lease_and_one_reply() {
 async fn one_token_in_two_requests_buys_one_lease() {
     let w = world();
     w.svc.handle(create("e1", "tok:http:mint.test:100:a")).await;
-    let second = w
-        .svc
-        .handle(create("e2", "tok:http:mint.test:100:a"))
-        .await
-        .unwrap();
+    let second = w.svc.handle(create("e2", "tok:http:mint.test:100:a")).await.unwrap();
     assert_eq!(error_code(&second), Some(ErrorCode::TokenSpent));
     assert_eq!(*w.payment.redeems.lock().unwrap(), 1);
     assert_eq!(w.cluster.leases.lock().unwrap().len(), 1);
@@ -412,14 +337,8 @@ async fn one_token_in_two_requests_buys_one_lease() {
 async fn bad_input_is_refused_before_any_redeem() {
     let w = world();
     let mut cases = vec![
-        (
-            create("m", "tok:http:evil.test:100:a"),
-            ErrorCode::MintNotAllowed,
-        ),
-        (
-            create("s", "tok:http:mint.test:1:a"),
-            ErrorCode::AmountTooSmall,
-        ),
+        (create("m", "tok:http:evil.test:100:a"), ErrorCode::MintNotAllowed),
+        (create("s", "tok:http:mint.test:1:a"), ErrorCode::AmountTooSmall),
         (create("g", "garbage"), ErrorCode::InvalidToken),
     ];
     let mut bad_image = create("i", "tok:http:mint.test:100:b");
@@ -445,17 +364,8 @@ async fn bad_input_is_refused_before_any_redeem() {
 async fn failure_after_redeem_refunds_and_leaves_nothing() {
     let w = world();
     *w.cluster.fail_create.lock().unwrap() = true;
-    let reply = w
-        .svc
-        .handle(create("e1", "tok:http:mint.test:100:a"))
-        .await
-        .unwrap();
-    let Reply::Error {
-        code, refund_token, ..
-    } = reply
-    else {
-        panic!()
-    };
+    let reply = w.svc.handle(create("e1", "tok:http:mint.test:100:a")).await.unwrap();
+    let Reply::Error { code, refund_token, .. } = reply else { panic!() };
     assert_eq!(code, ErrorCode::ProvisioningFailed);
     assert_eq!(refund_token.as_deref(), Some("refund:100"));
     assert_eq!(*w.payment.refunds.lock().unwrap(), vec![100]);
@@ -467,68 +377,28 @@ async fn failure_after_redeem_refunds_and_leaves_nothing() {
 async fn only_the_owner_may_top_up_or_ask_status() {
     let w = world();
     w.svc.handle(create("e1", "tok:http:mint.test:100:a")).await;
-    let lease_id = w
-        .cluster
-        .leases
-        .lock()
-        .unwrap()
-        .keys()
-        .next()
-        .unwrap()
-        .clone();
+    let lease_id = w.cluster.leases.lock().unwrap().keys().next().unwrap().clone();
     let before = w.cluster.leases.lock().unwrap()[&lease_id].expires_at;
 
     let stranger = Incoming::TopUp {
         route: route("t1", "mallory-pk"),
-        request: TopUpRequest {
-            cashu_token: "tok:http:mint.test:100:b".into(),
-            lease: lease_id.clone(),
-        },
+        request: TopUpRequest { cashu_token: "tok:http:mint.test:100:b".into(), lease: lease_id.clone() },
     };
-    assert_eq!(
-        error_code(&w.svc.handle(stranger).await.unwrap()),
-        Some(ErrorCode::LeaseNotFound)
-    );
-    let peek = Incoming::Status {
-        route: route("s1", "mallory-pk"),
-        request: StatusRequest {
-            lease: lease_id.clone(),
-        },
-    };
-    assert_eq!(
-        error_code(&w.svc.handle(peek).await.unwrap()),
-        Some(ErrorCode::LeaseNotFound)
-    );
-    assert_eq!(
-        *w.payment.redeems.lock().unwrap(),
-        1,
-        "a stranger's token is not redeemed"
-    );
+    assert_eq!(error_code(&w.svc.handle(stranger).await.unwrap()), Some(ErrorCode::LeaseNotFound));
+    let peek =
+        Incoming::Status { route: route("s1", "mallory-pk"), request: StatusRequest { lease: lease_id.clone() } };
+    assert_eq!(error_code(&w.svc.handle(peek).await.unwrap()), Some(ErrorCode::LeaseNotFound));
+    assert_eq!(*w.payment.redeems.lock().unwrap(), 1, "a stranger's token is not redeemed");
 
     let owner = Incoming::TopUp {
         route: route("t2", "alice-pk"),
-        request: TopUpRequest {
-            cashu_token: "tok:http:mint.test:50:c".into(),
-            lease: format!("ssh-pod-{lease_id}"),
-        },
+        request: TopUpRequest { cashu_token: "tok:http:mint.test:50:c".into(), lease: format!("ssh-pod-{lease_id}") },
     };
-    let Reply::Extended {
-        added_seconds,
-        expires_at,
-        ..
-    } = w.svc.handle(owner).await.unwrap()
-    else {
-        panic!()
-    };
+    let Reply::Extended { added_seconds, expires_at, .. } = w.svc.handle(owner).await.unwrap() else { panic!() };
     assert_eq!(added_seconds, 1800);
     assert_eq!(expires_at, before + 1800);
-    let status = Incoming::Status {
-        route: route("s2", "alice-pk"),
-        request: StatusRequest { lease: lease_id },
-    };
-    let Reply::Status { lease, .. } = w.svc.handle(status).await.unwrap() else {
-        panic!()
-    };
+    let status = Incoming::Status { route: route("s2", "alice-pk"), request: StatusRequest { lease: lease_id } };
+    let Reply::Status { lease, .. } = w.svc.handle(status).await.unwrap() else { panic!() };
     assert_eq!(lease.state, "active");
     assert!(lease.seconds_remaining > 3600);
 }
@@ -570,11 +440,7 @@ async fn a_saga_interrupted_after_redeem_resumes_to_a_lease() {
     }
     assert_eq!(rec.step, Step::Done);
     assert!(matches!(rec.reply, Some(Reply::Ok { .. })));
-    assert_eq!(
-        *w.payment.redeems.lock().unwrap(),
-        0,
-        "resuming never redeems again"
-    );
+    assert_eq!(*w.payment.redeems.lock().unwrap(), 0, "resuming never redeems again");
     assert_eq!(w.cluster.leases.lock().unwrap().len(), 1);
 }
 
@@ -582,22 +448,8 @@ async fn a_saga_interrupted_after_redeem_resumes_to_a_lease() {
 async fn reconcile_ends_expired_leases_and_removes_orphans() {
     let w = world();
     w.svc.handle(create("e1", "tok:http:mint.test:100:a")).await;
-    let id = w
-        .cluster
-        .leases
-        .lock()
-        .unwrap()
-        .keys()
-        .next()
-        .unwrap()
-        .clone();
-    w.cluster
-        .leases
-        .lock()
-        .unwrap()
-        .get_mut(&id)
-        .unwrap()
-        .expires_at = now_secs() - 1;
+    let id = w.cluster.leases.lock().unwrap().keys().next().unwrap().clone();
+    w.cluster.leases.lock().unwrap().get_mut(&id).unwrap().expires_at = now_secs() - 1;
     w.cluster.orphans.lock().unwrap().push(OrphanObject {
         kind: "Service".into(),
         name: "ssh-pod-x-ssh".into(),

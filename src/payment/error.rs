@@ -20,29 +20,14 @@ pub enum PaymentError {
     TokenRefused { mint: String, reason: String },
     /// The mint refused an operation on our own ecash (send, check); not the requester's fault.
     #[error("mint {mint} refused {action}: {reason}")]
-    MintRefused {
-        mint: String,
-        action: &'static str,
-        reason: String,
-    },
+    MintRefused { mint: String, action: &'static str, reason: String },
     /// No answer, a timeout or a 5xx: the outcome is unknown and worth retrying.
     #[error("mint {mint} unavailable during {action}: {reason}")]
-    MintUnavailable {
-        mint: String,
-        action: &'static str,
-        reason: String,
-    },
+    MintUnavailable { mint: String, action: &'static str, reason: String },
     #[error("insufficient funds at {mint}: {available} sat spendable, {requested} sat requested")]
-    InsufficientFunds {
-        mint: String,
-        available: u64,
-        requested: u64,
-    },
+    InsufficientFunds { mint: String, available: u64, requested: u64 },
     #[error("wallet storage failed during {action}: {reason}")]
-    Storage {
-        action: &'static str,
-        reason: String,
-    },
+    Storage { action: &'static str, reason: String },
     #[error("wallet setup failed: {reason}")]
     Setup { reason: String },
 }
@@ -54,9 +39,7 @@ impl PaymentError {
                 FailureKind::Rejected(ErrorCode::InvalidToken)
             }
             PaymentError::MintNotAllowed { .. } => FailureKind::Rejected(ErrorCode::MintNotAllowed),
-            PaymentError::UnitNotSupported { .. } => {
-                FailureKind::Rejected(ErrorCode::UnitNotSupported)
-            }
+            PaymentError::UnitNotSupported { .. } => FailureKind::Rejected(ErrorCode::UnitNotSupported),
             PaymentError::TokenSpent { .. } => FailureKind::Rejected(ErrorCode::TokenSpent),
             PaymentError::MintUnavailable { .. } => FailureKind::Transient,
             PaymentError::MintRefused { .. }
@@ -74,16 +57,9 @@ impl PaymentError {
         let reason = err.to_string();
         match err {
             E::TokenAlreadySpent => PaymentError::TokenSpent { mint },
-            E::InsufficientFunds => PaymentError::InsufficientFunds {
-                mint,
-                available: 0,
-                requested: 0,
-            },
+            E::InsufficientFunds => PaymentError::InsufficientFunds { mint, available: 0, requested: 0 },
             E::UnsupportedUnit | E::UnitMismatch | E::MultipleUnits => {
-                PaymentError::UnitNotSupported {
-                    unit: "other".into(),
-                    expected: "sat".into(),
-                }
+                PaymentError::UnitNotSupported { unit: "other".into(), expected: "sat".into() }
             }
             E::Database(_) => PaymentError::Storage { action, reason },
             // Ambiguous: the mint may or may not have acted; the caller retries or checks token state.
@@ -94,34 +70,19 @@ impl PaymentError {
             | E::ConcurrentUpdate
             | E::SerdeJsonError(_)
             | E::InvalidMintResponse(_)
-            | E::Internal => PaymentError::MintUnavailable {
-                mint,
-                action,
-                reason,
-            },
+            | E::Internal => PaymentError::MintUnavailable { mint, action, reason },
             E::HttpError(Some(status), _) if !(400..500).contains(&status) => {
-                PaymentError::MintUnavailable {
-                    mint,
-                    action,
-                    reason,
-                }
+                PaymentError::MintUnavailable { mint, action, reason }
             }
             _ if action == "redeem" => PaymentError::TokenRefused { mint, reason },
-            _ => PaymentError::MintRefused {
-                mint,
-                action,
-                reason,
-            },
+            _ => PaymentError::MintRefused { mint, action, reason },
         }
     }
 }
 
 impl From<PaymentError> for PortError {
     fn from(e: PaymentError) -> PortError {
-        PortError {
-            kind: e.kind(),
-            message: e.to_string(),
-        }
+        PortError { kind: e.kind(), message: e.to_string() }
     }
 }
 
@@ -133,34 +94,15 @@ mod tests {
     fn kinds_map_to_port_codes() {
         let spent = PaymentError::from_cdk("http://m", "redeem", cdk::Error::TokenAlreadySpent);
         assert_eq!(spent.kind(), FailureKind::Rejected(ErrorCode::TokenSpent));
-        let down = PaymentError::from_cdk(
-            "http://m",
-            "redeem",
-            cdk::Error::HttpError(None, "refused".into()),
-        );
+        let down = PaymentError::from_cdk("http://m", "redeem", cdk::Error::HttpError(None, "refused".into()));
         assert_eq!(down.kind(), FailureKind::Transient);
-        let e500 = PaymentError::from_cdk(
-            "http://m",
-            "redeem",
-            cdk::Error::HttpError(Some(502), "bad gw".into()),
-        );
+        let e500 = PaymentError::from_cdk("http://m", "redeem", cdk::Error::HttpError(Some(502), "bad gw".into()));
         assert_eq!(e500.kind(), FailureKind::Transient);
-        let bad = PaymentError::from_cdk(
-            "http://m",
-            "redeem",
-            cdk::Error::HttpError(Some(400), "no".into()),
-        );
+        let bad = PaymentError::from_cdk("http://m", "redeem", cdk::Error::HttpError(Some(400), "no".into()));
         assert_eq!(bad.kind(), FailureKind::Rejected(ErrorCode::InvalidToken));
-        let ours = PaymentError::from_cdk(
-            "http://m",
-            "refund",
-            cdk::Error::HttpError(Some(400), "no".into()),
-        );
+        let ours = PaymentError::from_cdk("http://m", "refund", cdk::Error::HttpError(Some(400), "no".into()));
         assert_eq!(ours.kind(), FailureKind::Permanent);
-        let p: PortError = PaymentError::MintNotAllowed {
-            mint: "https://x".into(),
-        }
-        .into();
+        let p: PortError = PaymentError::MintNotAllowed { mint: "https://x".into() }.into();
         assert_eq!(p.kind, FailureKind::Rejected(ErrorCode::MintNotAllowed));
         assert!(p.message.contains("https://x"));
     }

@@ -101,28 +101,20 @@ impl CashuPayment {
         p2pk_secret: &[u8; 32],
         unit: &str,
     ) -> Result<CashuPayment, PaymentError> {
-        let unit = CurrencyUnit::from_str(unit).map_err(|_| PaymentError::Setup {
-            reason: format!("unknown currency unit {unit}"),
-        })?;
+        let unit = CurrencyUnit::from_str(unit)
+            .map_err(|_| PaymentError::Setup { reason: format!("unknown currency unit {unit}") })?;
         let mut normalised = Vec::new();
         for m in mints {
-            let n = normalize_mint_url(m).ok_or_else(|| PaymentError::Setup {
-                reason: format!("bad mint URL {m}"),
-            })?;
+            let n = normalize_mint_url(m).ok_or_else(|| PaymentError::Setup { reason: format!("bad mint URL {m}") })?;
             if !normalised.contains(&n) {
                 normalised.push(n);
             }
         }
-        let p2pk_key = SecretKey::from_slice(p2pk_secret).map_err(|_| PaymentError::Setup {
-            reason: "P2PK secret key is not a valid secp256k1 key".into(),
-        })?;
+        let p2pk_key = SecretKey::from_slice(p2pk_secret)
+            .map_err(|_| PaymentError::Setup { reason: "P2PK secret key is not a valid secp256k1 key".into() })?;
         let seed = seed::load_or_create(wallet_dir)?;
-        let db = WalletRedbDatabase::new(&wallet_dir.join(seed::DB_FILE)).map_err(|e| {
-            PaymentError::Storage {
-                action: "open wallet database",
-                reason: e.to_string(),
-            }
-        })?;
+        let db = WalletRedbDatabase::new(&wallet_dir.join(seed::DB_FILE))
+            .map_err(|e| PaymentError::Storage { action: "open wallet database", reason: e.to_string() })?;
         Ok(CashuPayment {
             wallet_dir: wallet_dir.to_path_buf(),
             mints: normalised,
@@ -163,9 +155,7 @@ impl CashuPayment {
     /// any swap or send a crash interrupted (needs the mint; failures are logged and retried next start).
     async fn wallet(&self, mint: &str) -> Result<Wallet, PaymentError> {
         if !self.mints.iter().any(|m| m == mint) {
-            return Err(PaymentError::MintNotAllowed {
-                mint: mint.to_string(),
-            });
+            return Err(PaymentError::MintNotAllowed { mint: mint.to_string() });
         }
         self.open_wallet(mint).await
     }
@@ -176,23 +166,15 @@ impl CashuPayment {
         if self.mints.iter().any(|m| m == mint) {
             return self.open_wallet(mint).await;
         }
-        let held = self
-            .balances()
-            .await?
-            .into_iter()
-            .any(|(m, b)| m == mint && b > 0);
+        let held = self.balances().await?.into_iter().any(|(m, b)| m == mint && b > 0);
         if !held {
-            return Err(PaymentError::MintNotAllowed {
-                mint: mint.to_string(),
-            });
+            return Err(PaymentError::MintNotAllowed { mint: mint.to_string() });
         }
         self.open_wallet(mint).await
     }
 
     async fn open_wallet(&self, mint: &str) -> Result<Wallet, PaymentError> {
-        let url = MintUrl::from_str(mint).map_err(|_| PaymentError::MintNotAllowed {
-            mint: mint.to_string(),
-        })?;
+        let url = MintUrl::from_str(mint).map_err(|_| PaymentError::MintNotAllowed { mint: mint.to_string() })?;
         // The map stays locked while a fresh wallet recovers, so no operation can start on it meanwhile:
         // cdk's recovery would take an in-flight saga of ours for an interrupted one.
         let mut wallets = self.wallets.lock().await;
@@ -201,11 +183,7 @@ impl CashuPayment {
         }
         let wallet = self.build_wallet(url)?;
         match tokio::time::timeout(MINT_TIMEOUT, wallet.recover_incomplete_sagas()).await {
-            Ok(Ok(report)) => tracing::debug!(
-                mint,
-                ?report,
-                "wallet opened, interrupted operations checked"
-            ),
+            Ok(Ok(report)) => tracing::debug!(mint, ?report, "wallet opened, interrupted operations checked"),
             Ok(Err(e)) => {
                 tracing::warn!(mint, error = %e, "could not recover interrupted wallet operations")
             }
@@ -236,12 +214,7 @@ impl CashuPayment {
     }
 
     async fn lock(&self, mint: &str) -> Arc<Mutex<()>> {
-        self.locks
-            .lock()
-            .await
-            .entry(mint.to_string())
-            .or_default()
-            .clone()
+        self.locks.lock().await.entry(mint.to_string()).or_default().clone()
     }
 
     fn check(&self, raw: &str) -> Result<token::Checked, PaymentError> {
@@ -257,16 +230,10 @@ impl CashuPayment {
         // spelling that is equal for us (e.g. an explicit :443) is not refused as IncorrectMint.
         let mut tok = checked.token;
         match &mut tok {
-            Token::TokenV3(t) => t
-                .token
-                .iter_mut()
-                .for_each(|e| e.mint = wallet.mint_url.clone()),
+            Token::TokenV3(t) => t.token.iter_mut().for_each(|e| e.mint = wallet.mint_url.clone()),
             Token::TokenV4(t) => t.mint_url = wallet.mint_url.clone(),
         }
-        let opts = ReceiveOptions {
-            p2pk_signing_keys: vec![self.p2pk_key.clone()],
-            ..Default::default()
-        };
+        let opts = ReceiveOptions { p2pk_signing_keys: vec![self.p2pk_key.clone()], ..Default::default() };
         let lock = self.lock(&mint).await;
         let _guard = lock.lock().await;
         let received = tokio::time::timeout(MINT_TIMEOUT, wallet.receive(&tok.to_string(), opts))
@@ -292,15 +259,11 @@ impl CashuPayment {
             .into_iter()
             .map(|s| cdk::dhke::hash_to_curve(s.as_bytes()))
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|_| PaymentError::InvalidToken {
-                reason: "proof secret maps to no curve point".into(),
-            })?;
+            .map_err(|_| PaymentError::InvalidToken { reason: "proof secret maps to no curve point".into() })?;
         let wallet = self.wallet(&mint).await?;
         let resp = tokio::time::timeout(
             MINT_TIMEOUT,
-            wallet
-                .mint_connector()
-                .post_check_state(CheckStateRequest { ys: ys.clone() }),
+            wallet.mint_connector().post_check_state(CheckStateRequest { ys: ys.clone() }),
         )
         .await
         .map_err(|_| PaymentError::MintUnavailable {
@@ -309,8 +272,7 @@ impl CashuPayment {
             reason: "timed out".into(),
         })?
         .map_err(|e| PaymentError::from_cdk(&mint, "check state", e))?;
-        let states: BTreeMap<PublicKey, State> =
-            resp.states.iter().map(|s| (s.y, s.state)).collect();
+        let states: BTreeMap<PublicKey, State> = resp.states.iter().map(|s| (s.y, s.state)).collect();
         let mut all_spent = true;
         for y in &ys {
             match states.get(y) {
@@ -329,11 +291,7 @@ impl CashuPayment {
         }
         // Our swap spends all proofs at once. Partly spent means someone else spent some: our swap did
         // not happen (and a new one would fail as spent), so that is not `Spent`.
-        Ok(if all_spent {
-            TokenState::Spent
-        } else {
-            TokenState::Unspent
-        })
+        Ok(if all_spent { TokenState::Spent } else { TokenState::Unspent })
     }
 
     /// Whether this wallet completed a swap of exactly this token's proofs, and for how much (after fees).
@@ -347,9 +305,7 @@ impl CashuPayment {
             .into_iter()
             .map(|s| cdk::dhke::hash_to_curve(s.as_bytes()))
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|_| PaymentError::InvalidToken {
-                reason: "proof secret maps to no curve point".into(),
-            })?;
+            .map_err(|_| PaymentError::InvalidToken { reason: "proof secret maps to no curve point".into() })?;
         ys.sort();
         let wallet = self.open_wallet(&mint).await?;
         let txs = wallet
@@ -359,8 +315,7 @@ impl CashuPayment {
         Ok(txs.into_iter().find_map(|t| {
             let mut t_ys = t.ys.clone();
             t_ys.sort();
-            (t_ys == ys && t.status == cdk::wallet::types::TransactionStatus::Completed)
-                .then(|| u64::from(t.amount))
+            (t_ys == ys && t.status == cdk::wallet::types::TransactionStatus::Completed).then(|| u64::from(t.amount))
         }))
     }
 
@@ -373,33 +328,18 @@ impl CashuPayment {
     }
 
     /// As [`send`](Self::send), returning the amount actually sent.
-    pub async fn send_up_to(
-        &self,
-        mint: Option<&str>,
-        amount: u64,
-    ) -> Result<SentToken, PaymentError> {
+    pub async fn send_up_to(&self, mint: Option<&str>, amount: u64) -> Result<SentToken, PaymentError> {
         let mint = match mint {
-            Some(m) => normalize_mint_url(m).ok_or_else(|| PaymentError::MintNotAllowed {
-                mint: m.to_string(),
-            })?,
+            Some(m) => normalize_mint_url(m).ok_or_else(|| PaymentError::MintNotAllowed { mint: m.to_string() })?,
             None => self.richest_mint().await?,
         };
         if amount == 0 {
-            return Err(PaymentError::InsufficientFunds {
-                mint,
-                available: 0,
-                requested: 0,
-            });
+            return Err(PaymentError::InsufficientFunds { mint, available: 0, requested: 0 });
         }
         let wallet = self.spending_wallet(&mint).await?;
         let lock = self.lock(&mint).await;
         let _guard = lock.lock().await;
-        let available = u64::from(
-            wallet
-                .total_balance()
-                .await
-                .map_err(|e| PaymentError::from_cdk(&mint, "send", e))?,
-        );
+        let available = u64::from(wallet.total_balance().await.map_err(|e| PaymentError::from_cdk(&mint, "send", e))?);
         let mut try_amount = amount.min(available);
         // A few attempts at most: after a shortfall, aim below the balance by the fee of spending every
         // proof (an upper bound of the swap fee), once, twice, three times.
@@ -440,60 +380,38 @@ impl CashuPayment {
                     });
                 }
                 Err(cdk::Error::InsufficientFunds) => {
-                    let proofs = wallet
-                        .get_unspent_proofs()
-                        .await
-                        .map_err(|e| PaymentError::from_cdk(&mint, "send", e))?;
+                    let proofs =
+                        wallet.get_unspent_proofs().await.map_err(|e| PaymentError::from_cdk(&mint, "send", e))?;
                     let fee = wallet
                         .get_proofs_fee(&proofs)
                         .await
                         .map(|f| u64::from(f.total))
                         .map_err(|e| PaymentError::from_cdk(&mint, "send", e))?;
-                    try_amount = available
-                        .saturating_sub(fee.max(1) * attempt)
-                        .min(try_amount - 1);
+                    try_amount = available.saturating_sub(fee.max(1) * attempt).min(try_amount - 1);
                 }
                 Err(e) => return Err(PaymentError::from_cdk(&mint, "send", e)),
             }
         }
-        Err(PaymentError::InsufficientFunds {
-            mint,
-            available,
-            requested: amount,
-        })
+        Err(PaymentError::InsufficientFunds { mint, available, requested: amount })
     }
 
     async fn richest_mint(&self) -> Result<String, PaymentError> {
         let balances = self.balances().await?;
-        balances
-            .into_iter()
-            .max_by_key(|(_, b)| *b)
-            .map(|(m, _)| m)
-            .ok_or_else(|| PaymentError::InsufficientFunds {
-                mint: "(any)".into(),
-                available: 0,
-                requested: 0,
-            })
+        balances.into_iter().max_by_key(|(_, b)| *b).map(|(m, _)| m).ok_or_else(|| PaymentError::InsufficientFunds {
+            mint: "(any)".into(),
+            available: 0,
+            requested: 0,
+        })
     }
 
     /// Spendable sats per mint: every whitelisted mint, plus any other mint the database holds ecash of
     /// (from an earlier whitelist). Reads the database only; no network I/O.
     pub async fn balances(&self) -> Result<Vec<(String, u64)>, PaymentError> {
-        let storage = |e: cdk::cdk_database::Error| PaymentError::Storage {
-            action: "balance",
-            reason: e.to_string(),
-        };
+        let storage = |e: cdk::cdk_database::Error| PaymentError::Storage { action: "balance", reason: e.to_string() };
         let mut out: BTreeMap<String, u64> = self.mints.iter().map(|m| (m.clone(), 0)).collect();
-        let mut urls: Vec<MintUrl> = self
-            .db
-            .get_mints()
-            .await
-            .map_err(storage)?
-            .into_keys()
-            .collect();
+        let mut urls: Vec<MintUrl> = self.db.get_mints().await.map_err(storage)?.into_keys().collect();
         for m in &self.mints {
-            let url = MintUrl::from_str(m)
-                .map_err(|_| PaymentError::MintNotAllowed { mint: m.clone() })?;
+            let url = MintUrl::from_str(m).map_err(|_| PaymentError::MintNotAllowed { mint: m.clone() })?;
             if !urls.contains(&url) {
                 urls.push(url);
             }
@@ -501,11 +419,7 @@ impl CashuPayment {
         for url in urls {
             let b = self
                 .db
-                .get_balance(
-                    Some(url.clone()),
-                    Some(self.unit.clone()),
-                    Some(vec![State::Unspent]),
-                )
+                .get_balance(Some(url.clone()), Some(self.unit.clone()), Some(vec![State::Unspent]))
                 .await
                 .map_err(storage)?;
             let key = normalize_mint_url(&url.to_string()).unwrap_or_else(|| url.to_string());
@@ -577,10 +491,7 @@ mod tests {
         assert_eq!(e.kind, FailureKind::Rejected(ErrorCode::MintNotAllowed));
         let e = p.token_state(t).await.expect_err("refused");
         assert_eq!(e.kind, FailureKind::Rejected(ErrorCode::MintNotAllowed));
-        let e = p
-            .refund("https://8333.space:3338", 5)
-            .await
-            .expect_err("refused");
+        let e = p.refund("https://8333.space:3338", 5).await.expect_err("refused");
         assert_eq!(e.kind, FailureKind::Rejected(ErrorCode::MintNotAllowed));
     }
 
@@ -590,10 +501,7 @@ mod tests {
         {
             let p = payment(dir.path());
             assert_eq!(p.balance().await.expect("balance"), 0);
-            assert_eq!(
-                p.balances().await.expect("balances"),
-                vec![("https://mint.x".to_string(), 0)]
-            );
+            assert_eq!(p.balances().await.expect("balances"), vec![("https://mint.x".to_string(), 0)]);
         }
         let p = payment(dir.path());
         assert_eq!(p.balance().await.expect("balance"), 0);

@@ -15,9 +15,7 @@ pub(crate) const SEED_FILE: &str = "seed";
 pub(crate) const DB_FILE: &str = "wallet.redb";
 
 fn setup(reason: impl Into<String>) -> PaymentError {
-    PaymentError::Setup {
-        reason: reason.into(),
-    }
+    PaymentError::Setup { reason: reason.into() }
 }
 
 /// Create the wallet dir (0700) if needed and return the 64-byte BIP-39 seed, creating the mnemonic once.
@@ -26,12 +24,7 @@ pub(crate) fn load_or_create(wallet_dir: &Path) -> Result<[u8; 64], PaymentError
         .recursive(true)
         .mode(0o700)
         .create(wallet_dir)
-        .map_err(|e| {
-            setup(format!(
-                "cannot create wallet dir {}: {e}",
-                wallet_dir.display()
-            ))
-        })?;
+        .map_err(|e| setup(format!("cannot create wallet dir {}: {e}", wallet_dir.display())))?;
     let path = wallet_dir.join(SEED_FILE);
     if !path.exists() {
         if wallet_dir.join(DB_FILE).exists() {
@@ -50,17 +43,12 @@ pub(crate) fn load_or_create(wallet_dir: &Path) -> Result<[u8; 64], PaymentError
 fn create(dir: &Path, path: &Path) -> Result<(), PaymentError> {
     let mut entropy = [0u8; 16];
     rand::rngs::OsRng.fill_bytes(&mut entropy);
-    let mnemonic =
-        bip39::Mnemonic::from_entropy(&entropy).map_err(|e| setup(format!("mnemonic: {e}")))?;
+    let mnemonic = bip39::Mnemonic::from_entropy(&entropy).map_err(|e| setup(format!("mnemonic: {e}")))?;
     // Write a temp file and hard-link it into place: the seed appears complete or not at all, and a
     // concurrent creator can never overwrite one that exists.
     let tmp = dir.join(format!(".seed.{}.tmp", std::process::id()));
     let write = || -> std::io::Result<()> {
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)?;
+        let mut f = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
         f.write_all(format!("{mnemonic}\n").as_bytes())?;
         f.sync_all()
     };
@@ -79,22 +67,16 @@ fn create(dir: &Path, path: &Path) -> Result<(), PaymentError> {
 }
 
 fn read(path: &Path) -> Result<[u8; 64], PaymentError> {
-    let meta =
-        fs::metadata(path).map_err(|e| setup(format!("cannot stat {}: {e}", path.display())))?;
+    let meta = fs::metadata(path).map_err(|e| setup(format!("cannot stat {}: {e}", path.display())))?;
     if meta.permissions().mode() & 0o077 != 0 {
         tracing::warn!(path = %path.display(), "wallet seed was readable by others; restricting to 0600");
         fs::set_permissions(path, fs::Permissions::from_mode(0o600))
             .map_err(|e| setup(format!("cannot chmod {}: {e}", path.display())))?;
     }
-    let text = fs::read_to_string(path)
-        .map_err(|e| setup(format!("cannot read {}: {e}", path.display())))?;
+    let text = fs::read_to_string(path).map_err(|e| setup(format!("cannot read {}: {e}", path.display())))?;
     // Never echo the file's content in the error.
-    let mnemonic = bip39::Mnemonic::parse_normalized(text.trim()).map_err(|_| {
-        setup(format!(
-            "{} does not hold a valid BIP-39 mnemonic",
-            path.display()
-        ))
-    })?;
+    let mnemonic = bip39::Mnemonic::parse_normalized(text.trim())
+        .map_err(|_| setup(format!("{} does not hold a valid BIP-39 mnemonic", path.display())))?;
     Ok(mnemonic.to_seed_normalized(""))
 }
 
@@ -107,10 +89,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let wdir = dir.path().join("w");
         let a = load_or_create(&wdir).expect("create");
-        let mode = fs::metadata(wdir.join(SEED_FILE))
-            .expect("seed")
-            .permissions()
-            .mode();
+        let mode = fs::metadata(wdir.join(SEED_FILE)).expect("seed").permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
         let b = load_or_create(&wdir).expect("reuse");
         assert_eq!(a, b);

@@ -31,30 +31,20 @@ pub(crate) fn strip(raw: &str) -> &str {
 pub(crate) fn decode(raw: &str) -> Result<Token, PaymentError> {
     let s = strip(raw);
     if !(s.starts_with("cashuA") || s.starts_with("cashuB")) {
-        return Err(PaymentError::InvalidToken {
-            reason: "not a cashuA or cashuB token".into(),
-        });
+        return Err(PaymentError::InvalidToken { reason: "not a cashuA or cashuB token".into() });
     }
-    Token::from_str(s).map_err(|_| PaymentError::InvalidToken {
-        reason: "malformed token encoding".into(),
-    })
+    Token::from_str(s).map_err(|_| PaymentError::InvalidToken { reason: "malformed token encoding".into() })
 }
 
 /// The token's single mint, normalised like the whitelist. V3 tokens may name several mints; those are refused.
 pub(crate) fn token_mint(token: &Token) -> Result<String, PaymentError> {
     if let Token::TokenV3(v3) = token {
         if v3.is_multi_mint() {
-            return Err(PaymentError::InvalidToken {
-                reason: "token spans several mints".into(),
-            });
+            return Err(PaymentError::InvalidToken { reason: "token spans several mints".into() });
         }
     }
-    let mint = token
-        .mint_url()
-        .map_err(|_| PaymentError::InvalidToken {
-            reason: "token names no mint".into(),
-        })?
-        .to_string();
+    let mint =
+        token.mint_url().map_err(|_| PaymentError::InvalidToken { reason: "token names no mint".into() })?.to_string();
     normalize_mint_url(&mint).ok_or(PaymentError::MintNotAllowed { mint })
 }
 
@@ -80,31 +70,16 @@ pub(crate) fn check(
     // V3 tokens without a unit are sat by convention (NUT-00).
     let token_unit = token.unit().unwrap_or_default();
     if token_unit != *unit {
-        return Err(PaymentError::UnitNotSupported {
-            unit: token_unit.to_string(),
-            expected: unit.to_string(),
-        });
+        return Err(PaymentError::UnitNotSupported { unit: token_unit.to_string(), expected: unit.to_string() });
     }
-    let amount = u64::from(token.value().map_err(|_| PaymentError::InvalidToken {
-        reason: "token amount overflows".into(),
-    })?);
+    let amount =
+        u64::from(token.value().map_err(|_| PaymentError::InvalidToken { reason: "token amount overflows".into() })?);
     if amount == 0 {
-        return Err(PaymentError::InvalidToken {
-            reason: "token holds no proofs".into(),
-        });
+        return Err(PaymentError::InvalidToken { reason: "token holds no proofs".into() });
     }
     let p2pk_locked = check_locks(&token, our_key)?;
     let digest = digest(&token);
-    Ok(Checked {
-        info: TokenInfo {
-            mint_url,
-            unit: token_unit.to_string(),
-            amount,
-            p2pk_locked,
-            digest,
-        },
-        token,
-    })
+    Ok(Checked { info: TokenInfo { mint_url, unit: token_unit.to_string(), amount, p2pk_locked, digest }, token })
 }
 
 /// NUT-10/11: true if some proof is P2PK-locked (to us). A lock we cannot open alone — another key, several
@@ -117,30 +92,18 @@ fn check_locks(token: &Token, our_key: &PublicKey) -> Result<bool, PaymentError>
         if secret.as_bytes().first() != Some(&b'[') {
             continue;
         }
-        let cond =
-            SpendingConditions::try_from(secret).map_err(|_| PaymentError::InvalidToken {
-                reason: "unreadable spending condition".into(),
-            })?;
+        let cond = SpendingConditions::try_from(secret)
+            .map_err(|_| PaymentError::InvalidToken { reason: "unreadable spending condition".into() })?;
         if cond.kind() != Kind::P2PK {
-            return Err(PaymentError::InvalidToken {
-                reason: "HTLC-locked tokens are not accepted".into(),
-            });
+            return Err(PaymentError::InvalidToken { reason: "HTLC-locked tokens are not accepted".into() });
         }
         if cond.num_sigs().unwrap_or(1) > 1 {
-            return Err(PaymentError::InvalidToken {
-                reason: "token needs several signatures".into(),
-            });
+            return Err(PaymentError::InvalidToken { reason: "token needs several signatures".into() });
         }
         // Schnorr signatures verify against the x-only key, so either parity of our key opens the lock.
-        let to_us = cond
-            .pubkeys()
-            .unwrap_or_default()
-            .iter()
-            .any(|k| k.x_only_public_key() == ours);
+        let to_us = cond.pubkeys().unwrap_or_default().iter().any(|k| k.x_only_public_key() == ours);
         if !to_us {
-            return Err(PaymentError::InvalidToken {
-                reason: "token is locked to another key".into(),
-            });
+            return Err(PaymentError::InvalidToken { reason: "token is locked to another key".into() });
         }
         locked = true;
     }
@@ -150,11 +113,7 @@ fn check_locks(token: &Token, our_key: &PublicKey) -> Result<bool, PaymentError>
 /// sha256 over the proof secrets, sorted, each length-prefixed: the same proofs give the same digest in v3
 /// and v4 encoding, whatever the proof order.
 pub(crate) fn digest(token: &Token) -> String {
-    let mut secrets: Vec<Vec<u8>> = token
-        .token_secrets()
-        .into_iter()
-        .map(|s| s.to_bytes())
-        .collect();
+    let mut secrets: Vec<Vec<u8>> = token.token_secrets().into_iter().map(|s| s.to_bytes()).collect();
     secrets.sort();
     let mut h = Sha256::new();
     for s in &secrets {
@@ -186,9 +145,7 @@ mod tests {
     }
 
     fn wl(m: &[&str]) -> Vec<String> {
-        m.iter()
-            .map(|s| normalize_mint_url(s).expect("url"))
-            .collect()
+        m.iter().map(|s| normalize_mint_url(s).expect("url")).collect()
     }
 
     fn run(raw: &str, whitelist: &[&str]) -> Result<TokenInfo, PaymentError> {
@@ -203,10 +160,7 @@ mod tests {
     fn token_with(mint: &str, unit: CurrencyUnit, secrets: Vec<Secret>) -> String {
         let c = SecretKey::from_slice(&[9u8; 32]).expect("key").public_key();
         let id = Id::from_str("009a1f293253e41e").expect("id");
-        let proofs = secrets
-            .into_iter()
-            .map(|s| Proof::new(Amount::from(4), id, s, c))
-            .collect();
+        let proofs = secrets.into_iter().map(|s| Proof::new(Amount::from(4), id, s, c)).collect();
         Token::new(MintUrl::from_str(mint).expect("mint"), proofs, None, unit).to_string()
     }
 
@@ -240,56 +194,21 @@ mod tests {
 
     #[test]
     fn garbage_is_invalid_token() {
-        for raw in [
-            "",
-            "hello",
-            "cashuB",
-            "cashuA!!!",
-            "cashuBbm90IGNib3I",
-            &V4[..40],
-        ] {
-            assert_eq!(
-                code(run(raw, &["https://8333.space:3338"])),
-                FailureKind::Rejected(ErrorCode::InvalidToken)
-            );
+        for raw in ["", "hello", "cashuB", "cashuA!!!", "cashuBbm90IGNib3I", &V4[..40]] {
+            assert_eq!(code(run(raw, &["https://8333.space:3338"])), FailureKind::Rejected(ErrorCode::InvalidToken));
         }
     }
 
     #[test]
     fn mint_whitelist_is_exact_after_normalisation() {
-        let t = token_with(
-            "https://mint.x.evil.io",
-            CurrencyUnit::Sat,
-            vec![Secret::generate()],
-        );
-        assert_eq!(
-            code(run(&t, &["https://mint.x"])),
-            FailureKind::Rejected(ErrorCode::MintNotAllowed)
-        );
-        let t = token_with(
-            "https://mint.x/extra",
-            CurrencyUnit::Sat,
-            vec![Secret::generate()],
-        );
-        assert_eq!(
-            code(run(&t, &["https://mint.x"])),
-            FailureKind::Rejected(ErrorCode::MintNotAllowed)
-        );
-        let t = token_with(
-            "https://mint.x",
-            CurrencyUnit::Sat,
-            vec![Secret::generate()],
-        );
-        assert_eq!(
-            code(run(&t, &["https://mint.x.evil.io"])),
-            FailureKind::Rejected(ErrorCode::MintNotAllowed)
-        );
+        let t = token_with("https://mint.x.evil.io", CurrencyUnit::Sat, vec![Secret::generate()]);
+        assert_eq!(code(run(&t, &["https://mint.x"])), FailureKind::Rejected(ErrorCode::MintNotAllowed));
+        let t = token_with("https://mint.x/extra", CurrencyUnit::Sat, vec![Secret::generate()]);
+        assert_eq!(code(run(&t, &["https://mint.x"])), FailureKind::Rejected(ErrorCode::MintNotAllowed));
+        let t = token_with("https://mint.x", CurrencyUnit::Sat, vec![Secret::generate()]);
+        assert_eq!(code(run(&t, &["https://mint.x.evil.io"])), FailureKind::Rejected(ErrorCode::MintNotAllowed));
         // Case, default port and trailing slash do not matter.
-        let t = token_with(
-            "HTTPS://Mint.X:443/",
-            CurrencyUnit::Sat,
-            vec![Secret::generate()],
-        );
+        let t = token_with("HTTPS://Mint.X:443/", CurrencyUnit::Sat, vec![Secret::generate()]);
         let info = run(&t, &["https://mint.x"]).expect("same mint");
         assert_eq!(info.mint_url, "https://mint.x");
         assert_eq!(info.amount, 4);
@@ -297,107 +216,48 @@ mod tests {
 
     #[test]
     fn wrong_unit_is_refused() {
-        let t = token_with(
-            "https://mint.x",
-            CurrencyUnit::Usd,
-            vec![Secret::generate()],
-        );
-        assert_eq!(
-            code(run(&t, &["https://mint.x"])),
-            FailureKind::Rejected(ErrorCode::UnitNotSupported)
-        );
-        let t = token_with(
-            "https://mint.x",
-            CurrencyUnit::Msat,
-            vec![Secret::generate()],
-        );
-        assert_eq!(
-            code(run(&t, &["https://mint.x"])),
-            FailureKind::Rejected(ErrorCode::UnitNotSupported)
-        );
+        let t = token_with("https://mint.x", CurrencyUnit::Usd, vec![Secret::generate()]);
+        assert_eq!(code(run(&t, &["https://mint.x"])), FailureKind::Rejected(ErrorCode::UnitNotSupported));
+        let t = token_with("https://mint.x", CurrencyUnit::Msat, vec![Secret::generate()]);
+        assert_eq!(code(run(&t, &["https://mint.x"])), FailureKind::Rejected(ErrorCode::UnitNotSupported));
     }
 
     #[test]
     fn p2pk_to_us_is_accepted_to_others_refused() {
         let ours = key().public_key();
-        let t = token_with(
-            "https://mint.x",
-            CurrencyUnit::Sat,
-            vec![p2pk_secret(ours, None), Secret::generate()],
-        );
+        let t = token_with("https://mint.x", CurrencyUnit::Sat, vec![p2pk_secret(ours, None), Secret::generate()]);
         let info = run(&t, &["https://mint.x"]).expect("locked to us");
         assert!(info.p2pk_locked);
         assert_eq!(info.amount, 8);
 
         let other = SecretKey::generate().public_key();
-        let t = token_with(
-            "https://mint.x",
-            CurrencyUnit::Sat,
-            vec![p2pk_secret(other, None)],
-        );
-        assert_eq!(
-            code(run(&t, &["https://mint.x"])),
-            FailureKind::Rejected(ErrorCode::InvalidToken)
-        );
+        let t = token_with("https://mint.x", CurrencyUnit::Sat, vec![p2pk_secret(other, None)]);
+        assert_eq!(code(run(&t, &["https://mint.x"])), FailureKind::Rejected(ErrorCode::InvalidToken));
 
         // One proof to us, one to someone else: unusable as a whole.
-        let t = token_with(
-            "https://mint.x",
-            CurrencyUnit::Sat,
-            vec![p2pk_secret(ours, None), p2pk_secret(other, None)],
-        );
-        assert_eq!(
-            code(run(&t, &["https://mint.x"])),
-            FailureKind::Rejected(ErrorCode::InvalidToken)
-        );
+        let t =
+            token_with("https://mint.x", CurrencyUnit::Sat, vec![p2pk_secret(ours, None), p2pk_secret(other, None)]);
+        assert_eq!(code(run(&t, &["https://mint.x"])), FailureKind::Rejected(ErrorCode::InvalidToken));
 
         // 2-of-2 with us and another: we cannot sign alone.
-        let cond = Conditions {
-            pubkeys: Some(vec![other]),
-            num_sigs: Some(2),
-            ..Default::default()
-        };
-        let t = token_with(
-            "https://mint.x",
-            CurrencyUnit::Sat,
-            vec![p2pk_secret(ours, Some(cond))],
-        );
-        assert_eq!(
-            code(run(&t, &["https://mint.x"])),
-            FailureKind::Rejected(ErrorCode::InvalidToken)
-        );
+        let cond = Conditions { pubkeys: Some(vec![other]), num_sigs: Some(2), ..Default::default() };
+        let t = token_with("https://mint.x", CurrencyUnit::Sat, vec![p2pk_secret(ours, Some(cond))]);
+        assert_eq!(code(run(&t, &["https://mint.x"])), FailureKind::Rejected(ErrorCode::InvalidToken));
 
         // Our key with the other parity prefix (as derived from an x-only Nostr key) still counts as ours.
         let mut flipped = ours.to_bytes();
         flipped[0] = if flipped[0] == 2 { 3 } else { 2 };
         let flipped = PublicKey::from_slice(&flipped).expect("flipped");
-        let t = token_with(
-            "https://mint.x",
-            CurrencyUnit::Sat,
-            vec![p2pk_secret(flipped, None)],
-        );
-        assert!(
-            run(&t, &["https://mint.x"])
-                .expect("x-only match")
-                .p2pk_locked
-        );
+        let t = token_with("https://mint.x", CurrencyUnit::Sat, vec![p2pk_secret(flipped, None)]);
+        assert!(run(&t, &["https://mint.x"]).expect("x-only match").p2pk_locked);
     }
 
     #[test]
     fn digest_ignores_proof_order() {
         let (s1, s2) = (Secret::generate(), Secret::generate());
-        let a = run(
-            &token_with(
-                "https://mint.x",
-                CurrencyUnit::Sat,
-                vec![s1.clone(), s2.clone()],
-            ),
-            &["https://mint.x"],
-        );
-        let b = run(
-            &token_with("https://mint.x", CurrencyUnit::Sat, vec![s2, s1]),
-            &["https://mint.x"],
-        );
+        let a =
+            run(&token_with("https://mint.x", CurrencyUnit::Sat, vec![s1.clone(), s2.clone()]), &["https://mint.x"]);
+        let b = run(&token_with("https://mint.x", CurrencyUnit::Sat, vec![s2, s1]), &["https://mint.x"]);
         assert_eq!(a.expect("a").digest, b.expect("b").digest);
     }
 }

@@ -81,7 +81,14 @@ fn make_provider_kubeconfig() -> Result<PathBuf> {
     kubectl(&["apply", "-f", manifest.to_str().ok_or(anyhow!("path"))?])?;
     let token = kubectl(&["-n", "ingress-system", "create", "token", "paygress", "--duration", "6h"])?;
     let server = kubectl(&["config", "view", "--minify", "-o", "jsonpath={.clusters[0].cluster.server}"])?;
-    let ca = kubectl(&["config", "view", "--minify", "--raw", "-o", "jsonpath={.clusters[0].cluster.certificate-authority-data}"])?;
+    let ca = kubectl(&[
+        "config",
+        "view",
+        "--minify",
+        "--raw",
+        "-o",
+        "jsonpath={.clusters[0].cluster.certificate-authority-data}",
+    ])?;
     let dir = std::env::temp_dir().join(format!("paygress-sa-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let path = dir.join("kubeconfig");
@@ -95,13 +102,46 @@ fn make_provider_kubeconfig() -> Result<PathBuf> {
 }
 
 pub fn pods_of_lease(lease_id: &str) -> Result<usize> {
-    let out = kubectl(&["-n", "user-workloads", "get", "pods", "-l", &format!("paygress.io/lease-id={lease_id}"), "-o", "name"])?;
+    let out = kubectl(&[
+        "-n",
+        "user-workloads",
+        "get",
+        "pods",
+        "-l",
+        &format!("paygress.io/lease-id={lease_id}"),
+        "-o",
+        "name",
+    ])?;
     Ok(out.lines().filter(|l| !l.is_empty()).count())
 }
 
 pub fn managed_pod_names() -> Result<Vec<String>> {
-    let out = kubectl(&["-n", "user-workloads", "get", "pods", "-l", "app.kubernetes.io/managed-by=paygress", "-o", "jsonpath={.items[*].metadata.name}"])?;
+    let out = kubectl(&[
+        "-n",
+        "user-workloads",
+        "get",
+        "pods",
+        "-l",
+        "app.kubernetes.io/managed-by=paygress",
+        "-o",
+        "jsonpath={.items[*].metadata.name}",
+    ])?;
     Ok(out.split_whitespace().map(String::from).collect())
+}
+
+/// Pods the provider made for one requester (by the requester annotation).
+pub fn pods_of_requester(pubkey: &str) -> Result<usize> {
+    let out = kubectl(&[
+        "-n",
+        "user-workloads",
+        "get",
+        "pods",
+        "-l",
+        "app.kubernetes.io/managed-by=paygress",
+        "-o",
+        "jsonpath={range .items[*]}{.metadata.annotations.paygress\\.io/requester}{\"\\n\"}{end}",
+    ])?;
+    Ok(out.lines().filter(|l| l.trim() == pubkey).count())
 }
 
 pub fn pod_ip(pod: &str) -> Result<String> {
@@ -229,7 +269,10 @@ impl User {
             "created_at": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs(),
             "pubkey": self.pubkey,
         });
-        let wrap = run_with_stdin(Command::new("nak").args(["gift", "wrap", "--sec", &self.sec, "-p", provider]), &rumor.to_string())?;
+        let wrap = run_with_stdin(
+            Command::new("nak").args(["gift", "wrap", "--sec", &self.sec, "-p", provider]),
+            &rumor.to_string(),
+        )?;
         let wrap_v: Value = serde_json::from_str(&wrap)?;
         run_with_stdin(Command::new("nak").args(["event", &relay()]), &wrap)?;
         // The rumor id is what the provider answers to; nak prints the wrap, so read the rumor back.
@@ -241,7 +284,14 @@ impl User {
     fn unwrap_own_rumor(&self, rumor: &Value) -> Result<String> {
         // The rumor id is the NIP-01 id of the unsigned rumor: compute it as every client does.
         use sha2::{Digest, Sha256};
-        let ser = serde_json::json!([0, rumor["pubkey"], rumor["created_at"], rumor["kind"], rumor["tags"], rumor["content"]]);
+        let ser = serde_json::json!([
+            0,
+            rumor["pubkey"],
+            rumor["created_at"],
+            rumor["kind"],
+            rumor["tags"],
+            rumor["content"]
+        ]);
         Ok(hex::encode(Sha256::digest(ser.to_string().as_bytes())))
     }
 
@@ -251,7 +301,18 @@ impl User {
     }
 
     fn find_reply(&self, request_id: &str, provider: &str) -> Result<Option<Value>> {
-        let out = run(Command::new("nak").args(["req", "-k", "1001", "-p", &self.pubkey, "-a", provider, "-e", request_id, &relay()]))?;
+        let out = run(Command::new("nak").args([
+            "req",
+            "-k",
+            "1001",
+            "-p",
+            &self.pubkey,
+            "-a",
+            provider,
+            "-e",
+            request_id,
+            &relay(),
+        ]))?;
         for line in out.lines().filter(|l| !l.trim().is_empty()) {
             let ev: Value = serde_json::from_str(line)?;
             let plain = self.decrypt(ev["content"].as_str().unwrap_or_default(), provider)?;
@@ -259,7 +320,10 @@ impl User {
         }
         let out = run(Command::new("nak").args(["req", "-k", "1059", "-p", &self.pubkey, &relay()]))?;
         for line in out.lines().filter(|l| !l.trim().is_empty()) {
-            let Ok(rumor) = run_with_stdin(Command::new("nak").args(["gift", "unwrap", "--sec", &self.sec]), line) else { continue };
+            let Ok(rumor) = run_with_stdin(Command::new("nak").args(["gift", "unwrap", "--sec", &self.sec]), line)
+            else {
+                continue;
+            };
             let rumor: Value = serde_json::from_str(&rumor)?;
             let answers = rumor["tags"].as_array().into_iter().flatten().any(|t| t[0] == "e" && t[1] == request_id);
             if rumor["kind"] == 1001 && answers && rumor["pubkey"] == provider {
@@ -322,8 +386,18 @@ impl Provider {
         let http = format!("127.0.0.1:{}", free_port());
         let log = state_dir.join("provider.log");
         let logf = std::fs::OpenOptions::new().create(true).append(true).open(&log)?;
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_paygress"));
+        // A babysitter shell kills the provider when this test process goes away (statics are never
+        // dropped), so no stray provider outlives its test run and races the next one for tokens.
+        let mut cmd = Command::new("bash");
+        cmd.args([
+            "-c",
+            "\"$@\" & c=$!; while kill -0 \"$PAYGRESS_TEST_PID\" 2>/dev/null && kill -0 $c 2>/dev/null; do sleep 0.5; done; kill -9 $c 2>/dev/null; wait",
+            "babysitter",
+            env!("CARGO_BIN_EXE_paygress"),
+        ]);
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
         cmd.env_clear()
+            .env("PAYGRESS_TEST_PID", std::process::id().to_string())
             .env("PATH", env("PATH"))
             .env("HOME", env("HOME"))
             .env("RUST_LOG", "info,paygress=debug")
@@ -370,9 +444,9 @@ impl Provider {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// SIGKILL, as a crash would.
+    /// SIGKILL to the provider and its babysitter, as a crash would.
     pub fn kill9(&mut self) {
-        let _ = self.child.kill();
+        let _ = Command::new("kill").args(["-KILL", "--", &format!("-{}", self.child.id())]).status();
         let _ = self.child.wait();
     }
 
@@ -384,8 +458,7 @@ impl Provider {
 
 impl Drop for Provider {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.kill9();
     }
 }
 
@@ -395,7 +468,14 @@ pub fn request_json(token: &str, user: &str) -> String {
 }
 
 /// `ssh` (OpenSSH) into `user@host:port` with a password, running `cmd`.
-pub fn ssh_password(host: &str, port: u16, user: &str, password: &str, cmd: &str, known_hosts: Option<&Path>) -> Result<String> {
+pub fn ssh_password(
+    host: &str,
+    port: u16,
+    user: &str,
+    password: &str,
+    cmd: &str,
+    known_hosts: Option<&Path>,
+) -> Result<String> {
     let kh = known_hosts.map(|p| p.display().to_string()).unwrap_or_else(|| "/dev/null".into());
     let strict = if known_hosts.is_some() { "yes" } else { "no" };
     run(Command::new("sshpass").args([

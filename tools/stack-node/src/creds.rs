@@ -16,13 +16,7 @@ pub const SSH_PORT: u16 = 2222;
 pub const DEFAULT_USER: &str = "linuxserver.io";
 
 /// Env names that mark a container as the linuxserver openssh-server.
-const SSH_ENV_HINTS: &[&str] = &[
-    "USER_NAME",
-    "USER_PASSWORD",
-    "PASSWORD_ACCESS",
-    "PUBLIC_KEY",
-    "LISTEN_PORT",
-];
+const SSH_ENV_HINTS: &[&str] = &["USER_NAME", "USER_PASSWORD", "PASSWORD_ACCESS", "PUBLIC_KEY", "LISTEN_PORT"];
 
 /// Where the value of one env var comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,19 +55,11 @@ pub fn ssh_container(pod: &Pod) -> Option<&Container> {
     let containers = &pod.spec.as_ref()?.containers;
     containers
         .iter()
-        .find(|c| {
-            c.ports
-                .as_ref()
-                .is_some_and(|ps| ps.iter().any(|p| p.container_port == i32::from(SSH_PORT)))
-        })
+        .find(|c| c.ports.as_ref().is_some_and(|ps| ps.iter().any(|p| p.container_port == i32::from(SSH_PORT))))
         .or_else(|| {
             containers.iter().find(|c| {
-                c.image
-                    .as_deref()
-                    .is_some_and(|i| i.contains("openssh-server"))
-                    || c.env.as_ref().is_some_and(|env| {
-                        env.iter().any(|e| SSH_ENV_HINTS.contains(&e.name.as_str()))
-                    })
+                c.image.as_deref().is_some_and(|i| i.contains("openssh-server"))
+                    || c.env.as_ref().is_some_and(|env| env.iter().any(|e| SSH_ENV_HINTS.contains(&e.name.as_str())))
             })
         })
 }
@@ -97,11 +83,7 @@ pub fn env_sources(c: &Container) -> Vec<(Option<String>, EnvSource)> {
         if let Some(cm) = &ef.config_map_ref {
             out.push((
                 None,
-                EnvSource::ConfigMapAll {
-                    name: cm.name.clone(),
-                    prefix,
-                    optional: cm.optional.unwrap_or(false),
-                },
+                EnvSource::ConfigMapAll { name: cm.name.clone(), prefix, optional: cm.optional.unwrap_or(false) },
             ));
         }
     }
@@ -147,12 +129,7 @@ pub struct Credentials {
 impl Credentials {
     /// Derive from a resolved env map, as the openssh-server image's init scripts do.
     pub fn from_env(env: &BTreeMap<String, String>) -> Self {
-        let user = env
-            .get("USER_NAME")
-            .map(|s| s.trim())
-            .filter(|s| !s.is_empty())
-            .unwrap_or(DEFAULT_USER)
-            .to_string();
+        let user = env.get("USER_NAME").map(|s| s.trim()).filter(|s| !s.is_empty()).unwrap_or(DEFAULT_USER).to_string();
         let password = if env.get("PASSWORD_ACCESS").map(String::as_str) == Some("true") {
             env.get("USER_PASSWORD").filter(|p| !p.is_empty()).cloned()
         } else {
@@ -171,12 +148,7 @@ impl Credentials {
                 }
             }
         }
-        Credentials {
-            user,
-            password,
-            keys,
-            bad_key_lines,
-        }
+        Credentials { user, password, keys, bad_key_lines }
     }
 
     pub fn password_enabled(&self) -> bool {
@@ -213,14 +185,10 @@ mod tests {
     use k8s_openapi::api::core::v1::Pod;
 
     const KEY_A: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIME97smDHeUpC9tARU3trk0V+Gfq6kZZw1ALKSc5tiZ4 alice@test";
-    const KEY_B: &str =
-        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGWiBt8nOkF+44MhmjazspLdf/MVT7kZOKlcMF20d8Ll";
+    const KEY_B: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGWiBt8nOkF+44MhmjazspLdf/MVT7kZOKlcMF20d8Ll";
 
     fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
     fn pod(json: serde_json::Value) -> Pod {
@@ -257,21 +225,15 @@ mod tests {
 
     #[test]
     fn empty_password_is_never_accepted() {
-        let c = Credentials::from_env(&env(&[
-            ("USER_NAME", "alice"),
-            ("USER_PASSWORD", ""),
-            ("PASSWORD_ACCESS", "true"),
-        ]));
+        let c =
+            Credentials::from_env(&env(&[("USER_NAME", "alice"), ("USER_PASSWORD", ""), ("PASSWORD_ACCESS", "true")]));
         assert!(!c.password_enabled());
         assert!(!c.check_password("alice", ""));
     }
 
     #[test]
     fn default_user_name() {
-        let c = Credentials::from_env(&env(&[
-            ("USER_PASSWORD", "pw"),
-            ("PASSWORD_ACCESS", "true"),
-        ]));
+        let c = Credentials::from_env(&env(&[("USER_PASSWORD", "pw"), ("PASSWORD_ACCESS", "true")]));
         assert_eq!(c.user, DEFAULT_USER);
         assert!(c.check_password("linuxserver.io", "pw"));
         let c = Credentials::from_env(&env(&[("USER_NAME", "")]));
@@ -354,22 +316,11 @@ mod tests {
         assert_eq!(
             srcs,
             vec![
-                (
-                    None,
-                    EnvSource::SecretAll {
-                        name: "all".into(),
-                        prefix: "P_".into(),
-                        optional: false
-                    }
-                ),
+                (None, EnvSource::SecretAll { name: "all".into(), prefix: "P_".into(), optional: false }),
                 (Some("USER_NAME".into()), EnvSource::Literal("alice".into())),
                 (
                     Some("USER_PASSWORD".into()),
-                    EnvSource::SecretKey {
-                        name: "s".into(),
-                        key: "pw".into(),
-                        optional: false
-                    }
+                    EnvSource::SecretKey { name: "s".into(), key: "pw".into(), optional: false }
                 ),
                 (Some("EMPTY".into()), EnvSource::Literal(String::new())),
                 (Some("NODE".into()), EnvSource::Unsupported),

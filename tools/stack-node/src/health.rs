@@ -51,10 +51,7 @@ async fn respond(mut sock: TcpStream, synced: &AtomicBool) -> std::io::Result<()
                 break;
             }
             buf.extend_from_slice(chunk.get(..n).unwrap_or_default());
-            if buf.windows(4).any(|w| w == b"\r\n\r\n")
-                || buf.windows(2).any(|w| w == b"\n\n")
-                || buf.len() > 8192
-            {
+            if buf.windows(4).any(|w| w == b"\r\n\r\n") || buf.windows(2).any(|w| w == b"\n\n") || buf.len() > 8192 {
                 break;
             }
         }
@@ -82,23 +79,11 @@ mod tests {
 
     #[test]
     fn routes() {
-        assert_eq!(
-            route("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n", true).0,
-            "200 OK"
-        );
-        assert_eq!(
-            route("GET /healthz?verbose HTTP/1.1\r\n\r\n", true).0,
-            "200 OK"
-        );
-        assert_eq!(
-            route("GET /healthz HTTP/1.1\r\n\r\n", false).0,
-            "503 Service Unavailable"
-        );
+        assert_eq!(route("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n", true).0, "200 OK");
+        assert_eq!(route("GET /healthz?verbose HTTP/1.1\r\n\r\n", true).0, "200 OK");
+        assert_eq!(route("GET /healthz HTTP/1.1\r\n\r\n", false).0, "503 Service Unavailable");
         assert_eq!(route("GET / HTTP/1.1\r\n\r\n", true).0, "404 Not Found");
-        assert_eq!(
-            route("POST /healthz HTTP/1.1\r\n\r\n", true).0,
-            "405 Method Not Allowed"
-        );
+        assert_eq!(route("POST /healthz HTTP/1.1\r\n\r\n", true).0, "405 Method Not Allowed");
         assert_eq!(route("", true).0, "404 Not Found");
     }
 }

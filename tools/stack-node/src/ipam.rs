@@ -24,15 +24,9 @@ impl Ipam {
     /// `cidr` like "127.0.100.0/24". The network address, the first host
     /// (conventionally the gateway) and the broadcast address are not handed out.
     pub fn new(cidr: &str) -> anyhow::Result<Self> {
-        let (addr, len) = cidr
-            .split_once('/')
-            .with_context(|| format!("pod CIDR {cidr:?} has no /prefix"))?;
-        let addr: Ipv4Addr = addr
-            .parse()
-            .with_context(|| format!("pod CIDR {cidr:?}: bad address"))?;
-        let len: u32 = len
-            .parse()
-            .with_context(|| format!("pod CIDR {cidr:?}: bad prefix length"))?;
+        let (addr, len) = cidr.split_once('/').with_context(|| format!("pod CIDR {cidr:?} has no /prefix"))?;
+        let addr: Ipv4Addr = addr.parse().with_context(|| format!("pod CIDR {cidr:?}: bad address"))?;
+        let len: u32 = len.parse().with_context(|| format!("pod CIDR {cidr:?}: bad prefix length"))?;
         if !(8..=30).contains(&len) {
             bail!("pod CIDR {cidr:?}: prefix length must be between 8 and 30");
         }
@@ -44,13 +38,7 @@ impl Ipam {
         if first > last {
             bail!("pod CIDR {cidr:?} has no usable addresses");
         }
-        Ok(Ipam {
-            first,
-            last,
-            cursor: first,
-            by_uid: HashMap::new(),
-            by_ip: HashMap::new(),
-        })
+        Ok(Ipam { first, last, cursor: first, by_uid: HashMap::new(), by_ip: HashMap::new() })
     }
 
     pub fn contains(&self, ip: Ipv4Addr) -> bool {
@@ -128,14 +116,7 @@ mod tests {
 
     #[test]
     fn bad_cidrs() {
-        for c in [
-            "127.0.100.0",
-            "127.0.100.0/33",
-            "127.0.100.0/31",
-            "x/24",
-            "127.0.100.0/x",
-            "",
-        ] {
+        for c in ["127.0.100.0", "127.0.100.0/33", "127.0.100.0/31", "x/24", "127.0.100.0/x", ""] {
             assert!(Ipam::new(c).is_err(), "{c}");
         }
     }
@@ -153,9 +134,7 @@ mod tests {
     fn reuse_after_release_and_exhaustion() {
         // /29: network .0, gateway .1, broadcast .7 → .2..=.6 usable (5 addresses).
         let mut a = Ipam::new("127.0.100.0/29").unwrap();
-        let got: Vec<_> = (0..5)
-            .map(|i| a.allocate(&format!("u{i}")).unwrap())
-            .collect();
+        let got: Vec<_> = (0..5).map(|i| a.allocate(&format!("u{i}")).unwrap()).collect();
         assert_eq!(got.first(), Some(&ip("127.0.100.2")));
         assert_eq!(got.last(), Some(&ip("127.0.100.6")));
         assert_eq!(a.allocate("full"), None);
@@ -179,10 +158,7 @@ mod tests {
         let mut a = Ipam::new("127.0.100.0/24").unwrap();
         a.reserve("old", ip("127.0.100.2")).unwrap();
         assert_eq!(a.reserve("old", ip("127.0.100.2")), Ok(()));
-        assert_eq!(
-            a.reserve("other", ip("127.0.100.2")),
-            Err("old".to_string())
-        );
+        assert_eq!(a.reserve("other", ip("127.0.100.2")), Err("old".to_string()));
         assert_eq!(a.allocate("new"), Some(ip("127.0.100.3")));
         assert_eq!(a.allocate("old"), Some(ip("127.0.100.2")));
         // Out-of-range addresses are recorded but never allocated.

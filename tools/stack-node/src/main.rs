@@ -24,7 +24,8 @@ use anyhow::{bail, Context};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use tracing::{info, warn};
 
-const USAGE: &str = "usage: stack-node --kubeconfig PATH --node-name NAME --pod-cidr CIDR --state-dir DIR --health HOST:PORT\n\
+const USAGE: &str =
+    "usage: stack-node --kubeconfig PATH --node-name NAME --pod-cidr CIDR --state-dir DIR --health HOST:PORT\n\
   e.g. stack-node --kubeconfig admin.kubeconfig --node-name paygress-node --pod-cidr 127.0.100.0/24 \\\n\
        --state-dir /tmp/stack-node --health 127.0.0.1:10250\n\
   Logging: RUST_LOG (default info).";
@@ -56,10 +57,7 @@ fn parse_args(argv: &[String]) -> anyhow::Result<Args> {
         let mut value = || -> anyhow::Result<String> {
             match &inline {
                 Some(v) => Ok(v.clone()),
-                None => it
-                    .next()
-                    .cloned()
-                    .with_context(|| format!("{flag} needs a value\n{USAGE}")),
+                None => it.next().cloned().with_context(|| format!("{flag} needs a value\n{USAGE}")),
             }
         };
         match flag {
@@ -69,10 +67,7 @@ fn parse_args(argv: &[String]) -> anyhow::Result<Args> {
             "--state-dir" => state_dir = Some(PathBuf::from(value()?)),
             "--health" => {
                 let v = value()?;
-                health = Some(
-                    v.parse()
-                        .with_context(|| format!("--health {v:?}: expected HOST:PORT"))?,
-                )
+                health = Some(v.parse().with_context(|| format!("--health {v:?}: expected HOST:PORT"))?)
             }
             other => bail!("unknown argument {other:?}\n{USAGE}"),
         }
@@ -107,8 +102,7 @@ async fn shutdown_signal() {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&args.state_dir)
-        .with_context(|| format!("creating {}", args.state_dir.display()))?;
+    std::fs::create_dir_all(&args.state_dir).with_context(|| format!("creating {}", args.state_dir.display()))?;
     // Validate the CIDR before touching the API.
     ipam::Ipam::new(&args.pod_cidr)?;
 
@@ -119,8 +113,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     tokio::spawn(health::serve(health_listener, synced.clone()));
     info!(addr = %args.health, "health endpoint listening");
 
-    let kubeconfig = Kubeconfig::read_from(&args.kubeconfig)
-        .with_context(|| format!("reading {}", args.kubeconfig.display()))?;
+    let kubeconfig =
+        Kubeconfig::read_from(&args.kubeconfig).with_context(|| format!("reading {}", args.kubeconfig.display()))?;
     let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
         .await
         .context("loading kubeconfig")?;
@@ -144,13 +138,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     tokio::spawn(node.heartbeat());
 
-    let agent = pods::PodAgent::new(
-        client,
-        &args.node_name,
-        &args.pod_cidr,
-        args.state_dir.clone(),
-        synced,
-    )?;
+    let agent = pods::PodAgent::new(client, &args.node_name, &args.pod_cidr, args.state_dir.clone(), synced)?;
     agent.run(shutdown_signal()).await;
     Ok(())
 }
@@ -172,11 +160,7 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("stack-node: starting runtime: {e}");
@@ -224,9 +208,6 @@ mod tests {
         assert!(parse_args(&argv("--kubeconfig /k")).is_err());
         assert!(parse_args(&argv("--bogus x")).is_err());
         assert!(parse_args(&argv("--kubeconfig")).is_err());
-        assert!(parse_args(&argv(
-            "--kubeconfig /k --node-name n --pod-cidr c --state-dir /s --health nope"
-        ))
-        .is_err());
+        assert!(parse_args(&argv("--kubeconfig /k --node-name n --pod-cidr c --state-dir /s --health nope")).is_err());
     }
 }

@@ -15,9 +15,7 @@ const HEARTBEAT: Duration = Duration::from_secs(10);
 const LEASE_SECONDS: i64 = 40;
 
 pub fn now_rfc3339() -> String {
-    k8s_openapi::jiff::Timestamp::now()
-        .strftime("%Y-%m-%dT%H:%M:%SZ")
-        .to_string()
+    k8s_openapi::jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
 
 pub struct NodeAgent {
@@ -29,12 +27,7 @@ pub struct NodeAgent {
 
 impl NodeAgent {
     pub fn new(client: Client, name: &str, pod_cidr: &str) -> Self {
-        NodeAgent {
-            client,
-            name: name.to_string(),
-            pod_cidr: pod_cidr.to_string(),
-            started: now_rfc3339(),
-        }
+        NodeAgent { client, name: name.to_string(), pod_cidr: pod_cidr.to_string(), started: now_rfc3339() }
     }
 
     /// Create the Node if missing, then publish its full status.
@@ -76,34 +69,13 @@ impl NodeAgent {
             })
         };
         let conditions = json!([
-            cond(
-                "MemoryPressure",
-                "False",
-                "KubeletHasSufficientMemory",
-                "stack-node has sufficient memory available"
-            ),
-            cond(
-                "DiskPressure",
-                "False",
-                "KubeletHasNoDiskPressure",
-                "stack-node has no disk pressure"
-            ),
-            cond(
-                "PIDPressure",
-                "False",
-                "KubeletHasSufficientPID",
-                "stack-node has sufficient PID available"
-            ),
-            cond(
-                "Ready",
-                "True",
-                "KubeletReady",
-                "stack-node is posting ready status"
-            ),
+            cond("MemoryPressure", "False", "KubeletHasSufficientMemory", "stack-node has sufficient memory available"),
+            cond("DiskPressure", "False", "KubeletHasNoDiskPressure", "stack-node has no disk pressure"),
+            cond("PIDPressure", "False", "KubeletHasSufficientPID", "stack-node has sufficient PID available"),
+            cond("Ready", "True", "KubeletReady", "stack-node is posting ready status"),
         ]);
         let status = if full {
-            let resources =
-                json!({"cpu": "16", "memory": "64Gi", "pods": "250", "ephemeral-storage": "100Gi"});
+            let resources = json!({"cpu": "16", "memory": "64Gi", "pods": "250", "ephemeral-storage": "100Gi"});
             json!({
                 "capacity": resources,
                 "allocatable": resources,
@@ -125,11 +97,7 @@ impl NodeAgent {
             json!({"conditions": conditions})
         };
         nodes
-            .patch_status(
-                &self.name,
-                &PatchParams::default(),
-                &Patch::Merge(json!({ "status": status })),
-            )
+            .patch_status(&self.name, &PatchParams::default(), &Patch::Merge(json!({ "status": status })))
             .await
             .context("patching node status")?;
         Ok(())
@@ -137,9 +105,7 @@ impl NodeAgent {
 
     async fn renew_lease(&self) -> anyhow::Result<()> {
         let leases: Api<Lease> = Api::namespaced(self.client.clone(), "kube-node-lease");
-        let now = k8s_openapi::jiff::Timestamp::now()
-            .strftime("%Y-%m-%dT%H:%M:%S.%6fZ")
-            .to_string();
+        let now = k8s_openapi::jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%S.%6fZ").to_string();
         let body = json!({
             "apiVersion": "coordination.k8s.io/v1",
             "kind": "Lease",
@@ -147,11 +113,7 @@ impl NodeAgent {
             "spec": {"holderIdentity": self.name, "leaseDurationSeconds": LEASE_SECONDS, "renewTime": now},
         });
         leases
-            .patch(
-                &self.name,
-                &PatchParams::apply("stack-node").force(),
-                &Patch::Apply(body),
-            )
+            .patch(&self.name, &PatchParams::apply("stack-node").force(), &Patch::Apply(body))
             .await
             .context("renewing node lease")?;
         Ok(())
@@ -191,13 +153,9 @@ fn go_arch() -> &'static str {
 }
 
 fn kernel_version() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default()
+    std::fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_string()).unwrap_or_default()
 }
 
 fn is_not_found(e: &anyhow::Error) -> bool {
-    e.chain().any(|c| {
-        matches!(c.downcast_ref::<kube::Error>(), Some(kube::Error::Api(s)) if s.is_not_found())
-    })
+    e.chain().any(|c| matches!(c.downcast_ref::<kube::Error>(), Some(kube::Error::Api(s)) if s.is_not_found()))
 }

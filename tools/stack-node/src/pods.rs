@@ -67,10 +67,7 @@ fn meta(pod: &Pod) -> Option<(String, String, String)> {
 }
 
 fn phase(pod: &Pod) -> &str {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.phase.as_deref())
-        .unwrap_or("")
+    pod.status.as_ref().and_then(|s| s.phase.as_deref()).unwrap_or("")
 }
 
 fn node_name(pod: &Pod) -> Option<&str> {
@@ -82,10 +79,7 @@ fn status_ip(pod: &Pod) -> Option<Ipv4Addr> {
 }
 
 fn host_network(pod: &Pod) -> bool {
-    pod.spec
-        .as_ref()
-        .and_then(|s| s.host_network)
-        .unwrap_or(false)
+    pod.spec.as_ref().and_then(|s| s.host_network).unwrap_or(false)
 }
 
 /// Whether the status already says what `patch_running` would write.
@@ -93,16 +87,10 @@ fn status_is_running(pod: &Pod, ip: Ipv4Addr) -> bool {
     let (Some(spec), Some(st)) = (pod.spec.as_ref(), pod.status.as_ref()) else {
         return false;
     };
-    let ready = st
-        .conditions
-        .iter()
-        .flatten()
-        .any(|c| c.type_ == "Ready" && c.status == "True");
+    let ready = st.conditions.iter().flatten().any(|c| c.type_ == "Ready" && c.status == "True");
     let containers_ok = st.container_statuses.as_ref().is_some_and(|cs| {
         cs.len() == spec.containers.len()
-            && cs
-                .iter()
-                .all(|c| c.ready && c.state.as_ref().is_some_and(|s| s.running.is_some()))
+            && cs.iter().all(|c| c.ready && c.state.as_ref().is_some_and(|s| s.running.is_some()))
     });
     st.phase.as_deref() == Some("Running")
         && st.pod_ip.as_deref() == Some(ip.to_string().as_str())
@@ -201,13 +189,8 @@ impl PodAgent {
     /// ones, drop pods that vanished meanwhile, then reconcile everything.
     async fn initial_sync(&mut self, pods: Vec<Pod>) {
         let live: HashSet<String> = pods.iter().filter_map(|p| p.metadata.uid.clone()).collect();
-        let gone: Vec<String> = self
-            .cache
-            .keys()
-            .chain(self.served.keys())
-            .filter(|u| !live.contains(*u))
-            .cloned()
-            .collect();
+        let gone: Vec<String> =
+            self.cache.keys().chain(self.served.keys()).filter(|u| !live.contains(*u)).cloned().collect();
         for uid in gone {
             info!(%uid, "pod vanished while not watching");
             self.forget(&uid).await;
@@ -230,10 +213,7 @@ impl PodAgent {
                 warn!(pod = %format!("{ns}/{name}"), %ip, %owner, "pod IP already taken by another pod");
             }
         }
-        self.cache = pods
-            .into_iter()
-            .filter_map(|p| Some((p.metadata.uid.clone()?, p)))
-            .collect();
+        self.cache = pods.into_iter().filter_map(|p| Some((p.metadata.uid.clone()?, p))).collect();
         self.gc_state_dirs(&live);
         self.resync().await;
     }
@@ -390,11 +370,7 @@ impl PodAgent {
     }
 
     async fn bind(&mut self, uid: &str, ns: &str, name: &str) {
-        if self
-            .bind_attempts
-            .get(uid)
-            .is_some_and(|t| t.elapsed() < REBIND_AFTER)
-        {
+        if self.bind_attempts.get(uid).is_some_and(|t| t.elapsed() < REBIND_AFTER) {
             return;
         }
         self.bind_attempts.insert(uid.to_string(), Instant::now());
@@ -405,15 +381,7 @@ impl PodAgent {
             "metadata": {"name": name, "namespace": ns, "uid": uid},
             "target": {"apiVersion": "v1", "kind": "Node", "name": self.node},
         });
-        match api
-            .create_subresource::<_, serde_json::Value>(
-                "binding",
-                name,
-                &PostParams::default(),
-                &binding,
-            )
-            .await
-        {
+        match api.create_subresource::<_, serde_json::Value>("binding", name, &PostParams::default(), &binding).await {
             Ok(_) => info!(pod = %format!("{ns}/{name}"), node = %self.node, "bound"),
             Err(kube::Error::Api(s)) if s.is_conflict() || s.is_not_found() => {
                 debug!(pod = %format!("{ns}/{name}"), "binding: {}", s.message)
@@ -429,21 +397,14 @@ impl PodAgent {
                 info!(pod = %format!("{ns}/{name}"), ip = %s.ip, "ssh server stopped (pod terminating)");
             }
         }
-        if self
-            .delete_attempts
-            .get(uid)
-            .is_some_and(|t| t.elapsed() < REDELETE_AFTER)
-        {
+        if self.delete_attempts.get(uid).is_some_and(|t| t.elapsed() < REDELETE_AFTER) {
             return;
         }
         self.delete_attempts.insert(uid.to_string(), Instant::now());
         let api: Api<Pod> = Api::namespaced(self.client.clone(), ns);
         let dp = DeleteParams {
             grace_period_seconds: Some(0),
-            preconditions: Some(Preconditions {
-                uid: Some(uid.to_string()),
-                resource_version: None,
-            }),
+            preconditions: Some(Preconditions { uid: Some(uid.to_string()), resource_version: None }),
             ..DeleteParams::default()
         };
         match api.delete(name, &dp).await {
@@ -461,14 +422,7 @@ impl PodAgent {
     }
 
     /// Resolve the SSH container's credentials, load the host key, start the server.
-    async fn prepare(
-        &mut self,
-        pod: &Pod,
-        uid: &str,
-        ns: &str,
-        name: &str,
-        ip: Ipv4Addr,
-    ) -> Result<Served, PrepError> {
+    async fn prepare(&mut self, pod: &Pod, uid: &str, ns: &str, name: &str, ip: Ipv4Addr) -> Result<Served, PrepError> {
         let dir = state::pod_dir(&self.state_dir, ns, name, uid);
         let Some(container) = creds::ssh_container(pod) else {
             return Ok(Served { ip, server: None });
@@ -490,32 +444,19 @@ impl PodAgent {
             "ssh credentials"
         );
         let key_dir = dir.clone();
-        let host_key =
-            tokio::task::spawn_blocking(move || state::load_or_create_host_key(&key_dir))
-                .await
-                .map_err(|e| PrepError::Other(e.into()))?
-                .map_err(PrepError::Other)?;
+        let host_key = tokio::task::spawn_blocking(move || state::load_or_create_host_key(&key_dir))
+            .await
+            .map_err(|e| PrepError::Other(e.into()))?
+            .map_err(PrepError::Other)?;
         debug!(pod = %format!("{ns}/{name}"), fingerprint = %state::fingerprint(&host_key), "host key");
-        let server = PodServer::start(ServerSpec {
-            pod: format!("{ns}/{name}"),
-            ip,
-            creds,
-            host_key,
-            home: dir.join("home"),
-        })
-        .await
-        .map_err(PrepError::Other)?;
-        Ok(Served {
-            ip,
-            server: Some(server),
-        })
+        let server =
+            PodServer::start(ServerSpec { pod: format!("{ns}/{name}"), ip, creds, host_key, home: dir.join("home") })
+                .await
+                .map_err(PrepError::Other)?;
+        Ok(Served { ip, server: Some(server) })
     }
 
-    async fn resolve_env(
-        &self,
-        ns: &str,
-        c: &Container,
-    ) -> Result<BTreeMap<String, String>, PrepError> {
+    async fn resolve_env(&self, ns: &str, c: &Container) -> Result<BTreeMap<String, String>, PrepError> {
         let secrets: Api<Secret> = Api::namespaced(self.client.clone(), ns);
         let cms: Api<ConfigMap> = Api::namespaced(self.client.clone(), ns);
         let mut secret_cache: HashMap<String, Option<BTreeMap<String, String>>> = HashMap::new();
@@ -530,31 +471,20 @@ impl PodAgent {
                     continue;
                 }
                 EnvSource::Unsupported => continue,
-                EnvSource::SecretKey { name, optional, .. }
-                | EnvSource::SecretAll { name, optional, .. } => {
+                EnvSource::SecretKey { name, optional, .. } | EnvSource::SecretAll { name, optional, .. } => {
                     if !secret_cache.contains_key(name) {
-                        let got = secrets
-                            .get_opt(name)
-                            .await
-                            .map_err(|e| PrepError::Other(e.into()))?
-                            .map(|s| {
-                                s.data
-                                    .unwrap_or_default()
-                                    .into_iter()
-                                    .map(|(k, v)| (k, String::from_utf8_lossy(&v.0).into_owned()))
-                                    .collect()
-                            });
+                        let got = secrets.get_opt(name).await.map_err(|e| PrepError::Other(e.into()))?.map(|s| {
+                            s.data
+                                .unwrap_or_default()
+                                .into_iter()
+                                .map(|(k, v)| (k, String::from_utf8_lossy(&v.0).into_owned()))
+                                .collect()
+                        });
                         secret_cache.insert(name.clone(), got);
                     }
-                    (
-                        "Secret",
-                        name,
-                        secret_cache.get(name).cloned().flatten(),
-                        *optional,
-                    )
+                    ("Secret", name, secret_cache.get(name).cloned().flatten(), *optional)
                 }
-                EnvSource::ConfigMapKey { name, optional, .. }
-                | EnvSource::ConfigMapAll { name, optional, .. } => {
+                EnvSource::ConfigMapKey { name, optional, .. } | EnvSource::ConfigMapAll { name, optional, .. } => {
                     if !cm_cache.contains_key(name) {
                         let got = cms
                             .get_opt(name)
@@ -563,12 +493,7 @@ impl PodAgent {
                             .map(|m| m.data.unwrap_or_default());
                         cm_cache.insert(name.clone(), got);
                     }
-                    (
-                        "ConfigMap",
-                        name,
-                        cm_cache.get(name).cloned().flatten(),
-                        *optional,
-                    )
+                    ("ConfigMap", name, cm_cache.get(name).cloned().flatten(), *optional)
                 }
             };
             let Some(data) = data else {
@@ -578,19 +503,15 @@ impl PodAgent {
                 return Err(PrepError::Config(format!("{kind} \"{obj}\" not found")));
             };
             match &src {
-                EnvSource::SecretKey { key, .. } | EnvSource::ConfigMapKey { key, .. } => {
-                    match (data.get(key), var) {
-                        (Some(v), Some(var)) => {
-                            env.insert(var, v.clone());
-                        }
-                        (None, _) if !optional => {
-                            return Err(PrepError::Config(format!(
-                                "couldn't find key {key} in {kind} {ns}/{obj}"
-                            )));
-                        }
-                        _ => {}
+                EnvSource::SecretKey { key, .. } | EnvSource::ConfigMapKey { key, .. } => match (data.get(key), var) {
+                    (Some(v), Some(var)) => {
+                        env.insert(var, v.clone());
                     }
-                }
+                    (None, _) if !optional => {
+                        return Err(PrepError::Config(format!("couldn't find key {key} in {kind} {ns}/{obj}")));
+                    }
+                    _ => {}
+                },
                 EnvSource::SecretAll { prefix, .. } | EnvSource::ConfigMapAll { prefix, .. } => {
                     for (k, v) in data {
                         env.insert(format!("{prefix}{k}"), v);
@@ -652,18 +573,10 @@ impl PodAgent {
             "containerStatuses": spec.containers.iter().map(container_status).collect::<Vec<_>>(),
         });
         if let Some(inits) = spec.init_containers.as_ref().filter(|v| !v.is_empty()) {
-            status["initContainerStatuses"] =
-                json!(inits.iter().map(init_status).collect::<Vec<_>>());
+            status["initContainerStatuses"] = json!(inits.iter().map(init_status).collect::<Vec<_>>());
         }
         let api: Api<Pod> = Api::namespaced(self.client.clone(), ns);
-        match api
-            .patch_status(
-                name,
-                &PatchParams::default(),
-                &Patch::Merge(json!({ "status": status })),
-            )
-            .await
-        {
+        match api.patch_status(name, &PatchParams::default(), &Patch::Merge(json!({ "status": status }))).await {
             Ok(p) => {
                 info!(pod = %format!("{ns}/{name}"), %ip, "Running");
                 self.cache.insert(uid.to_string(), p);
@@ -675,19 +588,11 @@ impl PodAgent {
     }
 
     async fn patch_config_error(&mut self, pod: &Pod, ns: &str, name: &str, msg: &str) {
-        let already = pod
-            .status
-            .as_ref()
-            .and_then(|s| s.container_statuses.as_ref())
-            .is_some_and(|cs| {
-                cs.iter().any(|c| {
-                    c.state
-                        .as_ref()
-                        .and_then(|s| s.waiting.as_ref())
-                        .and_then(|w| w.message.as_deref())
-                        == Some(msg)
-                })
-            });
+        let already = pod.status.as_ref().and_then(|s| s.container_statuses.as_ref()).is_some_and(|cs| {
+            cs.iter().any(|c| {
+                c.state.as_ref().and_then(|s| s.waiting.as_ref()).and_then(|w| w.message.as_deref()) == Some(msg)
+            })
+        });
         if already {
             return;
         }
@@ -716,14 +621,7 @@ impl PodAgent {
             "containerStatuses": statuses,
         });
         let api: Api<Pod> = Api::namespaced(self.client.clone(), ns);
-        match api
-            .patch_status(
-                name,
-                &PatchParams::default(),
-                &Patch::Merge(json!({ "status": status })),
-            )
-            .await
-        {
+        match api.patch_status(name, &PatchParams::default(), &Patch::Merge(json!({ "status": status }))).await {
             Ok(p) => {
                 if let Some(uid) = p.metadata.uid.clone() {
                     self.cache.insert(uid, p);

@@ -87,9 +87,7 @@ pub struct PodServer {
 impl PodServer {
     pub async fn start(spec: ServerSpec) -> anyhow::Result<PodServer> {
         let addr = SocketAddr::from((spec.ip, SSH_PORT));
-        let listener = TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("binding {addr}"))?;
+        let listener = TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
         if let Err(e) = std::fs::create_dir_all(&spec.home) {
             warn!(pod = %spec.pod, "creating home {}: {e}", spec.home.display());
         }
@@ -120,12 +118,7 @@ impl PodServer {
         });
         let (stop_tx, stop_rx) = watch::channel(false);
         let accept_task = tokio::spawn(accept_loop(listener, config, shared, stop_rx));
-        Ok(PodServer {
-            addr,
-            stop_tx,
-            accept_task: Some(accept_task),
-            groups,
-        })
+        Ok(PodServer { addr, stop_tx, accept_task: Some(accept_task), groups })
     }
 
     /// Close the listener, disconnect live sessions and kill their processes;
@@ -134,10 +127,7 @@ impl PodServer {
         let _ = self.stop_tx.send(true);
         if let Some(task) = self.accept_task.take() {
             let abort = task.abort_handle();
-            if tokio::time::timeout(Duration::from_secs(5), task)
-                .await
-                .is_err()
-            {
+            if tokio::time::timeout(Duration::from_secs(5), task).await.is_err() {
                 abort.abort();
             }
         }
@@ -188,10 +178,7 @@ async fn accept_loop(
     drop(listener);
     // Sessions saw the same stop signal and disconnect themselves; give them a moment.
     let drain = async { while sessions.join_next().await.is_some() {} };
-    if tokio::time::timeout(Duration::from_secs(3), drain)
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(Duration::from_secs(3), drain).await.is_err() {
         sessions.abort_all();
     }
     debug!(pod = %shared.pod, "ssh server stopped");
@@ -289,11 +276,7 @@ impl Conn {
             }
             What::Sftp(path) => tokio::process::Command::new(path),
         };
-        let home = if shared.home.is_dir() {
-            shared.home.as_path()
-        } else {
-            Path::new("/")
-        };
+        let home = if shared.home.is_dir() { shared.home.as_path() } else { Path::new("/") };
         cmd.env_clear()
             .env("PATH", DEFAULT_PATH)
             .env("HOME", &shared.home)
@@ -301,10 +284,7 @@ impl Conn {
             .env("LOGNAME", &shared.creds.user)
             .env("SHELL", "/bin/sh")
             .env("LANG", "C.UTF-8")
-            .env(
-                "SSH_CONNECTION",
-                format!("{} {} {}", self.peer.ip(), self.peer.port(), SSH_PORT),
-            )
+            .env("SSH_CONNECTION", format!("{} {} {}", self.peer.ip(), self.peer.port(), SSH_PORT))
             .current_dir(home)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -337,10 +317,7 @@ impl Conn {
 
 impl Conn {
     fn reject(&self) -> Auth {
-        Auth::Reject {
-            proceed_with_methods: Some(self.shared.methods.clone()),
-            partial_success: false,
-        }
+        Auth::Reject { proceed_with_methods: Some(self.shared.methods.clone()), partial_success: false }
     }
 }
 
@@ -357,11 +334,7 @@ impl russh::server::Handler for Conn {
         }
     }
 
-    async fn auth_publickey_offered(
-        &mut self,
-        user: &str,
-        offer: PublicKeyOffer<'_>,
-    ) -> Result<Auth, Self::Error> {
+    async fn auth_publickey_offered(&mut self, user: &str, offer: PublicKeyOffer<'_>) -> Result<Auth, Self::Error> {
         if self.shared.creds.check_key(user, offer.public_key) {
             Ok(Auth::Accept)
         } else {
@@ -370,11 +343,7 @@ impl russh::server::Handler for Conn {
         }
     }
 
-    async fn auth_publickey(
-        &mut self,
-        user: &str,
-        key: VerifiedPublicKey<'_>,
-    ) -> Result<Auth, Self::Error> {
+    async fn auth_publickey(&mut self, user: &str, key: VerifiedPublicKey<'_>) -> Result<Auth, Self::Error> {
         if self.shared.creds.check_key(user, key.public_key) {
             info!(pod = %self.shared.pod, peer = %self.peer, %user, "public key accepted");
             Ok(Auth::Accept)
@@ -392,14 +361,7 @@ impl russh::server::Handler for Conn {
     ) -> Result<(), Self::Error> {
         // Requests and data reach us through the Handler callbacks; the Channel
         // object itself is not needed (dropping it is fine, sends to it are ignored).
-        self.chans.insert(
-            channel.id(),
-            ChanState {
-                pty: false,
-                stdin: None,
-                task: None,
-            },
-        );
+        self.chans.insert(channel.id(), ChanState { pty: false, stdin: None, task: None });
         reply.accept().await;
         Ok(())
     }
@@ -435,11 +397,7 @@ impl russh::server::Handler for Conn {
         }
     }
 
-    async fn shell_request(
-        &mut self,
-        channel: ChannelId,
-        session: &mut Session,
-    ) -> Result<(), Self::Error> {
+    async fn shell_request(&mut self, channel: ChannelId, session: &mut Session) -> Result<(), Self::Error> {
         if self.start(channel, What::Shell, session) {
             session.channel_success(channel)
         } else {
@@ -453,31 +411,19 @@ impl russh::server::Handler for Conn {
         name: &str,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        let sftp = SFTP_SERVERS
-            .iter()
-            .copied()
-            .find(|p| Path::new(p).is_file());
+        let sftp = SFTP_SERVERS.iter().copied().find(|p| Path::new(p).is_file());
         match (name, sftp) {
-            ("sftp", Some(path)) if self.start(channel, What::Sftp(path), session) => {
-                session.channel_success(channel)
-            }
+            ("sftp", Some(path)) if self.start(channel, What::Sftp(path), session) => session.channel_success(channel),
             _ => session.channel_failure(channel),
         }
     }
 
-    async fn data(
-        &mut self,
-        channel: ChannelId,
-        data: &[u8],
-        _session: &mut Session,
-    ) -> Result<(), Self::Error> {
+    async fn data(&mut self, channel: ChannelId, data: &[u8], _session: &mut Session) -> Result<(), Self::Error> {
         if let Some(c) = self.chans.get(&channel) {
             if let Some(tx) = &c.stdin {
                 let bytes = if c.pty {
                     // Raw-mode client terminals send CR for Enter.
-                    data.iter()
-                        .map(|&b| if b == b'\r' { b'\n' } else { b })
-                        .collect()
+                    data.iter().map(|&b| if b == b'\r' { b'\n' } else { b }).collect()
                 } else {
                     data.to_vec()
                 };
@@ -487,22 +433,14 @@ impl russh::server::Handler for Conn {
         Ok(())
     }
 
-    async fn channel_eof(
-        &mut self,
-        channel: ChannelId,
-        _session: &mut Session,
-    ) -> Result<(), Self::Error> {
+    async fn channel_eof(&mut self, channel: ChannelId, _session: &mut Session) -> Result<(), Self::Error> {
         if let Some(c) = self.chans.get_mut(&channel) {
             c.stdin = None;
         }
         Ok(())
     }
 
-    async fn channel_close(
-        &mut self,
-        channel: ChannelId,
-        _session: &mut Session,
-    ) -> Result<(), Self::Error> {
+    async fn channel_close(&mut self, channel: ChannelId, _session: &mut Session) -> Result<(), Self::Error> {
         if let Some(c) = self.chans.remove(&channel) {
             if let Some(t) = c.task {
                 t.abort();
@@ -512,13 +450,7 @@ impl russh::server::Handler for Conn {
     }
 }
 
-async fn pump<R: AsyncRead + Unpin>(
-    mut r: R,
-    handle: &Handle,
-    channel: ChannelId,
-    ext: Option<u32>,
-    pty: bool,
-) {
+async fn pump<R: AsyncRead + Unpin>(mut r: R, handle: &Handle, channel: ChannelId, ext: Option<u32>, pty: bool) {
     let mut buf = vec![0u8; 32 * 1024];
     loop {
         let n = match r.read(&mut buf).await {
@@ -561,13 +493,7 @@ async fn run_process(
         Ok(c) => c,
         Err(e) => {
             warn!(%pod, "spawning session process: {e}");
-            let _ = handle
-                .extended_data(
-                    channel,
-                    1,
-                    format!("stack-node: cannot start: {e}\n").into_bytes(),
-                )
-                .await;
+            let _ = handle.extended_data(channel, 1, format!("stack-node: cannot start: {e}\n").into_bytes()).await;
             let _ = handle.exit_status_request(channel, 127).await;
             let _ = handle.eof(channel).await;
             let _ = handle.close(channel).await;
@@ -649,18 +575,13 @@ mod tests {
     impl client::Handler for TestClient {
         type Error = russh::Error;
 
-        async fn check_server_key(
-            &mut self,
-            _key: &PublicKeyOrCertificate,
-        ) -> Result<bool, Self::Error> {
+        async fn check_server_key(&mut self, _key: &PublicKeyOrCertificate) -> Result<bool, Self::Error> {
             Ok(true)
         }
     }
 
     async fn connect(addr: SocketAddr) -> client::Handle<TestClient> {
-        client::connect(Arc::new(client::Config::default()), addr, TestClient)
-            .await
-            .unwrap()
+        client::connect(Arc::new(client::Config::default()), addr, TestClient).await.unwrap()
     }
 
     /// (stdout, stderr, exit status) of one exec; None once the server drops the connection.
@@ -707,52 +628,28 @@ mod tests {
         let addr = server.addr;
 
         let mut h = connect(addr).await;
+        assert!(!h.authenticate_password("alice", "wrong").await.unwrap().success());
+        assert!(!h.authenticate_password("bob", "secret").await.unwrap().success());
         assert!(!h
-            .authenticate_password("alice", "wrong")
-            .await
-            .unwrap()
-            .success());
-        assert!(!h
-            .authenticate_password("bob", "secret")
-            .await
-            .unwrap()
-            .success());
-        assert!(!h
-            .authenticate_publickey(
-                "alice",
-                PrivateKeyWithHashAlg::new(Arc::new(other_key), None)
-            )
+            .authenticate_publickey("alice", PrivateKeyWithHashAlg::new(Arc::new(other_key), None))
             .await
             .unwrap()
             .success());
         // Rejections leave password auth available, as with sshd.
-        assert!(h
-            .authenticate_password("alice", "secret")
-            .await
-            .unwrap()
-            .success());
+        assert!(h.authenticate_password("alice", "secret").await.unwrap().success());
         let (out, err, code) = exec(&h, "echo out; echo err >&2; pwd; exit 3").await;
-        assert_eq!(
-            String::from_utf8_lossy(&out),
-            format!("out\n{}\n", home.display())
-        );
+        assert_eq!(String::from_utf8_lossy(&out), format!("out\n{}\n", home.display()));
         assert_eq!(err, b"err\n");
         assert_eq!(code, Some(3));
 
         let mut hk = connect(addr).await;
         assert!(!hk
-            .authenticate_publickey(
-                "bob",
-                PrivateKeyWithHashAlg::new(Arc::new(user_key.clone()), None)
-            )
+            .authenticate_publickey("bob", PrivateKeyWithHashAlg::new(Arc::new(user_key.clone()), None))
             .await
             .unwrap()
             .success());
         assert!(hk
-            .authenticate_publickey(
-                "alice",
-                PrivateKeyWithHashAlg::new(Arc::new(user_key), None)
-            )
+            .authenticate_publickey("alice", PrivateKeyWithHashAlg::new(Arc::new(user_key), None))
             .await
             .unwrap()
             .success());
@@ -763,10 +660,7 @@ mod tests {
         let live = tokio::spawn(async move { exec(&hk, "sleep 30; echo never").await });
         tokio::time::sleep(Duration::from_millis(300)).await;
         server.stop().await;
-        let (out, _, code) = tokio::time::timeout(Duration::from_secs(5), live)
-            .await
-            .unwrap()
-            .unwrap();
+        let (out, _, code) = tokio::time::timeout(Duration::from_secs(5), live).await.unwrap().unwrap();
         assert!(out.is_empty());
         assert_eq!(code, None);
         assert!(tokio::net::TcpStream::connect(addr).await.is_err());

@@ -13,19 +13,9 @@ use russh::keys::{HashAlg, PrivateKey};
 
 pub fn pod_dir(state_dir: &Path, ns: &str, name: &str, uid: &str) -> PathBuf {
     let safe = |s: &str| -> String {
-        s.chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
-                    c
-                } else {
-                    '-'
-                }
-            })
-            .collect()
+        s.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '.' { c } else { '-' }).collect()
     };
-    state_dir
-        .join("pods")
-        .join(format!("{}_{}_{}", safe(ns), safe(name), safe(uid)))
+    state_dir.join("pods").join(format!("{}_{}_{}", safe(ns), safe(name), safe(uid)))
 }
 
 /// Load the pod's host key, generating and persisting it on first use.
@@ -43,9 +33,7 @@ pub fn load_or_create_host_key(dir: &Path) -> anyhow::Result<PrivateKey> {
     let mut seed = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut seed);
     let key = PrivateKey::from(Ed25519Keypair::from_seed(&seed));
-    let pem = key
-        .to_openssh(LineEnding::LF)
-        .context("encoding host key")?;
+    let pem = key.to_openssh(LineEnding::LF).context("encoding host key")?;
     // Write-then-rename so a crash never leaves a truncated key behind.
     let tmp = dir.join("ssh_host_ed25519_key.tmp");
     write_private(&tmp, pem.as_bytes())?;
@@ -71,8 +59,7 @@ fn write_private(path: &Path, data: &[u8]) -> anyhow::Result<()> {
         .mode(0o600)
         .open(path)
         .with_context(|| format!("creating {}", path.display()))?;
-    f.write_all(data)
-        .with_context(|| format!("writing {}", path.display()))
+    f.write_all(data).with_context(|| format!("writing {}", path.display()))
 }
 
 #[cfg(not(unix))]
