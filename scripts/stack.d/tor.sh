@@ -311,7 +311,9 @@ _tor_wipe_state() {
     [ -d "$d" ] || continue
     for f in "$d"/* "$d"/.[!.]*; do
       [ -e "$f" ] || continue
-      case "$(basename "$f")" in keys|fingerprint|fingerprint-ed25519) ;; *) rm -rf "$f" ;; esac
+      # sr-state: the authorities' shared-random state. Kept so that a quick restart keeps the SRVs
+      # arti needs (see tor_srv_ready); tor itself discards it once it is out of date.
+      case "$(basename "$f")" in keys|fingerprint|fingerprint-ed25519|sr-state) ;; *) rm -rf "$f" ;; esac
     done
   done
 }
@@ -387,6 +389,21 @@ _tor_usable() {
   done
 }
 
+# tor_srv_ready: the consensus carries both shared random values. Until then an arti onion service has
+# only one usable time period (arti needs an SRV covering the start of a second one) and its status stays
+# Bootstrapping/DegradedUnreachable although it publishes: the first SRV appears at the first SR-run
+# boundary after start (runs are 24 voting intervals = 8 min, aligned to the epoch), the previous one 8
+# minutes later, so a cold network needs 8-16 min. Set TOR_WAIT_SRV=1 to make tor_wait wait for it.
+tor_srv_ready() {
+  local i c
+  for i in "${!TOR_NODES[@]}"; do
+    [ "$(tor_node_role "$i")" = auth ] || continue
+    c="$(curl -s --max-time 3 "http://127.0.0.1:$(tor_dir_port "$i")/tor/status-vote/current/consensus-microdesc" 2>/dev/null)" || continue
+    grep -q '^shared-rand-current-value' <<<"$c" && grep -q '^shared-rand-previous-value' <<<"$c" && return 0
+  done
+  return 1
+}
+
 tor_wait() {
   local i c clientlog="$LOG_DIR/tor-$TOR_CLIENT.log" authlog="$LOG_DIR/tor-$(tor_node_name 0).log"
   local deadline=$(( $(date +%s) + TOR_WAIT_TIMEOUT ))
@@ -420,6 +437,18 @@ tor_wait() {
   if [ ! -f "$TOR_DIR/usable-after" ] && [ -f "$TOR_DIR/started-at" ]; then
     echo $(( $(date +%s) - $(cat "$TOR_DIR/started-at") )) >"$TOR_DIR/usable-after"
     log "tor: network usable $(cat "$TOR_DIR/usable-after")s after start ($(tor_hsdir_count) HSDirs)"
+  fi
+  if tor_srv_ready; then return 0; fi
+  if [ "${TOR_WAIT_SRV:-0}" = 1 ]; then
+    log "tor: waiting for the shared random values (up to 17 min on a fresh network)"
+    deadline=$(( $(date +%s) + 1020 ))
+    until tor_srv_ready; do
+      [ "$(date +%s)" -lt "$deadline" ] || fail tor "$authlog" "no shared random values in the consensus after 17 min"
+      sleep 2
+    done
+    log "tor: shared random values present $(( $(date +%s) - $(cat "$TOR_DIR/started-at" 2>/dev/null || date +%s) ))s after start"
+  else
+    log "tor: note: no shared random values yet; arti onion services report Bootstrapping/DegradedUnreachable until they appear (TOR_WAIT_SRV=1 waits)"
   fi
 }
 
