@@ -439,6 +439,10 @@ impl Enabled {
         })
     }
 
+    /// Wait for arti to call the service fully reachable: descriptors uploaded for the current time period
+    /// AND the secondary one (previous or next). That needs the consensus to carry shared-random values
+    /// covering both, which a freshly started Tor network lacks for up to two SR rounds (on the private
+    /// network, 2 × 24 × 20 s = 16 min): meanwhile the service stays Bootstrapping and this times out.
     async fn wait_published(
         &self,
         lease_id: &str,
