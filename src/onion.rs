@@ -64,17 +64,34 @@ pub enum OnionError {
     #[error("tor network config {path}: {message}")]
     NetworkConfig { path: PathBuf, message: String },
     #[error("tor client setup ({action}): {message}")]
-    Setup { action: &'static str, message: String },
+    Setup {
+        action: &'static str,
+        message: String,
+    },
     #[error("onion key of lease {lease_id}: {message}")]
     BadKey { lease_id: String, message: String },
     #[error("generating an onion key: {message}")]
     KeyGen { message: String },
     #[error("tor not bootstrapped after {waited:?} (lease {lease_id}): {status}")]
-    BootstrapTimeout { lease_id: String, waited: Duration, status: String },
+    BootstrapTimeout {
+        lease_id: String,
+        waited: Duration,
+        status: String,
+    },
     #[error("launching the onion service of lease {lease_id}: {message}")]
-    Launch { lease_id: String, message: String, transient: bool },
+    Launch {
+        lease_id: String,
+        message: String,
+        transient: bool,
+    },
     #[error("onion service {address} of lease {lease_id} not published after {waited:?} (state {state}{problem})")]
-    PublishTimeout { lease_id: String, address: String, waited: Duration, state: String, problem: String },
+    PublishTimeout {
+        lease_id: String,
+        address: String,
+        waited: Duration,
+        state: String,
+        problem: String,
+    },
 }
 
 impl OnionError {
@@ -85,7 +102,9 @@ impl OnionError {
             | OnionError::Setup { .. }
             | OnionError::BadKey { .. }
             | OnionError::KeyGen { .. } => FailureKind::Permanent,
-            OnionError::BootstrapTimeout { .. } | OnionError::PublishTimeout { .. } => FailureKind::Transient,
+            OnionError::BootstrapTimeout { .. } | OnionError::PublishTimeout { .. } => {
+                FailureKind::Transient
+            }
             OnionError::Launch { transient, .. } => {
                 if *transient {
                     FailureKind::Transient
@@ -99,7 +118,10 @@ impl OnionError {
 
 impl From<OnionError> for PortError {
     fn from(e: OnionError) -> Self {
-        PortError { kind: e.kind(), message: e.to_string() }
+        PortError {
+            kind: e.kind(),
+            message: e.to_string(),
+        }
     }
 }
 
@@ -108,7 +130,10 @@ impl From<OnionError> for PortError {
 enum Boot {
     Pending,
     /// Failed at least once; retrying. Holds the last error (arti errors hold no secrets).
-    Retrying { attempts: u32, last_error: String },
+    Retrying {
+        attempts: u32,
+        last_error: String,
+    },
     Ready,
 }
 
@@ -175,15 +200,20 @@ impl ArtiOnion {
     pub fn new(state_dir: &Path, network_config: Option<&Path>) -> Result<Self, OnionError> {
         let tor_dir = state_dir.join("tor");
         let config = client_config(&tor_dir, network_config)?;
-        let runtime = PreferredRuntime::current()
-            .map_err(|e| OnionError::Setup { action: "runtime", message: e.to_string() })?;
+        let runtime = PreferredRuntime::current().map_err(|e| OnionError::Setup {
+            action: "runtime",
+            message: e.to_string(),
+        })?;
 
         purge_service_state(&tor_dir.join("state"), &config);
 
         let client = TorClient::with_runtime(runtime)
             .config(config)
             .create_unbootstrapped()
-            .map_err(|e| OnionError::Setup { action: "create client", message: report(&e) })?;
+            .map_err(|e| OnionError::Setup {
+                action: "create client",
+                message: report(&e),
+            })?;
 
         let (boot_tx, boot_rx) = watch::channel(Boot::Pending);
         let bootstrapper = tokio::spawn(bootstrap_forever(Arc::clone(&client), boot_tx));
@@ -224,14 +254,19 @@ impl ArtiOnion {
     /// directory, so a successor on the same volume starts clean. Dropping also stops everything, but
     /// arti releases its locks asynchronously.
     pub async fn shutdown(mut self) {
-        let Some(inner) = self.inner.take() else { return };
+        let Some(inner) = self.inner.take() else {
+            return;
+        };
         let leases: Vec<String> = lock(&inner.services).keys().cloned().collect();
         for lease_id in leases {
             inner.stop_locked(&lease_id);
         }
         let stopped = inner.client.wait_for_stop();
         drop(inner);
-        if tokio::time::timeout(Duration::from_secs(10), stopped).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(10), stopped)
+            .await
+            .is_err()
+        {
             warn!("tor client did not stop within 10s");
         }
     }
@@ -239,14 +274,30 @@ impl ArtiOnion {
     /// The address of a lease's running service, if any.
     pub fn address_of(&self, lease_id: &str) -> Option<String> {
         let inner = self.inner.as_ref()?;
-        lock(&inner.services).get(lease_id).map(|s| s.address.clone())
+        lock(&inner.services)
+            .get(lease_id)
+            .map(|s| s.address.clone())
     }
 
-    async fn launch_inner(&self, lease_id: &str, key: &[u8], target: SocketAddr) -> Result<String, OnionError> {
-        let inner = self.inner.as_ref().ok_or_else(|| OnionError::Disabled { lease_id: lease_id.into() })?;
-        let keypair = keypair_from_bytes(key).map_err(|message| OnionError::BadKey { lease_id: lease_id.into(), message })?;
+    async fn launch_inner(
+        &self,
+        lease_id: &str,
+        key: &[u8],
+        target: SocketAddr,
+    ) -> Result<String, OnionError> {
+        let inner = self.inner.as_ref().ok_or_else(|| OnionError::Disabled {
+            lease_id: lease_id.into(),
+        })?;
+        let keypair = keypair_from_bytes(key).map_err(|message| OnionError::BadKey {
+            lease_id: lease_id.into(),
+            message,
+        })?;
         let address = onion_address(&keypair);
-        let nickname = nickname_for(lease_id);
+        let nickname = nickname_for(lease_id).map_err(|message| OnionError::Launch {
+            lease_id: lease_id.into(),
+            message,
+            transient: false,
+        })?;
 
         let lease_lock = inner.lease_lock(lease_id);
         let guard = lease_lock.lock().await;
@@ -254,7 +305,9 @@ impl ArtiOnion {
 
         let existing = {
             let services = lock(&inner.services);
-            services.get(lease_id).map(|s| (s.address.clone(), Arc::clone(&s.svc), s.target.clone()))
+            services
+                .get(lease_id)
+                .map(|s| (s.address.clone(), Arc::clone(&s.svc), s.target.clone()))
         };
         let svc = match existing {
             Some((running, svc, target_tx)) if running == address => {
@@ -269,7 +322,9 @@ impl ArtiOnion {
                     inner.stop_locked(lease_id);
                 }
                 inner.wait_bootstrapped(lease_id).await?;
-                let service = inner.start_service(lease_id, nickname, keypair, address.clone(), target).await?;
+                let service = inner
+                    .start_service(lease_id, nickname, keypair, address.clone(), target)
+                    .await?;
                 let svc = Arc::clone(&service.svc);
                 lock(&inner.services).insert(lease_id.to_string(), service);
                 svc
@@ -277,26 +332,38 @@ impl ArtiOnion {
         };
         drop(guard);
 
-        inner.wait_published(lease_id, &address, &svc, started).await?;
+        inner
+            .wait_published(lease_id, &address, &svc, started)
+            .await?;
         Ok(address)
     }
 }
 
 impl Enabled {
     fn lease_lock(&self, lease_id: &str) -> Arc<tokio::sync::Mutex<()>> {
-        Arc::clone(lock(&self.lease_locks).entry(lease_id.to_string()).or_default())
+        Arc::clone(
+            lock(&self.lease_locks)
+                .entry(lease_id.to_string())
+                .or_default(),
+        )
     }
 
     async fn wait_bootstrapped(&self, lease_id: &str) -> Result<(), OnionError> {
         let mut boot = self.boot.clone();
-        let waited = tokio::time::timeout(self.bootstrap_timeout, boot.wait_for(|b| *b == Boot::Ready)).await;
+        let waited =
+            tokio::time::timeout(self.bootstrap_timeout, boot.wait_for(|b| *b == Boot::Ready))
+                .await;
         match waited {
             Ok(Ok(_)) => Ok(()),
             // The sender only goes away with `self`; treat it like a timeout.
             Ok(Err(_)) | Err(_) => Err(OnionError::BootstrapTimeout {
                 lease_id: lease_id.into(),
                 waited: self.bootstrap_timeout,
-                status: format!("{:?}; {}", *self.boot.borrow(), self.client.bootstrap_status()),
+                status: format!(
+                    "{:?}; {}",
+                    *self.boot.borrow(),
+                    self.client.bootstrap_status()
+                ),
             }),
         }
     }
@@ -309,7 +376,11 @@ impl Enabled {
         address: String,
         target: SocketAddr,
     ) -> Result<Service, OnionError> {
-        let launch_err = |message: String, transient: bool| OnionError::Launch { lease_id: lease_id.into(), message, transient };
+        let launch_err = |message: String, transient: bool| OnionError::Launch {
+            lease_id: lease_id.into(),
+            message,
+            transient,
+        };
         let config = OnionServiceConfigBuilder::default()
             .nickname(nickname.clone())
             .build()
@@ -317,10 +388,23 @@ impl Enabled {
 
         // Insert with overwrite ourselves rather than `launch_onion_service_with_hsid`, which refuses a key
         // that is already there: after stop() in this process the ephemeral keystore still holds it.
-        let keymgr = self.client.keymgr().map_err(|e| launch_err(report(&e), false))?;
+        let keymgr = self
+            .client
+            .keymgr()
+            .map_err(|e| launch_err(report(&e), false))?;
         keymgr
-            .insert(keypair, &HsIdKeypairSpecifier::new(nickname.clone()), KeystoreSelector::Primary, true)
-            .map_err(|e| launch_err(format!("storing the identity key in the keystore: {e}"), false))?;
+            .insert(
+                keypair,
+                &HsIdKeypairSpecifier::new(nickname.clone()),
+                KeystoreSelector::Primary,
+                true,
+            )
+            .map_err(|e| {
+                launch_err(
+                    format!("storing the identity key in the keystore: {e}"),
+                    false,
+                )
+            })?;
 
         // A service just stopped may still hold its state-directory lock for a moment while its tasks wind
         // down; retry briefly before giving up (transiently).
@@ -346,9 +430,19 @@ impl Enabled {
             Arc::clone(&self.ports),
         ));
         info!(lease_id, %address, %target, ports = ?self.ports, "onion service launched");
-        Ok(Service { nickname, address, svc, target: target_tx, forwarder })
+        Ok(Service {
+            nickname,
+            address,
+            svc,
+            target: target_tx,
+            forwarder,
+        })
     }
 
+    /// Wait for arti to call the service fully reachable: descriptors uploaded for the current time period
+    /// AND the secondary one (previous or next). That needs the consensus to carry shared-random values
+    /// covering both, which a freshly started Tor network lacks for up to two SR rounds (on the private
+    /// network, 2 × 24 × 20 s = 16 min): meanwhile the service stays Bootstrapping and this times out.
     async fn wait_published(
         &self,
         lease_id: &str,
@@ -365,7 +459,9 @@ impl Enabled {
                 return Ok(());
             }
             match tokio::time::timeout_at(deadline, events.next()).await {
-                Ok(Some(ev)) => debug!(lease_id, %address, state = ?ev.state(), "onion service status"),
+                Ok(Some(ev)) => {
+                    debug!(lease_id, %address, state = ?ev.state(), "onion service status")
+                }
                 // The status stream ends only when the service is gone (stopped meanwhile).
                 Ok(None) | Err(_) => {
                     let status = svc.status();
@@ -374,7 +470,10 @@ impl Enabled {
                         address: address.into(),
                         waited: self.publish_timeout,
                         state: format!("{:?}", status.state()),
-                        problem: status.current_problem().map(|p| format!(", problem: {p:?}")).unwrap_or_default(),
+                        problem: status
+                            .current_problem()
+                            .map(|p| format!(", problem: {p:?}"))
+                            .unwrap_or_default(),
                     });
                 }
             }
@@ -412,16 +511,30 @@ impl OnionPort for ArtiOnion {
     }
 
     async fn launch(&self, lease_id: &str, key: &[u8], target: SocketAddr) -> PortResult<String> {
-        self.launch_inner(lease_id, key, target).await.map_err(PortError::from)
+        self.launch_inner(lease_id, key, target)
+            .await
+            .map_err(PortError::from)
     }
 
     async fn stop(&self, lease_id: &str) {
-        let Some(inner) = self.inner.as_ref() else { return };
+        let Some(inner) = self.inner.as_ref() else {
+            return;
+        };
         let lease_lock = inner.lease_lock(lease_id);
         let guard = lease_lock.lock().await;
         inner.stop_locked(lease_id);
         drop(guard);
-        lock(&inner.lease_locks).remove(lease_id);
+        // Forget the lock unless another caller is already waiting on it (it holds a clone): the map
+        // would otherwise grow by one entry per lease ever launched.
+        let mut locks = lock(&inner.lease_locks);
+        if locks
+            .get(lease_id)
+            .is_some_and(|l| Arc::strong_count(l) <= 2)
+        {
+            locks.remove(lease_id);
+        }
+        drop(locks);
+        drop(lease_lock);
     }
 
     fn ready(&self) -> bool {
@@ -432,7 +545,9 @@ impl OnionPort for ArtiOnion {
     }
 
     fn running(&self) -> usize {
-        self.inner.as_ref().map_or(0, |inner| lock(&inner.services).len())
+        self.inner
+            .as_ref()
+            .map_or(0, |inner| lock(&inner.services).len())
     }
 }
 
@@ -457,8 +572,14 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// Build the client configuration the way arti builds its own: the network fragment first, then our
 /// settings as a later source (later sources win), resolved by `tor_config`. Unknown keys in the fragment
 /// are an error: a misspelt key would otherwise silently leave us on the public network.
-pub fn client_config(tor_dir: &Path, network_config: Option<&Path>) -> Result<TorClientConfig, OnionError> {
-    let setup = |message: String| OnionError::Setup { action: "config", message };
+pub fn client_config(
+    tor_dir: &Path,
+    network_config: Option<&Path>,
+) -> Result<TorClientConfig, OnionError> {
+    let setup = |message: String| OnionError::Setup {
+        action: "config",
+        message,
+    };
     let mut sources = ConfigurationSources::new_empty();
     if let Some(path) = network_config {
         sources.push_source(ConfigurationSource::from_path(path), MustRead::MustRead);
@@ -467,15 +588,31 @@ pub fn client_config(tor_dir: &Path, network_config: Option<&Path>) -> Result<To
     sources.push_source(ConfigurationSource::from_verbatim(ours), MustRead::MustRead);
 
     let fragment_err = |message: String| match network_config {
-        Some(path) => OnionError::NetworkConfig { path: path.to_path_buf(), message },
-        None => OnionError::Setup { action: "config", message },
+        Some(path) => OnionError::NetworkConfig {
+            path: path.to_path_buf(),
+            message,
+        },
+        None => OnionError::Setup {
+            action: "config",
+            message,
+        },
     };
     let tree = sources.load().map_err(|e| fragment_err(e.to_string()))?;
-    let resolved = tor_config::resolve_return_results::<TorClientConfig>(&tree, &ConfigResolveOptions::default())
-        .map_err(|e| fragment_err(e.to_string()))?;
+    let resolved = tor_config::resolve_return_results::<TorClientConfig>(
+        &tree,
+        &ConfigResolveOptions::default(),
+    )
+    .map_err(|e| fragment_err(e.to_string()))?;
     if !resolved.unrecognized.is_empty() {
-        let keys: Vec<String> = resolved.unrecognized.iter().map(|k| k.to_string()).collect();
-        return Err(fragment_err(format!("unrecognized keys: {}", keys.join(", "))));
+        let keys: Vec<String> = resolved
+            .unrecognized
+            .iter()
+            .map(|k| k.to_string())
+            .collect();
+        return Err(fragment_err(format!(
+            "unrecognized keys: {}",
+            keys.join(", ")
+        )));
     }
     for k in &resolved.deprecated {
         warn!(key = %k, "deprecated key in the tor network config");
@@ -523,7 +660,9 @@ fn toml_string(s: &str) -> String {
 /// Best effort: a failure only costs that noise.
 fn purge_service_state(state_dir: &Path, config: &TorClientConfig) {
     use tor_persist::slug::SlugRef;
-    use tor_persist::state_dir::{InstancePurgeHandler, InstancePurgeInfo, InstanceStateHandle, Liveness, StateDirectory};
+    use tor_persist::state_dir::{
+        InstancePurgeHandler, InstancePurgeInfo, InstanceStateHandle, Liveness, StateDirectory,
+    };
 
     struct PurgeOurs(usize);
     impl InstancePurgeHandler for PurgeOurs {
@@ -531,12 +670,24 @@ fn purge_service_state(state_dir: &Path, config: &TorClientConfig) {
             "hss"
         }
         fn name_filter(&mut self, id: &SlugRef) -> tor_persist::state_dir::Result<Liveness> {
-            Ok(if id.as_str().starts_with(NICK_PREFIX) { Liveness::PossiblyUnused } else { Liveness::Live })
+            Ok(if id.as_str().starts_with(NICK_PREFIX) {
+                Liveness::PossiblyUnused
+            } else {
+                Liveness::Live
+            })
         }
-        fn age_filter(&mut self, _id: &SlugRef, _age: Duration) -> tor_persist::state_dir::Result<Liveness> {
+        fn age_filter(
+            &mut self,
+            _id: &SlugRef,
+            _age: Duration,
+        ) -> tor_persist::state_dir::Result<Liveness> {
             Ok(Liveness::PossiblyUnused)
         }
-        fn dispose(&mut self, _info: &InstancePurgeInfo, handle: InstanceStateHandle) -> tor_persist::state_dir::Result<()> {
+        fn dispose(
+            &mut self,
+            _info: &InstancePurgeInfo,
+            handle: InstanceStateHandle,
+        ) -> tor_persist::state_dir::Result<()> {
             self.0 += 1;
             handle.purge()
         }
@@ -545,13 +696,19 @@ fn purge_service_state(state_dir: &Path, config: &TorClientConfig) {
     if !state_dir.join("hss").exists() {
         return;
     }
-    let result = StateDirectory::new(state_dir, config.fs_mistrust())
-        .and_then(|dir| {
-            let mut handler = PurgeOurs(0);
-            dir.purge_instances(std::time::SystemTime::now(), &mut handler).map(|()| handler.0)
-        });
-    match result {
-        Ok(n) => debug!(purged = n, "onion service state of the previous run purged"),
+    let dir = match StateDirectory::new(state_dir, config.fs_mistrust()) {
+        Ok(dir) => dir,
+        Err(e) => {
+            warn!(error = %e, "could not open the tor state directory to purge old onion service state");
+            return;
+        }
+    };
+    let mut handler = PurgeOurs(0);
+    match dir.purge_instances(std::time::SystemTime::now(), &mut handler) {
+        Ok(()) => debug!(
+            purged = handler.0,
+            "onion service state of the previous run purged"
+        ),
         Err(e) => warn!(error = %e, "could not purge onion service state of the previous run"),
     }
 }
@@ -564,7 +721,10 @@ async fn bootstrap_forever(client: Arc<TorClient<PreferredRuntime>>, tx: watch::
     loop {
         match client.bootstrap().await {
             Ok(()) => {
-                info!(elapsed_ms = started.elapsed().as_millis() as u64, "tor bootstrapped");
+                info!(
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "tor bootstrapped"
+                );
                 let _ = tx.send(Boot::Ready);
                 return;
             }
@@ -572,7 +732,10 @@ async fn bootstrap_forever(client: Arc<TorClient<PreferredRuntime>>, tx: watch::
                 attempts += 1;
                 let last_error = report(&e);
                 warn!(attempts, error = %last_error, "tor bootstrap failed; retrying");
-                let _ = tx.send(Boot::Retrying { attempts, last_error });
+                let _ = tx.send(Boot::Retrying {
+                    attempts,
+                    last_error,
+                });
                 tokio::time::sleep(Duration::from_secs(u64::from(attempts.min(12)) * 5)).await;
             }
         }
@@ -613,14 +776,18 @@ async fn forward_one(lease_id: String, req: StreamRequest, target: SocketAddr, p
     };
     let Some(port) = port.filter(|p| ports.contains(p)) else {
         debug!(lease_id, ?port, "onion stream to an unserved port rejected");
-        let _ = req.reject(End::new_with_reason(EndReason::EXITPOLICY)).await;
+        let _ = req
+            .reject(End::new_with_reason(EndReason::EXITPOLICY))
+            .await;
         return;
     };
     let tcp = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(target)).await {
         Ok(Ok(tcp)) => tcp,
         Ok(Err(e)) => {
             debug!(lease_id, port, %target, error = %e, "target refused an onion stream");
-            let _ = req.reject(End::new_with_reason(EndReason::CONNECTREFUSED)).await;
+            let _ = req
+                .reject(End::new_with_reason(EndReason::CONNECTREFUSED))
+                .await;
             return;
         }
         Err(_) => {
@@ -649,10 +816,16 @@ async fn forward_one(lease_id: String, req: StreamRequest, target: SocketAddr, p
 pub fn generate_key_bytes() -> Result<Vec<u8>, OnionError> {
     use rand::RngCore as _;
     let mut seed = [0u8; 32];
-    rand::rngs::OsRng.try_fill_bytes(&mut seed).map_err(|e| OnionError::KeyGen { message: e.to_string() })?;
+    rand::rngs::OsRng
+        .try_fill_bytes(&mut seed)
+        .map_err(|e| OnionError::KeyGen {
+            message: e.to_string(),
+        })?;
     let keypair = ed25519::Keypair::from_bytes(&seed);
     seed.fill(0);
-    Ok(ed25519::ExpandedKeypair::from(&keypair).to_secret_key_bytes().to_vec())
+    Ok(ed25519::ExpandedKeypair::from(&keypair)
+        .to_secret_key_bytes()
+        .to_vec())
 }
 
 /// Restore an identity keypair from its 64 stored bytes. The message never contains key material.
@@ -660,7 +833,8 @@ pub fn keypair_from_bytes(key: &[u8]) -> Result<HsIdKeypair, String> {
     let bytes: [u8; KEY_LEN] = key
         .try_into()
         .map_err(|_| format!("expected {KEY_LEN} bytes, got {}", key.len()))?;
-    let expanded = ed25519::ExpandedKeypair::from_secret_key_bytes(bytes).ok_or("not a valid ed25519 secret key")?;
+    let expanded = ed25519::ExpandedKeypair::from_secret_key_bytes(bytes)
+        .ok_or("not a valid ed25519 secret key")?;
     Ok(HsIdKeypair::from(expanded))
 }
 
@@ -676,33 +850,31 @@ pub fn address_for_key(key: &[u8]) -> Result<String, String> {
 
 /// arti nickname of a lease's service: `pg-<lease id>` when the id is already a short lowercase slug,
 /// otherwise a sanitised prefix plus a hash of the full id, so distinct ids never share a nickname.
-pub fn nickname_for(lease_id: &str) -> HsNickname {
+pub fn nickname_for(lease_id: &str) -> Result<HsNickname, String> {
     let plain = !lease_id.is_empty()
         && lease_id.len() <= NICK_MAX_ID
-        && lease_id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+        && lease_id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
     let name = if plain {
         format!("{NICK_PREFIX}{lease_id}")
     } else {
         let prefix: String = lease_id
             .chars()
             .take(24)
-            .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' })
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_lowercase()
+                } else {
+                    '_'
+                }
+            })
             .collect();
         let digest = hex::encode(&Sha256::digest(lease_id.as_bytes())[..8]);
         format!("{NICK_PREFIX}{prefix}-{digest}")
     };
-    // Only slug characters are produced, starting with "pg-", so this cannot fail; fall back anyway
-    // rather than panic.
-    HsNickname::new(name).unwrap_or_else(|_| {
-        HsNickname::new(format!("{NICK_PREFIX}{}", hex::encode(&Sha256::digest(lease_id.as_bytes())[..8])))
-            .unwrap_or_else(|_| unreachable_nickname())
-    })
-}
-
-#[allow(clippy::expect_used)]
-fn unreachable_nickname() -> HsNickname {
-    // A fixed valid slug; reaching this would mean arti changed its nickname rules.
-    HsNickname::new("pg-invalid".into()).expect("constant nickname is a valid slug")
+    // Only slug characters are produced, so this fails only if arti narrows its nickname rules.
+    HsNickname::new(name.clone()).map_err(|e| format!("nickname {name:?}: {e}"))
 }
 
 #[cfg(test)]
@@ -717,10 +889,15 @@ mod tests {
         let a2 = onion_address(&keypair_from_bytes(&key).unwrap());
         assert_eq!(a1, a2);
         assert!(a1.ends_with(".onion") && a1.len() == 56 + 6, "{a1}");
-        assert!(a1[..56].bytes().all(|b| b.is_ascii_lowercase() || (b'2'..=b'7').contains(&b)));
+        assert!(a1[..56]
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || (b'2'..=b'7').contains(&b)));
         // The address parses back as an HsId equal to the key's.
         let parsed: tor_hscrypto::pk::HsId = a1.parse().unwrap();
-        assert_eq!(parsed, HsIdKey::from(&keypair_from_bytes(&key).unwrap()).id());
+        assert_eq!(
+            parsed,
+            HsIdKey::from(&keypair_from_bytes(&key).unwrap()).id()
+        );
         // Another key, another address.
         assert_ne!(address_for_key(&generate_key_bytes().unwrap()).unwrap(), a1);
     }
@@ -729,7 +906,10 @@ mod tests {
     fn bad_keys_are_rejected_without_echoing_them() {
         let err = keypair_from_bytes(&[7u8; 32]).err().unwrap();
         assert!(err.contains("64") && err.contains("32"), "{err}");
-        let e = OnionError::BadKey { lease_id: "l1".into(), message: err };
+        let e = OnionError::BadKey {
+            lease_id: "l1".into(),
+            message: err,
+        };
         assert_eq!(e.kind(), FailureKind::Permanent);
         assert!(!e.to_string().contains("0707"));
     }
@@ -756,16 +936,29 @@ mod tests {
         // And our own keys export to that layout byte for byte.
         let ours = generate_key_bytes().unwrap();
         let exported = [b"== ed25519v1-secret: type0 ==\0\0\0".as_slice(), &ours].concat();
-        assert_eq!(address_for_key(&exported[32..96]).unwrap(), address_for_key(&ours).unwrap());
+        assert_eq!(
+            address_for_key(&exported[32..96]).unwrap(),
+            address_for_key(&ours).unwrap()
+        );
     }
 
     #[test]
     fn nicknames_are_valid_slugs_and_distinct() {
-        assert_eq!(nickname_for("abc-123").to_string(), "pg-abc-123");
-        let odd = ["Lease.One", "lease one", "", "-x", "ÜBER", &"x".repeat(200), "a/b", "A", "a"];
+        assert_eq!(nickname_for("abc-123").unwrap().to_string(), "pg-abc-123");
+        let odd = [
+            "Lease.One",
+            "lease one",
+            "",
+            "-x",
+            "ÜBER",
+            &"x".repeat(200),
+            "a/b",
+            "A",
+            "a",
+        ];
         let mut seen = std::collections::HashSet::new();
         for id in odd {
-            let n = nickname_for(id).to_string();
+            let n = nickname_for(id).unwrap().to_string();
             assert!(n.starts_with(NICK_PREFIX), "{n}");
             assert!(n.len() <= 64, "{n}");
             assert!(HsNickname::new(n.clone()).is_ok(), "{n}");
@@ -773,6 +966,7 @@ mod tests {
         }
         // Deterministic: the same lease always maps to the same service state.
         assert_eq!(nickname_for("Lease.One"), nickname_for("Lease.One"));
+        assert_ne!(nickname_for("Lease.One"), nickname_for("lease.one"));
     }
 
     #[test]
@@ -809,11 +1003,26 @@ hsdir_interval = 8
         let tor_dir = dir.path().join("odd $HOME \"dir\"").join("tor");
         let cfg = client_config(&tor_dir, Some(&frag)).unwrap();
         let dbg = format!("{cfg:?}");
-        assert!(dbg.contains("3ed02b120981f0f480403eaa379300823de0a572"), "authorities not merged: {dbg}");
-        assert!(dbg.contains(r#"{"hsdir_interval": 8}"#), "net params not merged: {dbg}");
-        assert!(dbg.contains("allow_local_addrs: true"), "address filter not merged");
-        assert!(!dbg.contains("/somewhere/else"), "our state dir must override the fragment's");
-        assert!(dbg.contains("Ephemeral"), "keystore must be ephemeral: {dbg}");
+        assert!(
+            dbg.contains("3ed02b120981f0f480403eaa379300823de0a572"),
+            "authorities not merged: {dbg}"
+        );
+        assert!(
+            dbg.contains(r#"{"hsdir_interval": 8}"#),
+            "net params not merged: {dbg}"
+        );
+        assert!(
+            dbg.contains("allow_local_addrs: true"),
+            "address filter not merged"
+        );
+        assert!(
+            !dbg.contains("/somewhere/else"),
+            "our state dir must override the fragment's"
+        );
+        assert!(
+            dbg.contains("Ephemeral"),
+            "keystore must be ephemeral: {dbg}"
+        );
 
         // A misspelt key is an error, not a silent fallback to the public network.
         std::fs::write(&frag, "[tor_netwrk]\nfallback_caches = []\n").unwrap();
@@ -835,7 +1044,10 @@ hsdir_interval = 8
         assert!(o.ready());
         assert_eq!(o.running(), 0);
         let key = o.generate_key().unwrap();
-        let e = o.launch("l1", &key, "127.0.0.1:22".parse().unwrap()).await.unwrap_err();
+        let e = o
+            .launch("l1", &key, "127.0.0.1:22".parse().unwrap())
+            .await
+            .unwrap_err();
         assert_eq!(e.kind, FailureKind::Permanent);
         assert!(e.message.contains("l1"));
         o.stop("l1").await;
@@ -851,7 +1063,11 @@ hsdir_interval = 8
             problem: String::new(),
         };
         assert_eq!(PortError::from(t).kind, FailureKind::Transient);
-        let l = OnionError::Launch { lease_id: "l".into(), message: "m".into(), transient: false };
+        let l = OnionError::Launch {
+            lease_id: "l".into(),
+            message: "m".into(),
+            transient: false,
+        };
         assert_eq!(l.kind(), FailureKind::Permanent);
     }
 }
