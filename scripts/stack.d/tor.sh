@@ -318,6 +318,38 @@ _tor_wipe_state() {
   done
 }
 
+# _tor_seed_srv: give every authority the same shared-random state (previous + current SRV) unless it
+# has a valid one. tor accepts a state file whose ValidUntil is still ahead, so the very first consensus
+# carries both SRVs and arti onion services reach Running at once instead of after 8-16 minutes (see
+# tor_srv_ready). The values are fixed test constants; all authorities must agree on them.
+_tor_seed_srv() {
+  local i f now until va b prev cur
+  now=$(date +%s)
+  b=$(( (now / (24 * TOR_VOTING_INTERVAL) + 1) * 24 * TOR_VOTING_INTERVAL ))   # next SR run boundary
+  until=$(( b - TOR_VOTING_INTERVAL ))
+  [ "$until" -gt $(( now + 10 )) ] || until=$(( until + 24 * TOR_VOTING_INTERVAL ))
+  va=$(( now / TOR_VOTING_INTERVAL * TOR_VOTING_INTERVAL ))
+  prev="$(printf 'paygress-test-srv-previous' | sha256sum | cut -c1-64 | xxd -r -p | base64)"
+  cur="$(printf 'paygress-test-srv-current' | sha256sum | cut -c1-64 | xxd -r -p | base64)"
+  for i in "${!TOR_NODES[@]}"; do
+    [ "$(tor_node_role "$i")" = auth ] || continue
+    f="$(tor_node_dir "$i")/data/sr-state"
+    if [ -f "$f" ]; then
+      local vu; vu="$(sed -n 's/^ValidUntil //p' "$f")"
+      if [ -n "$vu" ] && [ "$(date -u -d "$vu" +%s 2>/dev/null || echo 0)" -gt $(( now + 10 )) ]; then continue; fi
+    fi
+    {
+      echo "# Tor shared random state file (seeded by scripts/stack.d/tor.sh for the test network)"
+      echo "SharedRandPreviousValue 0 $prev"
+      echo "SharedRandCurrentValue 0 $cur"
+      echo "TorVersion $(tor --version | sed -n '1s/^Tor version \([^ ]*\)\.$/\1/p')"
+      echo "ValidAfter $(date -u -d "@$va" '+%F %T')"
+      echo "ValidUntil $(date -u -d "@$until" '+%F %T')"
+      echo "Version 1"
+    } >"$f"
+  done
+}
+
 # ---- lifecycle ----------------------------------------------------------------------------------------
 
 tor_up() {
@@ -337,6 +369,7 @@ tor_up() {
   fi
   if [ "$running" -eq 0 ]; then
     _tor_wipe_state
+    _tor_seed_srv
     date +%s >"$TOR_DIR/started-at"
     rm -f "$TOR_DIR/usable-after"
   fi
