@@ -13,6 +13,9 @@
 # Ports (all 127.0.0.1, in the 25000..25099 range owned by tor): node i has ORPort 25000+i,
 # DirPort 25020+i, ControlPort 25040+i (no auth). 25060..25069 are left for scripts/smoke/tor.sh.
 #
+# Shared random: authorities get a seeded sr-state on a cold start (_tor_seed_srv), so arti onion
+# services see both SRVs in the first consensus.
+#
 # Start-up: servers first; the client only once the authorities serve a consensus listing every relay
 # (tor_wait), at which point the relays get SIGHUP so they drop their 404 back-off. Usable (client at
 # 100%, 9 HSDirs, all descriptors, every relay with a consensus) ~13-31 s after a cold start, depending
@@ -422,11 +425,12 @@ _tor_usable() {
   done
 }
 
-# tor_srv_ready: the consensus carries both shared random values. Until then an arti onion service has
-# only one usable time period (arti needs an SRV covering the start of a second one) and its status stays
-# Bootstrapping/DegradedUnreachable although it publishes: the first SRV appears at the first SR-run
-# boundary after start (runs are 24 voting intervals = 8 min, aligned to the epoch), the previous one 8
-# minutes later, so a cold network needs 8-16 min. Set TOR_WAIT_SRV=1 to make tor_wait wait for it.
+# tor_srv_ready: the consensus carries both shared random values. Without them an arti onion service has
+# only one usable time period (arti wants an SRV covering the start of a second one) and its status stays
+# Bootstrapping/DegradedUnreachable although it publishes. Left alone, a fresh network gets its first
+# SRV at the first SR-run boundary (runs are 24 voting intervals = 8 min, aligned to the epoch) and the
+# previous one 8 min later: 8-16 min. _tor_seed_srv avoids that wait; TOR_WAIT_SRV=1 makes tor_wait
+# wait for the SRVs anyway (safety net, normally instant).
 tor_srv_ready() {
   local i c
   for i in "${!TOR_NODES[@]}"; do
