@@ -6,7 +6,9 @@ use std::path::PathBuf;
 use anyhow::{anyhow, Result};
 use arti_client::config::BoolOrAuto;
 use arti_client::{StreamPrefs, TorClient};
-use tokio::io::AsyncWriteExt;
+use std::io::{Read, Write};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tor_rtcompat::PreferredRuntime;
 
 use super::home::Home;
@@ -34,29 +36,67 @@ pub async fn connect(home: &Home, host: &str, port: u16) -> Result<()> {
         .await
         .map_err(|e| anyhow!("tor connection to {host}:{port} failed: {}", report(&e)))?;
     let (mut from_tor, mut to_tor) = tokio::io::split(stream);
-    let mut stdin = tokio::io::stdin();
-    let mut stdout = tokio::io::stdout();
+    // stdin/stdout through std in threads: tokio's io-std feature is not enabled in this crate (enabling
+    // it would rebuild every tokio dependent for one small command).
+    let (in_tx, mut in_rx) = tokio::sync::mpsc::channel::<Vec<u8>>(16);
+    std::thread::spawn(move || {
+        let mut stdin = std::io::stdin().lock();
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            match stdin.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if in_tx.blocking_send(buf[..n].to_vec()).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    });
     let upstream = async move {
-        // tokio::io::copy flushes whenever stdin has nothing more for now; arti's stream needs that.
-        let r = tokio::io::copy(&mut stdin, &mut to_tor).await;
-        let _ = to_tor.shutdown().await;
-        r
+        while let Some(chunk) = in_rx.recv().await {
+            to_tor.write_all(&chunk).await?;
+            // arti buffers a stream until flushed.
+            to_tor.flush().await?;
+        }
+        to_tor.shutdown().await
     };
+    let (out_tx, out_rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    let writer = std::thread::spawn(move || -> std::io::Result<()> {
+        let mut stdout = std::io::stdout().lock();
+        for chunk in out_rx {
+            stdout.write_all(&chunk)?;
+            stdout.flush()?;
+        }
+        Ok(())
+    });
     let downstream = async move {
-        let r = tokio::io::copy(&mut from_tor, &mut stdout).await;
-        let _ = stdout.flush().await;
-        r
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            let n = from_tor.read(&mut buf).await?;
+            if n == 0 {
+                return Ok::<(), std::io::Error>(());
+            }
+            if out_tx.send(buf[..n].to_vec()).is_err() {
+                return Err(std::io::Error::new(std::io::ErrorKind::BrokenPipe, "stdout closed"));
+            }
+        }
     };
-    tokio::pin!(upstream);
-    tokio::pin!(downstream);
-    // The session ends when the remote side closes; stdin closing first only half-closes.
-    tokio::select! {
-        r = &mut downstream => { r.map_err(|e| anyhow!("reading from {host}:{port}: {e}"))?; }
-        r = &mut upstream => {
-            r.map_err(|e| anyhow!("writing to {host}:{port}: {e}"))?;
-            downstream.await.map_err(|e| anyhow!("reading from {host}:{port}: {e}"))?;
+    // The session ends when the remote side closes; stdin closing first only half-closes. The block
+    // drops both futures (and with them the writer's sender) before the writer is joined.
+    {
+        tokio::pin!(upstream);
+        tokio::pin!(downstream);
+        tokio::select! {
+            r = &mut downstream => { r.map_err(|e| anyhow!("reading from {host}:{port}: {e}"))?; }
+            r = &mut upstream => {
+                r.map_err(|e| anyhow!("writing to {host}:{port}: {e}"))?;
+                downstream.await.map_err(|e| anyhow!("reading from {host}:{port}: {e}"))?;
+            }
         }
     }
+    // Let the writer drain what was read before the process exits (it ends when `downstream` is dropped).
+    let _ = writer.join();
     Ok(())
 }
 
