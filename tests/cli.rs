@@ -210,24 +210,47 @@ fn request_paid_from_own_wallet_and_gift_wrapped() -> Result<()> {
     assert!(out.stdout.contains("port-forward") && out.stdout.contains("ssh -p 2222"), "{}", out.stdout);
     assert!(out.stderr.contains("waiting up to"), "progress on stderr: {}", out.stderr);
 
-    // NIP-17 gift wrap both ways, also paid from the wallet.
-    let reply = cli
-        .run(&[
-            "request",
-            "--provider",
-            &p.pubkey,
-            "--amount",
-            "100",
-            "--mint",
-            &mint,
-            "--nip17",
-            "--json",
-            "--timeout",
-            REPLY_TIMEOUT,
-        ])?
-        .ok()?
-        .json()?;
-    assert_ok_lease(&reply, 100);
+    // NIP-17 gift wrap both ways, also paid from the wallet, with an ssh key instead of a password.
+    let keyfile = cli.home.path().join("id_ed25519");
+    run(Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f", keyfile.to_str().unwrap()]))?;
+    let pubfile = keyfile.with_extension("pub");
+    let args = [
+        "request",
+        "--provider",
+        &p.pubkey,
+        "--amount",
+        "100",
+        "--mint",
+        &mint,
+        "--nip17",
+        "--json",
+        "--timeout",
+        REPLY_TIMEOUT,
+        "--ssh-key",
+        pubfile.to_str().unwrap(),
+        "--user",
+        "erin",
+    ];
+    let reply = cli.run(&args)?.ok()?.json()?;
+    let access = assert_ok_lease(&reply, 100);
+    assert!(access.get("ssh_password").is_none(), "{access}");
+    let ip = pod_ip(access["pod_name"].as_str().unwrap())?;
+    let login = format!("erin@{ip}");
+    let out = run(Command::new("ssh").args([
+        "-i",
+        keyfile.to_str().unwrap(),
+        "-p",
+        "2222",
+        "-o",
+        "StrictHostKeyChecking=no",
+        "-o",
+        "UserKnownHostsFile=/dev/null",
+        "-o",
+        "BatchMode=yes",
+        &login,
+        "echo key-login-ok",
+    ]))?;
+    assert!(out.contains("key-login-ok"), "{out}");
     let bal = cli.run(&["wallet", "balance", "--json"])?.ok()?.json()?;
     assert_eq!(bal.as_object().unwrap().values().filter_map(Value::as_u64).sum::<u64>(), 100, "{bal}");
     assert_eq!(pods_of_requester(&cli.pubkey()?)?, 2);
