@@ -21,3 +21,6 @@ pub mod http;
 
 /// Assembly: the one place concrete adapters are wired together.
 pub mod app;
+
+/// `paygress-cli`, the requester's side (second binary; shares `protocol`).
+pub mod cli;
