@@ -216,7 +216,7 @@ impl NostrFrontend {
 
     /// Stop the background tasks and disconnect.
     pub async fn shutdown(&self) {
-        let _ = self.inner.stop.send(true);
+        self.inner.stop.send_replace(true);
         for t in self.inner.tasks.lock().await.drain(..) {
             let _ = t.await;
         }
@@ -284,7 +284,7 @@ impl NostrFrontend {
         let mut stop = self.inner.stop.subscribe();
         loop {
             let notification = tokio::select! {
-                _ = stop.changed() => break,
+                _ = stop.wait_for(|s| *s) => break,
                 n = notifications.recv() => n,
             };
             match notification {
@@ -305,7 +305,7 @@ impl NostrFrontend {
                     if let Err(mpsc::error::TrySendError::Full(item)) = incoming.try_send(item) {
                         tracing::debug!(event_id = %event.id, "lease logic busy; waiting for room");
                         tokio::select! {
-                            _ = stop.changed() => break,
+                            _ = stop.wait_for(|s| *s) => break,
                             sent = incoming.send(item) => if sent.is_err() {
                                 tracing::info!("request receiver closed; nostr loop stops");
                                 break;
@@ -383,7 +383,7 @@ impl NostrFrontend {
                 Err(e) => tracing::warn!(error = %e, "offer not published; retrying next interval"),
             }
             tokio::select! {
-                _ = stop.changed() => break,
+                _ = stop.wait_for(|s| *s) => break,
                 _ = tokio::time::sleep(self.inner.opts.offer_interval) => {}
             }
         }
@@ -413,7 +413,7 @@ impl NostrFrontend {
         let mut stop = self.inner.stop.subscribe();
         loop {
             tokio::select! {
-                _ = stop.changed() => break,
+                _ = stop.wait_for(|s| *s) => break,
                 _ = tokio::time::sleep(self.inner.opts.resubscribe_interval) => {}
             }
             if let Err(e) = self.resubscribe().await {
@@ -439,7 +439,7 @@ impl NostrFrontend {
                 changed
             });
             tokio::select! {
-                _ = stop.changed() => break,
+                _ = stop.wait_for(|s| *s) => break,
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             }
         }
