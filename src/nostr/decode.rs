@@ -116,8 +116,13 @@ pub fn decode_event(keys: &Keys, event: &Event) -> Decoded {
 
     if !to_us {
         // Seed compatibility: an unaddressed kind 1000 is ours only if it is a plain lease request.
-        // Anything else under kind 1000 belongs to someone else's protocol: stay silent.
-        if kind != KIND_REQUEST || event.content.len() > MAX_CONTENT_BYTES {
+        // Anything else under kind 1000 belongs to someone else's protocol: stay silent. One addressed
+        // to another provider is theirs: redeeming its token would take money meant for them.
+        let addressed_elsewhere = event
+            .tags
+            .iter()
+            .any(|t| t.as_slice().first().is_some_and(|k| k == "p"));
+        if kind != KIND_REQUEST || addressed_elsewhere || event.content.len() > MAX_CONTENT_BYTES {
             return Decoded::Ignore(IgnoreReason::NotForUs);
         }
         return match serde_json::from_str::<LeaseRequest>(&event.content) {
@@ -617,6 +622,21 @@ mod tests {
                 Decoded::Ignore(IgnoreReason::NotForUs)
             );
         }
+    }
+
+    #[test]
+    fn plain_request_addressed_to_another_provider_is_not_ours() {
+        let (us, other, alice) = (provider(), Keys::generate(), Keys::generate());
+        let ev = signed(
+            &alice,
+            1000,
+            SEED,
+            vec![Tag::public_key(other.public_key())],
+        );
+        assert_eq!(
+            decode_event(&us, &ev),
+            Decoded::Ignore(IgnoreReason::NotForUs)
+        );
     }
 
     #[test]
