@@ -47,12 +47,18 @@ struct NakOut {
 async fn nak(args: &[&str], stdin: Option<&str>) -> NakOut {
     let mut child = tokio::process::Command::new("nak")
         .args(args)
-        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
-        .unwrap_or_else(|e| panic!("run through scripts/test (stack env missing: nak on PATH): {e}"));
+        .unwrap_or_else(|e| {
+            panic!("run through scripts/test (stack env missing: nak on PATH): {e}")
+        });
     if let Some(input) = stdin {
         let mut w = child.stdin.take().unwrap();
         w.write_all(input.as_bytes()).await.unwrap();
@@ -172,7 +178,13 @@ async fn nak_seed_request_arrives_garbage_is_skipped_and_replays_keep_the_reques
 
     // Someone else's kind 1000, not addressed to us: must be skipped silently, so the first thing we
     // get from alice is the real request published after it.
-    nak_ok(&["event", "--kind", "1000", "-c", "not ours", "--sec", &sec, &relay], None).await;
+    nak_ok(
+        &[
+            "event", "--kind", "1000", "-c", "not ours", "--sec", &sec, &relay,
+        ],
+        None,
+    )
+    .await;
     let ev = nak_ok(
         &[
             "event",
@@ -204,7 +216,11 @@ async fn nak_seed_request_arrives_garbage_is_skipped_and_replays_keep_the_reques
     // broadcast them, so the replay reaches us when the subscription is re-issued (as after a reconnect
     // or an overflow). It must carry the same request id: the journal dedupes on it.
     let again = nak(&["event", &relay], Some(&ev.to_string())).await;
-    assert!(again.ok || again.stderr.contains("duplicate"), "{}", again.stderr);
+    assert!(
+        again.ok || again.stderr.contains("duplicate"),
+        "{}",
+        again.stderr
+    );
     p.frontend.resubscribe().await.unwrap();
     let second = next_from(&mut p.rx, &alice).await;
     assert_eq!(second, first);
@@ -224,7 +240,9 @@ async fn nak_nip44_request_and_reply_decrypted_by_nak() {
     let body = r#"{"lease":"lease-42"}"#;
     let ct = nak_ok(&["encrypt", "--sec", &bob_sec, "-p", &prov_pk, body], None).await;
     let ev = nak_ok(
-        &["event", "--kind", "1003", "-c", &ct, "-p", &prov_pk, "--sec", &bob_sec, &relay],
+        &[
+            "event", "--kind", "1003", "-c", &ct, "-p", &prov_pk, "--sec", &bob_sec, &relay,
+        ],
         None,
     )
     .await;
@@ -239,13 +257,21 @@ async fn nak_nip44_request_and_reply_decrypted_by_nak() {
 
     // Garbage addressed to us is answered (Invalid), not dropped.
     nak_ok(
-        &["event", "--kind", "1002", "-c", "zzz", "-p", &prov_pk, "--sec", &bob_sec, &relay],
+        &[
+            "event", "--kind", "1002", "-c", "zzz", "-p", &prov_pk, "--sec", &bob_sec, &relay,
+        ],
         None,
     )
     .await;
     let inc = next_from(&mut p.rx, &bob).await;
     assert!(
-        matches!(inc, Incoming::Invalid { code: ErrorCode::InvalidRequest, .. }),
+        matches!(
+            inc,
+            Incoming::Invalid {
+                code: ErrorCode::InvalidRequest,
+                ..
+            }
+        ),
         "{inc:?}"
     );
 
@@ -260,8 +286,15 @@ async fn nak_nip44_request_and_reply_decrypted_by_nak() {
             seconds_remaining: 3600,
         },
     };
-    p.frontend.send(route, &reply).await.expect("reply accepted");
-    let got = nak_ok(&["req", "-k", "1001", "-p", &bob_pk, "-a", &prov_pk, &relay], None).await;
+    p.frontend
+        .send(route, &reply)
+        .await
+        .expect("reply accepted");
+    let got = nak_ok(
+        &["req", "-k", "1001", "-p", &bob_pk, "-a", &prov_pk, &relay],
+        None,
+    )
+    .await;
     let events: Vec<serde_json::Value> = got
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
@@ -272,13 +305,20 @@ async fn nak_nip44_request_and_reply_decrypted_by_nak() {
     assert_eq!(tag_values(reply_ev, "p"), vec![bob_pk.clone()]);
     let content = reply_ev["content"].as_str().unwrap();
     assert!(!content.contains("lease-42"), "reply must be encrypted");
-    let plain = nak_ok(&["decrypt", "--sec", &bob_sec, "-p", &prov_pk, content], None).await;
+    let plain = nak_ok(
+        &["decrypt", "--sec", &bob_sec, "-p", &prov_pk, content],
+        None,
+    )
+    .await;
     assert_eq!(serde_json::from_str::<Reply>(&plain).unwrap(), reply);
     // nak's own signature check of the event as served by the relay.
     nak_ok(&["verify"], Some(&reply_ev.to_string())).await;
 
     // In-band routes send nothing and succeed.
-    let inband = ReplyRoute { via: ReplyVia::InBand, ..route.clone() };
+    let inband = ReplyRoute {
+        via: ReplyVia::InBand,
+        ..route.clone()
+    };
     p.frontend.send(&inband, &reply).await.unwrap();
     p.frontend.shutdown().await;
 }
@@ -299,9 +339,15 @@ async fn gift_wrapped_requests_from_nostr_sdk_and_nak_round_trip() {
     let mut rumor = EventBuilder::new(Kind::from(1000u16), r#"{"cashu_token":"cashuBgw"}"#)
         .build(carol.public_key());
     let rumor_id = rumor.id().to_hex();
-    let wrap = EventBuilder::gift_wrap(&carol, &prov_pk, rumor, []).await.unwrap();
+    let wrap = EventBuilder::gift_wrap(&carol, &prov_pk, rumor, [])
+        .await
+        .unwrap();
     let out = client.send_event(&wrap).await.unwrap();
-    assert!(!out.success.is_empty(), "relay refused the gift wrap: {:?}", out.failed);
+    assert!(
+        !out.success.is_empty(),
+        "relay refused the gift wrap: {:?}",
+        out.failed
+    );
 
     let inc = next_from(&mut p.rx, &carol).await;
     let Incoming::Create { route, request } = &inc else {
@@ -313,7 +359,10 @@ async fn gift_wrapped_requests_from_nostr_sdk_and_nak_round_trip() {
 
     // Gift-wrapped reply: unwraps for carol (nostr-sdk) into a kind-1001 rumor from the provider.
     let reply = Reply::error(&rumor_id, ErrorCode::TokenSpent, "token already spent");
-    p.frontend.send(route, &reply).await.expect("reply accepted");
+    p.frontend
+        .send(route, &reply)
+        .await
+        .expect("reply accepted");
     let filter = nostr_sdk::prelude::Filter::new()
         .kind(Kind::GiftWrap)
         .pubkey(carol.public_key());
@@ -321,31 +370,56 @@ async fn gift_wrapped_requests_from_nostr_sdk_and_nak_round_trip() {
     let mut found = None;
     for w in wraps.iter() {
         let g = UnwrappedGift::from_gift_wrap(&carol, w).await.unwrap();
-        if g.rumor.tags.iter().any(|t| t.as_slice() == ["e", rumor_id.as_str()]) {
+        if g.rumor
+            .tags
+            .iter()
+            .any(|t| t.as_slice() == ["e", rumor_id.as_str()])
+        {
             found = Some((w.clone(), g));
         }
     }
     let (reply_wrap, gift) = found.expect("gift-wrapped reply on the relay");
     assert_eq!(gift.sender, prov_pk);
     assert_eq!(gift.rumor.kind, Kind::from(1001u16));
-    assert_eq!(serde_json::from_str::<Reply>(&gift.rumor.content).unwrap(), reply);
+    assert_eq!(
+        serde_json::from_str::<Reply>(&gift.rumor.content).unwrap(),
+        reply
+    );
 
     // ... and for nak, an independent NIP-59 implementation, checking the seal's signer.
     let rumor_json = nak_ok(
-        &["gift", "unwrap", "--sec", &secret_hex(&carol), "--from", &prov_pk.to_hex()],
+        &[
+            "gift",
+            "unwrap",
+            "--sec",
+            &secret_hex(&carol),
+            "--from",
+            &prov_pk.to_hex(),
+        ],
         Some(&reply_wrap.as_json()),
     )
     .await;
     let r: serde_json::Value = serde_json::from_str(&rumor_json).unwrap();
     assert_eq!(r["kind"], 1001);
     assert_eq!(r["pubkey"], prov_pk.to_hex());
-    assert_eq!(serde_json::from_str::<Reply>(r["content"].as_str().unwrap()).unwrap(), reply);
+    assert_eq!(
+        serde_json::from_str::<Reply>(r["content"].as_str().unwrap()).unwrap(),
+        reply
+    );
 
     // (2) nak-built gift wrap of a kind-1002 rumor, published with nak.
     let dave = Keys::generate();
-    let tmpl = r#"{"kind":1002,"content":"{\"cashu_token\":\"cashuBtop\",\"lease\":\"L7\"}","tags":[]}"#;
+    let tmpl =
+        r#"{"kind":1002,"content":"{\"cashu_token\":\"cashuBtop\",\"lease\":\"L7\"}","tags":[]}"#;
     let wrapped = nak_ok(
-        &["gift", "wrap", "--sec", &secret_hex(&dave), "-p", &prov_pk.to_bech32().unwrap()],
+        &[
+            "gift",
+            "wrap",
+            "--sec",
+            &secret_hex(&dave),
+            "-p",
+            &prov_pk.to_bech32().unwrap(),
+        ],
         Some(tmpl),
     )
     .await;
@@ -371,11 +445,19 @@ async fn impersonating_gift_wrap_is_dropped() {
     let mut rumor = EventBuilder::new(Kind::from(1003u16), r#"{"lease":"alice-lease"}"#)
         .build(alice.public_key());
     rumor.ensure_id();
-    let sealed =
-        nip44::encrypt(mallory.secret_key(), &us, rumor.as_json(), nip44::Version::V2).unwrap();
-    let seal = EventBuilder::new(Kind::Seal, sealed).sign_with_keys(&mallory).unwrap();
+    let sealed = nip44::encrypt(
+        mallory.secret_key(),
+        &us,
+        rumor.as_json(),
+        nip44::Version::V2,
+    )
+    .unwrap();
+    let seal = EventBuilder::new(Kind::Seal, sealed)
+        .sign_with_keys(&mallory)
+        .unwrap();
     let eph = Keys::generate();
-    let wrapped = nip44::encrypt(eph.secret_key(), &us, seal.as_json(), nip44::Version::V2).unwrap();
+    let wrapped =
+        nip44::encrypt(eph.secret_key(), &us, seal.as_json(), nip44::Version::V2).unwrap();
     let wrap: Event = EventBuilder::new(Kind::GiftWrap, wrapped)
         .tag(Tag::public_key(us))
         .sign_with_keys(&eph)
@@ -384,13 +466,26 @@ async fn impersonating_gift_wrap_is_dropped() {
 
     // Then a genuine request from alice: it must be the first thing attributed to her.
     let ev = nak_ok(
-        &["event", "--kind", "1000", "-c", r#"{"cashu_token":"cashuBreal"}"#, "--sec", &secret_hex(&alice), &relay],
+        &[
+            "event",
+            "--kind",
+            "1000",
+            "-c",
+            r#"{"cashu_token":"cashuBreal"}"#,
+            "--sec",
+            &secret_hex(&alice),
+            &relay,
+        ],
         None,
     )
     .await;
     let ev: serde_json::Value = serde_json::from_str(&ev).unwrap();
     let inc = next_from(&mut p.rx, &alice).await;
-    assert_eq!(inc.route().request_id, ev["id"].as_str().unwrap(), "{inc:?}");
+    assert_eq!(
+        inc.route().request_id,
+        ev["id"].as_str().unwrap(),
+        "{inc:?}"
+    );
     assert!(matches!(inc, Incoming::Create { .. }));
     p.frontend.shutdown().await;
 }

@@ -116,8 +116,13 @@ pub fn decode_event(keys: &Keys, event: &Event) -> Decoded {
 
     if !to_us {
         // Seed compatibility: an unaddressed kind 1000 is ours only if it is a plain lease request.
-        // Anything else under kind 1000 belongs to someone else's protocol: stay silent.
-        if kind != KIND_REQUEST || event.content.len() > MAX_CONTENT_BYTES {
+        // Anything else under kind 1000 belongs to someone else's protocol: stay silent. One addressed
+        // to another provider is theirs: redeeming its token would take money meant for them.
+        let addressed_elsewhere = event
+            .tags
+            .iter()
+            .any(|t| t.as_slice().first().is_some_and(|k| k == "p"));
+        if kind != KIND_REQUEST || addressed_elsewhere || event.content.len() > MAX_CONTENT_BYTES {
             return Decoded::Ignore(IgnoreReason::NotForUs);
         }
         return match serde_json::from_str::<LeaseRequest>(&event.content) {
@@ -219,17 +224,32 @@ fn open_gift_wrap(keys: &Keys, wrap: &Event) -> Option<(Event, UnsignedEvent)> {
 
 fn request_from_json(kind: u16, json: &str, route: ReplyRoute, transport: Transport) -> Decoded {
     let incoming = match kind {
-        KIND_REQUEST => parse::<LeaseRequest>(json, "lease request")
-            .map(|request| Incoming::Create { route: route.clone(), request }),
-        KIND_TOPUP => parse::<TopUpRequest>(json, "top-up request")
-            .map(|request| Incoming::TopUp { route: route.clone(), request }),
-        KIND_STATUS => parse::<StatusRequest>(json, "status request")
-            .map(|request| Incoming::Status { route: route.clone(), request }),
+        KIND_REQUEST => {
+            parse::<LeaseRequest>(json, "lease request").map(|request| Incoming::Create {
+                route: route.clone(),
+                request,
+            })
+        }
+        KIND_TOPUP => {
+            parse::<TopUpRequest>(json, "top-up request").map(|request| Incoming::TopUp {
+                route: route.clone(),
+                request,
+            })
+        }
+        KIND_STATUS => {
+            parse::<StatusRequest>(json, "status request").map(|request| Incoming::Status {
+                route: route.clone(),
+                request,
+            })
+        }
         // Callers only pass request kinds.
         _ => Err(format!("kind {kind} is not a request kind")),
     };
     match incoming {
-        Ok(incoming) => Decoded::Deliver { incoming, transport },
+        Ok(incoming) => Decoded::Deliver {
+            incoming,
+            transport,
+        },
         Err(message) => invalid(route, ErrorCode::InvalidRequest, message),
     }
 }
@@ -248,7 +268,10 @@ pub fn describe_json_error(what: &str, e: &serde_json::Error) -> String {
         Category::Data => {
             let text = e.to_string();
             // "missing field `x`" names a field of our own schema: safe and useful.
-            match text.strip_prefix("missing field `").and_then(|r| r.split('`').next()) {
+            match text
+                .strip_prefix("missing field `")
+                .and_then(|r| r.split('`').next())
+            {
                 Some(field) => format!("missing field `{field}`"),
                 None => "a field has the wrong type or value".to_string(),
             }
@@ -284,7 +307,8 @@ fn is_request_kind(kind: u16) -> bool {
 fn has_p_tag<'a>(mut tags: impl Iterator<Item = &'a [String]>, pk: &PublicKey) -> bool {
     let hex = pk.to_hex();
     tags.any(|t| {
-        t.first().is_some_and(|k| k == "p") && t.get(1).is_some_and(|v| v.eq_ignore_ascii_case(&hex))
+        t.first().is_some_and(|k| k == "p")
+            && t.get(1).is_some_and(|v| v.eq_ignore_ascii_case(&hex))
     })
 }
 
@@ -359,20 +383,31 @@ mod tests {
         let ev = signed(&alice, 1000, &enc(SEED), p.clone());
         let (inc, tr) = deliver(decode_event(&us, &ev));
         assert_eq!(tr, Transport::Nip44);
-        let Incoming::Create { route, request } = inc else { panic!() };
+        let Incoming::Create { route, request } = inc else {
+            panic!()
+        };
         assert_eq!(route.request_id, ev.id.to_hex());
         assert_eq!(route.requester, alice.public_key().to_hex());
         assert_eq!(route.via, ReplyVia::Nip44);
         assert_eq!(request.cashu_token, "cashuBx");
 
-        let ev = signed(&alice, 1002, &enc(r#"{"cashu_token":"t","lease_id":"L1"}"#), p.clone());
+        let ev = signed(
+            &alice,
+            1002,
+            &enc(r#"{"cashu_token":"t","lease_id":"L1"}"#),
+            p.clone(),
+        );
         let (inc, _) = deliver(decode_event(&us, &ev));
-        let Incoming::TopUp { request, .. } = inc else { panic!("{inc:?}") };
+        let Incoming::TopUp { request, .. } = inc else {
+            panic!("{inc:?}")
+        };
         assert_eq!(request.lease, "L1");
 
         let ev = signed(&alice, 1003, &enc(r#"{"pod_name":"ssh-pod-1"}"#), p);
         let (inc, _) = deliver(decode_event(&us, &ev));
-        let Incoming::Status { request, .. } = inc else { panic!("{inc:?}") };
+        let Incoming::Status { request, .. } = inc else {
+            panic!("{inc:?}")
+        };
         assert_eq!(request.lease, "ssh-pod-1");
     }
 
@@ -380,11 +415,18 @@ mod tests {
     fn nip44_to_someone_else_but_p_tagged_to_us_is_invalid() {
         let (us, alice, carol) = (provider(), Keys::generate(), Keys::generate());
         // Encrypted to carol, not to us: we cannot read it.
-        let c = nip44::encrypt(alice.secret_key(), &carol.public_key(), SEED, nip44::Version::V2)
-            .unwrap();
+        let c = nip44::encrypt(
+            alice.secret_key(),
+            &carol.public_key(),
+            SEED,
+            nip44::Version::V2,
+        )
+        .unwrap();
         let ev = signed(&alice, 1000, &c, vec![Tag::public_key(us.public_key())]);
         let (inc, _) = deliver(decode_event(&us, &ev));
-        let Incoming::Invalid { code, route, .. } = inc else { panic!("{inc:?}") };
+        let Incoming::Invalid { code, route, .. } = inc else {
+            panic!("{inc:?}")
+        };
         assert_eq!(code, ErrorCode::InvalidRequest);
         assert_eq!(route.request_id, ev.id.to_hex());
     }
@@ -402,10 +444,16 @@ mod tests {
     async fn gift_wrap_to_us_routes_via_gift_wrap_with_rumor_id() {
         let (us, alice) = (provider(), Keys::generate());
         let (wrap, rumor_id) = gift_wrap(&alice, &us, 1000, SEED).await;
-        assert_ne!(wrap.pubkey, alice.public_key(), "wrap is signed by an ephemeral key");
+        assert_ne!(
+            wrap.pubkey,
+            alice.public_key(),
+            "wrap is signed by an ephemeral key"
+        );
         let (inc, tr) = deliver(decode_event(&us, &wrap));
         assert_eq!(tr, Transport::GiftWrap);
-        let Incoming::Create { route, request } = inc else { panic!("{inc:?}") };
+        let Incoming::Create { route, request } = inc else {
+            panic!("{inc:?}")
+        };
         assert_eq!(route.via, ReplyVia::GiftWrap);
         assert_eq!(route.requester, alice.public_key().to_hex());
         assert_eq!(route.request_id, rumor_id);
@@ -418,7 +466,14 @@ mod tests {
         let (us, alice) = (provider(), Keys::generate());
         let (wrap, rumor_id) = gift_wrap(&alice, &us, 1002, r#"{"lease":"x"}"#).await;
         let (inc, _) = deliver(decode_event(&us, &wrap));
-        let Incoming::Invalid { route, code, message } = inc else { panic!("{inc:?}") };
+        let Incoming::Invalid {
+            route,
+            code,
+            message,
+        } = inc
+        else {
+            panic!("{inc:?}")
+        };
         assert_eq!(code, ErrorCode::InvalidRequest);
         assert_eq!(route.via, ReplyVia::GiftWrap);
         assert_eq!(route.request_id, rumor_id);
@@ -429,7 +484,10 @@ mod tests {
     async fn gift_wrap_for_someone_else_or_a_chat_message_is_ignored() {
         let (us, alice, carol) = (provider(), Keys::generate(), Keys::generate());
         let (wrap, _) = gift_wrap(&alice, &carol, 1000, SEED).await;
-        assert_eq!(decode_event(&us, &wrap), Decoded::Ignore(IgnoreReason::NotForUs));
+        assert_eq!(
+            decode_event(&us, &wrap),
+            Decoded::Ignore(IgnoreReason::NotForUs)
+        );
         let (dm, _) = gift_wrap(&alice, &us, 14, "hello").await;
         assert_eq!(
             decode_event(&us, &dm),
@@ -441,19 +499,28 @@ mod tests {
     #[test]
     fn gift_wrap_whose_seal_signer_is_not_the_rumor_author_is_dropped() {
         let (us, alice, mallory) = (provider(), Keys::generate(), Keys::generate());
-        let mut rumor = EventBuilder::new(kind(1002), r#"{"cashu_token":"t","lease":"alice-lease"}"#)
-            .build(alice.public_key());
+        let mut rumor =
+            EventBuilder::new(kind(1002), r#"{"cashu_token":"t","lease":"alice-lease"}"#)
+                .build(alice.public_key());
         rumor.ensure_id();
-        let sealed =
-            nip44::encrypt(mallory.secret_key(), &us.public_key(), rumor.as_json(), nip44::Version::V2)
-                .unwrap();
+        let sealed = nip44::encrypt(
+            mallory.secret_key(),
+            &us.public_key(),
+            rumor.as_json(),
+            nip44::Version::V2,
+        )
+        .unwrap();
         let seal = EventBuilder::new(kind(KIND_SEAL), sealed)
             .sign_with_keys(&mallory)
             .unwrap();
         let eph = Keys::generate();
-        let wrapped =
-            nip44::encrypt(eph.secret_key(), &us.public_key(), seal.as_json(), nip44::Version::V2)
-                .unwrap();
+        let wrapped = nip44::encrypt(
+            eph.secret_key(),
+            &us.public_key(),
+            seal.as_json(),
+            nip44::Version::V2,
+        )
+        .unwrap();
         let wrap = EventBuilder::new(kind(KIND_GIFT_WRAP), wrapped)
             .tag(Tag::public_key(us.public_key()))
             .sign_with_keys(&eph)
@@ -470,9 +537,13 @@ mod tests {
         let (us, alice) = (provider(), Keys::generate());
         let mut rumor = EventBuilder::new(kind(1000), SEED).build(alice.public_key());
         rumor.ensure_id();
-        let sealed =
-            nip44::encrypt(alice.secret_key(), &us.public_key(), rumor.as_json(), nip44::Version::V2)
-                .unwrap();
+        let sealed = nip44::encrypt(
+            alice.secret_key(),
+            &us.public_key(),
+            rumor.as_json(),
+            nip44::Version::V2,
+        )
+        .unwrap();
         let wrong_kind = EventBuilder::new(kind(1), sealed.clone())
             .sign_with_keys(&alice)
             .unwrap();
@@ -486,9 +557,13 @@ mod tests {
         forged["created_at"] = serde_json::json!(1);
         for seal_json in [wrong_kind.as_json(), forged.to_string()] {
             let eph = Keys::generate();
-            let wrapped =
-                nip44::encrypt(eph.secret_key(), &us.public_key(), seal_json, nip44::Version::V2)
-                    .unwrap();
+            let wrapped = nip44::encrypt(
+                eph.secret_key(),
+                &us.public_key(),
+                seal_json,
+                nip44::Version::V2,
+            )
+            .unwrap();
             let wrap = EventBuilder::new(kind(KIND_GIFT_WRAP), wrapped)
                 .tag(Tag::public_key(us.public_key()))
                 .sign_with_keys(&eph)
@@ -506,23 +581,33 @@ mod tests {
         let rumor = EventBuilder::new(kind(1000), SEED).build(alice.public_key());
         let mut json: serde_json::Value = serde_json::from_str(&rumor.as_json()).unwrap();
         json["id"] = serde_json::json!("00".repeat(32));
-        let sealed =
-            nip44::encrypt(alice.secret_key(), &us.public_key(), json.to_string(), nip44::Version::V2)
-                .unwrap();
+        let sealed = nip44::encrypt(
+            alice.secret_key(),
+            &us.public_key(),
+            json.to_string(),
+            nip44::Version::V2,
+        )
+        .unwrap();
         let seal = EventBuilder::new(kind(KIND_SEAL), sealed)
             .custom_created_at(Timestamp::now())
             .sign_with_keys(&alice)
             .unwrap();
         let eph = Keys::generate();
-        let wrapped =
-            nip44::encrypt(eph.secret_key(), &us.public_key(), seal.as_json(), nip44::Version::V2)
-                .unwrap();
+        let wrapped = nip44::encrypt(
+            eph.secret_key(),
+            &us.public_key(),
+            seal.as_json(),
+            nip44::Version::V2,
+        )
+        .unwrap();
         let wrap = EventBuilder::new(kind(KIND_GIFT_WRAP), wrapped)
             .tag(Tag::public_key(us.public_key()))
             .sign_with_keys(&eph)
             .unwrap();
         let (inc, _) = deliver(decode_event(&us, &wrap));
-        let Incoming::Invalid { route, code, .. } = inc else { panic!("{inc:?}") };
+        let Incoming::Invalid { route, code, .. } = inc else {
+            panic!("{inc:?}")
+        };
         assert_eq!(code, ErrorCode::InvalidRequest);
         assert_ne!(route.request_id, "00".repeat(32));
     }
@@ -532,8 +617,26 @@ mod tests {
         let (us, bob) = (provider(), Keys::generate());
         for content in ["hello world", "{not json", r#"{"other":"protocol"}"#, ""] {
             let ev = signed(&bob, 1000, content, vec![]);
-            assert_eq!(decode_event(&us, &ev), Decoded::Ignore(IgnoreReason::NotForUs));
+            assert_eq!(
+                decode_event(&us, &ev),
+                Decoded::Ignore(IgnoreReason::NotForUs)
+            );
         }
+    }
+
+    #[test]
+    fn plain_request_addressed_to_another_provider_is_not_ours() {
+        let (us, other, alice) = (provider(), Keys::generate(), Keys::generate());
+        let ev = signed(
+            &alice,
+            1000,
+            SEED,
+            vec![Tag::public_key(other.public_key())],
+        );
+        assert_eq!(
+            decode_event(&us, &ev),
+            Decoded::Ignore(IgnoreReason::NotForUs)
+        );
     }
 
     #[test]
@@ -541,7 +644,10 @@ mod tests {
         let (us, bob) = (provider(), Keys::generate());
         for k in [1002, 1003] {
             let ev = signed(&bob, k, r#"{"cashu_token":"t","lease":"x"}"#, vec![]);
-            assert_eq!(decode_event(&us, &ev), Decoded::Ignore(IgnoreReason::NotForUs));
+            assert_eq!(
+                decode_event(&us, &ev),
+                Decoded::Ignore(IgnoreReason::NotForUs)
+            );
         }
     }
 
@@ -551,7 +657,9 @@ mod tests {
         for content in ["hello world", "{not json", ""] {
             let ev = signed(&bob, 1000, content, vec![Tag::public_key(us.public_key())]);
             let (inc, _) = deliver(decode_event(&us, &ev));
-            let Incoming::Invalid { code, route, .. } = inc else { panic!("{inc:?}") };
+            let Incoming::Invalid { code, route, .. } = inc else {
+                panic!("{inc:?}")
+            };
             assert_eq!(code, ErrorCode::InvalidRequest);
             assert_eq!(route.requester, bob.public_key().to_hex());
         }
@@ -560,24 +668,29 @@ mod tests {
     #[test]
     fn oversize_content_is_too_large_only_when_addressed_to_us() {
         let (us, bob) = (provider(), Keys::generate());
-        let big = format!(
-            r#"{{"cashu_token":"{}"}}"#,
-            "a".repeat(MAX_CONTENT_BYTES)
-        );
+        let big = format!(r#"{{"cashu_token":"{}"}}"#, "a".repeat(MAX_CONTENT_BYTES));
         let ev = signed(&bob, 1000, &big, vec![Tag::public_key(us.public_key())]);
         let (inc, _) = deliver(decode_event(&us, &ev));
-        let Incoming::Invalid { code, .. } = inc else { panic!("{inc:?}") };
+        let Incoming::Invalid { code, .. } = inc else {
+            panic!("{inc:?}")
+        };
         assert_eq!(code, ErrorCode::ContentTooLarge);
 
         let ev = signed(&bob, 1000, &big, vec![]);
-        assert_eq!(decode_event(&us, &ev), Decoded::Ignore(IgnoreReason::NotForUs));
+        assert_eq!(
+            decode_event(&us, &ev),
+            Decoded::Ignore(IgnoreReason::NotForUs)
+        );
 
         // Exactly at the limit is still read.
         let pad = MAX_CONTENT_BYTES - r#"{"cashu_token":""}"#.len();
         let edge = format!(r#"{{"cashu_token":"{}"}}"#, "a".repeat(pad));
         assert_eq!(edge.len(), MAX_CONTENT_BYTES);
         let ev = signed(&bob, 1000, &edge, vec![Tag::public_key(us.public_key())]);
-        assert!(matches!(deliver(decode_event(&us, &ev)).0, Incoming::Create { .. }));
+        assert!(matches!(
+            deliver(decode_event(&us, &ev)).0,
+            Incoming::Create { .. }
+        ));
     }
 
     #[tokio::test]
@@ -586,7 +699,9 @@ mod tests {
         let big = format!(r#"{{"cashu_token":"{}"}}"#, "a".repeat(MAX_CONTENT_BYTES));
         let (wrap, id) = gift_wrap(&alice, &us, 1000, &big).await;
         let (inc, _) = deliver(decode_event(&us, &wrap));
-        let Incoming::Invalid { code, route, .. } = inc else { panic!("{inc:?}") };
+        let Incoming::Invalid { code, route, .. } = inc else {
+            panic!("{inc:?}")
+        };
         assert_eq!(code, ErrorCode::ContentTooLarge);
         assert_eq!(route.request_id, id);
         assert_eq!(route.via, ReplyVia::GiftWrap);
@@ -599,14 +714,24 @@ mod tests {
         // A lease request sent as a status query; and a token where a string list would be.
         let cases = [
             (1003, SEED.to_string(), "missing field `lease`"),
-            (1000, r#"{"cashu_token":["cashuBsecret"]}"#.to_string(), "wrong type"),
-            (1000, r#"{"cashu_token":"cashuBsecret","ssh_username":7}"#.to_string(), "wrong type"),
+            (
+                1000,
+                r#"{"cashu_token":["cashuBsecret"]}"#.to_string(),
+                "wrong type",
+            ),
+            (
+                1000,
+                r#"{"cashu_token":"cashuBsecret","ssh_username":7}"#.to_string(),
+                "wrong type",
+            ),
             (1000, "[1,2]".to_string(), ""),
         ];
         for (k, content, expect) in cases {
             let ev = signed(&bob, k, &content, p.clone());
             let (inc, _) = deliver(decode_event(&us, &ev));
-            let Incoming::Invalid { code, message, .. } = inc else { panic!("{inc:?}") };
+            let Incoming::Invalid { code, message, .. } = inc else {
+                panic!("{inc:?}")
+            };
             assert_eq!(code, ErrorCode::InvalidRequest, "{content}");
             assert!(message.contains(expect), "{message}");
             assert!(!message.contains("cashuB"), "{message}");
@@ -620,13 +745,19 @@ mod tests {
         let mut json: serde_json::Value = serde_json::from_str(&ev.as_json()).unwrap();
         json["content"] = serde_json::json!(r#"{"cashu_token":"cashuBother"}"#);
         let forged = Event::from_json(json.to_string()).unwrap();
-        assert_eq!(decode_event(&us, &forged), Decoded::Ignore(IgnoreReason::BadSignature));
+        assert_eq!(
+            decode_event(&us, &forged),
+            Decoded::Ignore(IgnoreReason::BadSignature)
+        );
     }
 
     #[test]
     fn other_kinds_are_ignored() {
         let (us, alice) = (provider(), Keys::generate());
         let ev = signed(&alice, 1, SEED, vec![Tag::public_key(us.public_key())]);
-        assert_eq!(decode_event(&us, &ev), Decoded::Ignore(IgnoreReason::UnsupportedKind));
+        assert_eq!(
+            decode_event(&us, &ev),
+            Decoded::Ignore(IgnoreReason::UnsupportedKind)
+        );
     }
 }

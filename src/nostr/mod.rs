@@ -216,7 +216,7 @@ impl NostrFrontend {
 
     /// Stop the background tasks and disconnect.
     pub async fn shutdown(&self) {
-        let _ = self.inner.stop.send(true);
+        self.inner.stop.send_replace(true);
         for t in self.inner.tasks.lock().await.drain(..) {
             let _ = t.await;
         }
@@ -284,7 +284,7 @@ impl NostrFrontend {
         let mut stop = self.inner.stop.subscribe();
         loop {
             let notification = tokio::select! {
-                _ = stop.changed() => break,
+                _ = stop.wait_for(|s| *s) => break,
                 n = notifications.recv() => n,
             };
             match notification {
@@ -305,7 +305,7 @@ impl NostrFrontend {
                     if let Err(mpsc::error::TrySendError::Full(item)) = incoming.try_send(item) {
                         tracing::debug!(event_id = %event.id, "lease logic busy; waiting for room");
                         tokio::select! {
-                            _ = stop.changed() => break,
+                            _ = stop.wait_for(|s| *s) => break,
                             sent = incoming.send(item) => if sent.is_err() {
                                 tracing::info!("request receiver closed; nostr loop stops");
                                 break;
@@ -319,7 +319,10 @@ impl NostrFrontend {
                 Ok(RelayPoolNotification::Shutdown) => break,
                 Ok(_) => {}
                 Err(broadcast::error::RecvError::Lagged(missed)) => {
-                    tracing::warn!(missed, "nostr notifications overflowed; re-subscribing to replay them");
+                    tracing::warn!(
+                        missed,
+                        "nostr notifications overflowed; re-subscribing to replay them"
+                    );
                     if let Err(e) = self.resubscribe().await {
                         tracing::warn!(error = %e, "re-subscribe failed");
                     }
@@ -380,7 +383,7 @@ impl NostrFrontend {
                 Err(e) => tracing::warn!(error = %e, "offer not published; retrying next interval"),
             }
             tokio::select! {
-                _ = stop.changed() => break,
+                _ = stop.wait_for(|s| *s) => break,
                 _ = tokio::time::sleep(self.inner.opts.offer_interval) => {}
             }
         }
@@ -402,7 +405,7 @@ impl NostrFrontend {
                 request_id: "-".into(),
                 reason: e.to_string(),
             })?;
-        let n = self.send("offer", &event).await?;
+        let n = self.publish_event("offer", &event).await?;
         Ok((event.id, n))
     }
 
@@ -410,7 +413,7 @@ impl NostrFrontend {
         let mut stop = self.inner.stop.subscribe();
         loop {
             tokio::select! {
-                _ = stop.changed() => break,
+                _ = stop.wait_for(|s| *s) => break,
                 _ = tokio::time::sleep(self.inner.opts.resubscribe_interval) => {}
             }
             if let Err(e) = self.resubscribe().await {
@@ -436,25 +439,43 @@ impl NostrFrontend {
                 changed
             });
             tokio::select! {
-                _ = stop.changed() => break,
+                _ = stop.wait_for(|s| *s) => break,
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             }
         }
     }
 
     /// Send to all relays; Ok(number that accepted) if at least one did.
-    async fn send(&self, what: &'static str, event: &Event) -> Result<usize, NostrError> {
-        let out = self
-            .inner
-            .client
-            .send_event(event)
-            .await
-            .map_err(|e| NostrError::NotAccepted {
+    async fn publish_event(&self, what: &'static str, event: &Event) -> Result<usize, NostrError> {
+        // Fail fast when nothing is connected: the pool would otherwise wait ~10 s per relay for an OK
+        // that cannot come, holding up the caller's retry schedule.
+        let relays = self.inner.client.relays().await;
+        if !relays.values().any(|r| r.is_connected()) {
+            return Err(NostrError::NotAccepted {
                 what,
                 event_id: event.id.to_hex(),
-                failures: e.to_string(),
-            })?;
-        if out.success.is_empty() {
+                failures: format!("none of {} relays is connected", relays.len()),
+            });
+        }
+        let out =
+            self.inner
+                .client
+                .send_event(event)
+                .await
+                .map_err(|e| NostrError::NotAccepted {
+                    what,
+                    event_id: event.id.to_hex(),
+                    failures: e.to_string(),
+                })?;
+        // A relay that already holds this very event (same id) has what we wanted; some relays (the
+        // Python nostr-relay) answer `OK false "duplicate: …"`, e.g. for a re-publish within one second.
+        let holding = out
+            .failed
+            .values()
+            .filter(|why| why.starts_with("duplicate:"))
+            .count();
+        let accepted = out.success.len() + holding;
+        if accepted == 0 {
             let failures = out
                 .failed
                 .iter()
@@ -467,11 +488,15 @@ impl NostrFrontend {
                 failures,
             });
         }
-        Ok(out.success.len())
+        Ok(accepted)
     }
 
     /// The kind-1001 reply event (NIP-44 content, or a gift wrap around it as a rumor).
-    pub async fn build_reply(&self, route: &ReplyRoute, reply: &Reply) -> Result<Event, NostrError> {
+    pub async fn build_reply(
+        &self,
+        route: &ReplyRoute,
+        reply: &Reply,
+    ) -> Result<Event, NostrError> {
         build_reply(&self.inner.keys, route, reply).await
     }
 }
@@ -479,7 +504,11 @@ impl NostrFrontend {
 /// Build the reply for `route`: kind 1001, tags `e` = request id and `p` = requester. For
 /// [`ReplyVia::Nip44`] the content is NIP-44 v2 to the requester; for [`ReplyVia::GiftWrap`] the
 /// same-tagged kind-1001 event is the rumor (plain JSON, as NIP-17 rumors are) of a gift wrap to them.
-pub async fn build_reply(keys: &Keys, route: &ReplyRoute, reply: &Reply) -> Result<Event, NostrError> {
+pub async fn build_reply(
+    keys: &Keys,
+    route: &ReplyRoute,
+    reply: &Reply,
+) -> Result<Event, NostrError> {
     let bad_route = |reason: String| NostrError::InvalidRoute {
         request_id: route.request_id.clone(),
         reason,
@@ -523,7 +552,7 @@ impl ReplyPort for NostrFrontend {
             return Ok(());
         }
         let event = self.build_reply(route, reply).await?;
-        let relays = NostrFrontend::send(self, "reply", &event).await?;
+        let relays = self.publish_event("reply", &event).await?;
         tracing::info!(
             event_id = %event.id,
             request_id = %route.request_id,
@@ -564,7 +593,9 @@ mod tests {
         assert!(!ev.content.contains("spent"));
         let plain = nip44::decrypt(alice.secret_key(), &us.public_key(), &ev.content).unwrap();
         assert_eq!(serde_json::from_str::<Reply>(&plain).unwrap(), reply);
-        assert!(nip44::decrypt(Keys::generate().secret_key(), &us.public_key(), &ev.content).is_err());
+        assert!(
+            nip44::decrypt(Keys::generate().secret_key(), &us.public_key(), &ev.content).is_err()
+        );
     }
 
     #[tokio::test]
@@ -578,10 +609,73 @@ mod tests {
         let gift = UnwrappedGift::from_gift_wrap(&alice, &wrap).await.unwrap();
         assert_eq!(gift.sender, us.public_key());
         assert_eq!(gift.rumor.kind.as_u16(), KIND_REPLY);
-        let tags: Vec<Vec<String>> = gift.rumor.tags.iter().map(|t| t.as_slice().to_vec()).collect();
+        let tags: Vec<Vec<String>> = gift
+            .rumor
+            .tags
+            .iter()
+            .map(|t| t.as_slice().to_vec())
+            .collect();
         assert!(tags.contains(&vec!["e".to_string(), r.request_id.clone()]));
         assert!(tags.contains(&vec!["p".to_string(), r.requester.clone()]));
-        assert_eq!(serde_json::from_str::<Reply>(&gift.rumor.content).unwrap(), reply);
+        assert_eq!(
+            serde_json::from_str::<Reply>(&gift.rumor.content).unwrap(),
+            reply
+        );
+    }
+
+    /// No relay up: start still succeeds (the provider keeps serving, readiness says 0 relays) and a
+    /// reply fails as Transient, for the caller to retry.
+    #[tokio::test]
+    async fn without_relays_start_succeeds_and_replies_are_transient() {
+        // Port 9 (discard) on loopback: nothing listens there in the test environment.
+        let mut opts = NostrOptions::new(vec!["ws://127.0.0.1:9".into()], Duration::from_secs(60));
+        opts.connect_timeout = Duration::from_millis(200);
+        let us = Keys::generate();
+        let offer: Offer = serde_json::from_value(serde_json::json!({
+            "provider_pubkey": us.public_key().to_hex(), "tiers": [], "default_tier": "x",
+            "accepted_mints": [], "unit": "sat", "min_duration_seconds": 1, "max_duration_seconds": 2,
+            "onion_access": false, "p2pk_pubkey": "", "default_image": "i", "allowed_images": [],
+            "ssh_port": 2222, "request_kind": 1000, "reply_kind": 1001, "topup_kind": 1002,
+            "status_kind": 1003
+        }))
+        .unwrap();
+        let (tx, _rx) = mpsc::channel(1);
+        let fe = NostrFrontend::start(us, opts, offer, tx).await.unwrap();
+        assert_eq!(fe.connected_relays(), 0);
+        let alice = Keys::generate();
+        let r = route(&alice, ReplyVia::Nip44);
+        let err = fe
+            .send(&r, &Reply::error(&r.request_id, ErrorCode::Internal, "x"))
+            .await
+            .unwrap_err();
+        assert!(err.is_transient(), "{err:?}");
+        let inband = ReplyRoute {
+            via: ReplyVia::InBand,
+            ..r
+        };
+        fe.send(&inband, &Reply::error("a", ErrorCode::Internal, "x"))
+            .await
+            .unwrap();
+        fe.shutdown().await;
+    }
+
+    #[test]
+    fn no_relays_is_an_error() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let (tx, _rx) = mpsc::channel(1);
+        let offer = serde_json::from_value::<Offer>(serde_json::json!({
+            "provider_pubkey": "", "tiers": [], "default_tier": "x", "accepted_mints": [], "unit": "sat",
+            "min_duration_seconds": 1, "max_duration_seconds": 2, "onion_access": false,
+            "p2pk_pubkey": "", "default_image": "i", "allowed_images": [], "ssh_port": 2222,
+            "request_kind": 1000, "reply_kind": 1001, "topup_kind": 1002, "status_kind": 1003
+        }))
+        .unwrap();
+        let opts = NostrOptions::new(vec![], Duration::from_secs(60));
+        let r = rt.block_on(NostrFrontend::start(Keys::generate(), opts, offer, tx));
+        assert!(matches!(r, Err(NostrError::NoRelays)));
     }
 
     #[tokio::test]
