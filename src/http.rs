@@ -187,7 +187,8 @@ pub struct ErrorBody {
 #[derive(Debug, Clone)]
 pub struct ApiError {
     pub status: StatusCode,
-    pub body: ErrorBody,
+    /// Boxed: keeps `Result<_, ApiError>` small.
+    pub body: Box<ErrorBody>,
     retry_after: Option<u64>,
 }
 
@@ -195,13 +196,13 @@ impl ApiError {
     pub fn new(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Self {
         ApiError {
             status,
-            body: ErrorBody {
+            body: Box::new(ErrorBody {
                 status: "error".into(),
                 code,
                 message: message.into(),
                 request_id: None,
                 refund_token: None,
-            },
+            }),
             retry_after: None,
         }
     }
@@ -230,7 +231,7 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut resp = (self.status, Json(&self.body)).into_response();
+        let mut resp = (self.status, Json(&*self.body)).into_response();
         let h = resp.headers_mut();
         if self.status == StatusCode::UNAUTHORIZED {
             h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
