@@ -281,9 +281,31 @@ fn every_endpoint_end_to_end_and_no_secret_in_the_debug_log() -> Result<()> {
     assert!(!out.status.success(), "without the admin token the locked wallet cannot be reached");
     assert!(String::from_utf8_lossy(&out.stderr).contains("PAYGRESS_ADMIN_TOKEN"));
 
+    // --- SIGTERM: the listener stops accepting, the request in flight still gets its lease
+    let drain_token = secrets.add(&w.send(20)?);
+    let redeemed_before = p.log_text().matches("token redeemed").count();
+    let in_flight = std::thread::spawn(move || {
+        post_json("/v1/leases", &json!({"cashu_token": drain_token, "ssh_username": "jo"}), &[])
+    });
+    wait_until("the in-flight request to be redeemed", std::time::Duration::from_secs(60), || {
+        (p.log_text().matches("token redeemed").count() > redeemed_before).then_some(())
+    })?;
+    let pid = run(Command::new("pgrep").args(["-P", &p.child.id().to_string(), "paygress"]))?;
+    run(Command::new("kill").args(["-TERM", pid.trim()]))?;
+    let r = in_flight.join().expect("request thread");
+    assert_eq!(r.status, 201, "in-flight request cut by SIGTERM: {r:?}\n{}", p.log_tail());
+    secrets.add(r.json()["lease_secret"].as_str().unwrap());
+    secrets.add(r.json()["access"]["ssh_password"].as_str().unwrap());
+    wait_until("the provider to drain and exit", std::time::Duration::from_secs(60), || {
+        p.log_text().contains("drained; bye").then_some(())
+    })?;
+    assert!(http("GET", &url("/healthz"), &[], None).is_err(), "the listener still accepts after SIGTERM");
+
     // --- the debug log holds none of it
     let log = p.log_text();
     assert!(log.contains("DEBUG"), "the provider did not log at debug level");
+    // Positive control: the log does record the lease (so a missing secret is not a missing log).
+    assert!(log.contains(&lease_id) && log.contains("reply sent"), "the log lacks the lease");
     for (i, secret) in secrets.0.iter().enumerate() {
         assert!(!log.contains(secret.as_str()), "secret #{i} appears in the provider log");
         // Tokens also must not leak in part (a proof's secret is a long substring).
