@@ -365,7 +365,8 @@ pub async fn wallet_command(cfg: &Config, args: &[String]) -> Result<()> {
                     let v = crate::http::admin_call(cfg.http_addr, &token, "GET", "/admin/wallet/balance", None)
                         .await
                         .map_err(via)?;
-                    for b in v["balances"].as_array().into_iter().flatten() {
+                    let balances = v["balances"].as_array().context("no balances in the provider's answer")?;
+                    for b in balances {
                         println!("{}\t{} sat", b["mint"].as_str().unwrap_or("?"), b["sats"].as_u64().unwrap_or(0));
                     }
                 }

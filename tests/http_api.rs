@@ -269,10 +269,17 @@ fn every_endpoint_end_to_end_and_no_secret_in_the_debug_log() -> Result<()> {
         c.output().unwrap()
     };
     let out = cli(Some(&s.admin_token), &["balance"]);
+        eprintln!("DBG status={:?} stdout={:?} stderr={:?}", out.status, String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    }
+    let out = cli(Some(&s.admin_token), &["balance"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text} {}", String::from_utf8_lossy(&out.stderr));
     let normalised = mint.trim_end_matches('/');
-    assert!(text.lines().any(|l| l.starts_with(normalised) && l.ends_with(" sat")), "{text}");
+    assert!(
+        text.lines().any(|l| l.starts_with(normalised) && l.ends_with(" sat")),
+        "stdout: {text}\nstderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = cli(Some(&s.admin_token), &["send", "2"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let cli_token = secrets.add(String::from_utf8_lossy(&out.stdout).trim());
@@ -300,6 +307,14 @@ fn every_endpoint_end_to_end_and_no_secret_in_the_debug_log() -> Result<()> {
         p.log_text().contains("drained; bye").then_some(())
     })?;
     assert!(http("GET", &url("/healthz"), &[], None).is_err(), "the listener still accepts after SIGTERM");
+    // Stopped provider: `paygress wallet` opens the wallet itself, no admin token needed.
+    wait_until("the provider process to exit", std::time::Duration::from_secs(30), || {
+        Command::new("kill").args(["-0", pid.trim()]).status().ok().filter(|s| !s.success())
+    })?;
+    let out = cli(None, &["balance"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text} {}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.lines().any(|l| l.starts_with(normalised) && l.ends_with(" sat")), "{text}");
 
     // --- the debug log holds none of it
     let log = p.log_text();
