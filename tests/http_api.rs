@@ -269,9 +269,6 @@ fn every_endpoint_end_to_end_and_no_secret_in_the_debug_log() -> Result<()> {
         c.output().unwrap()
     };
     let out = cli(Some(&s.admin_token), &["balance"]);
-        eprintln!("DBG status={:?} stdout={:?} stderr={:?}", out.status, String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    }
-    let out = cli(Some(&s.admin_token), &["balance"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text} {}", String::from_utf8_lossy(&out.stderr));
     let normalised = mint.trim_end_matches('/');
