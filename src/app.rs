@@ -9,12 +9,13 @@ use anyhow::{Context, Result};
 use tokio::sync::{mpsc, Semaphore};
 use tracing::{info, warn};
 
+use crate::config::AdminTokenSource;
 use crate::config::{Config, RunMode};
-use crate::http::{health_router, HealthState, Readiness};
-use crate::lease::ports::{ClusterPort, OnionPort};
+use crate::http::{Admin, Api, HealthState, Readiness, WalletAdmin, WalletSent};
+use crate::lease::ports::{ClusterPort, OnionPort, PaymentPort, PortError};
 use crate::lease::{Incoming, LeaseService, LeaseSettings, Ports};
 use crate::metrics::Metrics;
-use crate::protocol::{self, Offer};
+use crate::protocol::{self, ErrorCode, Offer};
 
 /// Queue between the Nostr front end and the workers: bounded, so a flood waits instead of growing memory.
 const INCOMING_QUEUE: usize = 1024;
@@ -82,6 +83,7 @@ pub async fn run(cfg: Config) -> Result<()> {
 
     let pubkey_hex = keys.public_key().to_hex();
     let offer = offer(&cfg, &pubkey_hex, &payment.p2pk_pubkey_hex());
+    let offer_for_api = offer.clone();
     let frontend = match cfg.run_mode {
         RunMode::Nostr => {
             let opts =
@@ -116,10 +118,36 @@ pub async fn run(cfg: Config) -> Result<()> {
     ));
     info!(pubkey = %pubkey_hex, namespace = %cfg.namespace, mode = ?cfg.run_mode, tor = cfg.enable_tor, "paygress starting");
 
+    let workers = Arc::new(Semaphore::new(cfg.max_concurrent_requests));
+    let admin = match &cfg.admin_token {
+        Some(source) => Some(Arc::new(Admin::new(
+            &read_admin_token(source)?,
+            Arc::new(OperatorWallet(payment.clone())) as Arc<dyn WalletAdmin>,
+        ))),
+        None => None,
+    };
+    let api = match cfg.run_mode {
+        RunMode::Http => Some(Arc::new(Api {
+            service: service.clone(),
+            payment: payment.clone() as Arc<dyn PaymentPort>,
+            offer: offer_for_api.clone(),
+            lease_secret_key: lease_secret_key(&keys.secret_key().secret_bytes()),
+            workers: workers.clone(),
+        })),
+        RunMode::Nostr => None,
+    };
+    info!(admin = admin.is_some(), api = api.is_some(), addr = %cfg.http_addr, "http listener");
     let http = tokio::net::TcpListener::bind(cfg.http_addr).await.with_context(|| format!("bind {}", cfg.http_addr))?;
-    let router = health_router(HealthState { readiness: readiness.clone(), metrics: metrics.clone() });
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(http, router).await {
+    let router =
+        crate::http::router(HealthState { readiness: readiness.clone(), metrics: metrics.clone() }, api, admin);
+    // Graceful shutdown is triggered only in http mode: there the listener is the front end to close. In
+    // nostr mode it keeps answering probes (readyz says draining) until the process exits.
+    let (stop_http, mut stop_rx) = tokio::sync::watch::channel(false);
+    let server = tokio::spawn(async move {
+        let stopped = async move {
+            let _ = stop_rx.wait_for(|stop| *stop).await;
+        };
+        if let Err(e) = axum::serve(http, router).with_graceful_shutdown(stopped).await {
             warn!(error = %e, "http listener stopped");
         }
     });
@@ -130,7 +158,6 @@ pub async fn run(cfg: Config) -> Result<()> {
     tokio::spawn(reconcile_loop(service.clone(), Duration::from_secs(cfg.reconcile_interval_secs)));
     tokio::spawn(resume_loop(service.clone()));
 
-    let workers = Arc::new(Semaphore::new(cfg.max_concurrent_requests));
     let dispatcher = tokio::spawn(dispatch(rx, service.clone(), workers.clone()));
 
     shutdown_signal().await;
@@ -141,6 +168,11 @@ pub async fn run(cfg: Config) -> Result<()> {
     }
     drop(tx);
     let _ = tokio::time::timeout(DRAIN_TIMEOUT, async {
+        if cfg.run_mode == RunMode::Http {
+            // Stop accepting; requests in flight get their answers.
+            let _ = stop_http.send(true);
+            let _ = server.await;
+        }
         let _ = dispatcher.await;
         let _ = workers.acquire_many(cfg.max_concurrent_requests as u32).await;
     })
@@ -232,30 +264,121 @@ impl crate::lease::ports::ReplyPort for InBandReplies {
     }
 }
 
-/// `paygress wallet balance|send`: the operator's access to earned ecash.
+/// The admin token from its source (a file is trimmed, like a mounted Secret with a trailing newline).
+fn read_admin_token(source: &AdminTokenSource) -> Result<String> {
+    let token = match source {
+        AdminTokenSource::Inline(t) => t.clone(),
+        AdminTokenSource::File(p) => std::fs::read_to_string(p)
+            .with_context(|| format!("read PAYGRESS_ADMIN_TOKEN_FILE {}", p.display()))?
+            .trim()
+            .to_string(),
+    };
+    if token.len() < crate::config::MIN_ADMIN_TOKEN_LEN {
+        anyhow::bail!("the admin token must be at least {} characters", crate::config::MIN_ADMIN_TOKEN_LEN);
+    }
+    Ok(token)
+}
+
+/// Lease secrets of the HTTP API are derived from this (see `http::lease_secret`): a key of its own,
+/// derived from the provider's key so it persists without another file.
+fn lease_secret_key(provider_secret: &[u8; 32]) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(b"paygress-http-lease-secret-key\0");
+    h.update(provider_secret);
+    h.finalize().into()
+}
+
+/// The operator's wallet endpoints over the payment adapter.
+struct OperatorWallet(Arc<crate::payment::CashuPayment>);
+
+fn operator_error(e: crate::payment::PaymentError) -> PortError {
+    use crate::payment::PaymentError as E;
+    match e {
+        // The operator asked for something the wallet cannot do: a bad request, not a payment problem.
+        E::InsufficientFunds { .. } | E::MintNotAllowed { .. } => {
+            PortError::rejected(ErrorCode::InvalidRequest, e.to_string())
+        }
+        other => other.into(),
+    }
+}
+
+#[async_trait::async_trait]
+impl WalletAdmin for OperatorWallet {
+    async fn balances(&self) -> Result<Vec<(String, u64)>, PortError> {
+        self.0.balances().await.map_err(operator_error)
+    }
+
+    async fn send(&self, mint: Option<&str>, amount: u64) -> Result<WalletSent, PortError> {
+        let sent = self.0.send_up_to(mint, amount).await.map_err(operator_error)?;
+        Ok(WalletSent { token: sent.token, mint: sent.mint_url, amount: sent.amount })
+    }
+}
+
+const WALLET_USAGE: &str = "usage: paygress wallet balance | paygress wallet send <sats> [--mint URL]";
+
+/// `paygress wallet balance|send`: the operator's access to earned ecash. The wallet database is
+/// single-process: while the provider runs it is locked, and the command goes through the provider's admin
+/// endpoint instead (PAYGRESS_HTTP_ADDR with PAYGRESS_ADMIN_TOKEN[_FILE]).
 pub async fn wallet_command(cfg: &Config, args: &[String]) -> Result<()> {
+    enum Op {
+        Balance,
+        Send { amount: u64, mint: Option<String> },
+    }
+    let op = match args.first().map(String::as_str) {
+        Some("balance") => Op::Balance,
+        Some("send") => Op::Send {
+            amount: args.get(1).and_then(|a| a.parse().ok()).context(WALLET_USAGE)?,
+            mint: args.iter().position(|a| a == "--mint").and_then(|i| args.get(i + 1)).cloned(),
+        },
+        _ => anyhow::bail!(WALLET_USAGE),
+    };
     let keys = crate::nostr::load_keys(&cfg.nostr_key).context("load the provider's Nostr key")?;
-    let payment = crate::payment::CashuPayment::new(
+    let wallet = crate::payment::CashuPayment::new(
         &cfg.wallet_dir,
         &cfg.whitelisted_mints,
         &keys.secret_key().secret_bytes(),
         "sat",
-    )
-    .context("open the Cashu wallet (stop the provider first: the wallet database is single-process)")?;
-    match args.first().map(String::as_str) {
-        Some("balance") => {
-            for (mint, sats) in payment.balances().await? {
-                println!("{mint}\t{sats} sat");
+    );
+    match wallet {
+        Ok(payment) => match op {
+            Op::Balance => {
+                for (mint, sats) in payment.balances().await? {
+                    println!("{mint}\t{sats} sat");
+                }
             }
-            Ok(())
+            Op::Send { amount, mint } => println!("{}", payment.send(mint.as_deref(), amount).await?),
+        },
+        Err(open_err) => {
+            // Most likely the running provider holds the database: ask it.
+            let Some(source) = &cfg.admin_token else {
+                return Err(anyhow::Error::new(open_err).context(
+                    "open the Cashu wallet (a running provider holds it: stop it, or set PAYGRESS_ADMIN_TOKEN to go through it)",
+                ));
+            };
+            let token = read_admin_token(source)?;
+            let via = |e: crate::http::AdminClientError| {
+                anyhow::anyhow!("the wallet is not available locally ({open_err}) and through the provider: {e}")
+            };
+            match op {
+                Op::Balance => {
+                    let v = crate::http::admin_call(cfg.http_addr, &token, "GET", "/admin/wallet/balance", None)
+                        .await
+                        .map_err(via)?;
+                    let balances = v["balances"].as_array().context("no balances in the provider's answer")?;
+                    for b in balances {
+                        println!("{}\t{} sat", b["mint"].as_str().unwrap_or("?"), b["sats"].as_u64().unwrap_or(0));
+                    }
+                }
+                Op::Send { amount, mint } => {
+                    let body = serde_json::json!({"amount": amount, "mint": mint});
+                    let v = crate::http::admin_call(cfg.http_addr, &token, "POST", "/admin/wallet/send", Some(&body))
+                        .await
+                        .map_err(via)?;
+                    println!("{}", v["token"].as_str().context("no token in the provider's answer")?);
+                }
+            }
         }
-        Some("send") => {
-            let amount: u64 =
-                args.get(1).and_then(|a| a.parse().ok()).context("usage: paygress wallet send <sats> [--mint URL]")?;
-            let mint = args.iter().position(|a| a == "--mint").and_then(|i| args.get(i + 1)).map(String::as_str);
-            println!("{}", payment.send(mint, amount).await?);
-            Ok(())
-        }
-        _ => anyhow::bail!("usage: paygress wallet balance | paygress wallet send <sats> [--mint URL]"),
     }
+    Ok(())
 }

@@ -106,6 +106,16 @@ pub const VARS: &[VarDoc] = &[
         default: "5",
         help: "how often leases are checked for expiry and orphans",
     },
+    VarDoc {
+        name: "PAYGRESS_ADMIN_TOKEN",
+        default: "(admin endpoints off)",
+        help: "enables /admin/wallet/* on the HTTP listener (Bearer token, 16+ chars); used by `paygress wallet` too",
+    },
+    VarDoc {
+        name: "PAYGRESS_ADMIN_TOKEN_FILE",
+        default: "(unset)",
+        help: "file holding the admin token (a mounted Secret), instead of PAYGRESS_ADMIN_TOKEN",
+    },
     VarDoc { name: "PAYGRESS_LOG_FORMAT", default: "text", help: "text or json" },
     VarDoc { name: "RUST_LOG", default: "info", help: "tracing filter" },
 ];
@@ -139,6 +149,25 @@ impl fmt::Debug for KeySource {
     }
 }
 
+/// Where the operator's admin token comes from. Read by `app` (config does no I/O); never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub enum AdminTokenSource {
+    Inline(String),
+    File(PathBuf),
+}
+
+impl fmt::Debug for AdminTokenSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AdminTokenSource::Inline(_) => f.write_str("Inline(<redacted>)"),
+            AdminTokenSource::File(p) => write!(f, "File({})", p.display()),
+        }
+    }
+}
+
+/// Shortest admin token accepted: it guards the wallet.
+pub const MIN_ADMIN_TOKEN_LEN: usize = 16;
+
 #[derive(Debug, Clone)]
 pub struct Config {
     pub run_mode: RunMode,
@@ -164,6 +193,8 @@ pub struct Config {
     pub offer_interval_secs: u64,
     pub reconcile_interval_secs: u64,
     pub log_json: bool,
+    /// Admin endpoints (wallet) are served only when set.
+    pub admin_token: Option<AdminTokenSource>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -328,6 +359,26 @@ impl Config {
             }
         };
 
+        let admin_inline = env.get("PAYGRESS_ADMIN_TOKEN").map(|v| v.trim()).filter(|v| !v.is_empty());
+        let admin_file = env.get("PAYGRESS_ADMIN_TOKEN_FILE").map(|v| v.trim()).filter(|v| !v.is_empty());
+        let admin_token = match (admin_inline, admin_file) {
+            (Some(_), Some(_)) => {
+                p.err("PAYGRESS_ADMIN_TOKEN", "set PAYGRESS_ADMIN_TOKEN or PAYGRESS_ADMIN_TOKEN_FILE, not both".into());
+                None
+            }
+            // Do not echo the value.
+            (Some(t), None) if t.len() < MIN_ADMIN_TOKEN_LEN || !t.bytes().all(|b| b.is_ascii_graphic()) => {
+                p.err(
+                    "PAYGRESS_ADMIN_TOKEN",
+                    format!("must be at least {MIN_ADMIN_TOKEN_LEN} visible ASCII characters"),
+                );
+                None
+            }
+            (Some(t), None) => Some(AdminTokenSource::Inline(t.to_string())),
+            (None, Some(f)) => Some(AdminTokenSource::File(PathBuf::from(f))),
+            (None, None) => None,
+        };
+
         if !p.errors.is_empty() {
             return Err(ConfigErrors(p.errors));
         }
@@ -354,6 +405,7 @@ impl Config {
             offer_interval_secs,
             reconcile_interval_secs,
             log_json,
+            admin_token,
         })
     }
 
@@ -524,6 +576,22 @@ mod tests {
             assert!(vars.contains(&v), "{v} missing from {vars:?}");
         }
         assert!(!e.to_string().contains("hunter2"), "a secret must never be echoed");
+    }
+
+    #[test]
+    fn admin_token_sources() {
+        let base = [("WHITELISTED_MINTS", "https://mint.example/")];
+        assert_eq!(Config::from_map(&env(&base)).unwrap().admin_token, None);
+        let c = Config::from_map(&env(&[base[0], ("PAYGRESS_ADMIN_TOKEN", "0123456789abcdef")])).unwrap();
+        assert_eq!(c.admin_token, Some(AdminTokenSource::Inline("0123456789abcdef".into())));
+        assert!(!format!("{c:?}").contains("0123456789abcdef"), "Debug must redact the admin token");
+        let c = Config::from_map(&env(&[base[0], ("PAYGRESS_ADMIN_TOKEN_FILE", "/run/secrets/admin")])).unwrap();
+        assert_eq!(c.admin_token, Some(AdminTokenSource::File("/run/secrets/admin".into())));
+        let e = Config::from_map(&env(&[base[0], ("PAYGRESS_ADMIN_TOKEN", "short-secret")])).unwrap_err();
+        assert!(e.0.iter().any(|e| e.var == "PAYGRESS_ADMIN_TOKEN"));
+        assert!(!e.to_string().contains("short-secret"));
+        let both = [base[0], ("PAYGRESS_ADMIN_TOKEN", "0123456789abcdef"), ("PAYGRESS_ADMIN_TOKEN_FILE", "/x")];
+        assert!(Config::from_map(&env(&both)).is_err());
     }
 
     #[test]

@@ -2,6 +2,8 @@
 //! error codes. Documented in docs/protocol.md; keep the two in step.
 
 use serde::{Deserialize, Serialize};
+// ToSchema: the HTTP API's OpenAPI document (GET /openapi.json) is derived from these types.
+use utoipa::ToSchema;
 
 /// Lease request (the seed's kind).
 pub const KIND_REQUEST: u16 = 1000;
@@ -21,7 +23,7 @@ pub const OFFER_D_TAG: &str = "paygress-offer";
 pub const MAX_CONTENT_BYTES: usize = 32 * 1024;
 
 /// Body of a kind-1000 request (plain JSON, NIP-44 content or the rumor of a NIP-17 gift wrap).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct LeaseRequest {
     pub cashu_token: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -35,7 +37,7 @@ pub struct LeaseRequest {
 }
 
 /// Body of a kind-1002 top-up. `lease` is the lease id or the pod name.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct TopUpRequest {
     pub cashu_token: String,
     #[serde(alias = "lease_id", alias = "pod_name")]
@@ -43,14 +45,14 @@ pub struct TopUpRequest {
 }
 
 /// Body of a kind-1003 status query.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct StatusRequest {
     #[serde(alias = "lease_id", alias = "pod_name")]
     pub lease: String,
 }
 
 /// Stable, machine-readable error codes. Never rename one: clients match on them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
     InvalidRequest,
@@ -107,7 +109,7 @@ impl std::fmt::Display for ErrorCode {
 }
 
 /// Everything a requester needs to reach a lease. Sent only encrypted to the requester.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct LeaseAccess {
     pub lease_id: String,
     pub pod_name: String,
@@ -137,7 +139,7 @@ pub struct LeaseAccess {
 }
 
 /// Lease state as reported to its owner.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct LeaseStatus {
     pub lease_id: String,
     pub pod_name: String,
@@ -148,7 +150,7 @@ pub struct LeaseStatus {
 }
 
 /// Content of every kind-1001 reply (and of HTTP responses).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(tag = "status", rename_all = "snake_case")]
 pub enum Reply {
     /// A new lease is up.
@@ -189,7 +191,7 @@ impl Reply {
 }
 
 /// A pricing tier of the offer.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Tier {
     pub name: String,
     /// Kubernetes quantities, e.g. `500m`, `1Gi`.
@@ -199,7 +201,7 @@ pub struct Tier {
 }
 
 /// Content of the kind-38400 offer.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Offer {
     /// Provider's Nostr public key (hex).
     pub provider_pubkey: String,

@@ -617,8 +617,18 @@ impl LeaseService {
             self.ports.cluster.wait_running(lease_id, deadline.saturating_duration_since(Instant::now())).await?;
         let host_key = self.wait_for_ssh(endpoint, deadline).await?;
         info!(%endpoint, fingerprint = %host_key.fingerprint, "ssh answers");
-        let onion_address =
-            if self.ports.onion.enabled() { Some(self.launch_onion(lease_id, endpoint).await?) } else { None };
+        let onion_address = if self.ports.onion.enabled() {
+            match self.launch_onion(lease_id, endpoint).await {
+                Ok(a) => Some(a),
+                Err(e) => {
+                    // Counted like a failed restore: paygress_onion_services{status="failed"}.
+                    self.metrics.onion_failed.fetch_add(1, Ordering::Relaxed);
+                    return Err(e);
+                }
+            }
+        } else {
+            None
+        };
         let port = self.settings.ssh_port;
         Ok(LeaseAccess {
             lease_id: lease_id.to_string(),

@@ -339,6 +339,9 @@ impl User {
 #[derive(Default)]
 pub struct ProviderOptions {
     pub enable_tor: bool,
+    /// RUN_MODE; `nostr` when None.
+    pub run_mode: Option<&'static str>,
+    /// Set last: overrides any variable above (RUST_LOG, PAYGRESS_ADMIN_TOKEN, …).
     pub extra_env: Vec<(String, String)>,
     /// Reuse a state dir (restarts); a fresh one when None.
     pub state_dir: Option<PathBuf>,
@@ -396,7 +399,7 @@ impl Provider {
             .env("PATH", env("PATH"))
             .env("HOME", env("HOME"))
             .env("RUST_LOG", "info,paygress=debug")
-            .env("RUN_MODE", "nostr")
+            .env("RUN_MODE", opts.run_mode.unwrap_or("nostr"))
             .env("NOSTR_RELAYS", env("NOSTR_RELAYS"))
             .env("NOSTR_PRIVATE_KEY", &sec)
             .env("WHITELISTED_MINTS", env("CASHU_MINT_URL"))
@@ -505,4 +508,51 @@ pub fn openssh_fingerprint(host: &str, port: u16) -> Result<String> {
     let scan = run(Command::new("ssh-keyscan").args(["-p", &port.to_string(), "-t", "ed25519", host]))?;
     let out = run_with_stdin(Command::new("ssh-keygen").args(["-lf", "-"]), &scan)?;
     out.split_whitespace().nth(1).map(String::from).ok_or_else(|| anyhow!("no fingerprint in {out}"))
+}
+
+// ---------------------------------------------------------------- HTTP, with `curl`
+
+/// An HTTP answer as curl saw it.
+#[derive(Debug)]
+pub struct HttpResponse {
+    pub status: u16,
+    /// Raw header block (lowercase names are not guaranteed; search case-insensitively).
+    pub headers: String,
+    pub body: String,
+}
+
+impl HttpResponse {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {self:?}"))
+    }
+
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim().eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+        })
+    }
+}
+
+/// One request with curl: `headers` as (name, value), the body from a file (any size).
+pub fn http(method: &str, url: &str, headers: &[(&str, &str)], body: Option<&[u8]>) -> Result<HttpResponse> {
+    let dir = tempfile::tempdir()?;
+    let (hfile, bfile, infile) = (dir.path().join("h"), dir.path().join("b"), dir.path().join("in"));
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "--max-time", "300", "-X", method, "-D"]).arg(&hfile).arg("-o").arg(&bfile);
+    cmd.args(["-w", "%{http_code}"]);
+    for (k, v) in headers {
+        cmd.args(["-H", &format!("{k}: {v}")]);
+    }
+    if let Some(b) = body {
+        std::fs::write(&infile, b)?;
+        cmd.arg("--data-binary").arg(format!("@{}", infile.display()));
+    }
+    cmd.arg(url);
+    let code = run(&mut cmd)?;
+    Ok(HttpResponse {
+        status: code.trim().parse().with_context(|| format!("curl printed {code:?}"))?,
+        headers: std::fs::read_to_string(&hfile).unwrap_or_default(),
+        body: std::fs::read_to_string(&bfile).unwrap_or_default(),
+    })
 }
