@@ -16,7 +16,7 @@ use super::ports::{
     ClusterLease, ClusterPort, FailureKind, OnionPort, PaymentPort, PodPlan, PortError, ReplyPort, SshProbePort,
 };
 use super::Incoming;
-use crate::config::Config;
+use crate::config::{Config, Failpoint};
 use crate::metrics::Metrics;
 use crate::protocol::{ErrorCode, LeaseAccess, LeaseRequest, LeaseStatus, Reply, StatusRequest, Tier};
 
@@ -35,6 +35,8 @@ pub struct LeaseSettings {
     pub retry_delay: Duration,
     /// Attempts of a transient step before the saga gives up on it (and compensates, or waits for resume).
     pub retry_attempts: u32,
+    /// Crash-recovery testing: abort at this kill point (`PAYGRESS_FAILPOINT`). None in production.
+    pub failpoint: Option<Failpoint>,
 }
 
 impl From<&Config> for LeaseSettings {
@@ -50,6 +52,7 @@ impl From<&Config> for LeaseSettings {
             ready_timeout: Duration::from_secs(c.ready_timeout_secs),
             retry_delay: Duration::from_secs(2),
             retry_attempts: 5,
+            failpoint: c.failpoint,
         }
     }
 }
@@ -169,6 +172,15 @@ impl LeaseService {
         &self.metrics
     }
 
+    /// Abort the process, as kill -9 would, when `at` is the configured kill point. Called right after the
+    /// effect (journal write or cluster change) that names the point.
+    fn failpoint(&self, at: Failpoint) {
+        if self.settings.failpoint == Some(at) {
+            tracing::error!(failpoint = at.name(), "PAYGRESS_FAILPOINT reached: aborting");
+            std::process::abort();
+        }
+    }
+
     fn tier(&self, name: Option<&str>) -> Option<&Tier> {
         match name {
             None => self.settings.tiers.first(),
@@ -261,6 +273,11 @@ impl LeaseService {
                 // Without the journal a crash could lose track of money: stop here; resume retries.
                 warn!(error = %e, step = ?rec.step, "journal write failed; saga parked");
                 return None;
+            }
+            match rec.step {
+                Step::Redeemed => self.failpoint(Failpoint::AfterRedeem),
+                Step::Replying => self.failpoint(Failpoint::BeforeReply),
+                _ => {}
             }
             if let Flow::Park = flow {
                 return None;
@@ -613,12 +630,14 @@ impl LeaseService {
         let deadline = Instant::now() + self.settings.ready_timeout;
         self.retry(|| self.ports.cluster.ensure_lease_objects(&plan)).await?;
         info!(pod = %plan.pod_name, "pod and service created");
+        self.failpoint(Failpoint::AfterPodCreate);
         let endpoint =
             self.ports.cluster.wait_running(lease_id, deadline.saturating_duration_since(Instant::now())).await?;
         let host_key = self.wait_for_ssh(endpoint, deadline).await?;
         info!(%endpoint, fingerprint = %host_key.fingerprint, "ssh answers");
         let onion_address =
             if self.ports.onion.enabled() { Some(self.launch_onion(lease_id, endpoint).await?) } else { None };
+        self.failpoint(Failpoint::AfterReady);
         let port = self.settings.ssh_port;
         Ok(LeaseAccess {
             lease_id: lease_id.to_string(),

@@ -249,6 +249,7 @@ fn world() -> World {
         ready_timeout: Duration::from_secs(5),
         retry_delay: Duration::from_millis(1),
         retry_attempts: 3,
+        failpoint: None,
     };
     let ports = Ports {
         payment: payment.clone(),
