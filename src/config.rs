@@ -149,7 +149,7 @@ pub enum Failpoint {
     AfterPodCreate,
     /// SSH answers and the onion service (if any) is up; the reply is not yet built.
     AfterReady,
-    /// The Replying record (the final reply) is written; nothing sent yet.
+    /// The Replying record (the final reply to a paid request) is written; nothing sent yet.
     BeforeReply,
 }
 

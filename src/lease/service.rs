@@ -276,7 +276,8 @@ impl LeaseService {
             }
             match rec.step {
                 Step::Redeemed => self.failpoint(Failpoint::AfterRedeem),
-                Step::Replying => self.failpoint(Failpoint::BeforeReply),
+                // Only replies to paid requests: refusals of replayed old requests must not trip it.
+                Step::Replying if rec.amount.is_some() => self.failpoint(Failpoint::BeforeReply),
                 _ => {}
             }
             if let Flow::Park = flow {
