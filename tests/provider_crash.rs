@@ -25,6 +25,9 @@ fn base_env() -> Vec<(String, String)> {
 }
 
 fn crash_and_recover(point: &str) -> Result<()> {
+    // The failpoints must be in the binary under test, and documented (see common::paygress_bin).
+    let help = paygress_help()?;
+    assert!(help.contains("PAYGRESS_FAILPOINT") && help.contains(point), "binary without failpoint {point}:\n{help}");
     let mut env_fp = base_env();
     env_fp.push(("PAYGRESS_FAILPOINT".into(), point.into()));
     let mut first = Provider::start(ProviderOptions { extra_env: env_fp, ..Default::default() })?;

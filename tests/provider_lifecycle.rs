@@ -143,13 +143,17 @@ fn a_lease_ends_on_time_and_leaves_nothing_behind() -> Result<()> {
     assert_eq!(all_lease_objects(&lease_id)?.len(), 3, "pod, Service, auth Secret");
 
     // Then everything goes: pod, Service and Secrets.
-    let gone = wait_until("lease objects deleted", Duration::from_secs(duration + 60), || {
-        all_lease_objects(&lease_id).ok().filter(|o| o.is_empty()).map(|_| now_secs())
+    let now_ms = || {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    };
+    let gone_ms = wait_until("lease objects deleted", Duration::from_secs(duration + 60), || {
+        all_lease_objects(&lease_id).ok().filter(|o| o.is_empty()).map(|_| now_ms())
     })?;
-    let lag = gone as i64 - expires_at as i64;
-    println!("expiry: lease {lease_id} paid for {duration} s; objects gone {lag} s after expires_at");
-    assert!(gone >= expires_at, "deleted {} s before its expiry", expires_at - gone);
-    assert!(lag <= 30, "deleted {lag} s after expiry (bound 30 s)");
+    let lag_ms = gone_ms - expires_at as i64 * 1000;
+    println!("expiry: lease {lease_id} paid for {duration} s; objects gone {lag_ms} ms after expires_at");
+    // expires_at is whole seconds and the pod ends when it is <= now: never before that second.
+    assert!(lag_ms >= 0, "deleted {} ms before its expiry", -lag_ms);
+    assert!(lag_ms <= 30_000, "deleted {lag_ms} ms after expiry (bound 30 s)");
     // And SSH at its endpoint no longer answers.
     wait_until("ssh refused after expiry", Duration::from_secs(30), || {
         ssh_password(&ip, 2222, "expiry", pw, "true", None).is_err().then_some(())

@@ -259,10 +259,12 @@ impl LeaseService {
     }
 
     async fn drive_steps(&self, rec: &mut SagaRecord) -> Option<Reply> {
+        // A saga that starts in Redeeming was cut there (crash, or parked): a swap may have been sent.
+        let resumed_in_redeem = rec.step == Step::Redeeming;
         loop {
             let flow = match rec.step {
                 Step::Received => self.step_received(rec).await,
-                Step::Redeeming => self.step_redeeming(rec).await,
+                Step::Redeeming => self.step_redeeming(rec, resumed_in_redeem).await,
                 Step::Redeemed => self.step_redeemed(rec).await,
                 Step::Provisioning => self.step_provisioning(rec).await,
                 Step::Refunding => self.step_refunding(rec).await,
@@ -419,14 +421,17 @@ impl LeaseService {
         self.refuse(rec, code, e.message)
     }
 
-    // Step: swap at the mint, exactly once.
-    async fn step_redeeming(&self, rec: &mut SagaRecord) -> Flow {
+    // Step: swap at the mint, exactly once. `resumed`: an earlier attempt of this saga may have reached the mint.
+    async fn step_redeeming(&self, rec: &mut SagaRecord, resumed: bool) -> Flow {
         let token = rec.ask.token().to_string();
         if token.is_empty() {
             // Cannot happen by construction (the token is cleared only after leaving this step).
             return self.refuse(rec, ErrorCode::Internal, "token lost before redeem");
         }
         let mut attempt = 0;
+        // Whether a swap of ours may have happened already. If not, "spent" means someone else spent the
+        // token (the journal's token claim rules out our other requests), and the wallet need not be asked.
+        let mut maybe_ours = resumed;
         loop {
             attempt += 1;
             match self.ports.payment.redeem(&token).await {
@@ -435,6 +440,7 @@ impl LeaseService {
                     return self.redeemed(rec, amount);
                 }
                 Err(e) if e.is_transient() && attempt < self.settings.retry_attempts => {
+                    maybe_ours = true;
                     warn!(attempt, error = %e, "redeem failed transiently; retrying");
                     tokio::time::sleep(self.settings.retry_delay).await;
                 }
@@ -448,6 +454,10 @@ impl LeaseService {
                         ),
                         _ => Flow::Park,
                     };
+                }
+                Err(e) if e.kind == FailureKind::Rejected(ErrorCode::TokenSpent) && !maybe_ours => {
+                    info!("token already spent at the mint");
+                    return self.refuse_port(rec, e, ErrorCode::TokenSpent);
                 }
                 Err(e) if e.kind == FailureKind::Rejected(ErrorCode::TokenSpent) => {
                     // Spent by us before a crash, or by someone else? Our wallet's records tell.

@@ -376,6 +376,33 @@ pub struct Provider {
     _state_tmp: Option<tempfile::TempDir>,
 }
 
+/// The provider binary: `PAYGRESS_TEST_BIN` if set, else a private copy of this build's binary taken at
+/// first use. The target dir is shared by several worktrees, so `target/debug/paygress` may be replaced by
+/// another branch's build while tests run; a copy keeps one test process on one binary.
+pub fn paygress_bin() -> String {
+    static BIN: OnceLock<String> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Ok(b) = std::env::var("PAYGRESS_TEST_BIN") {
+            if !b.is_empty() {
+                return b;
+            }
+        }
+        let dir = std::env::temp_dir().join(format!("paygress-bin-{}", std::process::id()));
+        let dst = dir.join("paygress");
+        let copied = std::fs::create_dir_all(&dir).and_then(|_| std::fs::copy(env!("CARGO_BIN_EXE_paygress"), &dst));
+        match copied {
+            Ok(_) => dst.display().to_string(),
+            Err(_) => env!("CARGO_BIN_EXE_paygress").to_string(),
+        }
+    })
+    .clone()
+}
+
+/// `paygress --help`, e.g. to check that the binary under test is this branch's.
+pub fn paygress_help() -> Result<String> {
+    run(Command::new(paygress_bin()).arg("--help"))
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(28091)
 }
@@ -410,7 +437,7 @@ impl Provider {
             "-c",
             "\"$@\" & c=$!; while kill -0 \"$PAYGRESS_TEST_PID\" 2>/dev/null && kill -0 $c 2>/dev/null; do sleep 0.5; done; kill -9 $c 2>/dev/null; wait",
             "babysitter",
-            env!("CARGO_BIN_EXE_paygress"),
+            &paygress_bin(),
         ]);
         std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
         cmd.env_clear()
@@ -500,7 +527,7 @@ impl Provider {
 
     /// `paygress wallet <args>` on this provider's state dir and key (stop the provider first).
     pub fn wallet_cli(&self, args: &[&str]) -> Result<String> {
-        run(Command::new(env!("CARGO_BIN_EXE_paygress"))
+        run(Command::new(paygress_bin())
             .args(["wallet"])
             .args(args)
             .env_clear()
