@@ -114,7 +114,10 @@ pub async fn run(cfg: Config) -> Result<()> {
     ));
     info!(pubkey = %pubkey_hex, namespace = %cfg.namespace, mode = ?cfg.run_mode, tor = cfg.enable_tor, "paygress starting");
     if let Some(fp) = cfg.failpoint {
-        warn!(failpoint = fp.name(), "PAYGRESS_FAILPOINT set: the process will abort at this kill point (testing only)");
+        warn!(
+            failpoint = fp.name(),
+            "PAYGRESS_FAILPOINT set: the process will abort at this kill point (testing only)"
+        );
     }
 
     let http = tokio::net::TcpListener::bind(cfg.http_addr).await.with_context(|| format!("bind {}", cfg.http_addr))?;

@@ -114,7 +114,8 @@ pub const VARS: &[VarDoc] = &[
     VarDoc {
         name: "PAYGRESS_FAILPOINT",
         default: "(none)",
-        help: "testing/operations aid: abort the process (like kill -9) right after a saga step is persisted: \
+        help:
+            "testing/operations aid: abort the process (like kill -9) right after a saga step is persisted: \
                after_redeem, after_pod_create, after_ready (alias after_onion) or before_reply; never set in production",
     },
     VarDoc { name: "PAYGRESS_LOG_FORMAT", default: "text", help: "text or json" },
@@ -374,7 +375,9 @@ impl Config {
             name => Failpoint::parse(name).or_else(|| {
                 p.err(
                     "PAYGRESS_FAILPOINT",
-                    format!("{name:?} is not one of after_redeem, after_pod_create, after_ready, after_onion, before_reply"),
+                    format!(
+                        "{name:?} is not one of after_redeem, after_pod_create, after_ready, after_onion, before_reply"
+                    ),
                 );
                 None
             }),

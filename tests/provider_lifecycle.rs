@@ -37,8 +37,7 @@ fn provider() -> &'static Provider {
 
 /// A policy denying pods of `REFUSED_IMAGE` at admission (idempotent; harmless to every other pod).
 fn refusing_policy() -> Result<()> {
-    let yaml = format!(
-        r#"apiVersion: admissionregistration.k8s.io/v1
+    let yaml = r#"apiVersion: admissionregistration.k8s.io/v1
 kind: ValidatingAdmissionPolicy
 metadata:
   name: paygress-test-refused-image
@@ -62,9 +61,8 @@ spec:
   policyName: paygress-test-refused-image
   validationActions: [Deny]
   matchResources:
-    namespaceSelector: {{}}
-"#
-    );
+    namespaceSelector: {}
+"#;
     let dir = tempfile::tempdir()?;
     let f = dir.path().join("policy.yaml");
     std::fs::write(&f, yaml)?;

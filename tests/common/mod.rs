@@ -330,7 +330,7 @@ impl User {
             request_id,
             &relay(),
         ]))?;
-        for line in out.lines().filter(|l| !l.trim().is_empty()) {
+        if let Some(line) = out.lines().find(|l| !l.trim().is_empty()) {
             let ev: Value = serde_json::from_str(line)?;
             let plain = self.decrypt(ev["content"].as_str().unwrap_or_default(), provider)?;
             return Ok(Some(serde_json::from_str(&plain)?));
@@ -353,17 +353,12 @@ impl User {
 
 // ---------------------------------------------------------------- the provider process
 
+#[derive(Default)]
 pub struct ProviderOptions {
     pub enable_tor: bool,
     pub extra_env: Vec<(String, String)>,
     /// Reuse a state dir (restarts); a fresh one when None.
     pub state_dir: Option<PathBuf>,
-}
-
-impl Default for ProviderOptions {
-    fn default() -> Self {
-        ProviderOptions { enable_tor: false, extra_env: Vec::new(), state_dir: None }
-    }
 }
 
 pub struct Provider {
