@@ -2,6 +2,8 @@
 //! paid lease request, then restarted on the same state dir without the failpoint. Whatever the kill point,
 //! the requester gets exactly one reply with a working lease, the cluster holds exactly one set of objects
 //! for it, the token was redeemed once, and every sat paid is in the provider's wallet.
+//! The target dir is shared between worktrees: run with PAYGRESS_TEST_BIN=<a copy of this branch's binary>
+//! (see common::paygress_bin); the test checks that the binary knows the failpoints.
 
 mod common;
 
