@@ -21,8 +21,6 @@ use crate::protocol::{self, ErrorCode, Offer};
 const INCOMING_QUEUE: usize = 1024;
 /// How long SIGTERM waits for requests in flight before exiting (their sagas resume on restart anyway).
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
-/// Parked sagas (transient failures) are retried this often.
-const RESUME_INTERVAL: Duration = Duration::from_secs(30);
 
 /// The offer as published: everything a client needs to build a request.
 pub fn offer(cfg: &Config, provider_pubkey: &str, p2pk_pubkey: &str) -> Offer {
@@ -117,6 +115,12 @@ pub async fn run(cfg: Config) -> Result<()> {
         metrics.clone(),
     ));
     info!(pubkey = %pubkey_hex, namespace = %cfg.namespace, mode = ?cfg.run_mode, tor = cfg.enable_tor, "paygress starting");
+    if let Some(fp) = cfg.failpoint {
+        warn!(
+            failpoint = fp.name(),
+            "PAYGRESS_FAILPOINT set: the process will abort at this kill point (testing only)"
+        );
+    }
 
     let workers = Arc::new(Semaphore::new(cfg.max_concurrent_requests));
     let admin = match &cfg.admin_token {
@@ -156,7 +160,7 @@ pub async fn run(cfg: Config) -> Result<()> {
     service.resume_unfinished().await;
     tokio::spawn(readiness_loop(readiness.clone(), metrics.clone(), cluster.clone(), onion.clone(), frontend.clone()));
     tokio::spawn(reconcile_loop(service.clone(), Duration::from_secs(cfg.reconcile_interval_secs)));
-    tokio::spawn(resume_loop(service.clone()));
+    tokio::spawn(resume_loop(service.clone(), Duration::from_secs(cfg.resume_interval_secs)));
 
     let dispatcher = tokio::spawn(dispatch(rx, service.clone(), workers.clone()));
 
@@ -222,9 +226,10 @@ async fn reconcile_loop(service: Arc<LeaseService>, every: Duration) {
     }
 }
 
-async fn resume_loop(service: Arc<LeaseService>) {
+/// Parked sagas (transient failures) are retried every `every` (PAYGRESS_RESUME_INTERVAL_SECONDS).
+async fn resume_loop(service: Arc<LeaseService>, every: Duration) {
     loop {
-        tokio::time::sleep(RESUME_INTERVAL).await;
+        tokio::time::sleep(every).await;
         service.resume_unfinished().await;
     }
 }

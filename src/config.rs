@@ -116,6 +116,18 @@ pub const VARS: &[VarDoc] = &[
         default: "(unset)",
         help: "file holding the admin token (a mounted Secret), instead of PAYGRESS_ADMIN_TOKEN",
     },
+    VarDoc {
+        name: "PAYGRESS_RESUME_INTERVAL_SECONDS",
+        default: "30",
+        help: "how often requests parked by a transient failure (mint, relays, API server) are retried",
+    },
+    VarDoc {
+        name: "PAYGRESS_FAILPOINT",
+        default: "(none)",
+        help:
+            "testing/operations aid: abort the process (like kill -9) right after a saga step is persisted: \
+               after_redeem, after_pod_create, after_ready (alias after_onion) or before_reply; never set in production",
+    },
     VarDoc { name: "PAYGRESS_LOG_FORMAT", default: "text", help: "text or json" },
     VarDoc { name: "RUST_LOG", default: "info", help: "tracing filter" },
 ];
@@ -136,6 +148,42 @@ pub enum KeySource {
     File(PathBuf),
     /// Generated on first start and kept in the state dir.
     Generated(PathBuf),
+}
+
+/// Kill points of the lease saga (`PAYGRESS_FAILPOINT`): the process aborts right after this step is
+/// persisted, so crash recovery can be tested against the real peers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failpoint {
+    /// The Redeemed record is written: the money is in the wallet, nothing exists in the cluster.
+    AfterRedeem,
+    /// The lease's Secret, Pod and Service are created; readiness not yet awaited.
+    AfterPodCreate,
+    /// SSH answers and the onion service (if any) is up; the reply is not yet built.
+    AfterReady,
+    /// The Replying record (the final reply to a paid request) is written; nothing sent yet.
+    BeforeReply,
+}
+
+impl Failpoint {
+    pub fn parse(s: &str) -> Option<Failpoint> {
+        match s {
+            "after_redeem" => Some(Failpoint::AfterRedeem),
+            "after_pod_create" => Some(Failpoint::AfterPodCreate),
+            // With Tor off the onion step is empty, so both names mean "the lease is ready".
+            "after_ready" | "after_onion" => Some(Failpoint::AfterReady),
+            "before_reply" => Some(Failpoint::BeforeReply),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Failpoint::AfterRedeem => "after_redeem",
+            Failpoint::AfterPodCreate => "after_pod_create",
+            Failpoint::AfterReady => "after_ready",
+            Failpoint::BeforeReply => "before_reply",
+        }
+    }
 }
 
 impl fmt::Debug for KeySource {
@@ -192,6 +240,8 @@ pub struct Config {
     pub ready_timeout_secs: u64,
     pub offer_interval_secs: u64,
     pub reconcile_interval_secs: u64,
+    pub resume_interval_secs: u64,
+    pub failpoint: Option<Failpoint>,
     pub log_json: bool,
     /// Admin endpoints (wallet) are served only when set.
     pub admin_token: Option<AdminTokenSource>,
@@ -350,6 +400,19 @@ impl Config {
         let ready_timeout_secs = p.num("PAYGRESS_READY_TIMEOUT_SECONDS", 180);
         let offer_interval_secs = p.num("PAYGRESS_OFFER_INTERVAL_SECONDS", 900).max(10);
         let reconcile_interval_secs = p.num("PAYGRESS_RECONCILE_INTERVAL_SECONDS", 5).max(1);
+        let resume_interval_secs = p.num("PAYGRESS_RESUME_INTERVAL_SECONDS", 30).max(1);
+        let failpoint = match p.str("PAYGRESS_FAILPOINT", "").as_str() {
+            "" => None,
+            name => Failpoint::parse(name).or_else(|| {
+                p.err(
+                    "PAYGRESS_FAILPOINT",
+                    format!(
+                        "{name:?} is not one of after_redeem, after_pod_create, after_ready, after_onion, before_reply"
+                    ),
+                );
+                None
+            }),
+        };
         let log_json = match p.str("PAYGRESS_LOG_FORMAT", "text").as_str() {
             "text" => false,
             "json" => true,
@@ -404,6 +467,8 @@ impl Config {
             ready_timeout_secs,
             offer_interval_secs,
             reconcile_interval_secs,
+            resume_interval_secs,
+            failpoint,
             log_json,
             admin_token,
         })
@@ -602,6 +667,25 @@ mod tests {
         assert_ne!(normalize_mint_url("https://mint.x/evil"), normalize_mint_url("https://mint.x"));
         assert_eq!(normalize_mint_url("ftp://mint.x"), None);
         assert_eq!(normalize_mint_url("https://user:pw@mint.x"), None);
+    }
+
+    #[test]
+    fn failpoints_parse_and_bad_names_are_refused() {
+        let base = [("WHITELISTED_MINTS", "https://mint.example/")];
+        assert_eq!(Config::from_map(&env(&base)).unwrap().failpoint, None);
+        for (name, fp) in [
+            ("after_redeem", Failpoint::AfterRedeem),
+            ("after_pod_create", Failpoint::AfterPodCreate),
+            ("after_ready", Failpoint::AfterReady),
+            ("after_onion", Failpoint::AfterReady),
+            ("before_reply", Failpoint::BeforeReply),
+        ] {
+            let c = Config::from_map(&env(&[base[0], ("PAYGRESS_FAILPOINT", name)])).unwrap();
+            assert_eq!(c.failpoint, Some(fp));
+        }
+        let e = Config::from_map(&env(&[base[0], ("PAYGRESS_FAILPOINT", "after_lunch")])).unwrap_err();
+        assert_eq!(e.0[0].var, "PAYGRESS_FAILPOINT");
+        assert!(Config::help_text().contains("PAYGRESS_FAILPOINT"));
     }
 
     #[test]

@@ -16,7 +16,7 @@ use super::ports::{
     ClusterLease, ClusterPort, FailureKind, OnionPort, PaymentPort, PodPlan, PortError, ReplyPort, SshProbePort,
 };
 use super::Incoming;
-use crate::config::Config;
+use crate::config::{Config, Failpoint};
 use crate::metrics::Metrics;
 use crate::protocol::{ErrorCode, LeaseAccess, LeaseRequest, LeaseStatus, Reply, StatusRequest, Tier};
 
@@ -35,6 +35,8 @@ pub struct LeaseSettings {
     pub retry_delay: Duration,
     /// Attempts of a transient step before the saga gives up on it (and compensates, or waits for resume).
     pub retry_attempts: u32,
+    /// Crash-recovery testing: abort at this kill point (`PAYGRESS_FAILPOINT`). None in production.
+    pub failpoint: Option<Failpoint>,
 }
 
 impl From<&Config> for LeaseSettings {
@@ -50,6 +52,7 @@ impl From<&Config> for LeaseSettings {
             ready_timeout: Duration::from_secs(c.ready_timeout_secs),
             retry_delay: Duration::from_secs(2),
             retry_attempts: 5,
+            failpoint: c.failpoint,
         }
     }
 }
@@ -169,6 +172,15 @@ impl LeaseService {
         &self.metrics
     }
 
+    /// Abort the process, as kill -9 would, when `at` is the configured kill point. Called right after the
+    /// effect (journal write or cluster change) that names the point.
+    fn failpoint(&self, at: Failpoint) {
+        if self.settings.failpoint == Some(at) {
+            tracing::error!(failpoint = at.name(), "PAYGRESS_FAILPOINT reached: aborting");
+            std::process::abort();
+        }
+    }
+
     fn tier(&self, name: Option<&str>) -> Option<&Tier> {
         match name {
             None => self.settings.tiers.first(),
@@ -247,10 +259,12 @@ impl LeaseService {
     }
 
     async fn drive_steps(&self, rec: &mut SagaRecord) -> Option<Reply> {
+        // A saga that starts in Redeeming was cut there (crash, or parked): a swap may have been sent.
+        let resumed_in_redeem = rec.step == Step::Redeeming;
         loop {
             let flow = match rec.step {
                 Step::Received => self.step_received(rec).await,
-                Step::Redeeming => self.step_redeeming(rec).await,
+                Step::Redeeming => self.step_redeeming(rec, resumed_in_redeem).await,
                 Step::Redeemed => self.step_redeemed(rec).await,
                 Step::Provisioning => self.step_provisioning(rec).await,
                 Step::Refunding => self.step_refunding(rec).await,
@@ -261,6 +275,12 @@ impl LeaseService {
                 // Without the journal a crash could lose track of money: stop here; resume retries.
                 warn!(error = %e, step = ?rec.step, "journal write failed; saga parked");
                 return None;
+            }
+            match rec.step {
+                Step::Redeemed => self.failpoint(Failpoint::AfterRedeem),
+                // Only replies to paid requests: refusals of replayed old requests must not trip it.
+                Step::Replying if rec.amount.is_some() => self.failpoint(Failpoint::BeforeReply),
+                _ => {}
             }
             if let Flow::Park = flow {
                 return None;
@@ -401,14 +421,17 @@ impl LeaseService {
         self.refuse(rec, code, e.message)
     }
 
-    // Step: swap at the mint, exactly once.
-    async fn step_redeeming(&self, rec: &mut SagaRecord) -> Flow {
+    // Step: swap at the mint, exactly once. `resumed`: an earlier attempt of this saga may have reached the mint.
+    async fn step_redeeming(&self, rec: &mut SagaRecord, resumed: bool) -> Flow {
         let token = rec.ask.token().to_string();
         if token.is_empty() {
             // Cannot happen by construction (the token is cleared only after leaving this step).
             return self.refuse(rec, ErrorCode::Internal, "token lost before redeem");
         }
         let mut attempt = 0;
+        // Whether a swap of ours may have happened already. If not, "spent" means someone else spent the
+        // token (the journal's token claim rules out our other requests), and the wallet need not be asked.
+        let mut maybe_ours = resumed;
         loop {
             attempt += 1;
             match self.ports.payment.redeem(&token).await {
@@ -417,6 +440,7 @@ impl LeaseService {
                     return self.redeemed(rec, amount);
                 }
                 Err(e) if e.is_transient() && attempt < self.settings.retry_attempts => {
+                    maybe_ours = true;
                     warn!(attempt, error = %e, "redeem failed transiently; retrying");
                     tokio::time::sleep(self.settings.retry_delay).await;
                 }
@@ -430,6 +454,10 @@ impl LeaseService {
                         ),
                         _ => Flow::Park,
                     };
+                }
+                Err(e) if e.kind == FailureKind::Rejected(ErrorCode::TokenSpent) && !maybe_ours => {
+                    info!("token already spent at the mint");
+                    return self.refuse_port(rec, e, ErrorCode::TokenSpent);
                 }
                 Err(e) if e.kind == FailureKind::Rejected(ErrorCode::TokenSpent) => {
                     // Spent by us before a crash, or by someone else? Our wallet's records tell.
@@ -613,6 +641,7 @@ impl LeaseService {
         let deadline = Instant::now() + self.settings.ready_timeout;
         self.retry(|| self.ports.cluster.ensure_lease_objects(&plan)).await?;
         info!(pod = %plan.pod_name, "pod and service created");
+        self.failpoint(Failpoint::AfterPodCreate);
         let endpoint =
             self.ports.cluster.wait_running(lease_id, deadline.saturating_duration_since(Instant::now())).await?;
         let host_key = self.wait_for_ssh(endpoint, deadline).await?;
@@ -629,6 +658,7 @@ impl LeaseService {
         } else {
             None
         };
+        self.failpoint(Failpoint::AfterReady);
         let port = self.settings.ssh_port;
         Ok(LeaseAccess {
             lease_id: lease_id.to_string(),

@@ -178,10 +178,17 @@ impl OnionPort for FakeOnion {
 #[derive(Default)]
 struct FakeReplies {
     sent: Mutex<Vec<(ReplyRoute, Reply)>>,
+    /// Sends that fail (relays unreachable) before one succeeds.
+    fail_next: Mutex<u32>,
 }
 #[async_trait]
 impl ReplyPort for FakeReplies {
     async fn send(&self, route: &ReplyRoute, reply: &Reply) -> PortResult<()> {
+        let mut f = self.fail_next.lock().unwrap();
+        if *f > 0 {
+            *f -= 1;
+            return Err(PortError::transient("no relay accepted the reply"));
+        }
         self.sent.lock().unwrap().push((route.clone(), reply.clone()));
         Ok(())
     }
@@ -249,6 +256,7 @@ fn world() -> World {
         ready_timeout: Duration::from_secs(5),
         retry_delay: Duration::from_millis(1),
         retry_attempts: 3,
+        failpoint: None,
     };
     let ports = Ports {
         payment: payment.clone(),
@@ -459,4 +467,90 @@ async fn reconcile_ends_expired_leases_and_removes_orphans() {
     assert!(w.cluster.leases.lock().unwrap().is_empty());
     assert!(w.cluster.orphans.lock().unwrap().is_empty());
     assert_eq!(w.onion.running(), 0);
+}
+
+/// What a crash during the swap leaves: the record in Redeeming, still holding the token.
+fn redeeming_record(id: &str, token: &str) -> SagaRecord {
+    SagaRecord {
+        request_id: id.into(),
+        route: route(id, "alice-pk"),
+        received_at: now_secs(),
+        step: Step::Redeeming,
+        ask: super::journal::Ask::Create(LeaseRequest {
+            cashu_token: token.into(),
+            ssh_username: Some("alice".into()),
+            pod_image: None,
+            ssh_public_key: None,
+            tier: None,
+        }),
+        mint_url: Some(MINT.into()),
+        token_digest: Some(token.into()),
+        amount: None,
+        lease_id: None,
+        expires_at: None,
+        ssh_password: None,
+        access: None,
+        failure: None,
+        reply: None,
+    }
+}
+
+async fn wait_done(w: &World, id: &str) -> SagaRecord {
+    for _ in 0..200 {
+        let rec = w.journal.get(id).unwrap().unwrap();
+        if rec.step == Step::Done {
+            return rec;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("saga {id} not done: {:?}", w.journal.get(id).unwrap().unwrap().step);
+}
+
+#[tokio::test]
+async fn a_crash_mid_swap_that_reached_the_mint_still_gives_the_lease() {
+    let w = world();
+    let token = "tok:http:mint.test:100:z";
+    // The swap happened before the crash: the mint says spent, our wallet holds the ecash.
+    w.payment.spent.lock().unwrap().insert(token.into());
+    w.payment.received.lock().unwrap().insert(token.into(), 100);
+    w.journal.put(&redeeming_record("e7", token)).unwrap();
+    w.svc.resume_unfinished().await;
+    let rec = wait_done(&w, "e7").await;
+    assert!(matches!(rec.reply, Some(Reply::Ok { amount_sats: 100, .. })), "{:?}", rec.reply);
+    assert_eq!(rec.ask.token(), "", "the token is dropped once the money is ours");
+    assert_eq!(w.cluster.leases.lock().unwrap().len(), 1);
+    assert!(w.payment.refunds.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_crash_mid_swap_that_lost_the_race_is_token_spent() {
+    let w = world();
+    let token = "tok:http:mint.test:100:y";
+    // Someone else spent it: spent at the mint, nothing in our wallet.
+    w.payment.spent.lock().unwrap().insert(token.into());
+    w.journal.put(&redeeming_record("e8", token)).unwrap();
+    w.svc.resume_unfinished().await;
+    let rec = wait_done(&w, "e8").await;
+    assert_eq!(rec.reply.as_ref().and_then(error_code), Some(ErrorCode::TokenSpent));
+    assert!(w.cluster.leases.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_reply_that_cannot_be_sent_is_parked_and_delivered_once_by_resume() {
+    let w = world();
+    // More failures than the saga's own retries: it must park in Replying.
+    *w.replies.fail_next.lock().unwrap() = 4;
+    let first = w.svc.handle(create("e5", "tok:http:mint.test:100:r")).await;
+    assert!(first.is_none(), "not delivered yet");
+    assert_eq!(w.journal.get("e5").unwrap().unwrap().step, Step::Replying);
+    assert!(w.replies.sent.lock().unwrap().is_empty());
+    // The periodic resume (app.rs, PAYGRESS_RESUME_INTERVAL_SECONDS) delivers it.
+    w.svc.resume_unfinished().await;
+    let rec = wait_done(&w, "e5").await;
+    assert!(matches!(rec.reply, Some(Reply::Ok { .. })));
+    w.svc.resume_unfinished().await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(w.replies.sent.lock().unwrap().len(), 1, "exactly one reply");
+    assert_eq!(*w.payment.redeems.lock().unwrap(), 1);
+    assert_eq!(w.cluster.leases.lock().unwrap().len(), 1);
 }

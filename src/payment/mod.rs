@@ -448,6 +448,10 @@ impl PaymentPort for CashuPayment {
     }
 
     async fn received_amount(&self, token: &str) -> PortResult<Option<u64>> {
+        // The port promises an answer after interrupted swaps are recovered. Recovery otherwise runs only when
+        // a wallet is first opened, so a redeem that timed out in this process (swap done at the mint, proofs
+        // not yet stored) would read as "spent by someone else" and the requester would get nothing.
+        self.recover().await?;
         Ok(CashuPayment::received_amount(self, token).await?)
     }
 

@@ -295,6 +295,23 @@ impl User {
         Ok(hex::encode(Sha256::digest(ser.to_string().as_bytes())))
     }
 
+    /// How many kind-1001 replies the provider published to `request_id` (NIP-44 route).
+    pub fn count_replies(&self, request_id: &str, provider: &str) -> Result<usize> {
+        let out = run(Command::new("nak").args([
+            "req",
+            "-k",
+            "1001",
+            "-p",
+            &self.pubkey,
+            "-a",
+            provider,
+            "-e",
+            request_id,
+            &relay(),
+        ]))?;
+        Ok(out.lines().filter(|l| !l.trim().is_empty()).count())
+    }
+
     /// Wait for the kind-1001 reply to `request_id` and decrypt it (NIP-44 or gift wrap).
     pub fn await_reply(&self, request_id: &str, provider: &str, timeout: Duration) -> Result<Value> {
         wait_until(&format!("reply to {request_id}"), timeout, || self.find_reply(request_id, provider).ok().flatten())
@@ -357,6 +374,33 @@ pub struct Provider {
     _state_tmp: Option<tempfile::TempDir>,
 }
 
+/// The provider binary: `PAYGRESS_TEST_BIN` if set, else a private copy of this build's binary taken at
+/// first use. The target dir is shared by several worktrees, so `target/debug/paygress` may be replaced by
+/// another branch's build while tests run; a copy keeps one test process on one binary.
+pub fn paygress_bin() -> String {
+    static BIN: OnceLock<String> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Ok(b) = std::env::var("PAYGRESS_TEST_BIN") {
+            if !b.is_empty() {
+                return b;
+            }
+        }
+        let dir = std::env::temp_dir().join(format!("paygress-bin-{}", std::process::id()));
+        let dst = dir.join("paygress");
+        let copied = std::fs::create_dir_all(&dir).and_then(|_| std::fs::copy(env!("CARGO_BIN_EXE_paygress"), &dst));
+        match copied {
+            Ok(_) => dst.display().to_string(),
+            Err(_) => env!("CARGO_BIN_EXE_paygress").to_string(),
+        }
+    })
+    .clone()
+}
+
+/// `paygress --help`, e.g. to check that the binary under test is this branch's.
+pub fn paygress_help() -> Result<String> {
+    run(Command::new(paygress_bin()).arg("--help"))
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(28091)
 }
@@ -391,7 +435,7 @@ impl Provider {
             "-c",
             "\"$@\" & c=$!; while kill -0 \"$PAYGRESS_TEST_PID\" 2>/dev/null && kill -0 $c 2>/dev/null; do sleep 0.5; done; kill -9 $c 2>/dev/null; wait",
             "babysitter",
-            env!("CARGO_BIN_EXE_paygress"),
+            &paygress_bin(),
         ]);
         std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
         cmd.env_clear()
@@ -458,6 +502,109 @@ impl Provider {
     pub fn keep_state(&mut self) -> Option<tempfile::TempDir> {
         self._state_tmp.take()
     }
+
+    /// Wait until the provider process has exited by itself (a failpoint abort); its babysitter exits with it.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Result<std::process::ExitStatus> {
+        let child = &mut self.child;
+        wait_until("provider process exit", timeout, || child.try_wait().ok().flatten())
+            .map_err(|e| anyhow!("{e}; provider log:\n{}", self.log_tail()))
+    }
+
+    /// SIGTERM to the provider itself (not its babysitter), then wait for it to drain and exit, so the
+    /// single-process wallet database is free for `paygress wallet`.
+    pub fn stop(&mut self) -> Result<()> {
+        let bash = self.child.id().to_string();
+        if let Ok(pid) = run(Command::new("pgrep").args(["-P", &bash, "-x", "paygress"])) {
+            for p in pid.lines() {
+                let _ = Command::new("kill").args(["-TERM", p.trim()]).status();
+            }
+        }
+        let child = &mut self.child;
+        wait_until("provider stop", Duration::from_secs(60), || child.try_wait().ok().flatten())?;
+        Ok(())
+    }
+
+    /// Prometheus text of /metrics.
+    pub fn metrics(&self) -> Result<String> {
+        run(Command::new("curl").args(["-sf", &format!("http://{}/metrics", self.http)]))
+    }
+
+    /// `paygress wallet <args>` on this provider's state dir and key (stop the provider first).
+    pub fn wallet_cli(&self, args: &[&str]) -> Result<String> {
+        run(Command::new(paygress_bin())
+            .args(["wallet"])
+            .args(args)
+            .env_clear()
+            .env("PATH", env("PATH"))
+            .env("HOME", env("HOME"))
+            .env("RUST_LOG", "warn")
+            .env("NOSTR_RELAYS", env("NOSTR_RELAYS"))
+            .env("NOSTR_PRIVATE_KEY", &self.nsec_hex)
+            .env("WHITELISTED_MINTS", env("CASHU_MINT_URL"))
+            .env("PAYGRESS_STATE_DIR", &self.state_dir))
+    }
+
+    /// Sum of `paygress wallet balance` over all mints, in sats.
+    pub fn wallet_balance(&self) -> Result<u64> {
+        let out = self.wallet_cli(&["balance"])?;
+        let mut total = 0;
+        for line in out.lines() {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            if let Some(i) = words.iter().position(|w| *w == "sat") {
+                total += words.get(i.wrapping_sub(1)).and_then(|n| n.parse::<u64>().ok()).ok_or(anyhow!("{out}"))?;
+            }
+        }
+        Ok(total)
+    }
+}
+
+/// Objects of one lease by kind (`pods`, `services`, `secrets`), by its lease-id label.
+pub fn lease_objects(kind: &str, lease_id: &str) -> Result<Vec<String>> {
+    let out = kubectl(&[
+        "-n",
+        "user-workloads",
+        "get",
+        kind,
+        "-l",
+        &format!("paygress.io/lease-id={lease_id}"),
+        "-o",
+        "jsonpath={.items[*].metadata.name}",
+    ])?;
+    Ok(out.split_whitespace().map(String::from).collect())
+}
+
+/// Every pod, Service and Secret of a lease (empty when it is fully gone).
+pub fn all_lease_objects(lease_id: &str) -> Result<Vec<String>> {
+    let mut all = Vec::new();
+    for kind in ["pods", "services", "secrets"] {
+        all.extend(lease_objects(kind, lease_id)?.into_iter().map(|n| format!("{kind}/{n}")));
+    }
+    Ok(all)
+}
+
+/// Delete what a test's lease left behind (as admin), so long leases do not outlive the test.
+pub fn delete_lease(lease_id: &str) {
+    for kind in ["pods", "services", "secrets"] {
+        let _ = kubectl(&[
+            "-n",
+            "user-workloads",
+            "delete",
+            kind,
+            "-l",
+            &format!("paygress.io/lease-id={lease_id}"),
+            "--wait=false",
+        ]);
+    }
+}
+
+/// The lease id the provider derives from a request id (see `lease::service::lease_id_for`).
+pub fn lease_id_for(request_id: &str) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(&Sha256::digest(request_id.as_bytes())[..6])
+}
+
+pub fn now_secs() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 impl Drop for Provider {
