@@ -271,6 +271,19 @@ impl ArtiOnion {
         }
     }
 
+    /// Stop every onion service, leaving the client up (SIGTERM: the provider holds this adapter behind
+    /// shared handles, so it cannot take it by value for [`ArtiOnion::shutdown`]). Returns how many ran.
+    pub async fn stop_all(&self) -> usize {
+        let Some(inner) = self.inner.as_ref() else {
+            return 0;
+        };
+        let leases: Vec<String> = lock(&inner.services).keys().cloned().collect();
+        for lease_id in &leases {
+            OnionPort::stop(self, lease_id).await;
+        }
+        leases.len()
+    }
+
     /// The address of a lease's running service, if any.
     pub fn address_of(&self, lease_id: &str) -> Option<String> {
         let inner = self.inner.as_ref()?;
