@@ -3,7 +3,8 @@
 //!
 //! Launches services with fresh keys, in steps up to 1, 10 and 50 live services (override with
 //! `ONION_RSS_STEPS=1,10,50`), each forwarding to a local TCP server, and for every service measures the
-//! time from `launch()` to the first successful connection through the stack's C tor client (SOCKS). After
+//! time from `launch()` to the first successful connection through the stack's C tor client (SOCKS), with
+//! at most `ONION_RSS_CONCURRENCY` (default 64) `launch()` calls in flight. After
 //! each step it prints this process's VmRSS from /proc/self/status.
 //!
 //! Run on the stack: `. ~/.cache/paygress/stack/env.sh && cargo run --release --example onion_rss`
@@ -106,6 +107,15 @@ async fn main() -> Result<()> {
         .split(',')
         .map(|s| s.trim().parse().context("ONION_RSS_STEPS"))
         .collect::<Result<_>>()?;
+    // launch() calls in flight at once (default: the whole batch; ArtiOnion itself publishes at most 8 new
+    // services at a time, so launch() times include that queueing).
+    let concurrency: usize = std::env::var("ONION_RSS_CONCURRENCY").ok().and_then(|v| v.parse().ok()).unwrap_or(64);
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .try_init();
     let me = std::process::id().to_string();
     let target = banner_server().await?;
     let state = tempfile::tempdir()?;
@@ -124,10 +134,12 @@ async fn main() -> Result<()> {
     for &n in &steps {
         let batch = n.saturating_sub(live);
         let t_batch = Instant::now();
-        let results = futures::future::join_all(
-            (live..live + batch).map(|i| launch_and_reach(&onion, socks, format!("bench-{i}"), target)),
-        )
-        .await;
+        use futures::StreamExt as _;
+        let results: Vec<_> = futures::stream::iter(live..live + batch)
+            .map(|i| launch_and_reach(&onion, socks, format!("bench-{i}"), target))
+            .buffer_unordered(concurrency)
+            .collect()
+            .await;
         let (mut launch, mut reach) = (Vec::new(), Vec::new());
         for r in results {
             match r {
@@ -143,7 +155,7 @@ async fn main() -> Result<()> {
         // Let circuits and descriptor uploads settle before reading memory.
         tokio::time::sleep(Duration::from_secs(10)).await;
         println!(
-            "services={n} rss_kib={} running={} | batch of {batch}: launch() {} ; launch -> reachable {} ; whole batch {all:.1}s",
+            "services={n} rss_kib={} running={} | batch of {batch}, {concurrency} at a time: launch() {} ; launch -> reachable {} ; whole batch {all:.1}s",
             vm_rss_kib(&me),
             onion.running(),
             summary(&mut launch),

@@ -130,8 +130,7 @@ fn onion_lease_end_to_end_survives_kill9() -> Result<()> {
         let kh = known_hosts(tmp.path(), &onion, &host_key)?;
 
         // 2 + 3: OpenSSH through C tor, host key pinned to the reply's.
-        let (out, t_ssh) =
-            tor_ssh_until_ok(&onion, "alice", &pw, "echo over-tor-as-$USER", Some(&kh), TOR_SSH_BUDGET)?;
+        let (out, t_ssh) = tor_ssh_until_ok(&onion, "alice", &pw, "echo over-tor-as-$USER", Some(&kh), TOR_SSH_BUDGET)?;
         assert!(out.contains("over-tor-as-alice"), "{out}");
         let t_first = t0.elapsed();
         // The reply's fingerprint is the pinned key's.
@@ -159,8 +158,10 @@ fn onion_lease_end_to_end_survives_kill9() -> Result<()> {
     std::fs::create_dir(&wrong_dir)?;
     let wrong = known_hosts(&wrong_dir, onion0, &other_pub)?;
     let err = tor_ssh_password(onion0, 2222, "alice", pw0, "true", Some(&wrong)).expect_err("wrong host key accepted");
-    assert!(err.to_string().contains("HOST IDENTIFICATION HAS CHANGED") || err.to_string().contains("verification failed"),
-        "{err}");
+    assert!(
+        err.to_string().contains("HOST IDENTIFICATION HAS CHANGED") || err.to_string().contains("verification failed"),
+        "{err}"
+    );
 
     // 4: the Secret of each lease.
     let mut keys = Vec::new();

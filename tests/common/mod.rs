@@ -313,7 +313,7 @@ impl User {
             request_id,
             &relay(),
         ]))?;
-        for line in out.lines().filter(|l| !l.trim().is_empty()) {
+        if let Some(line) = out.lines().find(|l| !l.trim().is_empty()) {
             let ev: Value = serde_json::from_str(line)?;
             let plain = self.decrypt(ev["content"].as_str().unwrap_or_default(), provider)?;
             return Ok(Some(serde_json::from_str(&plain)?));
@@ -336,6 +336,7 @@ impl User {
 
 // ---------------------------------------------------------------- the provider process
 
+#[derive(Default)]
 pub struct ProviderOptions {
     pub enable_tor: bool,
     pub extra_env: Vec<(String, String)>,
@@ -343,11 +344,6 @@ pub struct ProviderOptions {
     pub state_dir: Option<PathBuf>,
 }
 
-impl Default for ProviderOptions {
-    fn default() -> Self {
-        ProviderOptions { enable_tor: false, extra_env: Vec::new(), state_dir: None }
-    }
-}
 
 pub struct Provider {
     pub child: Child,
@@ -625,9 +621,7 @@ pub fn log_line_secs(line: &str) -> Option<f64> {
 pub fn redeem_to_reply_secs(log: &str, request_id: &str) -> Option<f64> {
     let log = strip_ansi(log);
     let tag = format!("request_id={request_id}");
-    let at = |msg: &str| {
-        log.lines().filter(|l| l.contains(&tag) && l.contains(msg)).find_map(log_line_secs)
-    };
+    let at = |msg: &str| log.lines().filter(|l| l.contains(&tag) && l.contains(msg)).find_map(log_line_secs);
     let (a, b) = (at("token redeemed")?, at("reply sent")?);
     Some(if b >= a { b - a } else { b + 86400.0 - a })
 }
