@@ -193,8 +193,18 @@ fn onion_lease_end_to_end_survives_kill9() -> Result<()> {
         assert_eq!(pods_of_lease(lease_id)?, 1);
         assert_eq!(&check_onion_secret(lease_id, onion)?, key);
     }
+    // SIGTERM: the provider stops its onion services before it exits (they come back from the Secrets).
+    let mut p = p;
+    p.sigterm(Duration::from_secs(60))?;
     let log = p.log_text();
-    assert!(strip_ansi(&log).contains("onion service published"), "no relaunch in the log");
+    let plain = strip_ansi(&log);
+    assert!(plain.contains("onion service published"), "no relaunch in the log");
+    let after_restart = &plain[plain.rfind("paygress starting").unwrap_or(0)..];
+    for (access, _, _, _) in &leases {
+        let stopped = format!("onion service stopped lease_id=\"{}\"", access["lease_id"].as_str().unwrap());
+        assert!(after_restart.contains(&stopped), "SIGTERM did not stop {stopped}");
+    }
+    assert!(after_restart.contains("drained; bye"));
     for key in &keys {
         assert_key_not_in_log(&log, key);
     }

@@ -344,7 +344,6 @@ pub struct ProviderOptions {
     pub state_dir: Option<PathBuf>,
 }
 
-
 pub struct Provider {
     pub child: Child,
     pub state_dir: PathBuf,
@@ -444,6 +443,17 @@ impl Provider {
     pub fn kill9(&mut self) {
         let _ = Command::new("kill").args(["-KILL", "--", &format!("-{}", self.child.id())]).status();
         let _ = self.child.wait();
+    }
+
+    /// SIGTERM to the provider (and its babysitter), then wait until it has drained and exited.
+    pub fn sigterm(&mut self, timeout: Duration) -> Result<()> {
+        run(Command::new("kill").args(["-TERM", "--", &format!("-{}", self.child.id())]))?;
+        wait_until("provider exit after SIGTERM", timeout, || {
+            let gone = Command::new("pgrep").args(["-g", &self.child.id().to_string()]).output().ok()?;
+            (!gone.status.success()).then_some(())
+        })?;
+        let _ = self.child.wait();
+        Ok(())
     }
 
     /// Keep the state dir alive beyond this process (for restarts).
