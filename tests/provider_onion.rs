@@ -93,6 +93,11 @@ fn check_onion_secret(lease_id: &str, onion: &str) -> Result<Vec<u8>> {
     Ok(key)
 }
 
+fn tail(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
 fn assert_key_not_in_log(log: &str, key: &[u8]) {
     let forms = [
         hex::encode(key),
@@ -202,7 +207,7 @@ fn onion_lease_end_to_end_survives_kill9() -> Result<()> {
     let after_restart = &plain[plain.rfind("paygress starting").unwrap_or(0)..];
     for (access, _, _, _) in &leases {
         let stopped = format!("onion service stopped lease_id=\"{}\"", access["lease_id"].as_str().unwrap());
-        assert!(after_restart.contains(&stopped), "SIGTERM did not stop {stopped}");
+        assert!(after_restart.contains(&stopped), "SIGTERM did not stop {stopped}; log:\n{}", tail(after_restart, 30));
     }
     assert!(after_restart.contains("drained; bye"));
     for key in &keys {

@@ -354,6 +354,16 @@ pub struct Provider {
     _state_tmp: Option<tempfile::TempDir>,
 }
 
+/// The provider binary: `PAYGRESS_BIN` if set, else cargo's. The shared CARGO_TARGET_DIR has ONE
+/// target/debug/paygress, rebuilt by whichever worktree built last, so a test may otherwise run another
+/// branch's provider; pin a copy of your own build with PAYGRESS_BIN.
+fn provider_bin() -> String {
+    std::env::var("PAYGRESS_BIN")
+        .ok()
+        .filter(|b| !b.is_empty())
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_paygress").into())
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(28091)
 }
@@ -388,7 +398,7 @@ impl Provider {
             "-c",
             "\"$@\" & c=$!; while kill -0 \"$PAYGRESS_TEST_PID\" 2>/dev/null && kill -0 $c 2>/dev/null; do sleep 0.5; done; kill -9 $c 2>/dev/null; wait",
             "babysitter",
-            env!("CARGO_BIN_EXE_paygress"),
+            provider_bin(),
         ]);
         std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
         cmd.env_clear()
@@ -448,10 +458,18 @@ impl Provider {
     /// SIGTERM to the provider (and its babysitter), then wait until it has drained and exited.
     pub fn sigterm(&mut self, timeout: Duration) -> Result<()> {
         run(Command::new("kill").args(["-TERM", "--", &format!("-{}", self.child.id())]))?;
+        // Exited = no live (non-zombie) process left in its process group.
+        let pgid = self.child.id().to_string();
         wait_until("provider exit after SIGTERM", timeout, || {
-            let gone = Command::new("pgrep").args(["-g", &self.child.id().to_string()]).output().ok()?;
-            (!gone.status.success()).then_some(())
-        })?;
+            let _ = self.child.try_wait();
+            let ps = Command::new("ps").args(["-eo", "pgid=,stat="]).output().ok()?;
+            let live = String::from_utf8_lossy(&ps.stdout).lines().any(|l| {
+                let mut f = l.split_whitespace();
+                f.next() == Some(pgid.as_str()) && !f.next().unwrap_or("Z").starts_with('Z')
+            });
+            (!live).then_some(())
+        })
+        .map_err(|e| anyhow!("{e}; provider log:\n{}", self.log_tail()))?;
         let _ = self.child.wait();
         Ok(())
     }
