@@ -398,7 +398,7 @@ impl Provider {
             "-c",
             "\"$@\" & c=$!; while kill -0 \"$PAYGRESS_TEST_PID\" 2>/dev/null && kill -0 $c 2>/dev/null; do sleep 0.5; done; kill -9 $c 2>/dev/null; wait",
             "babysitter",
-            provider_bin(),
+            &provider_bin(),
         ]);
         std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
         cmd.env_clear()
