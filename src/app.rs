@@ -68,12 +68,13 @@ pub async fn run(cfg: Config) -> Result<()> {
     let cluster = Arc::new(
         crate::k8s::KubeCluster::connect(cfg.namespace.clone(), cfg.ssh_port).await.context("Kubernetes client")?,
     );
-    let onion: Arc<dyn OnionPort> = if cfg.enable_tor {
-        Arc::new(crate::onion::ArtiOnion::from_config(&cfg).context("start arti")?)
+    let arti = Arc::new(if cfg.enable_tor {
+        crate::onion::ArtiOnion::from_config(&cfg).context("start arti")?
     } else {
         info!("ENABLE_TOR_SIDECAR=false: no Tor; leases are reached by kubectl port-forward");
-        Arc::new(crate::onion::ArtiOnion::disabled())
-    };
+        crate::onion::ArtiOnion::disabled()
+    });
+    let onion: Arc<dyn OnionPort> = arti.clone();
 
     let metrics = Arc::new(Metrics::default());
     let readiness = Arc::new(Readiness::default());
@@ -181,7 +182,9 @@ pub async fn run(cfg: Config) -> Result<()> {
         let _ = workers.acquire_many(cfg.max_concurrent_requests as u32).await;
     })
     .await;
-    info!("drained; bye");
+    // Stop publishing: the services come back from their Secrets when a successor starts.
+    let stopped = arti.stop_all().await;
+    info!(onion_services = stopped, "drained; bye");
     Ok(())
 }
 

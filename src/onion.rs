@@ -55,6 +55,10 @@ const NICK_MAX_ID: usize = 48;
 const DEFAULT_BOOTSTRAP_TIMEOUT: Duration = Duration::from_secs(120);
 const DEFAULT_PUBLISH_TIMEOUT: Duration = Duration::from_secs(120);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// New services being published at once. On the private test network a burst of 40 launches in one client
+/// published only 18 within 120 s (arti's pool of onion-service circuits backs off: "Too many preemptive
+/// onion service circuits failed"); 8 at a time published all 40 in 13 s (docs/onion.md).
+const MAX_CONCURRENT_PUBLISH: usize = 8;
 
 /// Errors of the onion adapter. Messages carry context (lease, address, path) but never key bytes.
 #[derive(Debug, thiserror::Error)]
@@ -64,34 +68,17 @@ pub enum OnionError {
     #[error("tor network config {path}: {message}")]
     NetworkConfig { path: PathBuf, message: String },
     #[error("tor client setup ({action}): {message}")]
-    Setup {
-        action: &'static str,
-        message: String,
-    },
+    Setup { action: &'static str, message: String },
     #[error("onion key of lease {lease_id}: {message}")]
     BadKey { lease_id: String, message: String },
     #[error("generating an onion key: {message}")]
     KeyGen { message: String },
     #[error("tor not bootstrapped after {waited:?} (lease {lease_id}): {status}")]
-    BootstrapTimeout {
-        lease_id: String,
-        waited: Duration,
-        status: String,
-    },
+    BootstrapTimeout { lease_id: String, waited: Duration, status: String },
     #[error("launching the onion service of lease {lease_id}: {message}")]
-    Launch {
-        lease_id: String,
-        message: String,
-        transient: bool,
-    },
+    Launch { lease_id: String, message: String, transient: bool },
     #[error("onion service {address} of lease {lease_id} not published after {waited:?} (state {state}{problem})")]
-    PublishTimeout {
-        lease_id: String,
-        address: String,
-        waited: Duration,
-        state: String,
-        problem: String,
-    },
+    PublishTimeout { lease_id: String, address: String, waited: Duration, state: String, problem: String },
 }
 
 impl OnionError {
@@ -102,9 +89,7 @@ impl OnionError {
             | OnionError::Setup { .. }
             | OnionError::BadKey { .. }
             | OnionError::KeyGen { .. } => FailureKind::Permanent,
-            OnionError::BootstrapTimeout { .. } | OnionError::PublishTimeout { .. } => {
-                FailureKind::Transient
-            }
+            OnionError::BootstrapTimeout { .. } | OnionError::PublishTimeout { .. } => FailureKind::Transient,
             OnionError::Launch { transient, .. } => {
                 if *transient {
                     FailureKind::Transient
@@ -118,10 +103,7 @@ impl OnionError {
 
 impl From<OnionError> for PortError {
     fn from(e: OnionError) -> Self {
-        PortError {
-            kind: e.kind(),
-            message: e.to_string(),
-        }
+        PortError { kind: e.kind(), message: e.to_string() }
     }
 }
 
@@ -153,6 +135,8 @@ struct Enabled {
     boot: watch::Receiver<Boot>,
     bootstrapper: JoinHandle<()>,
     services: Mutex<HashMap<String, Service>>,
+    /// Bounds how many new services are being published at once (see [`MAX_CONCURRENT_PUBLISH`]).
+    publishing: Arc<tokio::sync::Semaphore>,
     /// Serialises launch/stop per lease so two callers never race on one nickname.
     lease_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     ports: Arc<[u16]>,
@@ -200,20 +184,15 @@ impl ArtiOnion {
     pub fn new(state_dir: &Path, network_config: Option<&Path>) -> Result<Self, OnionError> {
         let tor_dir = state_dir.join("tor");
         let config = client_config(&tor_dir, network_config)?;
-        let runtime = PreferredRuntime::current().map_err(|e| OnionError::Setup {
-            action: "runtime",
-            message: e.to_string(),
-        })?;
+        let runtime =
+            PreferredRuntime::current().map_err(|e| OnionError::Setup { action: "runtime", message: e.to_string() })?;
 
         purge_service_state(&tor_dir.join("state"), &config);
 
         let client = TorClient::with_runtime(runtime)
             .config(config)
             .create_unbootstrapped()
-            .map_err(|e| OnionError::Setup {
-                action: "create client",
-                message: report(&e),
-            })?;
+            .map_err(|e| OnionError::Setup { action: "create client", message: report(&e) })?;
 
         let (boot_tx, boot_rx) = watch::channel(Boot::Pending);
         let bootstrapper = tokio::spawn(bootstrap_forever(Arc::clone(&client), boot_tx));
@@ -225,6 +204,7 @@ impl ArtiOnion {
                 boot: boot_rx,
                 bootstrapper,
                 services: Mutex::new(HashMap::new()),
+                publishing: Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_PUBLISH)),
                 lease_locks: Mutex::new(HashMap::new()),
                 ports: Arc::from(DEFAULT_PORTS.as_slice()),
                 bootstrap_timeout: DEFAULT_BOOTSTRAP_TIMEOUT,
@@ -263,35 +243,34 @@ impl ArtiOnion {
         }
         let stopped = inner.client.wait_for_stop();
         drop(inner);
-        if tokio::time::timeout(Duration::from_secs(10), stopped)
-            .await
-            .is_err()
-        {
+        if tokio::time::timeout(Duration::from_secs(10), stopped).await.is_err() {
             warn!("tor client did not stop within 10s");
         }
+    }
+
+    /// Stop every onion service, leaving the client up (SIGTERM: the provider holds this adapter behind
+    /// shared handles, so it cannot take it by value for [`ArtiOnion::shutdown`]). Returns how many ran.
+    pub async fn stop_all(&self) -> usize {
+        let Some(inner) = self.inner.as_ref() else {
+            return 0;
+        };
+        let leases: Vec<String> = lock(&inner.services).keys().cloned().collect();
+        for lease_id in &leases {
+            OnionPort::stop(self, lease_id).await;
+        }
+        leases.len()
     }
 
     /// The address of a lease's running service, if any.
     pub fn address_of(&self, lease_id: &str) -> Option<String> {
         let inner = self.inner.as_ref()?;
-        lock(&inner.services)
-            .get(lease_id)
-            .map(|s| s.address.clone())
+        lock(&inner.services).get(lease_id).map(|s| s.address.clone())
     }
 
-    async fn launch_inner(
-        &self,
-        lease_id: &str,
-        key: &[u8],
-        target: SocketAddr,
-    ) -> Result<String, OnionError> {
-        let inner = self.inner.as_ref().ok_or_else(|| OnionError::Disabled {
-            lease_id: lease_id.into(),
-        })?;
-        let keypair = keypair_from_bytes(key).map_err(|message| OnionError::BadKey {
-            lease_id: lease_id.into(),
-            message,
-        })?;
+    async fn launch_inner(&self, lease_id: &str, key: &[u8], target: SocketAddr) -> Result<String, OnionError> {
+        let inner = self.inner.as_ref().ok_or_else(|| OnionError::Disabled { lease_id: lease_id.into() })?;
+        let keypair =
+            keypair_from_bytes(key).map_err(|message| OnionError::BadKey { lease_id: lease_id.into(), message })?;
         let address = onion_address(&keypair);
         let nickname = nickname_for(lease_id).map_err(|message| OnionError::Launch {
             lease_id: lease_id.into(),
@@ -305,10 +284,9 @@ impl ArtiOnion {
 
         let existing = {
             let services = lock(&inner.services);
-            services
-                .get(lease_id)
-                .map(|s| (s.address.clone(), Arc::clone(&s.svc), s.target.clone()))
+            services.get(lease_id).map(|s| (s.address.clone(), Arc::clone(&s.svc), s.target.clone()))
         };
+        let mut permit = None;
         let svc = match existing {
             Some((running, svc, target_tx)) if running == address => {
                 // Idempotent: keep publishing; follow the pod if it moved.
@@ -316,15 +294,15 @@ impl ArtiOnion {
                 svc
             }
             other => {
+                // Held until the descriptor is out (or the wait gives up); the semaphore is never closed.
+                permit = Arc::clone(&inner.publishing).acquire_owned().await.ok();
                 if other.is_some() {
                     // A different key for the same lease: the key from the Secret wins.
                     warn!(lease_id, %address, "lease relaunched with a different onion key; replacing its service");
                     inner.stop_locked(lease_id);
                 }
                 inner.wait_bootstrapped(lease_id).await?;
-                let service = inner
-                    .start_service(lease_id, nickname, keypair, address.clone(), target)
-                    .await?;
+                let service = inner.start_service(lease_id, nickname, keypair, address.clone(), target).await?;
                 let svc = Arc::clone(&service.svc);
                 lock(&inner.services).insert(lease_id.to_string(), service);
                 svc
@@ -332,38 +310,27 @@ impl ArtiOnion {
         };
         drop(guard);
 
-        inner
-            .wait_published(lease_id, &address, &svc, started)
-            .await?;
+        inner.wait_published(lease_id, &address, &svc, started).await?;
+        drop(permit);
         Ok(address)
     }
 }
 
 impl Enabled {
     fn lease_lock(&self, lease_id: &str) -> Arc<tokio::sync::Mutex<()>> {
-        Arc::clone(
-            lock(&self.lease_locks)
-                .entry(lease_id.to_string())
-                .or_default(),
-        )
+        Arc::clone(lock(&self.lease_locks).entry(lease_id.to_string()).or_default())
     }
 
     async fn wait_bootstrapped(&self, lease_id: &str) -> Result<(), OnionError> {
         let mut boot = self.boot.clone();
-        let waited =
-            tokio::time::timeout(self.bootstrap_timeout, boot.wait_for(|b| *b == Boot::Ready))
-                .await;
+        let waited = tokio::time::timeout(self.bootstrap_timeout, boot.wait_for(|b| *b == Boot::Ready)).await;
         match waited {
             Ok(Ok(_)) => Ok(()),
             // The sender only goes away with `self`; treat it like a timeout.
             Ok(Err(_)) | Err(_) => Err(OnionError::BootstrapTimeout {
                 lease_id: lease_id.into(),
                 waited: self.bootstrap_timeout,
-                status: format!(
-                    "{:?}; {}",
-                    *self.boot.borrow(),
-                    self.client.bootstrap_status()
-                ),
+                status: format!("{:?}; {}", *self.boot.borrow(), self.client.bootstrap_status()),
             }),
         }
     }
@@ -376,11 +343,8 @@ impl Enabled {
         address: String,
         target: SocketAddr,
     ) -> Result<Service, OnionError> {
-        let launch_err = |message: String, transient: bool| OnionError::Launch {
-            lease_id: lease_id.into(),
-            message,
-            transient,
-        };
+        let launch_err =
+            |message: String, transient: bool| OnionError::Launch { lease_id: lease_id.into(), message, transient };
         let config = OnionServiceConfigBuilder::default()
             .nickname(nickname.clone())
             .build()
@@ -388,23 +352,10 @@ impl Enabled {
 
         // Insert with overwrite ourselves rather than `launch_onion_service_with_hsid`, which refuses a key
         // that is already there: after stop() in this process the ephemeral keystore still holds it.
-        let keymgr = self
-            .client
-            .keymgr()
-            .map_err(|e| launch_err(report(&e), false))?;
+        let keymgr = self.client.keymgr().map_err(|e| launch_err(report(&e), false))?;
         keymgr
-            .insert(
-                keypair,
-                &HsIdKeypairSpecifier::new(nickname.clone()),
-                KeystoreSelector::Primary,
-                true,
-            )
-            .map_err(|e| {
-                launch_err(
-                    format!("storing the identity key in the keystore: {e}"),
-                    false,
-                )
-            })?;
+            .insert(keypair, &HsIdKeypairSpecifier::new(nickname.clone()), KeystoreSelector::Primary, true)
+            .map_err(|e| launch_err(format!("storing the identity key in the keystore: {e}"), false))?;
 
         // A service just stopped may still hold its state-directory lock for a moment while its tasks wind
         // down; retry briefly before giving up (transiently).
@@ -430,13 +381,7 @@ impl Enabled {
             Arc::clone(&self.ports),
         ));
         info!(lease_id, %address, %target, ports = ?self.ports, "onion service launched");
-        Ok(Service {
-            nickname,
-            address,
-            svc,
-            target: target_tx,
-            forwarder,
-        })
+        Ok(Service { nickname, address, svc, target: target_tx, forwarder })
     }
 
     /// Wait for arti to call the service fully reachable: descriptors uploaded for the current time period
@@ -470,10 +415,7 @@ impl Enabled {
                         address: address.into(),
                         waited: self.publish_timeout,
                         state: format!("{:?}", status.state()),
-                        problem: status
-                            .current_problem()
-                            .map(|p| format!(", problem: {p:?}"))
-                            .unwrap_or_default(),
+                        problem: status.current_problem().map(|p| format!(", problem: {p:?}")).unwrap_or_default(),
                     });
                 }
             }
@@ -511,9 +453,7 @@ impl OnionPort for ArtiOnion {
     }
 
     async fn launch(&self, lease_id: &str, key: &[u8], target: SocketAddr) -> PortResult<String> {
-        self.launch_inner(lease_id, key, target)
-            .await
-            .map_err(PortError::from)
+        self.launch_inner(lease_id, key, target).await.map_err(PortError::from)
     }
 
     async fn stop(&self, lease_id: &str) {
@@ -527,10 +467,7 @@ impl OnionPort for ArtiOnion {
         // Forget the lock unless another caller is already waiting on it (it holds a clone): the map
         // would otherwise grow by one entry per lease ever launched.
         let mut locks = lock(&inner.lease_locks);
-        if locks
-            .get(lease_id)
-            .is_some_and(|l| Arc::strong_count(l) <= 2)
-        {
+        if locks.get(lease_id).is_some_and(|l| Arc::strong_count(l) <= 2) {
             locks.remove(lease_id);
         }
         drop(locks);
@@ -545,9 +482,7 @@ impl OnionPort for ArtiOnion {
     }
 
     fn running(&self) -> usize {
-        self.inner
-            .as_ref()
-            .map_or(0, |inner| lock(&inner.services).len())
+        self.inner.as_ref().map_or(0, |inner| lock(&inner.services).len())
     }
 }
 
@@ -572,14 +507,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// Build the client configuration the way arti builds its own: the network fragment first, then our
 /// settings as a later source (later sources win), resolved by `tor_config`. Unknown keys in the fragment
 /// are an error: a misspelt key would otherwise silently leave us on the public network.
-pub fn client_config(
-    tor_dir: &Path,
-    network_config: Option<&Path>,
-) -> Result<TorClientConfig, OnionError> {
-    let setup = |message: String| OnionError::Setup {
-        action: "config",
-        message,
-    };
+pub fn client_config(tor_dir: &Path, network_config: Option<&Path>) -> Result<TorClientConfig, OnionError> {
+    let setup = |message: String| OnionError::Setup { action: "config", message };
     let mut sources = ConfigurationSources::new_empty();
     if let Some(path) = network_config {
         sources.push_source(ConfigurationSource::from_path(path), MustRead::MustRead);
@@ -588,31 +517,15 @@ pub fn client_config(
     sources.push_source(ConfigurationSource::from_verbatim(ours), MustRead::MustRead);
 
     let fragment_err = |message: String| match network_config {
-        Some(path) => OnionError::NetworkConfig {
-            path: path.to_path_buf(),
-            message,
-        },
-        None => OnionError::Setup {
-            action: "config",
-            message,
-        },
+        Some(path) => OnionError::NetworkConfig { path: path.to_path_buf(), message },
+        None => OnionError::Setup { action: "config", message },
     };
     let tree = sources.load().map_err(|e| fragment_err(e.to_string()))?;
-    let resolved = tor_config::resolve_return_results::<TorClientConfig>(
-        &tree,
-        &ConfigResolveOptions::default(),
-    )
-    .map_err(|e| fragment_err(e.to_string()))?;
+    let resolved = tor_config::resolve_return_results::<TorClientConfig>(&tree, &ConfigResolveOptions::default())
+        .map_err(|e| fragment_err(e.to_string()))?;
     if !resolved.unrecognized.is_empty() {
-        let keys: Vec<String> = resolved
-            .unrecognized
-            .iter()
-            .map(|k| k.to_string())
-            .collect();
-        return Err(fragment_err(format!(
-            "unrecognized keys: {}",
-            keys.join(", ")
-        )));
+        let keys: Vec<String> = resolved.unrecognized.iter().map(|k| k.to_string()).collect();
+        return Err(fragment_err(format!("unrecognized keys: {}", keys.join(", "))));
     }
     for k in &resolved.deprecated {
         warn!(key = %k, "deprecated key in the tor network config");
@@ -624,9 +537,7 @@ pub fn client_config(
 /// expansion), and an ephemeral primary keystore so keys only ever come from lease logic.
 fn storage_overrides(state: &Path, cache: &Path) -> Result<String, String> {
     let lit = |p: &Path| -> Result<String, String> {
-        p.to_str()
-            .map(toml_string)
-            .ok_or_else(|| format!("path {} is not UTF-8", p.display()))
+        p.to_str().map(toml_string).ok_or_else(|| format!("path {} is not UTF-8", p.display()))
     };
     Ok(format!(
         "[storage]\nstate_dir = {{ literal = {} }}\ncache_dir = {{ literal = {} }}\n\n\
@@ -670,17 +581,9 @@ fn purge_service_state(state_dir: &Path, config: &TorClientConfig) {
             "hss"
         }
         fn name_filter(&mut self, id: &SlugRef) -> tor_persist::state_dir::Result<Liveness> {
-            Ok(if id.as_str().starts_with(NICK_PREFIX) {
-                Liveness::PossiblyUnused
-            } else {
-                Liveness::Live
-            })
+            Ok(if id.as_str().starts_with(NICK_PREFIX) { Liveness::PossiblyUnused } else { Liveness::Live })
         }
-        fn age_filter(
-            &mut self,
-            _id: &SlugRef,
-            _age: Duration,
-        ) -> tor_persist::state_dir::Result<Liveness> {
+        fn age_filter(&mut self, _id: &SlugRef, _age: Duration) -> tor_persist::state_dir::Result<Liveness> {
             Ok(Liveness::PossiblyUnused)
         }
         fn dispose(
@@ -705,10 +608,7 @@ fn purge_service_state(state_dir: &Path, config: &TorClientConfig) {
     };
     let mut handler = PurgeOurs(0);
     match dir.purge_instances(std::time::SystemTime::now(), &mut handler) {
-        Ok(()) => debug!(
-            purged = handler.0,
-            "onion service state of the previous run purged"
-        ),
+        Ok(()) => debug!(purged = handler.0, "onion service state of the previous run purged"),
         Err(e) => warn!(error = %e, "could not purge onion service state of the previous run"),
     }
 }
@@ -721,10 +621,7 @@ async fn bootstrap_forever(client: Arc<TorClient<PreferredRuntime>>, tx: watch::
     loop {
         match client.bootstrap().await {
             Ok(()) => {
-                info!(
-                    elapsed_ms = started.elapsed().as_millis() as u64,
-                    "tor bootstrapped"
-                );
+                info!(elapsed_ms = started.elapsed().as_millis() as u64, "tor bootstrapped");
                 let _ = tx.send(Boot::Ready);
                 return;
             }
@@ -732,10 +629,7 @@ async fn bootstrap_forever(client: Arc<TorClient<PreferredRuntime>>, tx: watch::
                 attempts += 1;
                 let last_error = report(&e);
                 warn!(attempts, error = %last_error, "tor bootstrap failed; retrying");
-                let _ = tx.send(Boot::Retrying {
-                    attempts,
-                    last_error,
-                });
+                let _ = tx.send(Boot::Retrying { attempts, last_error });
                 tokio::time::sleep(Duration::from_secs(u64::from(attempts.min(12)) * 5)).await;
             }
         }
@@ -776,18 +670,14 @@ async fn forward_one(lease_id: String, req: StreamRequest, target: SocketAddr, p
     };
     let Some(port) = port.filter(|p| ports.contains(p)) else {
         debug!(lease_id, ?port, "onion stream to an unserved port rejected");
-        let _ = req
-            .reject(End::new_with_reason(EndReason::EXITPOLICY))
-            .await;
+        let _ = req.reject(End::new_with_reason(EndReason::EXITPOLICY)).await;
         return;
     };
     let tcp = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(target)).await {
         Ok(Ok(tcp)) => tcp,
         Ok(Err(e)) => {
             debug!(lease_id, port, %target, error = %e, "target refused an onion stream");
-            let _ = req
-                .reject(End::new_with_reason(EndReason::CONNECTREFUSED))
-                .await;
+            let _ = req.reject(End::new_with_reason(EndReason::CONNECTREFUSED)).await;
             return;
         }
         Err(_) => {
@@ -816,25 +706,16 @@ async fn forward_one(lease_id: String, req: StreamRequest, target: SocketAddr, p
 pub fn generate_key_bytes() -> Result<Vec<u8>, OnionError> {
     use rand::RngCore as _;
     let mut seed = [0u8; 32];
-    rand::rngs::OsRng
-        .try_fill_bytes(&mut seed)
-        .map_err(|e| OnionError::KeyGen {
-            message: e.to_string(),
-        })?;
+    rand::rngs::OsRng.try_fill_bytes(&mut seed).map_err(|e| OnionError::KeyGen { message: e.to_string() })?;
     let keypair = ed25519::Keypair::from_bytes(&seed);
     seed.fill(0);
-    Ok(ed25519::ExpandedKeypair::from(&keypair)
-        .to_secret_key_bytes()
-        .to_vec())
+    Ok(ed25519::ExpandedKeypair::from(&keypair).to_secret_key_bytes().to_vec())
 }
 
 /// Restore an identity keypair from its 64 stored bytes. The message never contains key material.
 pub fn keypair_from_bytes(key: &[u8]) -> Result<HsIdKeypair, String> {
-    let bytes: [u8; KEY_LEN] = key
-        .try_into()
-        .map_err(|_| format!("expected {KEY_LEN} bytes, got {}", key.len()))?;
-    let expanded = ed25519::ExpandedKeypair::from_secret_key_bytes(bytes)
-        .ok_or("not a valid ed25519 secret key")?;
+    let bytes: [u8; KEY_LEN] = key.try_into().map_err(|_| format!("expected {KEY_LEN} bytes, got {}", key.len()))?;
+    let expanded = ed25519::ExpandedKeypair::from_secret_key_bytes(bytes).ok_or("not a valid ed25519 secret key")?;
     Ok(HsIdKeypair::from(expanded))
 }
 
@@ -853,22 +734,14 @@ pub fn address_for_key(key: &[u8]) -> Result<String, String> {
 pub fn nickname_for(lease_id: &str) -> Result<HsNickname, String> {
     let plain = !lease_id.is_empty()
         && lease_id.len() <= NICK_MAX_ID
-        && lease_id
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+        && lease_id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
     let name = if plain {
         format!("{NICK_PREFIX}{lease_id}")
     } else {
         let prefix: String = lease_id
             .chars()
             .take(24)
-            .map(|c| {
-                if c.is_ascii_alphanumeric() {
-                    c.to_ascii_lowercase()
-                } else {
-                    '_'
-                }
-            })
+            .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' })
             .collect();
         let digest = hex::encode(&Sha256::digest(lease_id.as_bytes())[..8]);
         format!("{NICK_PREFIX}{prefix}-{digest}")
@@ -889,15 +762,10 @@ mod tests {
         let a2 = onion_address(&keypair_from_bytes(&key).unwrap());
         assert_eq!(a1, a2);
         assert!(a1.ends_with(".onion") && a1.len() == 56 + 6, "{a1}");
-        assert!(a1[..56]
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || (b'2'..=b'7').contains(&b)));
+        assert!(a1[..56].bytes().all(|b| b.is_ascii_lowercase() || (b'2'..=b'7').contains(&b)));
         // The address parses back as an HsId equal to the key's.
         let parsed: tor_hscrypto::pk::HsId = a1.parse().unwrap();
-        assert_eq!(
-            parsed,
-            HsIdKey::from(&keypair_from_bytes(&key).unwrap()).id()
-        );
+        assert_eq!(parsed, HsIdKey::from(&keypair_from_bytes(&key).unwrap()).id());
         // Another key, another address.
         assert_ne!(address_for_key(&generate_key_bytes().unwrap()).unwrap(), a1);
     }
@@ -906,10 +774,7 @@ mod tests {
     fn bad_keys_are_rejected_without_echoing_them() {
         let err = keypair_from_bytes(&[7u8; 32]).err().unwrap();
         assert!(err.contains("64") && err.contains("32"), "{err}");
-        let e = OnionError::BadKey {
-            lease_id: "l1".into(),
-            message: err,
-        };
+        let e = OnionError::BadKey { lease_id: "l1".into(), message: err };
         assert_eq!(e.kind(), FailureKind::Permanent);
         assert!(!e.to_string().contains("0707"));
     }
@@ -929,33 +794,17 @@ mod tests {
         let key = &file[32..96];
         let kp = keypair_from_bytes(key).unwrap();
         let id = HsIdKey::from(&kp).id();
-        assert_eq!(
-            hex::encode_upper(id.as_ref()),
-            "833990B085C1A688C1D4C8B1F6B56AFAF5A2ECA674449E1D704F83765CCB7BC6"
-        );
+        assert_eq!(hex::encode_upper(id.as_ref()), "833990B085C1A688C1D4C8B1F6B56AFAF5A2ECA674449E1D704F83765CCB7BC6");
         // And our own keys export to that layout byte for byte.
         let ours = generate_key_bytes().unwrap();
         let exported = [b"== ed25519v1-secret: type0 ==\0\0\0".as_slice(), &ours].concat();
-        assert_eq!(
-            address_for_key(&exported[32..96]).unwrap(),
-            address_for_key(&ours).unwrap()
-        );
+        assert_eq!(address_for_key(&exported[32..96]).unwrap(), address_for_key(&ours).unwrap());
     }
 
     #[test]
     fn nicknames_are_valid_slugs_and_distinct() {
         assert_eq!(nickname_for("abc-123").unwrap().to_string(), "pg-abc-123");
-        let odd = [
-            "Lease.One",
-            "lease one",
-            "",
-            "-x",
-            "ÜBER",
-            &"x".repeat(200),
-            "a/b",
-            "A",
-            "a",
-        ];
+        let odd = ["Lease.One", "lease one", "", "-x", "ÜBER", &"x".repeat(200), "a/b", "A", "a"];
         let mut seen = std::collections::HashSet::new();
         for id in odd {
             let n = nickname_for(id).unwrap().to_string();
@@ -1003,26 +852,11 @@ hsdir_interval = 8
         let tor_dir = dir.path().join("odd $HOME \"dir\"").join("tor");
         let cfg = client_config(&tor_dir, Some(&frag)).unwrap();
         let dbg = format!("{cfg:?}");
-        assert!(
-            dbg.contains("3ed02b120981f0f480403eaa379300823de0a572"),
-            "authorities not merged: {dbg}"
-        );
-        assert!(
-            dbg.contains(r#"{"hsdir_interval": 8}"#),
-            "net params not merged: {dbg}"
-        );
-        assert!(
-            dbg.contains("allow_local_addrs: true"),
-            "address filter not merged"
-        );
-        assert!(
-            !dbg.contains("/somewhere/else"),
-            "our state dir must override the fragment's"
-        );
-        assert!(
-            dbg.contains("Ephemeral"),
-            "keystore must be ephemeral: {dbg}"
-        );
+        assert!(dbg.contains("3ed02b120981f0f480403eaa379300823de0a572"), "authorities not merged: {dbg}");
+        assert!(dbg.contains(r#"{"hsdir_interval": 8}"#), "net params not merged: {dbg}");
+        assert!(dbg.contains("allow_local_addrs: true"), "address filter not merged");
+        assert!(!dbg.contains("/somewhere/else"), "our state dir must override the fragment's");
+        assert!(dbg.contains("Ephemeral"), "keystore must be ephemeral: {dbg}");
 
         // A misspelt key is an error, not a silent fallback to the public network.
         std::fs::write(&frag, "[tor_netwrk]\nfallback_caches = []\n").unwrap();
@@ -1044,10 +878,7 @@ hsdir_interval = 8
         assert!(o.ready());
         assert_eq!(o.running(), 0);
         let key = o.generate_key().unwrap();
-        let e = o
-            .launch("l1", &key, "127.0.0.1:22".parse().unwrap())
-            .await
-            .unwrap_err();
+        let e = o.launch("l1", &key, "127.0.0.1:22".parse().unwrap()).await.unwrap_err();
         assert_eq!(e.kind, FailureKind::Permanent);
         assert!(e.message.contains("l1"));
         o.stop("l1").await;
@@ -1063,11 +894,7 @@ hsdir_interval = 8
             problem: String::new(),
         };
         assert_eq!(PortError::from(t).kind, FailureKind::Transient);
-        let l = OnionError::Launch {
-            lease_id: "l".into(),
-            message: "m".into(),
-            transient: false,
-        };
+        let l = OnionError::Launch { lease_id: "l".into(), message: "m".into(), transient: false };
         assert_eq!(l.kind(), FailureKind::Permanent);
     }
 }

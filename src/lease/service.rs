@@ -68,6 +68,11 @@ pub struct Ports {
     pub journal: Arc<dyn Journal>,
 }
 
+/// Onion services the reconciler restores at once (each launch waits for its descriptor to be published).
+/// Kept below the onion adapter's own bound on concurrent publications (8), so that after a restart with
+/// many live leases a newly paid lease does not queue behind every restore (seen: 54 s instead of 0.5 s).
+const RESTORE_CONCURRENCY: usize = 4;
+
 pub struct LeaseService {
     settings: LeaseSettings,
     ports: Ports,
@@ -76,6 +81,9 @@ pub struct LeaseService {
     driving: Mutex<HashSet<String>>,
     /// Leases being provisioned: the reconciler must not take their half-made objects for orphans.
     provisioning: Mutex<HashSet<String>>,
+    /// Leases whose onion service this process launched, so the reconciler can stop those whose lease
+    /// vanished from the cluster without passing through expiry here (deleted by hand or by another actor).
+    onions: Mutex<HashSet<String>>,
 }
 
 pub fn now_secs() -> u64 {
@@ -161,6 +169,7 @@ impl LeaseService {
             metrics,
             driving: Mutex::new(HashSet::new()),
             provisioning: Mutex::new(HashSet::new()),
+            onions: Mutex::new(HashSet::new()),
         }
     }
 
@@ -602,7 +611,7 @@ impl LeaseService {
             }
             Err(e) => {
                 warn!(error = %e, "provisioning failed; removing what was made and refunding");
-                self.ports.onion.stop(&lease_id).await;
+                self.stop_onion(&lease_id).await;
                 if let Err(del) = self.retry(|| self.ports.cluster.delete_lease(&lease_id)).await {
                     warn!(error = %del, "cleanup after failed provisioning incomplete; the reconciler will retry");
                 }
@@ -693,6 +702,13 @@ impl LeaseService {
         }
     }
 
+    async fn stop_onion(&self, lease_id: &str) {
+        self.ports.onion.stop(lease_id).await;
+        if let Ok(mut o) = self.onions.lock() {
+            o.remove(lease_id);
+        }
+    }
+
     /// Publish the lease's onion service from the key in its Secret (made on first use).
     async fn launch_onion(&self, lease_id: &str, endpoint: SocketAddr) -> Result<String, PortError> {
         let key = match self.retry(|| self.ports.cluster.load_onion_key(lease_id)).await? {
@@ -703,7 +719,11 @@ impl LeaseService {
                 k
             }
         };
-        self.ports.onion.launch(lease_id, &key, endpoint).await
+        let address = self.ports.onion.launch(lease_id, &key, endpoint).await?;
+        if let Ok(mut o) = self.onions.lock() {
+            o.insert(lease_id.to_string());
+        }
+        Ok(address)
     }
 
     // Step: return the money that bought nothing.
@@ -840,6 +860,9 @@ impl LeaseService {
         let now = now_secs();
         let busy: HashSet<String> = self.provisioning.lock().map(|p| p.clone()).unwrap_or_default();
         let mut live = 0u64;
+        let mut restore = Vec::new();
+        // Expiries first, all of them: restoring onion services below can take a while (each launch waits
+        // for its descriptor) and must never hold up ending a lease.
         for lease in &leases {
             if busy.contains(&lease.lease_id) {
                 continue;
@@ -852,22 +875,40 @@ impl LeaseService {
                 if !lease.terminating {
                     info!(lease_id = %lease.lease_id, "lease ended; deleting its objects");
                 }
-                self.ports.onion.stop(&lease.lease_id).await;
+                self.stop_onion(&lease.lease_id).await;
                 if let Err(e) = self.ports.cluster.delete_lease(&lease.lease_id).await {
                     warn!(lease_id = %lease.lease_id, error = %e, "could not delete expired lease");
                 }
                 continue;
             }
             live += 1;
-            if self.ports.onion.enabled() {
-                if let Some(endpoint) = lease.ssh_endpoint {
-                    // Idempotent: a running service returns its address at once.
-                    if let Err(e) = self.launch_onion(&lease.lease_id, endpoint).await {
-                        self.metrics.onion_failed.fetch_add(1, Ordering::Relaxed);
-                        warn!(lease_id = %lease.lease_id, error = %e, "onion service not restored");
-                    }
-                }
+            if let Some(endpoint) = lease.ssh_endpoint {
+                restore.push((lease.lease_id.clone(), endpoint));
             }
+        }
+        // Onion services of leases that are gone from the cluster (deleted by hand, or ended by someone else).
+        let present: HashSet<&str> = leases.iter().map(|l| l.lease_id.as_str()).collect();
+        let vanished: Vec<String> = self
+            .onions
+            .lock()
+            .map(|o| o.iter().filter(|id| !present.contains(id.as_str()) && !busy.contains(*id)).cloned().collect())
+            .unwrap_or_default();
+        for lease_id in vanished {
+            info!(lease_id = %lease_id, "lease no longer in the cluster; stopping its onion service");
+            self.stop_onion(&lease_id).await;
+        }
+        if self.ports.onion.enabled() {
+            // Idempotent: a running service returns its address at once. A few at a time, so one slow
+            // publication does not delay the others by its whole timeout.
+            use futures::StreamExt as _;
+            futures::stream::iter(restore)
+                .for_each_concurrent(RESTORE_CONCURRENCY, |(lease_id, endpoint)| async move {
+                    if let Err(e) = self.launch_onion(&lease_id, endpoint).await {
+                        self.metrics.onion_failed.fetch_add(1, Ordering::Relaxed);
+                        warn!(lease_id = %lease_id, error = %e, "onion service not restored");
+                    }
+                })
+                .await;
         }
         self.metrics.live_leases.store(live, Ordering::Relaxed);
         self.metrics.onion_running.store(self.ports.onion.running() as u64, Ordering::Relaxed);
@@ -876,7 +917,7 @@ impl LeaseService {
                 continue;
             }
             info!(kind = %orphan.kind, name = %orphan.name, "deleting orphan");
-            self.ports.onion.stop(&orphan.lease_id).await;
+            self.stop_onion(&orphan.lease_id).await;
             if let Err(e) = self.ports.cluster.delete_orphan(&orphan).await {
                 warn!(name = %orphan.name, error = %e, "could not delete orphan");
             }

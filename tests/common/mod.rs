@@ -380,7 +380,7 @@ pub struct Provider {
 pub fn paygress_bin() -> String {
     static BIN: OnceLock<String> = OnceLock::new();
     BIN.get_or_init(|| {
-        if let Ok(b) = std::env::var("PAYGRESS_TEST_BIN") {
+        if let Ok(b) = std::env::var("PAYGRESS_TEST_BIN").or_else(|_| std::env::var("PAYGRESS_BIN")) {
             if !b.is_empty() {
                 return b;
             }
@@ -496,6 +496,25 @@ impl Provider {
             .stderr(Stdio::null())
             .status();
         let _ = self.child.wait();
+    }
+
+    /// SIGTERM to the provider (and its babysitter), then wait until it has drained and exited.
+    pub fn sigterm(&mut self, timeout: Duration) -> Result<()> {
+        run(Command::new("kill").args(["-TERM", "--", &format!("-{}", self.child.id())]))?;
+        // Exited = no live (non-zombie) process left in its process group.
+        let pgid = self.child.id().to_string();
+        wait_until("provider exit after SIGTERM", timeout, || {
+            let _ = self.child.try_wait();
+            let ps = Command::new("ps").args(["-eo", "pgid=,stat="]).output().ok()?;
+            let live = String::from_utf8_lossy(&ps.stdout).lines().any(|l| {
+                let mut f = l.split_whitespace();
+                f.next() == Some(pgid.as_str()) && !f.next().unwrap_or("Z").starts_with('Z')
+            });
+            (!live).then_some(())
+        })
+        .map_err(|e| anyhow!("{e}; provider log:\n{}", self.log_tail()))?;
+        let _ = self.child.wait();
+        Ok(())
     }
 
     /// Keep the state dir alive beyond this process (for restarts).
@@ -702,4 +721,169 @@ pub fn http(method: &str, url: &str, headers: &[(&str, &str)], body: Option<&[u8
         headers: std::fs::read_to_string(&hfile).unwrap_or_default(),
         body: std::fs::read_to_string(&bfile).unwrap_or_default(),
     })
+}
+
+// ---------------------------------------------------------------- Tor, with the stack's C tor client
+
+/// Directory ports of the private network's authorities, from the stack's network.json (written next to
+/// the arti fragment by scripts/stack.d/tor.sh).
+fn tor_authority_dirports() -> Result<Vec<u16>> {
+    let frag = PathBuf::from(env("PAYGRESS_TOR_NETWORK_CONFIG"));
+    let json = frag.with_file_name("network.json");
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(&json).with_context(|| json.display().to_string())?)?;
+    let ports: Vec<u16> = v["nodes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|n| n["role"] == "auth")
+        .filter_map(|n| n["dir_port"].as_u64().and_then(|p| u16::try_from(p).ok()))
+        .collect();
+    if ports.is_empty() {
+        bail!("no authorities in {}", json.display());
+    }
+    Ok(ports)
+}
+
+/// Whether an authority serves a consensus with both shared random values (tor.sh `tor_srv_ready`).
+/// Until then arti onion services stay Bootstrapping, so launches time out.
+pub fn tor_srv_ready() -> Result<bool> {
+    for port in tor_authority_dirports()? {
+        let url = format!("http://127.0.0.1:{port}/tor/status-vote/current/consensus-microdesc");
+        let Ok(out) = Command::new("curl").args(["-s", "--max-time", "3", &url]).stdin(Stdio::null()).output() else {
+            continue;
+        };
+        let c = String::from_utf8_lossy(&out.stdout);
+        let has = |k: &str| c.lines().any(|l| l.starts_with(k));
+        if has("shared-rand-current-value") && has("shared-rand-previous-value") {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// Wait until the private Tor network can host arti onion services (up to 17 min on a fresh network).
+pub fn wait_tor_can_host_onions() {
+    static DONE: OnceLock<()> = OnceLock::new();
+    DONE.get_or_init(|| {
+        let started = Instant::now();
+        wait_until("shared random values in the Tor consensus", Duration::from_secs(1020), || {
+            tor_srv_ready().ok().filter(|r| *r)
+        })
+        .expect("tor network");
+        if started.elapsed() > Duration::from_secs(1) {
+            println!("waited {:?} for the Tor network's shared random values", started.elapsed());
+        }
+    });
+}
+
+/// `torsocks ssh` (OpenSSH through the stack's C tor client) into `user@onion:port` with a password.
+/// With `known_hosts` the host key must match it (StrictHostKeyChecking=yes).
+pub fn tor_ssh_password(
+    onion: &str,
+    port: u16,
+    user: &str,
+    password: &str,
+    cmd: &str,
+    known_hosts: Option<&Path>,
+) -> Result<String> {
+    env("TORSOCKS_CONF_FILE");
+    let kh = known_hosts.map(|p| p.display().to_string()).unwrap_or_else(|| "/dev/null".into());
+    let strict = if known_hosts.is_some() { "yes" } else { "no" };
+    run(Command::new("sshpass").args([
+        "-p",
+        password,
+        "torsocks",
+        "ssh",
+        "-p",
+        &port.to_string(),
+        "-o",
+        &format!("StrictHostKeyChecking={strict}"),
+        "-o",
+        &format!("UserKnownHostsFile={kh}"),
+        "-o",
+        "PreferredAuthentications=password",
+        "-o",
+        "PubkeyAuthentication=no",
+        "-o",
+        "ConnectTimeout=60",
+        &format!("{user}@{onion}"),
+        cmd,
+    ]))
+}
+
+/// An object's JSON, or None when it does not exist.
+pub fn kubectl_json(kind: &str, name: &str) -> Result<Option<Value>> {
+    let out = Command::new("kubectl")
+        .args(["-n", "user-workloads", "get", kind, name, "-o", "json", "--ignore-not-found"])
+        .stdin(Stdio::null())
+        .output()?;
+    if !out.status.success() {
+        bail!("kubectl get {kind} {name}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let s = String::from_utf8_lossy(&out.stdout);
+    if s.trim().is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(serde_json::from_str(&s)?))
+}
+
+/// Seconds since midnight UTC of a provider log line's RFC 3339 timestamp (`2026-11-24T04:03:00.123456Z …`).
+pub fn log_line_secs(line: &str) -> Option<f64> {
+    let ts = line.split_whitespace().next()?;
+    let t = ts.split('T').nth(1)?.trim_end_matches('Z');
+    let mut parts = t.split(':');
+    let h: f64 = parts.next()?.parse().ok()?;
+    let m: f64 = parts.next()?.parse().ok()?;
+    let s: f64 = parts.next()?.parse().ok()?;
+    Some(h * 3600.0 + m * 60.0 + s)
+}
+
+/// Seconds between the provider's "token redeemed" and "reply sent" for one request (from its log).
+pub fn redeem_to_reply_secs(log: &str, request_id: &str) -> Option<f64> {
+    let log = strip_ansi(log);
+    let tag = format!("request_id={request_id}");
+    let at = |msg: &str| log.lines().filter(|l| l.contains(&tag) && l.contains(msg)).find_map(log_line_secs);
+    let (a, b) = (at("token redeemed")?, at("reply sent")?);
+    Some(if b >= a { b - a } else { b + 86400.0 - a })
+}
+
+/// The log without terminal colour codes (tracing colours field names even into a file).
+pub fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // CSI: ESC [ params final-byte (0x40..=0x7e)
+            for c in chars.by_ref() {
+                if ('@'..='~').contains(&c) && c != '[' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// SOCKS5 CONNECT (domain-name form) to `host:port` through the stack's C tor client; returns the
+/// reply code (0 = connected, 4 = host unreachable, 5 = refused by the far end, 6 = TTL expired …).
+pub fn socks5_connect_code(host: &str, port: u16, timeout: Duration) -> Result<u8> {
+    use std::io::Read;
+    let socks = format!("127.0.0.1:{}", env("TORSOCKS_TOR_PORT"));
+    let mut s = std::net::TcpStream::connect(&socks).with_context(|| format!("SocksPort {socks}"))?;
+    s.set_read_timeout(Some(timeout))?;
+    s.write_all(&[5, 1, 0])?;
+    let mut buf = [0u8; 2];
+    s.read_exact(&mut buf)?;
+    if buf != [5, 0] {
+        bail!("SOCKS method negotiation refused: {buf:?}");
+    }
+    let mut req = vec![5, 1, 0, 3, u8::try_from(host.len())?];
+    req.extend_from_slice(host.as_bytes());
+    req.extend_from_slice(&port.to_be_bytes());
+    s.write_all(&req)?;
+    let mut head = [0u8; 4];
+    s.read_exact(&mut head).context("SOCKS reply")?;
+    Ok(head[1])
 }
