@@ -26,15 +26,8 @@ const PATIENCE: Duration = Duration::from_secs(30);
 
 fn relays() -> Vec<String> {
     let v = std::env::var("NOSTR_RELAYS").unwrap_or_default();
-    let relays: Vec<String> = v
-        .split([',', ' '])
-        .filter(|s| !s.is_empty())
-        .map(str::to_string)
-        .collect();
-    assert!(
-        !relays.is_empty(),
-        "run through scripts/test (stack env missing: NOSTR_RELAYS)"
-    );
+    let relays: Vec<String> = v.split([',', ' ']).filter(|s| !s.is_empty()).map(str::to_string).collect();
+    assert!(!relays.is_empty(), "run through scripts/test (stack env missing: NOSTR_RELAYS)");
     relays
 }
 
@@ -47,28 +40,19 @@ struct NakOut {
 async fn nak(args: &[&str], stdin: Option<&str>) -> NakOut {
     let mut child = tokio::process::Command::new("nak")
         .args(args)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
+        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
-        .unwrap_or_else(|e| {
-            panic!("run through scripts/test (stack env missing: nak on PATH): {e}")
-        });
+        .unwrap_or_else(|e| panic!("run through scripts/test (stack env missing: nak on PATH): {e}"));
     if let Some(input) = stdin {
         let mut w = child.stdin.take().unwrap();
         w.write_all(input.as_bytes()).await.unwrap();
         w.write_all(b"\n").await.unwrap();
         drop(w);
     }
-    let out = tokio::time::timeout(PATIENCE, child.wait_with_output())
-        .await
-        .expect("nak hung")
-        .unwrap();
+    let out = tokio::time::timeout(PATIENCE, child.wait_with_output()).await.expect("nak hung").unwrap();
     NakOut {
         ok: out.status.success(),
         stdout: String::from_utf8_lossy(&out.stdout).trim().to_string(),
@@ -96,12 +80,7 @@ async fn require_nak_crypto() {
 fn offer(pk: &str) -> Offer {
     Offer {
         provider_pubkey: pk.to_string(),
-        tiers: vec![Tier {
-            name: "basic".into(),
-            cpu: "500m".into(),
-            memory: "512Mi".into(),
-            sats_per_hour: 100,
-        }],
+        tiers: vec![Tier { name: "basic".into(), cpu: "500m".into(), memory: "512Mi".into(), sats_per_hour: 100 }],
         default_tier: "basic".into(),
         accepted_mints: vec!["http://127.0.0.1:3338".into()],
         unit: "sat".into(),
@@ -133,10 +112,7 @@ async fn provider() -> Provider {
         .await
         .expect("front end starts");
     let mut connected = frontend.watch_connected_relays();
-    tokio::time::timeout(PATIENCE, connected.wait_for(|n| *n >= 1))
-        .await
-        .expect("no relay connected")
-        .unwrap();
+    tokio::time::timeout(PATIENCE, connected.wait_for(|n| *n >= 1)).await.expect("no relay connected").unwrap();
     Provider { keys, frontend, rx }
 }
 
@@ -160,13 +136,7 @@ fn secret_hex(k: &Keys) -> String {
 }
 
 fn tag_values(ev: &serde_json::Value, name: &str) -> Vec<String> {
-    ev["tags"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|t| t[0] == name)
-        .map(|t| t[1].as_str().unwrap().to_string())
-        .collect()
+    ev["tags"].as_array().unwrap().iter().filter(|t| t[0] == name).map(|t| t[1].as_str().unwrap().to_string()).collect()
 }
 
 #[tokio::test]
@@ -178,13 +148,7 @@ async fn nak_seed_request_arrives_garbage_is_skipped_and_replays_keep_the_reques
 
     // Someone else's kind 1000, not addressed to us: must be skipped silently, so the first thing we
     // get from alice is the real request published after it.
-    nak_ok(
-        &[
-            "event", "--kind", "1000", "-c", "not ours", "--sec", &sec, &relay,
-        ],
-        None,
-    )
-    .await;
+    nak_ok(&["event", "--kind", "1000", "-c", "not ours", "--sec", &sec, &relay], None).await;
     let ev = nak_ok(
         &[
             "event",
@@ -203,9 +167,7 @@ async fn nak_seed_request_arrives_garbage_is_skipped_and_replays_keep_the_reques
     let id = ev["id"].as_str().unwrap().to_string();
 
     let first = next_from(&mut p.rx, &alice).await;
-    let Incoming::Create { route, request } = &first else {
-        panic!("expected Create, got {first:?}")
-    };
+    let Incoming::Create { route, request } = &first else { panic!("expected Create, got {first:?}") };
     assert_eq!(route.request_id, id);
     assert_eq!(route.requester, alice.public_key().to_hex());
     assert_eq!(route.via, ReplyVia::Nip44);
@@ -216,11 +178,7 @@ async fn nak_seed_request_arrives_garbage_is_skipped_and_replays_keep_the_reques
     // broadcast them, so the replay reaches us when the subscription is re-issued (as after a reconnect
     // or an overflow). It must carry the same request id: the journal dedupes on it.
     let again = nak(&["event", &relay], Some(&ev.to_string())).await;
-    assert!(
-        again.ok || again.stderr.contains("duplicate"),
-        "{}",
-        again.stderr
-    );
+    assert!(again.ok || again.stderr.contains("duplicate"), "{}", again.stderr);
     p.frontend.resubscribe().await.unwrap();
     let second = next_from(&mut p.rx, &alice).await;
     assert_eq!(second, first);
@@ -239,41 +197,18 @@ async fn nak_nip44_request_and_reply_decrypted_by_nak() {
     // Request: NIP-44 by nak (independent implementation) to the provider, p-tagged.
     let body = r#"{"lease":"lease-42"}"#;
     let ct = nak_ok(&["encrypt", "--sec", &bob_sec, "-p", &prov_pk, body], None).await;
-    let ev = nak_ok(
-        &[
-            "event", "--kind", "1003", "-c", &ct, "-p", &prov_pk, "--sec", &bob_sec, &relay,
-        ],
-        None,
-    )
-    .await;
+    let ev = nak_ok(&["event", "--kind", "1003", "-c", &ct, "-p", &prov_pk, "--sec", &bob_sec, &relay], None).await;
     let ev: serde_json::Value = serde_json::from_str(&ev).unwrap();
     let inc = next_from(&mut p.rx, &bob).await;
-    let Incoming::Status { route, request } = &inc else {
-        panic!("expected Status, got {inc:?}")
-    };
+    let Incoming::Status { route, request } = &inc else { panic!("expected Status, got {inc:?}") };
     assert_eq!(request.lease, "lease-42");
     assert_eq!(route.request_id, ev["id"].as_str().unwrap());
     assert_eq!(route.via, ReplyVia::Nip44);
 
     // Garbage addressed to us is answered (Invalid), not dropped.
-    nak_ok(
-        &[
-            "event", "--kind", "1002", "-c", "zzz", "-p", &prov_pk, "--sec", &bob_sec, &relay,
-        ],
-        None,
-    )
-    .await;
+    nak_ok(&["event", "--kind", "1002", "-c", "zzz", "-p", &prov_pk, "--sec", &bob_sec, &relay], None).await;
     let inc = next_from(&mut p.rx, &bob).await;
-    assert!(
-        matches!(
-            inc,
-            Incoming::Invalid {
-                code: ErrorCode::InvalidRequest,
-                ..
-            }
-        ),
-        "{inc:?}"
-    );
+    assert!(matches!(inc, Incoming::Invalid { code: ErrorCode::InvalidRequest, .. }), "{inc:?}");
 
     // Reply through the port; bob fetches it with nak and decrypts it with nak.
     let reply = Reply::Status {
@@ -286,15 +221,8 @@ async fn nak_nip44_request_and_reply_decrypted_by_nak() {
             seconds_remaining: 3600,
         },
     };
-    p.frontend
-        .send(route, &reply)
-        .await
-        .expect("reply accepted");
-    let got = nak_ok(
-        &["req", "-k", "1001", "-p", &bob_pk, "-a", &prov_pk, &relay],
-        None,
-    )
-    .await;
+    p.frontend.send(route, &reply).await.expect("reply accepted");
+    let got = nak_ok(&["req", "-k", "1001", "-p", &bob_pk, "-a", &prov_pk, &relay], None).await;
     let events: Vec<serde_json::Value> = got
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
@@ -305,20 +233,13 @@ async fn nak_nip44_request_and_reply_decrypted_by_nak() {
     assert_eq!(tag_values(reply_ev, "p"), vec![bob_pk.clone()]);
     let content = reply_ev["content"].as_str().unwrap();
     assert!(!content.contains("lease-42"), "reply must be encrypted");
-    let plain = nak_ok(
-        &["decrypt", "--sec", &bob_sec, "-p", &prov_pk, content],
-        None,
-    )
-    .await;
+    let plain = nak_ok(&["decrypt", "--sec", &bob_sec, "-p", &prov_pk, content], None).await;
     assert_eq!(serde_json::from_str::<Reply>(&plain).unwrap(), reply);
     // nak's own signature check of the event as served by the relay.
     nak_ok(&["verify"], Some(&reply_ev.to_string())).await;
 
     // In-band routes send nothing and succeed.
-    let inband = ReplyRoute {
-        via: ReplyVia::InBand,
-        ..route.clone()
-    };
+    let inband = ReplyRoute { via: ReplyVia::InBand, ..route.clone() };
     p.frontend.send(&inband, &reply).await.unwrap();
     p.frontend.shutdown().await;
 }
@@ -336,98 +257,54 @@ async fn gift_wrapped_requests_from_nostr_sdk_and_nak_round_trip() {
     client.add_relay(relay.as_str()).await.unwrap();
     client.connect().await;
     client.wait_for_connection(PATIENCE).await;
-    let mut rumor = EventBuilder::new(Kind::from(1000u16), r#"{"cashu_token":"cashuBgw"}"#)
-        .build(carol.public_key());
+    let mut rumor = EventBuilder::new(Kind::from(1000u16), r#"{"cashu_token":"cashuBgw"}"#).build(carol.public_key());
     let rumor_id = rumor.id().to_hex();
-    let wrap = EventBuilder::gift_wrap(&carol, &prov_pk, rumor, [])
-        .await
-        .unwrap();
+    let wrap = EventBuilder::gift_wrap(&carol, &prov_pk, rumor, []).await.unwrap();
     let out = client.send_event(&wrap).await.unwrap();
-    assert!(
-        !out.success.is_empty(),
-        "relay refused the gift wrap: {:?}",
-        out.failed
-    );
+    assert!(!out.success.is_empty(), "relay refused the gift wrap: {:?}", out.failed);
 
     let inc = next_from(&mut p.rx, &carol).await;
-    let Incoming::Create { route, request } = &inc else {
-        panic!("expected Create, got {inc:?}")
-    };
+    let Incoming::Create { route, request } = &inc else { panic!("expected Create, got {inc:?}") };
     assert_eq!(route.via, ReplyVia::GiftWrap);
     assert_eq!(route.request_id, rumor_id);
     assert_eq!(request.cashu_token, "cashuBgw");
 
     // Gift-wrapped reply: unwraps for carol (nostr-sdk) into a kind-1001 rumor from the provider.
     let reply = Reply::error(&rumor_id, ErrorCode::TokenSpent, "token already spent");
-    p.frontend
-        .send(route, &reply)
-        .await
-        .expect("reply accepted");
-    let filter = nostr_sdk::prelude::Filter::new()
-        .kind(Kind::GiftWrap)
-        .pubkey(carol.public_key());
+    p.frontend.send(route, &reply).await.expect("reply accepted");
+    let filter = nostr_sdk::prelude::Filter::new().kind(Kind::GiftWrap).pubkey(carol.public_key());
     let wraps = client.fetch_events(filter, PATIENCE).await.unwrap();
     let mut found = None;
     for w in wraps.iter() {
         let g = UnwrappedGift::from_gift_wrap(&carol, w).await.unwrap();
-        if g.rumor
-            .tags
-            .iter()
-            .any(|t| t.as_slice() == ["e", rumor_id.as_str()])
-        {
+        if g.rumor.tags.iter().any(|t| t.as_slice() == ["e", rumor_id.as_str()]) {
             found = Some((w.clone(), g));
         }
     }
     let (reply_wrap, gift) = found.expect("gift-wrapped reply on the relay");
     assert_eq!(gift.sender, prov_pk);
     assert_eq!(gift.rumor.kind, Kind::from(1001u16));
-    assert_eq!(
-        serde_json::from_str::<Reply>(&gift.rumor.content).unwrap(),
-        reply
-    );
+    assert_eq!(serde_json::from_str::<Reply>(&gift.rumor.content).unwrap(), reply);
 
     // ... and for nak, an independent NIP-59 implementation, checking the seal's signer.
     let rumor_json = nak_ok(
-        &[
-            "gift",
-            "unwrap",
-            "--sec",
-            &secret_hex(&carol),
-            "--from",
-            &prov_pk.to_hex(),
-        ],
+        &["gift", "unwrap", "--sec", &secret_hex(&carol), "--from", &prov_pk.to_hex()],
         Some(&reply_wrap.as_json()),
     )
     .await;
     let r: serde_json::Value = serde_json::from_str(&rumor_json).unwrap();
     assert_eq!(r["kind"], 1001);
     assert_eq!(r["pubkey"], prov_pk.to_hex());
-    assert_eq!(
-        serde_json::from_str::<Reply>(r["content"].as_str().unwrap()).unwrap(),
-        reply
-    );
+    assert_eq!(serde_json::from_str::<Reply>(r["content"].as_str().unwrap()).unwrap(), reply);
 
     // (2) nak-built gift wrap of a kind-1002 rumor, published with nak.
     let dave = Keys::generate();
-    let tmpl =
-        r#"{"kind":1002,"content":"{\"cashu_token\":\"cashuBtop\",\"lease\":\"L7\"}","tags":[]}"#;
-    let wrapped = nak_ok(
-        &[
-            "gift",
-            "wrap",
-            "--sec",
-            &secret_hex(&dave),
-            "-p",
-            &prov_pk.to_bech32().unwrap(),
-        ],
-        Some(tmpl),
-    )
-    .await;
+    let tmpl = r#"{"kind":1002,"content":"{\"cashu_token\":\"cashuBtop\",\"lease\":\"L7\"}","tags":[]}"#;
+    let wrapped =
+        nak_ok(&["gift", "wrap", "--sec", &secret_hex(&dave), "-p", &prov_pk.to_bech32().unwrap()], Some(tmpl)).await;
     nak_ok(&["event", &relay], Some(&wrapped)).await;
     let inc = next_from(&mut p.rx, &dave).await;
-    let Incoming::TopUp { route, request } = &inc else {
-        panic!("expected TopUp, got {inc:?}")
-    };
+    let Incoming::TopUp { route, request } = &inc else { panic!("expected TopUp, got {inc:?}") };
     assert_eq!(route.via, ReplyVia::GiftWrap);
     assert_eq!(request.lease, "L7");
     client.shutdown().await;
@@ -442,50 +319,24 @@ async fn impersonating_gift_wrap_is_dropped() {
     let us = p.keys.public_key();
 
     // mallory seals a rumor that claims alice as its author.
-    let mut rumor = EventBuilder::new(Kind::from(1003u16), r#"{"lease":"alice-lease"}"#)
-        .build(alice.public_key());
+    let mut rumor = EventBuilder::new(Kind::from(1003u16), r#"{"lease":"alice-lease"}"#).build(alice.public_key());
     rumor.ensure_id();
-    let sealed = nip44::encrypt(
-        mallory.secret_key(),
-        &us,
-        rumor.as_json(),
-        nip44::Version::V2,
-    )
-    .unwrap();
-    let seal = EventBuilder::new(Kind::Seal, sealed)
-        .sign_with_keys(&mallory)
-        .unwrap();
+    let sealed = nip44::encrypt(mallory.secret_key(), &us, rumor.as_json(), nip44::Version::V2).unwrap();
+    let seal = EventBuilder::new(Kind::Seal, sealed).sign_with_keys(&mallory).unwrap();
     let eph = Keys::generate();
-    let wrapped =
-        nip44::encrypt(eph.secret_key(), &us, seal.as_json(), nip44::Version::V2).unwrap();
-    let wrap: Event = EventBuilder::new(Kind::GiftWrap, wrapped)
-        .tag(Tag::public_key(us))
-        .sign_with_keys(&eph)
-        .unwrap();
+    let wrapped = nip44::encrypt(eph.secret_key(), &us, seal.as_json(), nip44::Version::V2).unwrap();
+    let wrap: Event = EventBuilder::new(Kind::GiftWrap, wrapped).tag(Tag::public_key(us)).sign_with_keys(&eph).unwrap();
     nak_ok(&["event", &relay], Some(&wrap.as_json())).await;
 
     // Then a genuine request from alice: it must be the first thing attributed to her.
     let ev = nak_ok(
-        &[
-            "event",
-            "--kind",
-            "1000",
-            "-c",
-            r#"{"cashu_token":"cashuBreal"}"#,
-            "--sec",
-            &secret_hex(&alice),
-            &relay,
-        ],
+        &["event", "--kind", "1000", "-c", r#"{"cashu_token":"cashuBreal"}"#, "--sec", &secret_hex(&alice), &relay],
         None,
     )
     .await;
     let ev: serde_json::Value = serde_json::from_str(&ev).unwrap();
     let inc = next_from(&mut p.rx, &alice).await;
-    assert_eq!(
-        inc.route().request_id,
-        ev["id"].as_str().unwrap(),
-        "{inc:?}"
-    );
+    assert_eq!(inc.route().request_id, ev["id"].as_str().unwrap(), "{inc:?}");
     assert!(matches!(inc, Incoming::Create { .. }));
     p.frontend.shutdown().await;
 }

@@ -26,9 +26,7 @@ fn stack_env(var: &str) -> Result<String> {
 fn socks_addr() -> Result<SocketAddr> {
     let port = stack_env("TORSOCKS_TOR_PORT")?;
     let host = std::env::var("TORSOCKS_TOR_ADDRESS").unwrap_or_else(|_| "127.0.0.1".into());
-    format!("{host}:{port}")
-        .parse()
-        .context("TORSOCKS_TOR_ADDRESS/TORSOCKS_TOR_PORT")
+    format!("{host}:{port}").parse().context("TORSOCKS_TOR_ADDRESS/TORSOCKS_TOR_PORT")
 }
 
 /// A stand-in for a pod's sshd: sends an SSH banner carrying `tag`, then echoes lines.
@@ -39,16 +37,11 @@ async fn banner_server(tag: String) -> Result<SocketAddr> {
         while let Ok((mut sock, _)) = listener.accept().await {
             let tag = tag.clone();
             tokio::spawn(async move {
-                let _ = sock
-                    .write_all(format!("SSH-2.0-{tag}\r\n").as_bytes())
-                    .await;
+                let _ = sock.write_all(format!("SSH-2.0-{tag}\r\n").as_bytes()).await;
                 let (r, mut w) = sock.split();
                 let mut lines = BufReader::new(r).lines();
                 while let Ok(Some(line)) = lines.next_line().await {
-                    if w.write_all(format!("echo:{line}\n").as_bytes())
-                        .await
-                        .is_err()
-                    {
+                    if w.write_all(format!("echo:{line}\n").as_bytes()).await.is_err() {
                         break;
                     }
                 }
@@ -61,9 +54,7 @@ async fn banner_server(tag: String) -> Result<SocketAddr> {
 /// SOCKS5 CONNECT to `host:port` through `socks` (RFC 1928, domain-name form so the Tor client resolves
 /// the onion address itself).
 async fn socks5_connect(socks: SocketAddr, host: &str, port: u16) -> Result<TcpStream> {
-    let mut s = TcpStream::connect(socks)
-        .await
-        .context("connecting to the SocksPort")?;
+    let mut s = TcpStream::connect(socks).await.context("connecting to the SocksPort")?;
     s.write_all(&[5, 1, 0]).await?;
     let mut buf = [0u8; 2];
     s.read_exact(&mut buf).await?;
@@ -99,18 +90,12 @@ async fn talk(socks: SocketAddr, onion: &str, port: u16, tag: &str) -> Result<()
     let s = socks5_connect(socks, onion, port).await?;
     let (r, mut w) = tokio::io::split(s);
     let mut lines = BufReader::new(r).lines();
-    let banner = lines
-        .next_line()
-        .await?
-        .ok_or_else(|| anyhow!("closed before the banner"))?;
+    let banner = lines.next_line().await?.ok_or_else(|| anyhow!("closed before the banner"))?;
     if banner.trim_end() != format!("SSH-2.0-{tag}") {
         bail!("unexpected banner {banner:?}");
     }
     w.write_all(b"ping\n").await?;
-    let echo = lines
-        .next_line()
-        .await?
-        .ok_or_else(|| anyhow!("closed before the echo"))?;
+    let echo = lines.next_line().await?.ok_or_else(|| anyhow!("closed before the echo"))?;
     if echo != "echo:ping" {
         bail!("unexpected echo {echo:?}");
     }
@@ -118,13 +103,7 @@ async fn talk(socks: SocketAddr, onion: &str, port: u16, tag: &str) -> Result<()
 }
 
 /// Retry `talk` until it works or `budget` is spent; returns the time it took.
-async fn reach(
-    socks: SocketAddr,
-    onion: &str,
-    port: u16,
-    tag: &str,
-    budget: Duration,
-) -> Result<Duration> {
+async fn reach(socks: SocketAddr, onion: &str, port: u16, tag: &str, budget: Duration) -> Result<Duration> {
     let t0 = Instant::now();
     let mut attempt = 0;
     loop {
@@ -146,12 +125,7 @@ async fn reach(
 
 /// After a stop: the address must stop answering within a few attempts (a Tor client may still hold a
 /// rendezvous circuit or cached descriptor, so one early success is tolerated, but not indefinitely).
-async fn expect_unreachable(
-    socks: SocketAddr,
-    onion: &str,
-    port: u16,
-    tag: &str,
-) -> Result<Duration> {
+async fn expect_unreachable(socks: SocketAddr, onion: &str, port: u16, tag: &str) -> Result<Duration> {
     let t0 = Instant::now();
     for attempt in 1..=10 {
         match tokio::time::timeout(Duration::from_secs(60), talk(socks, onion, port, tag)).await {
@@ -215,7 +189,10 @@ async fn arti_service_is_reached_by_c_tor_and_survives_restart() -> Result<()> {
     println!("second launch of a running lease: {:?}", t.elapsed());
 
     let took = reach(socks, &address, 2222, &tag, Duration::from_secs(180)).await?;
-    println!("reachable through the C tor client on port 2222: {took:?} after publish ({:?} after start)", t_start.elapsed());
+    println!(
+        "reachable through the C tor client on port 2222: {took:?} after publish ({:?} after start)",
+        t_start.elapsed()
+    );
     let took = reach(socks, &address, 22, &tag, Duration::from_secs(60)).await?;
     println!("port 22: {took:?}");
     // Other ports are refused.
@@ -236,10 +213,7 @@ async fn arti_service_is_reached_by_c_tor_and_survives_restart() -> Result<()> {
     let t = Instant::now();
     assert_eq!(onion.launch(lease, &key, target).await?, address);
     let took = reach(socks, &address, 2222, &tag, Duration::from_secs(180)).await?;
-    println!(
-        "relaunched in-process: published in {:?}, reachable {took:?} later",
-        t.elapsed() - took
-    );
+    println!("relaunched in-process: published in {:?}, reachable {took:?} later", t.elapsed() - took);
 
     // ---- restart: a new client on the same state dir, the same key, the same address ----
     // What the provider does on SIGTERM; a plain drop also works but arti then releases its locks a
@@ -248,10 +222,7 @@ async fn arti_service_is_reached_by_c_tor_and_survives_restart() -> Result<()> {
     let t = Instant::now();
     let onion = ArtiOnion::new(state.path(), Some(&network))?;
     let again = onion.launch(lease, &key, target).await?;
-    assert_eq!(
-        again, address,
-        "same key must publish the same address after a restart"
-    );
+    assert_eq!(again, address, "same key must publish the same address after a restart");
     let published = t.elapsed();
     let took = reach(socks, &again, 2222, &tag, Duration::from_secs(180)).await?;
     println!("after restart: bootstrap + publish {published:?}, reachable {took:?} later");
@@ -268,16 +239,9 @@ async fn bad_key_is_refused_before_any_network_use() -> Result<()> {
     let network = PathBuf::from(stack_env("PAYGRESS_TOR_NETWORK_CONFIG")?);
     let state = tempfile::tempdir()?;
     let onion = ArtiOnion::new(state.path(), Some(&network))?;
-    let e = onion
-        .launch("l1", &[1u8; 10], "127.0.0.1:1".parse()?)
-        .await
-        .unwrap_err();
+    let e = onion.launch("l1", &[1u8; 10], "127.0.0.1:1".parse()?).await.unwrap_err();
     assert_eq!(e.kind, paygress::lease::ports::FailureKind::Permanent);
-    assert!(
-        e.message.contains("l1") && e.message.contains("64"),
-        "{}",
-        e.message
-    );
+    assert!(e.message.contains("l1") && e.message.contains("64"), "{}", e.message);
     Ok(())
 }
 
@@ -289,11 +253,7 @@ async fn keys_interoperate_with_c_tor_hidden_service_dirs() -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     const HEADER: &[u8; 32] = b"== ed25519v1-secret: type0 ==\0\0\0";
 
-    if std::process::Command::new("tor")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
+    if std::process::Command::new("tor").arg("--version").output().is_err() {
         bail!("run through scripts/test (stack env missing: tor on PATH)");
     }
     let dir = tempfile::tempdir()?;
@@ -320,13 +280,7 @@ async fn keys_interoperate_with_c_tor_hidden_service_dirs() -> Result<()> {
         .arg("-f")
         .arg(&torrc)
         .args(["--DisableNetwork", "1"])
-        .args([
-            "--SocksPort",
-            "0",
-            "--Log",
-            "notice stdout",
-            "--DataDirectory",
-        ])
+        .args(["--SocksPort", "0", "--Log", "notice stdout", "--DataDirectory"])
         .arg(&data)
         .arg("--HiddenServiceDir")
         .arg(&ours)
@@ -355,20 +309,12 @@ async fn keys_interoperate_with_c_tor_hidden_service_dirs() -> Result<()> {
     println!("C tor wrote both hostnames in {:?}", t0.elapsed());
 
     let ours_host = std::fs::read_to_string(&h_ours)?.trim().to_string();
-    assert_eq!(
-        ours_host,
-        address_for_key(&key).map_err(|e| anyhow!(e))?,
-        "our key exported to C tor"
-    );
+    assert_eq!(ours_host, address_for_key(&key).map_err(|e| anyhow!(e))?, "our key exported to C tor");
 
     let file = std::fs::read(theirs.join("hs_ed25519_secret_key"))?;
     assert_eq!(file.len(), 96);
     assert_eq!(&file[..32], HEADER.as_slice());
     let theirs_host = std::fs::read_to_string(&h_theirs)?.trim().to_string();
-    assert_eq!(
-        address_for_key(&file[32..96]).map_err(|e| anyhow!(e))?,
-        theirs_host,
-        "C tor key imported"
-    );
+    assert_eq!(address_for_key(&file[32..96]).map_err(|e| anyhow!(e))?, theirs_host, "C tor key imported");
     Ok(())
 }

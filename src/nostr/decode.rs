@@ -14,8 +14,7 @@ use serde::de::DeserializeOwned;
 use crate::lease::ports::{ReplyRoute, ReplyVia};
 use crate::lease::Incoming;
 use crate::protocol::{
-    ErrorCode, LeaseRequest, StatusRequest, TopUpRequest, KIND_REQUEST, KIND_STATUS, KIND_TOPUP,
-    MAX_CONTENT_BYTES,
+    ErrorCode, LeaseRequest, StatusRequest, TopUpRequest, KIND_REQUEST, KIND_STATUS, KIND_TOPUP, MAX_CONTENT_BYTES,
 };
 
 /// NIP-59 gift wrap.
@@ -77,9 +76,7 @@ impl IgnoreReason {
     pub fn is_suspicious(self) -> bool {
         matches!(
             self,
-            IgnoreReason::BadSignature
-                | IgnoreReason::UndecryptableGiftWrap
-                | IgnoreReason::SealSignerMismatch
+            IgnoreReason::BadSignature | IgnoreReason::UndecryptableGiftWrap | IgnoreReason::SealSignerMismatch
         )
     }
 }
@@ -87,10 +84,7 @@ impl IgnoreReason {
 /// Result of decoding one event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decoded {
-    Deliver {
-        incoming: Incoming,
-        transport: Transport,
-    },
+    Deliver { incoming: Incoming, transport: Transport },
     Ignore(IgnoreReason),
 }
 
@@ -108,28 +102,20 @@ pub fn decode_event(keys: &Keys, event: &Event) -> Decoded {
     }
 
     let to_us = has_p_tag(event.tags.iter().map(|t| t.as_slice()), &keys.public_key());
-    let route = ReplyRoute {
-        request_id: event.id.to_hex(),
-        requester: event.pubkey.to_hex(),
-        via: ReplyVia::Nip44,
-    };
+    let route = ReplyRoute { request_id: event.id.to_hex(), requester: event.pubkey.to_hex(), via: ReplyVia::Nip44 };
 
     if !to_us {
         // Seed compatibility: an unaddressed kind 1000 is ours only if it is a plain lease request.
         // Anything else under kind 1000 belongs to someone else's protocol: stay silent. One addressed
         // to another provider is theirs: redeeming its token would take money meant for them.
-        let addressed_elsewhere = event
-            .tags
-            .iter()
-            .any(|t| t.as_slice().first().is_some_and(|k| k == "p"));
+        let addressed_elsewhere = event.tags.iter().any(|t| t.as_slice().first().is_some_and(|k| k == "p"));
         if kind != KIND_REQUEST || addressed_elsewhere || event.content.len() > MAX_CONTENT_BYTES {
             return Decoded::Ignore(IgnoreReason::NotForUs);
         }
         return match serde_json::from_str::<LeaseRequest>(&event.content) {
-            Ok(request) => Decoded::Deliver {
-                incoming: Incoming::Create { route, request },
-                transport: Transport::PlainJson,
-            },
+            Ok(request) => {
+                Decoded::Deliver { incoming: Incoming::Create { route, request }, transport: Transport::PlainJson }
+            }
             Err(_) => Decoded::Ignore(IgnoreReason::NotForUs),
         };
     }
@@ -138,10 +124,7 @@ pub fn decode_event(keys: &Keys, event: &Event) -> Decoded {
         return invalid(
             route,
             ErrorCode::ContentTooLarge,
-            format!(
-                "content is {} bytes; at most {MAX_CONTENT_BYTES} are accepted",
-                event.content.len()
-            ),
+            format!("content is {} bytes; at most {MAX_CONTENT_BYTES} are accepted", event.content.len()),
         );
     }
 
@@ -185,26 +168,15 @@ fn decode_gift_wrap(keys: &Keys, wrap: &Event) -> Decoded {
     let mut rumor = rumor;
     let claimed = rumor.id.take();
     let id = rumor.id();
-    let route = ReplyRoute {
-        request_id: id.to_hex(),
-        requester: rumor.pubkey.to_hex(),
-        via: ReplyVia::GiftWrap,
-    };
+    let route = ReplyRoute { request_id: id.to_hex(), requester: rumor.pubkey.to_hex(), via: ReplyVia::GiftWrap };
     if claimed.is_some_and(|c| c != id) {
-        return invalid(
-            route,
-            ErrorCode::InvalidRequest,
-            "rumor id does not match its content".into(),
-        );
+        return invalid(route, ErrorCode::InvalidRequest, "rumor id does not match its content".into());
     }
     if rumor.content.len() > MAX_CONTENT_BYTES {
         return invalid(
             route,
             ErrorCode::ContentTooLarge,
-            format!(
-                "content is {} bytes; at most {MAX_CONTENT_BYTES} are accepted",
-                rumor.content.len()
-            ),
+            format!("content is {} bytes; at most {MAX_CONTENT_BYTES} are accepted", rumor.content.len()),
         );
     }
     request_from_json(kind, &rumor.content, route, Transport::GiftWrap)
@@ -224,32 +196,17 @@ fn open_gift_wrap(keys: &Keys, wrap: &Event) -> Option<(Event, UnsignedEvent)> {
 
 fn request_from_json(kind: u16, json: &str, route: ReplyRoute, transport: Transport) -> Decoded {
     let incoming = match kind {
-        KIND_REQUEST => {
-            parse::<LeaseRequest>(json, "lease request").map(|request| Incoming::Create {
-                route: route.clone(),
-                request,
-            })
-        }
-        KIND_TOPUP => {
-            parse::<TopUpRequest>(json, "top-up request").map(|request| Incoming::TopUp {
-                route: route.clone(),
-                request,
-            })
-        }
-        KIND_STATUS => {
-            parse::<StatusRequest>(json, "status request").map(|request| Incoming::Status {
-                route: route.clone(),
-                request,
-            })
-        }
+        KIND_REQUEST => parse::<LeaseRequest>(json, "lease request")
+            .map(|request| Incoming::Create { route: route.clone(), request }),
+        KIND_TOPUP => parse::<TopUpRequest>(json, "top-up request")
+            .map(|request| Incoming::TopUp { route: route.clone(), request }),
+        KIND_STATUS => parse::<StatusRequest>(json, "status request")
+            .map(|request| Incoming::Status { route: route.clone(), request }),
         // Callers only pass request kinds.
         _ => Err(format!("kind {kind} is not a request kind")),
     };
     match incoming {
-        Ok(incoming) => Decoded::Deliver {
-            incoming,
-            transport,
-        },
+        Ok(incoming) => Decoded::Deliver { incoming, transport },
         Err(message) => invalid(route, ErrorCode::InvalidRequest, message),
     }
 }
@@ -268,20 +225,13 @@ pub fn describe_json_error(what: &str, e: &serde_json::Error) -> String {
         Category::Data => {
             let text = e.to_string();
             // "missing field `x`" names a field of our own schema: safe and useful.
-            match text
-                .strip_prefix("missing field `")
-                .and_then(|r| r.split('`').next())
-            {
+            match text.strip_prefix("missing field `").and_then(|r| r.split('`').next()) {
                 Some(field) => format!("missing field `{field}`"),
                 None => "a field has the wrong type or value".to_string(),
             }
         }
     };
-    format!(
-        "not a valid {what}: {detail} (line {}, column {})",
-        e.line(),
-        e.column()
-    )
+    format!("not a valid {what}: {detail} (line {}, column {})", e.line(), e.column())
 }
 
 fn invalid(route: ReplyRoute, code: ErrorCode, message: String) -> Decoded {
@@ -289,14 +239,7 @@ fn invalid(route: ReplyRoute, code: ErrorCode, message: String) -> Decoded {
         ReplyVia::GiftWrap => Transport::GiftWrap,
         _ => Transport::Nip44,
     };
-    Decoded::Deliver {
-        incoming: Incoming::Invalid {
-            route,
-            code,
-            message,
-        },
-        transport,
-    }
+    Decoded::Deliver { incoming: Incoming::Invalid { route, code, message }, transport }
 }
 
 fn is_request_kind(kind: u16) -> bool {
@@ -306,10 +249,7 @@ fn is_request_kind(kind: u16) -> bool {
 /// Whether any `p` tag names `pk` (raw comparison: tolerant of extra tag fields such as relay hints).
 fn has_p_tag<'a>(mut tags: impl Iterator<Item = &'a [String]>, pk: &PublicKey) -> bool {
     let hex = pk.to_hex();
-    tags.any(|t| {
-        t.first().is_some_and(|k| k == "p")
-            && t.get(1).is_some_and(|v| v.eq_ignore_ascii_case(&hex))
-    })
+    tags.any(|t| t.first().is_some_and(|k| k == "p") && t.get(1).is_some_and(|v| v.eq_ignore_ascii_case(&hex)))
 }
 
 /// Kind for a protocol number.
@@ -327,18 +267,12 @@ mod tests {
     }
 
     fn signed(keys: &Keys, kind_n: u16, content: &str, tags: Vec<Tag>) -> Event {
-        EventBuilder::new(kind(kind_n), content)
-            .tags(tags)
-            .sign_with_keys(keys)
-            .unwrap()
+        EventBuilder::new(kind(kind_n), content).tags(tags).sign_with_keys(keys).unwrap()
     }
 
     fn deliver(d: Decoded) -> (Incoming, Transport) {
         match d {
-            Decoded::Deliver {
-                incoming,
-                transport,
-            } => (incoming, transport),
+            Decoded::Deliver { incoming, transport } => (incoming, transport),
             other => panic!("expected delivery, got {other:?}"),
         }
     }
@@ -376,38 +310,25 @@ mod tests {
     fn nip44_to_us_is_decrypted_for_each_kind() {
         let (us, alice) = (provider(), Keys::generate());
         let p = vec![Tag::public_key(us.public_key())];
-        let enc = |s: &str| {
-            nip44::encrypt(alice.secret_key(), &us.public_key(), s, nip44::Version::V2).unwrap()
-        };
+        let enc = |s: &str| nip44::encrypt(alice.secret_key(), &us.public_key(), s, nip44::Version::V2).unwrap();
 
         let ev = signed(&alice, 1000, &enc(SEED), p.clone());
         let (inc, tr) = deliver(decode_event(&us, &ev));
         assert_eq!(tr, Transport::Nip44);
-        let Incoming::Create { route, request } = inc else {
-            panic!()
-        };
+        let Incoming::Create { route, request } = inc else { panic!() };
         assert_eq!(route.request_id, ev.id.to_hex());
         assert_eq!(route.requester, alice.public_key().to_hex());
         assert_eq!(route.via, ReplyVia::Nip44);
         assert_eq!(request.cashu_token, "cashuBx");
 
-        let ev = signed(
-            &alice,
-            1002,
-            &enc(r#"{"cashu_token":"t","lease_id":"L1"}"#),
-            p.clone(),
-        );
+        let ev = signed(&alice, 1002, &enc(r#"{"cashu_token":"t","lease_id":"L1"}"#), p.clone());
         let (inc, _) = deliver(decode_event(&us, &ev));
-        let Incoming::TopUp { request, .. } = inc else {
-            panic!("{inc:?}")
-        };
+        let Incoming::TopUp { request, .. } = inc else { panic!("{inc:?}") };
         assert_eq!(request.lease, "L1");
 
         let ev = signed(&alice, 1003, &enc(r#"{"pod_name":"ssh-pod-1"}"#), p);
         let (inc, _) = deliver(decode_event(&us, &ev));
-        let Incoming::Status { request, .. } = inc else {
-            panic!("{inc:?}")
-        };
+        let Incoming::Status { request, .. } = inc else { panic!("{inc:?}") };
         assert_eq!(request.lease, "ssh-pod-1");
     }
 
@@ -415,18 +336,10 @@ mod tests {
     fn nip44_to_someone_else_but_p_tagged_to_us_is_invalid() {
         let (us, alice, carol) = (provider(), Keys::generate(), Keys::generate());
         // Encrypted to carol, not to us: we cannot read it.
-        let c = nip44::encrypt(
-            alice.secret_key(),
-            &carol.public_key(),
-            SEED,
-            nip44::Version::V2,
-        )
-        .unwrap();
+        let c = nip44::encrypt(alice.secret_key(), &carol.public_key(), SEED, nip44::Version::V2).unwrap();
         let ev = signed(&alice, 1000, &c, vec![Tag::public_key(us.public_key())]);
         let (inc, _) = deliver(decode_event(&us, &ev));
-        let Incoming::Invalid { code, route, .. } = inc else {
-            panic!("{inc:?}")
-        };
+        let Incoming::Invalid { code, route, .. } = inc else { panic!("{inc:?}") };
         assert_eq!(code, ErrorCode::InvalidRequest);
         assert_eq!(route.request_id, ev.id.to_hex());
     }
@@ -434,9 +347,7 @@ mod tests {
     async fn gift_wrap(sender: &Keys, to: &Keys, kind_n: u16, content: &str) -> (Event, String) {
         let mut rumor = EventBuilder::new(kind(kind_n), content).build(sender.public_key());
         let id = rumor.id().to_hex();
-        let wrap = EventBuilder::gift_wrap(sender, &to.public_key(), rumor, [])
-            .await
-            .unwrap();
+        let wrap = EventBuilder::gift_wrap(sender, &to.public_key(), rumor, []).await.unwrap();
         (wrap, id)
     }
 
@@ -444,16 +355,10 @@ mod tests {
     async fn gift_wrap_to_us_routes_via_gift_wrap_with_rumor_id() {
         let (us, alice) = (provider(), Keys::generate());
         let (wrap, rumor_id) = gift_wrap(&alice, &us, 1000, SEED).await;
-        assert_ne!(
-            wrap.pubkey,
-            alice.public_key(),
-            "wrap is signed by an ephemeral key"
-        );
+        assert_ne!(wrap.pubkey, alice.public_key(), "wrap is signed by an ephemeral key");
         let (inc, tr) = deliver(decode_event(&us, &wrap));
         assert_eq!(tr, Transport::GiftWrap);
-        let Incoming::Create { route, request } = inc else {
-            panic!("{inc:?}")
-        };
+        let Incoming::Create { route, request } = inc else { panic!("{inc:?}") };
         assert_eq!(route.via, ReplyVia::GiftWrap);
         assert_eq!(route.requester, alice.public_key().to_hex());
         assert_eq!(route.request_id, rumor_id);
@@ -466,14 +371,7 @@ mod tests {
         let (us, alice) = (provider(), Keys::generate());
         let (wrap, rumor_id) = gift_wrap(&alice, &us, 1002, r#"{"lease":"x"}"#).await;
         let (inc, _) = deliver(decode_event(&us, &wrap));
-        let Incoming::Invalid {
-            route,
-            code,
-            message,
-        } = inc
-        else {
-            panic!("{inc:?}")
-        };
+        let Incoming::Invalid { route, code, message } = inc else { panic!("{inc:?}") };
         assert_eq!(code, ErrorCode::InvalidRequest);
         assert_eq!(route.via, ReplyVia::GiftWrap);
         assert_eq!(route.request_id, rumor_id);
@@ -484,15 +382,9 @@ mod tests {
     async fn gift_wrap_for_someone_else_or_a_chat_message_is_ignored() {
         let (us, alice, carol) = (provider(), Keys::generate(), Keys::generate());
         let (wrap, _) = gift_wrap(&alice, &carol, 1000, SEED).await;
-        assert_eq!(
-            decode_event(&us, &wrap),
-            Decoded::Ignore(IgnoreReason::NotForUs)
-        );
+        assert_eq!(decode_event(&us, &wrap), Decoded::Ignore(IgnoreReason::NotForUs));
         let (dm, _) = gift_wrap(&alice, &us, 14, "hello").await;
-        assert_eq!(
-            decode_event(&us, &dm),
-            Decoded::Ignore(IgnoreReason::UnsupportedRumorKind)
-        );
+        assert_eq!(decode_event(&us, &dm), Decoded::Ignore(IgnoreReason::UnsupportedRumorKind));
     }
 
     /// Lesson 14: mallory seals a rumor that claims to be alice's.
@@ -500,35 +392,18 @@ mod tests {
     fn gift_wrap_whose_seal_signer_is_not_the_rumor_author_is_dropped() {
         let (us, alice, mallory) = (provider(), Keys::generate(), Keys::generate());
         let mut rumor =
-            EventBuilder::new(kind(1002), r#"{"cashu_token":"t","lease":"alice-lease"}"#)
-                .build(alice.public_key());
+            EventBuilder::new(kind(1002), r#"{"cashu_token":"t","lease":"alice-lease"}"#).build(alice.public_key());
         rumor.ensure_id();
-        let sealed = nip44::encrypt(
-            mallory.secret_key(),
-            &us.public_key(),
-            rumor.as_json(),
-            nip44::Version::V2,
-        )
-        .unwrap();
-        let seal = EventBuilder::new(kind(KIND_SEAL), sealed)
-            .sign_with_keys(&mallory)
-            .unwrap();
+        let sealed =
+            nip44::encrypt(mallory.secret_key(), &us.public_key(), rumor.as_json(), nip44::Version::V2).unwrap();
+        let seal = EventBuilder::new(kind(KIND_SEAL), sealed).sign_with_keys(&mallory).unwrap();
         let eph = Keys::generate();
-        let wrapped = nip44::encrypt(
-            eph.secret_key(),
-            &us.public_key(),
-            seal.as_json(),
-            nip44::Version::V2,
-        )
-        .unwrap();
+        let wrapped = nip44::encrypt(eph.secret_key(), &us.public_key(), seal.as_json(), nip44::Version::V2).unwrap();
         let wrap = EventBuilder::new(kind(KIND_GIFT_WRAP), wrapped)
             .tag(Tag::public_key(us.public_key()))
             .sign_with_keys(&eph)
             .unwrap();
-        assert_eq!(
-            decode_event(&us, &wrap),
-            Decoded::Ignore(IgnoreReason::SealSignerMismatch)
-        );
+        assert_eq!(decode_event(&us, &wrap), Decoded::Ignore(IgnoreReason::SealSignerMismatch));
         assert!(IgnoreReason::SealSignerMismatch.is_suspicious());
     }
 
@@ -537,41 +412,20 @@ mod tests {
         let (us, alice) = (provider(), Keys::generate());
         let mut rumor = EventBuilder::new(kind(1000), SEED).build(alice.public_key());
         rumor.ensure_id();
-        let sealed = nip44::encrypt(
-            alice.secret_key(),
-            &us.public_key(),
-            rumor.as_json(),
-            nip44::Version::V2,
-        )
-        .unwrap();
-        let wrong_kind = EventBuilder::new(kind(1), sealed.clone())
-            .sign_with_keys(&alice)
-            .unwrap();
-        let mut forged: serde_json::Value = serde_json::from_str(
-            &EventBuilder::new(kind(KIND_SEAL), sealed)
-                .sign_with_keys(&alice)
-                .unwrap()
-                .as_json(),
-        )
-        .unwrap();
+        let sealed = nip44::encrypt(alice.secret_key(), &us.public_key(), rumor.as_json(), nip44::Version::V2).unwrap();
+        let wrong_kind = EventBuilder::new(kind(1), sealed.clone()).sign_with_keys(&alice).unwrap();
+        let mut forged: serde_json::Value =
+            serde_json::from_str(&EventBuilder::new(kind(KIND_SEAL), sealed).sign_with_keys(&alice).unwrap().as_json())
+                .unwrap();
         forged["created_at"] = serde_json::json!(1);
         for seal_json in [wrong_kind.as_json(), forged.to_string()] {
             let eph = Keys::generate();
-            let wrapped = nip44::encrypt(
-                eph.secret_key(),
-                &us.public_key(),
-                seal_json,
-                nip44::Version::V2,
-            )
-            .unwrap();
+            let wrapped = nip44::encrypt(eph.secret_key(), &us.public_key(), seal_json, nip44::Version::V2).unwrap();
             let wrap = EventBuilder::new(kind(KIND_GIFT_WRAP), wrapped)
                 .tag(Tag::public_key(us.public_key()))
                 .sign_with_keys(&eph)
                 .unwrap();
-            assert_eq!(
-                decode_event(&us, &wrap),
-                Decoded::Ignore(IgnoreReason::UndecryptableGiftWrap)
-            );
+            assert_eq!(decode_event(&us, &wrap), Decoded::Ignore(IgnoreReason::UndecryptableGiftWrap));
         }
     }
 
@@ -581,33 +435,20 @@ mod tests {
         let rumor = EventBuilder::new(kind(1000), SEED).build(alice.public_key());
         let mut json: serde_json::Value = serde_json::from_str(&rumor.as_json()).unwrap();
         json["id"] = serde_json::json!("00".repeat(32));
-        let sealed = nip44::encrypt(
-            alice.secret_key(),
-            &us.public_key(),
-            json.to_string(),
-            nip44::Version::V2,
-        )
-        .unwrap();
+        let sealed =
+            nip44::encrypt(alice.secret_key(), &us.public_key(), json.to_string(), nip44::Version::V2).unwrap();
         let seal = EventBuilder::new(kind(KIND_SEAL), sealed)
             .custom_created_at(Timestamp::now())
             .sign_with_keys(&alice)
             .unwrap();
         let eph = Keys::generate();
-        let wrapped = nip44::encrypt(
-            eph.secret_key(),
-            &us.public_key(),
-            seal.as_json(),
-            nip44::Version::V2,
-        )
-        .unwrap();
+        let wrapped = nip44::encrypt(eph.secret_key(), &us.public_key(), seal.as_json(), nip44::Version::V2).unwrap();
         let wrap = EventBuilder::new(kind(KIND_GIFT_WRAP), wrapped)
             .tag(Tag::public_key(us.public_key()))
             .sign_with_keys(&eph)
             .unwrap();
         let (inc, _) = deliver(decode_event(&us, &wrap));
-        let Incoming::Invalid { route, code, .. } = inc else {
-            panic!("{inc:?}")
-        };
+        let Incoming::Invalid { route, code, .. } = inc else { panic!("{inc:?}") };
         assert_eq!(code, ErrorCode::InvalidRequest);
         assert_ne!(route.request_id, "00".repeat(32));
     }
@@ -617,26 +458,15 @@ mod tests {
         let (us, bob) = (provider(), Keys::generate());
         for content in ["hello world", "{not json", r#"{"other":"protocol"}"#, ""] {
             let ev = signed(&bob, 1000, content, vec![]);
-            assert_eq!(
-                decode_event(&us, &ev),
-                Decoded::Ignore(IgnoreReason::NotForUs)
-            );
+            assert_eq!(decode_event(&us, &ev), Decoded::Ignore(IgnoreReason::NotForUs));
         }
     }
 
     #[test]
     fn plain_request_addressed_to_another_provider_is_not_ours() {
         let (us, other, alice) = (provider(), Keys::generate(), Keys::generate());
-        let ev = signed(
-            &alice,
-            1000,
-            SEED,
-            vec![Tag::public_key(other.public_key())],
-        );
-        assert_eq!(
-            decode_event(&us, &ev),
-            Decoded::Ignore(IgnoreReason::NotForUs)
-        );
+        let ev = signed(&alice, 1000, SEED, vec![Tag::public_key(other.public_key())]);
+        assert_eq!(decode_event(&us, &ev), Decoded::Ignore(IgnoreReason::NotForUs));
     }
 
     #[test]
@@ -644,10 +474,7 @@ mod tests {
         let (us, bob) = (provider(), Keys::generate());
         for k in [1002, 1003] {
             let ev = signed(&bob, k, r#"{"cashu_token":"t","lease":"x"}"#, vec![]);
-            assert_eq!(
-                decode_event(&us, &ev),
-                Decoded::Ignore(IgnoreReason::NotForUs)
-            );
+            assert_eq!(decode_event(&us, &ev), Decoded::Ignore(IgnoreReason::NotForUs));
         }
     }
 
@@ -657,9 +484,7 @@ mod tests {
         for content in ["hello world", "{not json", ""] {
             let ev = signed(&bob, 1000, content, vec![Tag::public_key(us.public_key())]);
             let (inc, _) = deliver(decode_event(&us, &ev));
-            let Incoming::Invalid { code, route, .. } = inc else {
-                panic!("{inc:?}")
-            };
+            let Incoming::Invalid { code, route, .. } = inc else { panic!("{inc:?}") };
             assert_eq!(code, ErrorCode::InvalidRequest);
             assert_eq!(route.requester, bob.public_key().to_hex());
         }
@@ -671,26 +496,18 @@ mod tests {
         let big = format!(r#"{{"cashu_token":"{}"}}"#, "a".repeat(MAX_CONTENT_BYTES));
         let ev = signed(&bob, 1000, &big, vec![Tag::public_key(us.public_key())]);
         let (inc, _) = deliver(decode_event(&us, &ev));
-        let Incoming::Invalid { code, .. } = inc else {
-            panic!("{inc:?}")
-        };
+        let Incoming::Invalid { code, .. } = inc else { panic!("{inc:?}") };
         assert_eq!(code, ErrorCode::ContentTooLarge);
 
         let ev = signed(&bob, 1000, &big, vec![]);
-        assert_eq!(
-            decode_event(&us, &ev),
-            Decoded::Ignore(IgnoreReason::NotForUs)
-        );
+        assert_eq!(decode_event(&us, &ev), Decoded::Ignore(IgnoreReason::NotForUs));
 
         // Exactly at the limit is still read.
         let pad = MAX_CONTENT_BYTES - r#"{"cashu_token":""}"#.len();
         let edge = format!(r#"{{"cashu_token":"{}"}}"#, "a".repeat(pad));
         assert_eq!(edge.len(), MAX_CONTENT_BYTES);
         let ev = signed(&bob, 1000, &edge, vec![Tag::public_key(us.public_key())]);
-        assert!(matches!(
-            deliver(decode_event(&us, &ev)).0,
-            Incoming::Create { .. }
-        ));
+        assert!(matches!(deliver(decode_event(&us, &ev)).0, Incoming::Create { .. }));
     }
 
     #[tokio::test]
@@ -699,9 +516,7 @@ mod tests {
         let big = format!(r#"{{"cashu_token":"{}"}}"#, "a".repeat(MAX_CONTENT_BYTES));
         let (wrap, id) = gift_wrap(&alice, &us, 1000, &big).await;
         let (inc, _) = deliver(decode_event(&us, &wrap));
-        let Incoming::Invalid { code, route, .. } = inc else {
-            panic!("{inc:?}")
-        };
+        let Incoming::Invalid { code, route, .. } = inc else { panic!("{inc:?}") };
         assert_eq!(code, ErrorCode::ContentTooLarge);
         assert_eq!(route.request_id, id);
         assert_eq!(route.via, ReplyVia::GiftWrap);
@@ -714,24 +529,14 @@ mod tests {
         // A lease request sent as a status query; and a token where a string list would be.
         let cases = [
             (1003, SEED.to_string(), "missing field `lease`"),
-            (
-                1000,
-                r#"{"cashu_token":["cashuBsecret"]}"#.to_string(),
-                "wrong type",
-            ),
-            (
-                1000,
-                r#"{"cashu_token":"cashuBsecret","ssh_username":7}"#.to_string(),
-                "wrong type",
-            ),
+            (1000, r#"{"cashu_token":["cashuBsecret"]}"#.to_string(), "wrong type"),
+            (1000, r#"{"cashu_token":"cashuBsecret","ssh_username":7}"#.to_string(), "wrong type"),
             (1000, "[1,2]".to_string(), ""),
         ];
         for (k, content, expect) in cases {
             let ev = signed(&bob, k, &content, p.clone());
             let (inc, _) = deliver(decode_event(&us, &ev));
-            let Incoming::Invalid { code, message, .. } = inc else {
-                panic!("{inc:?}")
-            };
+            let Incoming::Invalid { code, message, .. } = inc else { panic!("{inc:?}") };
             assert_eq!(code, ErrorCode::InvalidRequest, "{content}");
             assert!(message.contains(expect), "{message}");
             assert!(!message.contains("cashuB"), "{message}");
@@ -745,19 +550,13 @@ mod tests {
         let mut json: serde_json::Value = serde_json::from_str(&ev.as_json()).unwrap();
         json["content"] = serde_json::json!(r#"{"cashu_token":"cashuBother"}"#);
         let forged = Event::from_json(json.to_string()).unwrap();
-        assert_eq!(
-            decode_event(&us, &forged),
-            Decoded::Ignore(IgnoreReason::BadSignature)
-        );
+        assert_eq!(decode_event(&us, &forged), Decoded::Ignore(IgnoreReason::BadSignature));
     }
 
     #[test]
     fn other_kinds_are_ignored() {
         let (us, alice) = (provider(), Keys::generate());
         let ev = signed(&alice, 1, SEED, vec![Tag::public_key(us.public_key())]);
-        assert_eq!(
-            decode_event(&us, &ev),
-            Decoded::Ignore(IgnoreReason::UnsupportedKind)
-        );
+        assert_eq!(decode_event(&us, &ev), Decoded::Ignore(IgnoreReason::UnsupportedKind));
     }
 }

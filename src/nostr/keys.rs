@@ -27,11 +27,7 @@ pub fn load_keys(source: &KeySource) -> Result<Keys, NostrError> {
                 }
                 // Another process created it between our check and our write: use theirs.
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => read_key_file(path),
-                Err(source) => Err(NostrError::KeyFile {
-                    path: path.display().to_string(),
-                    action: "write",
-                    source,
-                }),
+                Err(source) => Err(NostrError::KeyFile { path: path.display().to_string(), action: "write", source }),
             }
         }
     }
@@ -53,10 +49,7 @@ fn read_key_file(path: &Path) -> Result<Keys, NostrError> {
 
 fn parse_secret(text: &str, origin: &str) -> Result<Keys, NostrError> {
     // nostr's parse error names only the failure kind, never the input; keep it that way.
-    Keys::parse(text.trim()).map_err(|e| NostrError::InvalidKey {
-        origin: origin.to_string(),
-        reason: e.to_string(),
-    })
+    Keys::parse(text.trim()).map_err(|e| NostrError::InvalidKey { origin: origin.to_string(), reason: e.to_string() })
 }
 
 fn write_new_key_file(path: &Path, keys: &Keys) -> std::io::Result<()> {
@@ -67,11 +60,7 @@ fn write_new_key_file(path: &Path, keys: &Keys) -> std::io::Result<()> {
     // next start would refuse (or, worse, a world-readable one).
     let tmp = path.with_extension("tmp");
     let _ = fs::remove_file(&tmp);
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)?;
+    let mut f = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
     f.write_all(format!("{}\n", keys.secret_key().to_secret_hex()).as_bytes())?;
     f.sync_all()?;
     drop(f);

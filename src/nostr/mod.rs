@@ -16,8 +16,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use nostr_sdk::nips::nip44;
 use nostr_sdk::prelude::{
-    Client, Event, EventBuilder, EventId, Filter, Keys, PublicKey, RelayMessage,
-    RelayPoolNotification, SubscriptionId, Tag, Timestamp,
+    Client, Event, EventBuilder, EventId, Filter, Keys, PublicKey, RelayMessage, RelayPoolNotification, SubscriptionId,
+    Tag, Timestamp,
 };
 use tokio::sync::{broadcast, mpsc, watch, Mutex};
 use tokio::task::JoinHandle;
@@ -27,9 +27,7 @@ pub use keys::load_keys;
 
 use crate::lease::ports::{FailureKind, PortError, PortResult, ReplyPort, ReplyRoute, ReplyVia};
 use crate::lease::Incoming;
-use crate::protocol::{
-    Offer, Reply, KIND_OFFER, KIND_REPLY, KIND_REQUEST, KIND_STATUS, KIND_TOPUP, OFFER_D_TAG,
-};
+use crate::protocol::{Offer, Reply, KIND_OFFER, KIND_REPLY, KIND_REQUEST, KIND_STATUS, KIND_TOPUP, OFFER_D_TAG};
 
 /// Errors of the Nostr adapter. Messages carry context but never key material or request content.
 #[derive(Debug, thiserror::Error)]
@@ -50,22 +48,11 @@ pub enum NostrError {
     #[error("invalid reply route for request {request_id}: {reason}")]
     InvalidRoute { request_id: String, reason: String },
     #[error("cannot build {what} for request {request_id}: {reason}")]
-    Build {
-        what: &'static str,
-        request_id: String,
-        reason: String,
-    },
+    Build { what: &'static str, request_id: String, reason: String },
     #[error("no relay accepted {what} {event_id}: {failures}")]
-    NotAccepted {
-        what: &'static str,
-        event_id: String,
-        failures: String,
-    },
+    NotAccepted { what: &'static str, event_id: String, failures: String },
     #[error("Nostr client failed to {action}: {reason}")]
-    Client {
-        action: &'static str,
-        reason: String,
-    },
+    Client { action: &'static str, reason: String },
 }
 
 impl NostrError {
@@ -84,10 +71,7 @@ impl NostrError {
 
 impl From<NostrError> for PortError {
     fn from(e: NostrError) -> Self {
-        PortError {
-            kind: e.kind(),
-            message: e.to_string(),
-        }
+        PortError { kind: e.kind(), message: e.to_string() }
     }
 }
 
@@ -160,10 +144,7 @@ impl NostrFrontend {
             client
                 .add_relay(relay.as_str())
                 .await
-                .map_err(|e| NostrError::InvalidRelay {
-                    relay: relay.clone(),
-                    reason: e.to_string(),
-                })?;
+                .map_err(|e| NostrError::InvalidRelay { relay: relay.clone(), reason: e.to_string() })?;
         }
         // Take the receiver before anything can arrive, so no event slips past.
         let notifications = client.notifications();
@@ -173,15 +154,7 @@ impl NostrFrontend {
         let (stop, _) = watch::channel(false);
         let (connected_tx, connected) = watch::channel(0usize);
         let frontend = NostrFrontend {
-            inner: Arc::new(Inner {
-                client,
-                keys,
-                opts,
-                offer,
-                connected,
-                stop,
-                tasks: Mutex::new(Vec::new()),
-            }),
+            inner: Arc::new(Inner { client, keys, opts, offer, connected, stop, tasks: Mutex::new(Vec::new()) }),
         };
         frontend.resubscribe().await?;
         tracing::info!(
@@ -232,12 +205,7 @@ impl NostrFrontend {
         let since_requests = now - self.inner.opts.request_lookback;
         let subs = [
             // All kind 1000: seed clients post plain JSON without a `p` tag.
-            (
-                SUB_REQUESTS,
-                Filter::new()
-                    .kind(decode::kind(KIND_REQUEST))
-                    .since(since_requests),
-            ),
+            (SUB_REQUESTS, Filter::new().kind(decode::kind(KIND_REQUEST)).since(since_requests)),
             (
                 SUB_ADDRESSED,
                 Filter::new()
@@ -258,10 +226,7 @@ impl NostrFrontend {
                 .client
                 .subscribe_with_id(SubscriptionId::new(id), filter, None)
                 .await
-                .map_err(|e| NostrError::Client {
-                    action: "subscribe",
-                    reason: e.to_string(),
-                })?;
+                .map_err(|e| NostrError::Client { action: "subscribe", reason: e.to_string() })?;
         }
         Ok(())
     }
@@ -277,10 +242,8 @@ impl NostrFrontend {
         mut notifications: broadcast::Receiver<RelayPoolNotification>,
         incoming: mpsc::Sender<Incoming>,
     ) {
-        let ours: HashSet<SubscriptionId> = [SUB_REQUESTS, SUB_ADDRESSED, SUB_GIFT_WRAPS]
-            .into_iter()
-            .map(SubscriptionId::new)
-            .collect();
+        let ours: HashSet<SubscriptionId> =
+            [SUB_REQUESTS, SUB_ADDRESSED, SUB_GIFT_WRAPS].into_iter().map(SubscriptionId::new).collect();
         let mut stop = self.inner.stop.subscribe();
         loop {
             let notification = tokio::select! {
@@ -293,11 +256,7 @@ impl NostrFrontend {
                 // we ask for after a `Lagged`.
                 Ok(RelayPoolNotification::Message {
                     relay_url,
-                    message:
-                        RelayMessage::Event {
-                            subscription_id,
-                            event,
-                        },
+                    message: RelayMessage::Event { subscription_id, event },
                 }) if ours.contains(subscription_id.as_ref()) => {
                     let Some(item) = self.decode_logged(&event, relay_url.as_str()) else {
                         continue;
@@ -319,10 +278,7 @@ impl NostrFrontend {
                 Ok(RelayPoolNotification::Shutdown) => break,
                 Ok(_) => {}
                 Err(broadcast::error::RecvError::Lagged(missed)) => {
-                    tracing::warn!(
-                        missed,
-                        "nostr notifications overflowed; re-subscribing to replay them"
-                    );
+                    tracing::warn!(missed, "nostr notifications overflowed; re-subscribing to replay them");
                     if let Err(e) = self.resubscribe().await {
                         tracing::warn!(error = %e, "re-subscribe failed");
                     }
@@ -335,10 +291,7 @@ impl NostrFrontend {
     fn decode_logged(&self, event: &Event, relay: &str) -> Option<Incoming> {
         let kind = event.kind.as_u16();
         match decode_event(&self.inner.keys, event) {
-            Decoded::Deliver {
-                incoming,
-                transport,
-            } => {
+            Decoded::Deliver { incoming, transport } => {
                 let route = incoming.route();
                 let what = match &incoming {
                     Incoming::Create { .. } => "create",
@@ -400,11 +353,7 @@ impl NostrFrontend {
         let event = EventBuilder::new(decode::kind(KIND_OFFER), content)
             .tags([Tag::identifier(OFFER_D_TAG), Tag::expiration(expires)])
             .sign_with_keys(&self.inner.keys)
-            .map_err(|e| NostrError::Build {
-                what: "offer",
-                request_id: "-".into(),
-                reason: e.to_string(),
-            })?;
+            .map_err(|e| NostrError::Build { what: "offer", request_id: "-".into(), reason: e.to_string() })?;
         let n = self.publish_event("offer", &event).await?;
         Ok((event.id, n))
     }
@@ -425,14 +374,7 @@ impl NostrFrontend {
     async fn status_loop(self, tx: watch::Sender<usize>) {
         let mut stop = self.inner.stop.subscribe();
         loop {
-            let n = self
-                .inner
-                .client
-                .relays()
-                .await
-                .values()
-                .filter(|r| r.is_connected())
-                .count();
+            let n = self.inner.client.relays().await.values().filter(|r| r.is_connected()).count();
             tx.send_if_modified(|old| {
                 let changed = *old != n;
                 *old = n;
@@ -457,46 +399,24 @@ impl NostrFrontend {
                 failures: format!("none of {} relays is connected", relays.len()),
             });
         }
-        let out =
-            self.inner
-                .client
-                .send_event(event)
-                .await
-                .map_err(|e| NostrError::NotAccepted {
-                    what,
-                    event_id: event.id.to_hex(),
-                    failures: e.to_string(),
-                })?;
+        let out = self.inner.client.send_event(event).await.map_err(|e| NostrError::NotAccepted {
+            what,
+            event_id: event.id.to_hex(),
+            failures: e.to_string(),
+        })?;
         // A relay that already holds this very event (same id) has what we wanted; some relays (the
         // Python nostr-relay) answer `OK false "duplicate: …"`, e.g. for a re-publish within one second.
-        let holding = out
-            .failed
-            .values()
-            .filter(|why| why.starts_with("duplicate:"))
-            .count();
+        let holding = out.failed.values().filter(|why| why.starts_with("duplicate:")).count();
         let accepted = out.success.len() + holding;
         if accepted == 0 {
-            let failures = out
-                .failed
-                .iter()
-                .map(|(url, why)| format!("{url}: {why}"))
-                .collect::<Vec<_>>()
-                .join("; ");
-            return Err(NostrError::NotAccepted {
-                what,
-                event_id: event.id.to_hex(),
-                failures,
-            });
+            let failures = out.failed.iter().map(|(url, why)| format!("{url}: {why}")).collect::<Vec<_>>().join("; ");
+            return Err(NostrError::NotAccepted { what, event_id: event.id.to_hex(), failures });
         }
         Ok(accepted)
     }
 
     /// The kind-1001 reply event (NIP-44 content, or a gift wrap around it as a rumor).
-    pub async fn build_reply(
-        &self,
-        route: &ReplyRoute,
-        reply: &Reply,
-    ) -> Result<Event, NostrError> {
+    pub async fn build_reply(&self, route: &ReplyRoute, reply: &Reply) -> Result<Event, NostrError> {
         build_reply(&self.inner.keys, route, reply).await
     }
 }
@@ -504,24 +424,13 @@ impl NostrFrontend {
 /// Build the reply for `route`: kind 1001, tags `e` = request id and `p` = requester. For
 /// [`ReplyVia::Nip44`] the content is NIP-44 v2 to the requester; for [`ReplyVia::GiftWrap`] the
 /// same-tagged kind-1001 event is the rumor (plain JSON, as NIP-17 rumors are) of a gift wrap to them.
-pub async fn build_reply(
-    keys: &Keys,
-    route: &ReplyRoute,
-    reply: &Reply,
-) -> Result<Event, NostrError> {
-    let bad_route = |reason: String| NostrError::InvalidRoute {
-        request_id: route.request_id.clone(),
-        reason,
-    };
-    let build = |reason: String| NostrError::Build {
-        what: "reply",
-        request_id: route.request_id.clone(),
-        reason,
-    };
-    let requester = PublicKey::from_hex(&route.requester)
-        .map_err(|e| bad_route(format!("requester is not a public key: {e}")))?;
-    let request_id = EventId::from_hex(&route.request_id)
-        .map_err(|e| bad_route(format!("request id is not an event id: {e}")))?;
+pub async fn build_reply(keys: &Keys, route: &ReplyRoute, reply: &Reply) -> Result<Event, NostrError> {
+    let bad_route = |reason: String| NostrError::InvalidRoute { request_id: route.request_id.clone(), reason };
+    let build = |reason: String| NostrError::Build { what: "reply", request_id: route.request_id.clone(), reason };
+    let requester =
+        PublicKey::from_hex(&route.requester).map_err(|e| bad_route(format!("requester is not a public key: {e}")))?;
+    let request_id =
+        EventId::from_hex(&route.request_id).map_err(|e| bad_route(format!("request id is not an event id: {e}")))?;
     let json = serde_json::to_string(reply).map_err(|e| build(e.to_string()))?;
     let tags = [Tag::event(request_id), Tag::public_key(requester)];
     match route.via {
@@ -534,12 +443,8 @@ pub async fn build_reply(
                 .map_err(|e| build(e.to_string()))
         }
         ReplyVia::GiftWrap => {
-            let rumor = EventBuilder::new(decode::kind(KIND_REPLY), json)
-                .tags(tags)
-                .build(keys.public_key());
-            EventBuilder::gift_wrap(keys, &requester, rumor, [])
-                .await
-                .map_err(|e| build(e.to_string()))
+            let rumor = EventBuilder::new(decode::kind(KIND_REPLY), json).tags(tags).build(keys.public_key());
+            EventBuilder::gift_wrap(keys, &requester, rumor, []).await.map_err(|e| build(e.to_string()))
         }
     }
 }
@@ -593,9 +498,7 @@ mod tests {
         assert!(!ev.content.contains("spent"));
         let plain = nip44::decrypt(alice.secret_key(), &us.public_key(), &ev.content).unwrap();
         assert_eq!(serde_json::from_str::<Reply>(&plain).unwrap(), reply);
-        assert!(
-            nip44::decrypt(Keys::generate().secret_key(), &us.public_key(), &ev.content).is_err()
-        );
+        assert!(nip44::decrypt(Keys::generate().secret_key(), &us.public_key(), &ev.content).is_err());
     }
 
     #[tokio::test]
@@ -609,18 +512,10 @@ mod tests {
         let gift = UnwrappedGift::from_gift_wrap(&alice, &wrap).await.unwrap();
         assert_eq!(gift.sender, us.public_key());
         assert_eq!(gift.rumor.kind.as_u16(), KIND_REPLY);
-        let tags: Vec<Vec<String>> = gift
-            .rumor
-            .tags
-            .iter()
-            .map(|t| t.as_slice().to_vec())
-            .collect();
+        let tags: Vec<Vec<String>> = gift.rumor.tags.iter().map(|t| t.as_slice().to_vec()).collect();
         assert!(tags.contains(&vec!["e".to_string(), r.request_id.clone()]));
         assert!(tags.contains(&vec!["p".to_string(), r.requester.clone()]));
-        assert_eq!(
-            serde_json::from_str::<Reply>(&gift.rumor.content).unwrap(),
-            reply
-        );
+        assert_eq!(serde_json::from_str::<Reply>(&gift.rumor.content).unwrap(), reply);
     }
 
     /// No relay up: start still succeeds (the provider keeps serving, readiness says 0 relays) and a
@@ -644,27 +539,16 @@ mod tests {
         assert_eq!(fe.connected_relays(), 0);
         let alice = Keys::generate();
         let r = route(&alice, ReplyVia::Nip44);
-        let err = fe
-            .send(&r, &Reply::error(&r.request_id, ErrorCode::Internal, "x"))
-            .await
-            .unwrap_err();
+        let err = fe.send(&r, &Reply::error(&r.request_id, ErrorCode::Internal, "x")).await.unwrap_err();
         assert!(err.is_transient(), "{err:?}");
-        let inband = ReplyRoute {
-            via: ReplyVia::InBand,
-            ..r
-        };
-        fe.send(&inband, &Reply::error("a", ErrorCode::Internal, "x"))
-            .await
-            .unwrap();
+        let inband = ReplyRoute { via: ReplyVia::InBand, ..r };
+        fe.send(&inband, &Reply::error("a", ErrorCode::Internal, "x")).await.unwrap();
         fe.shutdown().await;
     }
 
     #[test]
     fn no_relays_is_an_error() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let (tx, _rx) = mpsc::channel(1);
         let offer = serde_json::from_value::<Offer>(serde_json::json!({
             "provider_pubkey": "", "tiers": [], "default_tier": "x", "accepted_mints": [], "unit": "sat",
@@ -681,23 +565,13 @@ mod tests {
     #[tokio::test]
     async fn bad_route_is_permanent() {
         let us = Keys::generate();
-        let r = ReplyRoute {
-            request_id: "zz".into(),
-            requester: us.public_key().to_hex(),
-            via: ReplyVia::Nip44,
-        };
-        let e = build_reply(&us, &r, &Reply::error("zz", ErrorCode::Internal, "x"))
-            .await
-            .unwrap_err();
+        let r = ReplyRoute { request_id: "zz".into(), requester: us.public_key().to_hex(), via: ReplyVia::Nip44 };
+        let e = build_reply(&us, &r, &Reply::error("zz", ErrorCode::Internal, "x")).await.unwrap_err();
         assert_eq!(e.kind(), FailureKind::Permanent);
         let p: PortError = e.into();
         assert!(!p.is_transient());
-        let t: PortError = NostrError::NotAccepted {
-            what: "reply",
-            event_id: "e".into(),
-            failures: "relay down".into(),
-        }
-        .into();
+        let t: PortError =
+            NostrError::NotAccepted { what: "reply", event_id: "e".into(), failures: "relay down".into() }.into();
         assert!(t.is_transient());
     }
 }
