@@ -273,7 +273,7 @@ fn without_tor_there_is_no_onion_and_the_service_reaches_the_pod() -> Result<()>
 fn expired_lease_onion_stops_answering() -> Result<()> {
     let p = tor_provider(&[("PAYMENT_RATE_SATS_PER_HOUR", "3600"), ("PAYGRESS_MIN_DURATION_SECONDS", "10")], None);
     let w = wallet(200);
-    let token = w.send(30)?;
+    let token = w.send(60)?;
     let user = User::new()?;
     let id = user.publish_nip44(1000, &request_json(&token, "carol"), &p.pubkey)?;
     let reply = user.await_reply(&id, &p.pubkey, REPLY_TIMEOUT)?;
@@ -283,7 +283,7 @@ fn expired_lease_onion_stops_answering() -> Result<()> {
     let pw = access["ssh_password"].as_str().unwrap();
     check_onion_secret(&lease_id, &onion)?;
 
-    // While paid, it answers (at 1 sat/s a 30 s lease; the onion was published before the reply).
+    // While paid, it answers (at 1 sat/s a 60 s lease, room to spare under load; published before the reply).
     let budget = Duration::from_secs(expires.saturating_sub(now() + 2));
     let (out, _) = tor_ssh_until_ok(&onion, "carol", pw, "echo paid", None, budget)?;
     assert!(out.contains("paid"));

@@ -644,11 +644,30 @@ pub fn ssh_password(
     cmd: &str,
     known_hosts: Option<&Path>,
 ) -> Result<String> {
+    password_ssh(None, host, port, user, password, cmd, known_hosts, 20)
+}
+
+/// OpenSSH with a password through sshpass, optionally under a wrapper (torsocks); a pinned known_hosts
+/// turns strict host-key checking on.
+#[allow(clippy::too_many_arguments)]
+fn password_ssh(
+    wrapper: Option<&str>,
+    host: &str,
+    port: u16,
+    user: &str,
+    password: &str,
+    cmd: &str,
+    known_hosts: Option<&Path>,
+    connect_timeout: u32,
+) -> Result<String> {
     let kh = known_hosts.map(|p| p.display().to_string()).unwrap_or_else(|| "/dev/null".into());
     let strict = if known_hosts.is_some() { "yes" } else { "no" };
-    run(Command::new("sshpass").args([
-        "-p",
-        password,
+    let mut c = Command::new("sshpass");
+    c.args(["-p", password]);
+    if let Some(w) = wrapper {
+        c.arg(w);
+    }
+    run(c.args([
         "ssh",
         "-p",
         &port.to_string(),
@@ -661,7 +680,7 @@ pub fn ssh_password(
         "-o",
         "PubkeyAuthentication=no",
         "-o",
-        "ConnectTimeout=20",
+        &format!("ConnectTimeout={connect_timeout}"),
         &format!("{user}@{host}"),
         cmd,
     ]))
@@ -785,28 +804,7 @@ pub fn tor_ssh_password(
     known_hosts: Option<&Path>,
 ) -> Result<String> {
     env("TORSOCKS_CONF_FILE");
-    let kh = known_hosts.map(|p| p.display().to_string()).unwrap_or_else(|| "/dev/null".into());
-    let strict = if known_hosts.is_some() { "yes" } else { "no" };
-    run(Command::new("sshpass").args([
-        "-p",
-        password,
-        "torsocks",
-        "ssh",
-        "-p",
-        &port.to_string(),
-        "-o",
-        &format!("StrictHostKeyChecking={strict}"),
-        "-o",
-        &format!("UserKnownHostsFile={kh}"),
-        "-o",
-        "PreferredAuthentications=password",
-        "-o",
-        "PubkeyAuthentication=no",
-        "-o",
-        "ConnectTimeout=60",
-        &format!("{user}@{onion}"),
-        cmd,
-    ]))
+    password_ssh(Some("torsocks"), onion, port, user, password, cmd, known_hosts, 60)
 }
 
 /// An object's JSON, or None when it does not exist.
