@@ -187,21 +187,13 @@ mod tests {
 
     fn record(id: &str, step: Step) -> SagaRecord {
         let ask = TopUpRequest { cashu_token: "cashuBxyz".into(), lease: "l1".into() };
+        let route = ReplyRoute { request_id: id.to_string(), requester: "ab".repeat(32), via: ReplyVia::Nip44 };
         SagaRecord {
-            request_id: id.to_string(),
-            route: ReplyRoute { request_id: id.to_string(), requester: "ab".repeat(32), via: ReplyVia::Nip44 },
-            received_at: 1_700_000_000,
             step,
-            ask: Ask::TopUp(ask),
             mint_url: Some("http://127.0.0.1:3338".into()),
             token_digest: Some("d1".into()),
             amount: Some(100),
-            lease_id: None,
-            expires_at: None,
-            ssh_password: None,
-            access: None,
-            failure: None,
-            reply: None,
+            ..SagaRecord::new(route, Ask::TopUp(ask), 1_700_000_000)
         }
     }
 

@@ -84,6 +84,28 @@ pub struct SagaRecord {
     pub reply: Option<Reply>,
 }
 
+impl SagaRecord {
+    /// A fresh record in `Received`: nothing known yet beyond the request.
+    pub fn new(route: ReplyRoute, ask: Ask, received_at: u64) -> SagaRecord {
+        SagaRecord {
+            request_id: route.request_id.clone(),
+            route,
+            received_at,
+            step: Step::Received,
+            ask,
+            mint_url: None,
+            token_digest: None,
+            amount: None,
+            lease_id: None,
+            expires_at: None,
+            ssh_password: None,
+            access: None,
+            failure: None,
+            reply: None,
+        }
+    }
+}
+
 /// Persistent journal of sagas. Implementations must make `insert_new` and `claim_token` atomic, since the
 /// same event arrives from several relays at once.
 pub trait Journal: Send + Sync {

@@ -927,22 +927,7 @@ impl LeaseService {
 }
 
 fn new_record(route: super::ports::ReplyRoute, ask: Ask) -> SagaRecord {
-    SagaRecord {
-        request_id: route.request_id.clone(),
-        route,
-        received_at: now_secs(),
-        step: Step::Received,
-        ask,
-        mint_url: None,
-        token_digest: None,
-        amount: None,
-        lease_id: None,
-        expires_at: None,
-        ssh_password: None,
-        access: None,
-        failure: None,
-        reply: None,
-    }
+    SagaRecord::new(route, ask, now_secs())
 }
 
 #[cfg(test)]

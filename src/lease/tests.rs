@@ -415,27 +415,19 @@ async fn only_the_owner_may_top_up_or_ask_status() {
 async fn a_saga_interrupted_after_redeem_resumes_to_a_lease() {
     let w = world();
     // What a crash right after the redeem leaves in the journal.
+    let ask = super::journal::Ask::Create(LeaseRequest {
+        cashu_token: String::new(),
+        ssh_username: Some("alice".into()),
+        pod_image: None,
+        ssh_public_key: None,
+        tier: None,
+    });
     let mut rec = SagaRecord {
-        request_id: "e9".into(),
-        route: route("e9", "alice-pk"),
-        received_at: now_secs(),
         step: Step::Redeemed,
-        ask: super::journal::Ask::Create(LeaseRequest {
-            cashu_token: String::new(),
-            ssh_username: Some("alice".into()),
-            pod_image: None,
-            ssh_public_key: None,
-            tier: None,
-        }),
         mint_url: Some(MINT.into()),
         token_digest: Some("d".into()),
         amount: Some(100),
-        lease_id: None,
-        expires_at: None,
-        ssh_password: None,
-        access: None,
-        failure: None,
-        reply: None,
+        ..SagaRecord::new(route("e9", "alice-pk"), ask, now_secs())
     };
     w.journal.put(&rec).unwrap();
     w.svc.resume_unfinished().await;
@@ -471,27 +463,18 @@ async fn reconcile_ends_expired_leases_and_removes_orphans() {
 
 /// What a crash during the swap leaves: the record in Redeeming, still holding the token.
 fn redeeming_record(id: &str, token: &str) -> SagaRecord {
+    let ask = super::journal::Ask::Create(LeaseRequest {
+        cashu_token: token.into(),
+        ssh_username: Some("alice".into()),
+        pod_image: None,
+        ssh_public_key: None,
+        tier: None,
+    });
     SagaRecord {
-        request_id: id.into(),
-        route: route(id, "alice-pk"),
-        received_at: now_secs(),
         step: Step::Redeeming,
-        ask: super::journal::Ask::Create(LeaseRequest {
-            cashu_token: token.into(),
-            ssh_username: Some("alice".into()),
-            pod_image: None,
-            ssh_public_key: None,
-            tier: None,
-        }),
         mint_url: Some(MINT.into()),
         token_digest: Some(token.into()),
-        amount: None,
-        lease_id: None,
-        expires_at: None,
-        ssh_password: None,
-        access: None,
-        failure: None,
-        reply: None,
+        ..SagaRecord::new(route(id, "alice-pk"), ask, now_secs())
     }
 }
 

@@ -295,9 +295,9 @@ impl User {
         Ok(hex::encode(Sha256::digest(ser.to_string().as_bytes())))
     }
 
-    /// How many kind-1001 replies the provider published to `request_id` (NIP-44 route).
-    pub fn count_replies(&self, request_id: &str, provider: &str) -> Result<usize> {
-        let out = run(Command::new("nak").args([
+    /// The kind-1001 events from `provider` to us answering `request_id`, one JSON per line, as nak prints them.
+    fn reply_events(&self, request_id: &str, provider: &str) -> Result<String> {
+        run(Command::new("nak").args([
             "req",
             "-k",
             "1001",
@@ -308,7 +308,12 @@ impl User {
             "-e",
             request_id,
             &relay(),
-        ]))?;
+        ]))
+    }
+
+    /// How many kind-1001 replies the provider published to `request_id` (NIP-44 route).
+    pub fn count_replies(&self, request_id: &str, provider: &str) -> Result<usize> {
+        let out = self.reply_events(request_id, provider)?;
         Ok(out.lines().filter(|l| !l.trim().is_empty()).count())
     }
 
@@ -318,18 +323,7 @@ impl User {
     }
 
     fn find_reply(&self, request_id: &str, provider: &str) -> Result<Option<Value>> {
-        let out = run(Command::new("nak").args([
-            "req",
-            "-k",
-            "1001",
-            "-p",
-            &self.pubkey,
-            "-a",
-            provider,
-            "-e",
-            request_id,
-            &relay(),
-        ]))?;
+        let out = self.reply_events(request_id, provider)?;
         if let Some(line) = out.lines().find(|l| !l.trim().is_empty()) {
             let ev: Value = serde_json::from_str(line)?;
             let plain = self.decrypt(ev["content"].as_str().unwrap_or_default(), provider)?;
