@@ -30,11 +30,25 @@ fail() {
   exit 1
 }
 
-# is_running NAME: the recorded process is alive.
-is_running() {
-  local f="$PID_DIR/$1.pid"
-  [ -f "$f" ] && kill -0 "$(cat "$f")" 2>/dev/null
+# A pid file holds "PID STARTTIME" (STARTTIME: field 22 of /proc/PID/stat). The start time tells a
+# live process of ours from a stale file whose PID was reused, e.g. after the machine or session that
+# ran the stack was torn down without `stack down`.
+_proc_start_time() { awk '{print $22}' "/proc/$1/stat" 2>/dev/null; }
+
+# recorded_pid NAME: the PID of NAME if it is still our process; removes a stale pid file.
+recorded_pid() {
+  local f="$PID_DIR/$1.pid" pid start
+  [ -f "$f" ] || return 1
+  read -r pid start <"$f" || true
+  if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null && { [ -z "$start" ] || [ "$(_proc_start_time "$pid")" = "$start" ]; }; then
+    echo "$pid"; return 0
+  fi
+  rm -f "$f"
+  return 1
 }
+
+# is_running NAME: the recorded process is alive.
+is_running() { recorded_pid "$1" >/dev/null; }
 
 # start_proc NAME CMD...: start CMD in the background (own process group), log to $LOG_DIR/NAME.log,
 # record its PID. Idempotent: does nothing if NAME is already running.
@@ -43,20 +57,18 @@ start_proc() {
   if is_running "$name"; then return 0; fi
   local logf="$LOG_DIR/$name.log"
   setsid "$@" >>"$logf" 2>&1 < /dev/null &
-  echo $! > "$PID_DIR/$name.pid"
+  echo "$! $(_proc_start_time $!)" > "$PID_DIR/$name.pid"
 }
 
 # stop_proc NAME: TERM the process group, wait up to 10 s, then KILL.
 stop_proc() {
-  local name="$1" f="$PID_DIR/$1.pid" pid i
-  [ -f "$f" ] || return 0
-  pid="$(cat "$f")"
-  if kill -0 "$pid" 2>/dev/null; then
+  local name="$1" pid i
+  if pid="$(recorded_pid "$name")"; then
     kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null
     for i in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
     kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
   fi
-  rm -f "$f"
+  rm -f "$PID_DIR/$name.pid"
 }
 
 # wait_for PEER LOGFILE TIMEOUT_SECONDS CMD...: poll CMD every 0.5 s until it succeeds, else fail naming the peer.

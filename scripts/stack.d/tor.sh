@@ -389,6 +389,7 @@ tor_up() {
 
 _tor_start() {
   is_running "$(tor_proc "$1")" && return 0
+  [ "$1" = "$(tor_client_idx)" ] && _TOR_CLIENT_STARTED=1
   echo "==== $(date '+%F %T') start" >>"$LOG_DIR/$(tor_proc "$1").log"
   start_proc "$(tor_proc "$1")" tor -f "$(tor_node_dir "$1")/torrc"
 }
@@ -452,7 +453,8 @@ tor_wait() {
         fail tor "$LOG_DIR/$(tor_proc "$i").log" "tor node $(tor_node_name "$i") exited"
     done
     if ! is_running "$(tor_proc "$c")"; then
-      if [ -f "$PID_DIR/$(tor_proc "$c").pid" ]; then fail tor "$clientlog" "tor client exited"; fi
+      # started by this run (a stale pid file was dropped by is_running) and gone since
+      if [ -n "${_TOR_CLIENT_STARTED:-}" ]; then fail tor "$clientlog" "tor client exited"; fi
       if _tor_auth_consensus_ready; then
         log "tor: authorities published a consensus with >= $TOR_MIN_HSDIRS HSDirs after $(( $(date +%s) - $(cat "$TOR_DIR/started-at" 2>/dev/null || date +%s) ))s; starting the client"
         # Relays got 404s for the consensus until now and back off exponentially (an exit without a
@@ -493,8 +495,7 @@ tor_down() {
   local i f
   # TERM every node at once (each tor takes ~2 s to exit), then let stop_proc wait/KILL and clean up.
   for i in "${!TOR_NODES[@]}"; do
-    f="$PID_DIR/$(tor_proc "$i").pid"
-    [ -f "$f" ] && kill -TERM -- "-$(cat "$f")" 2>/dev/null || true
+    f="$(recorded_pid "$(tor_proc "$i")")" && kill -TERM -- "-$f" 2>/dev/null || true
   done
   for (( i=${#TOR_NODES[@]}-1; i>=0; i-- )); do stop_proc "$(tor_proc "$i")"; done
 }
