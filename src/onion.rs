@@ -15,6 +15,7 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -32,7 +33,7 @@ use tor_config::load::ConfigResolveOptions;
 use tor_config::sources::MustRead;
 use tor_hscrypto::pk::{HsIdKey, HsIdKeypair};
 use tor_hsservice::config::OnionServiceConfigBuilder;
-use tor_hsservice::status::State as ServiceState;
+use tor_hsservice::status::{OnionServiceStatus, OnionServiceStatusStream, State as ServiceState};
 use tor_hsservice::{HsIdKeypairSpecifier, HsNickname, RunningOnionService, StreamRequest};
 use tor_keymgr::KeystoreSelector;
 use tor_llcrypto::pk::ed25519;
@@ -54,6 +55,11 @@ const NICK_MAX_ID: usize = 48;
 
 const DEFAULT_BOOTSTRAP_TIMEOUT: Duration = Duration::from_secs(120);
 const DEFAULT_PUBLISH_TIMEOUT: Duration = Duration::from_secs(120);
+/// A new service not reachable after this long is stopped and launched again with the same key, within
+/// the publish timeout; each relaunch doubles the wait, so a slow network is not thrashed. Services normally publish in 0.4–13 s (docs/onion.md); rarely one stays
+/// Bootstrapping for minutes with no problem reported while its siblings publish, and a fresh launch
+/// (new introduction points, new upload schedule) gets it out.
+const DEFAULT_PUBLISH_STALL: Duration = Duration::from_secs(40);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// New services being published at once. On the private test network a burst of 40 launches in one client
 /// published only 18 within 120 s (arti's pool of onion-service circuits backs off: "Too many preemptive
@@ -142,6 +148,9 @@ struct Enabled {
     ports: Arc<[u16]>,
     bootstrap_timeout: Duration,
     publish_timeout: Duration,
+    publish_stall: Duration,
+    /// Services relaunched because they stalled (see [`DEFAULT_PUBLISH_STALL`]).
+    relaunched: AtomicU64,
 }
 
 impl Drop for Enabled {
@@ -209,6 +218,8 @@ impl ArtiOnion {
                 ports: Arc::from(DEFAULT_PORTS.as_slice()),
                 bootstrap_timeout: DEFAULT_BOOTSTRAP_TIMEOUT,
                 publish_timeout: DEFAULT_PUBLISH_TIMEOUT,
+                publish_stall: DEFAULT_PUBLISH_STALL,
+                relaunched: AtomicU64::new(0),
             }),
         })
     }
@@ -221,13 +232,28 @@ impl ArtiOnion {
         self
     }
 
-    /// How long `launch` waits for bootstrap, then for the descriptor to be published.
+    /// How long `launch` waits for bootstrap, then for the descriptor to be published (relaunching a
+    /// stalled service every `publish / 3`, at most every 40 s).
     pub fn with_timeouts(mut self, bootstrap: Duration, publish: Duration) -> Self {
         if let Some(inner) = self.inner.as_mut() {
             inner.bootstrap_timeout = bootstrap;
             inner.publish_timeout = publish;
+            inner.publish_stall = DEFAULT_PUBLISH_STALL.min(publish / 3);
         }
         self
+    }
+
+    /// How long a new service may stay unreachable before it is relaunched (the wait doubles each time).
+    pub fn with_publish_stall(mut self, stall: Duration) -> Self {
+        if let Some(inner) = self.inner.as_mut() {
+            inner.publish_stall = stall;
+        }
+        self
+    }
+
+    /// How many stalled services were relaunched since start.
+    pub fn relaunches(&self) -> u64 {
+        self.inner.as_ref().map_or(0, |i| i.relaunched.load(Ordering::Relaxed))
     }
 
     /// Stop every service and the Tor client, and wait (bounded) until the client has released its state
@@ -281,6 +307,7 @@ impl ArtiOnion {
         let lease_lock = inner.lease_lock(lease_id);
         let guard = lease_lock.lock().await;
         let started = Instant::now();
+        let deadline = tokio::time::Instant::now() + inner.publish_timeout;
 
         let existing = {
             let services = lock(&inner.services);
@@ -302,7 +329,7 @@ impl ArtiOnion {
                     inner.stop_locked(lease_id);
                 }
                 inner.wait_bootstrapped(lease_id).await?;
-                let service = inner.start_service(lease_id, nickname, keypair, address.clone(), target).await?;
+                let service = inner.start_service(lease_id, nickname.clone(), keypair, address.clone(), target).await?;
                 let svc = Arc::clone(&service.svc);
                 lock(&inner.services).insert(lease_id.to_string(), service);
                 svc
@@ -310,10 +337,70 @@ impl ArtiOnion {
         };
         drop(guard);
 
-        inner.wait_published(lease_id, &address, &svc, started).await?;
+        // Wait without holding the service: a relaunch must be able to drop the old one, which releases
+        // its state-directory lock.
+        let mut status = svc.status();
+        let mut events = svc.status_events();
+        drop(svc);
+        let mut relaunches = 0u32;
+        let mut stall = inner.publish_stall;
+        loop {
+            // Only the launch that started the service (it holds a publish permit) relaunches it; others wait.
+            let stall_at = if permit.is_some() { tokio::time::Instant::now() + stall } else { deadline };
+            match inner.wait_reachable(&mut status, &mut events, stall_at.min(deadline)).await {
+                Waited::Reachable => {
+                    let elapsed_ms = started.elapsed().as_millis() as u64;
+                    info!(lease_id, %address, elapsed_ms, relaunches, "onion service published");
+                    return Ok(address);
+                }
+                Waited::Gone | Waited::TimedOut if tokio::time::Instant::now() >= deadline => break,
+                // Stopped or replaced meanwhile: follow the lease's current service if it has this address.
+                Waited::Gone => {
+                    let Some(current) = inner.current_service(lease_id, &address) else { break };
+                    status = current.status();
+                    events = current.status_events();
+                }
+                Waited::TimedOut => {
+                    relaunches += 1;
+                    stall = stall.saturating_mul(2);
+                    inner.relaunched.fetch_add(1, Ordering::Relaxed);
+                    warn!(lease_id, %address, relaunches, state = ?status.state(), ipt_and_publisher = ?status,
+                        "onion service still not reachable; relaunching it with the same key");
+                    let guard = lease_lock.lock().await;
+                    let current = lock(&inner.services)
+                        .get(lease_id)
+                        .filter(|s| s.address == address)
+                        .map(|s| *s.target.borrow());
+                    let Some(target) = current else { break };
+                    inner.stop_locked(lease_id);
+                    let keypair = keypair_from_bytes(key)
+                        .map_err(|message| OnionError::BadKey { lease_id: lease_id.into(), message })?;
+                    let service =
+                        inner.start_service(lease_id, nickname.clone(), keypair, address.clone(), target).await?;
+                    status = service.svc.status();
+                    events = service.svc.status_events();
+                    lock(&inner.services).insert(lease_id.to_string(), service);
+                    drop(guard);
+                }
+            }
+        }
         drop(permit);
-        Ok(address)
+        Err(OnionError::PublishTimeout {
+            lease_id: lease_id.into(),
+            address,
+            waited: inner.publish_timeout,
+            state: format!("{:?}", status.state()),
+            problem: status.current_problem().map(|p| format!(", problem: {p:?}")).unwrap_or_default(),
+        })
     }
+}
+
+/// How a wait for reachability ended.
+enum Waited {
+    Reachable,
+    /// The status stream ended: the service was stopped (or replaced by a relaunch).
+    Gone,
+    TimedOut,
 }
 
 impl Enabled {
@@ -388,38 +475,30 @@ impl Enabled {
     /// AND the secondary one (previous or next). That needs the consensus to carry shared-random values
     /// covering both, which a freshly started Tor network lacks for up to two SR rounds (on the private
     /// network, 2 × 24 × 20 s = 16 min): meanwhile the service stays Bootstrapping and this times out.
-    async fn wait_published(
+    async fn wait_reachable(
         &self,
-        lease_id: &str,
-        address: &str,
-        svc: &RunningOnionService,
-        started: Instant,
-    ) -> Result<(), OnionError> {
-        let mut events = svc.status_events();
-        let deadline = tokio::time::Instant::now() + self.publish_timeout;
+        status: &mut OnionServiceStatus,
+        events: &mut OnionServiceStatusStream,
+        until: tokio::time::Instant,
+    ) -> Waited {
         loop {
-            let status = svc.status();
             if status.state().is_fully_reachable() {
-                info!(lease_id, %address, elapsed_ms = started.elapsed().as_millis() as u64, "onion service published");
-                return Ok(());
+                return Waited::Reachable;
             }
-            match tokio::time::timeout_at(deadline, events.next()).await {
+            match tokio::time::timeout_at(until, events.next()).await {
                 Ok(Some(ev)) => {
-                    debug!(lease_id, %address, state = ?ev.state(), "onion service status")
+                    debug!(state = ?ev.state(), "onion service status");
+                    *status = ev;
                 }
-                // The status stream ends only when the service is gone (stopped meanwhile).
-                Ok(None) | Err(_) => {
-                    let status = svc.status();
-                    return Err(OnionError::PublishTimeout {
-                        lease_id: lease_id.into(),
-                        address: address.into(),
-                        waited: self.publish_timeout,
-                        state: format!("{:?}", status.state()),
-                        problem: status.current_problem().map(|p| format!(", problem: {p:?}")).unwrap_or_default(),
-                    });
-                }
+                Ok(None) => return Waited::Gone,
+                Err(_) => return Waited::TimedOut,
             }
         }
+    }
+
+    /// The lease's running service if it has this address.
+    fn current_service(&self, lease_id: &str, address: &str) -> Option<Arc<RunningOnionService>> {
+        lock(&self.services).get(lease_id).filter(|s| s.address == address).map(|s| Arc::clone(&s.svc))
     }
 
     /// Stop a lease's service; the caller holds the lease lock.

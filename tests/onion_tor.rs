@@ -233,6 +233,32 @@ async fn arti_service_is_reached_by_c_tor_and_survives_restart() -> Result<()> {
     Ok(())
 }
 
+/// A service that is not reachable within the stall window is stopped and launched again with the same
+/// key, until it publishes. A 300 ms first window (doubling) forces relaunches on the private network,
+/// where publishing takes about a second; the address must be the same and answer through C tor.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_service_is_relaunched_with_the_same_key() -> Result<()> {
+    init_logs();
+    let network = PathBuf::from(stack_env("PAYGRESS_TOR_NETWORK_CONFIG")?);
+    let socks = socks_addr()?;
+    let tag = format!("paygress-relaunch-test-{}", std::process::id());
+    let target = banner_server(tag.clone()).await?;
+    let state = tempfile::tempdir()?;
+    let onion = ArtiOnion::new(state.path(), Some(&network))?.with_publish_stall(Duration::from_millis(300));
+    let key = onion.generate_key()?;
+    let expected = address_for_key(&key).map_err(|e| anyhow!(e))?;
+
+    let t = Instant::now();
+    let address = onion.launch("lease-relaunch-test", &key, target).await?;
+    println!("published after {} relaunch(es) in {:?}", onion.relaunches(), t.elapsed());
+    assert_eq!(address, expected);
+    assert!(onion.relaunches() >= 1, "a 300 ms window cannot cover bootstrap and publish");
+    assert_eq!(onion.running(), 1, "relaunches replace the service, never add one");
+    reach(socks, &address, 2222, &tag, Duration::from_secs(180)).await?;
+    onion.shutdown().await;
+    Ok(())
+}
+
 #[tokio::test]
 async fn bad_key_is_refused_before_any_network_use() -> Result<()> {
     // Needs no network: a key of the wrong length is rejected at once, as a permanent failure.
