@@ -14,7 +14,9 @@ use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{Api, ListParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use paygress::k8s::{self, KubeCluster};
-use paygress::lease::ports::{ClusterPort, FailureKind, OrphanObject, PodPlan, SshProbePort};
+use paygress::lease::ports::{
+    AppliedTopUp, ClusterPort, ExpiryUpdate, FailureKind, OrphanObject, PodPlan, SshProbePort,
+};
 use paygress::protocol::{ErrorCode, Tier};
 use paygress::ssh::RusshProbe;
 
@@ -235,16 +237,26 @@ async fn lease_lifecycle_with_the_manifest_rbac() -> Result<()> {
         String::from_utf8_lossy(&login.stderr)
     );
 
-    // Top-up moves the annotation; list_leases reads it back.
+    // Top-up moves the annotation and records itself, conditional on the resourceVersion read;
+    // list_leases reads both back.
+    let before = cluster.list_leases().await?.into_iter().find(|l| l.lease_id == id).context("lease not listed")?;
+    ensure!(before.topups.is_empty() && before.version.is_some(), "{before:?}");
     let new_expiry = p.expires_at + 7200;
-    cluster.set_expiry(&id, new_expiry).await.context("set_expiry")?;
+    let record = AppliedTopUp { id: "0123456789abcdef".into(), added_secs: 7200, expires_at: new_expiry };
+    let update = ExpiryUpdate { expires_at: new_expiry, topups: vec![record.clone()], if_version: before.version };
+    cluster.set_expiry(&id, &update).await.context("set_expiry")?;
+    // The same write again carries a stale resourceVersion: the API server refuses it (409, retryable).
+    let stale = cluster.set_expiry(&id, &update).await.unwrap_err();
+    ensure!(stale.kind == FailureKind::Transient && stale.message.contains("409"), "{stale:?}");
     let leases = cluster.list_leases().await?;
     let l = leases.iter().find(|l| l.lease_id == id).context("lease not listed")?;
     ensure!(l.expires_at == Some(new_expiry), "{l:?}");
+    ensure!(l.topups == vec![record], "{l:?}");
     ensure!(l.ssh_endpoint == Some(ep), "{l:?}");
     ensure!(l.requester.as_deref() == Some(p.requester.as_str()) && l.tier.as_deref() == Some("basic"));
     ensure!(!l.terminating);
-    let missing = cluster.set_expiry(&unique_id("none"), 1).await.unwrap_err();
+    let nothing = ExpiryUpdate { expires_at: 1, topups: vec![], if_version: None };
+    let missing = cluster.set_expiry(&unique_id("none"), &nothing).await.unwrap_err();
     ensure!(missing.kind == FailureKind::Rejected(ErrorCode::LeaseNotFound), "{missing:?}");
 
     // Onion key: stored once, read back, never silently replaced.

@@ -27,7 +27,7 @@ pub use error::{Action, KubeError};
 pub use objects::{auth_secret_name, onion_secret_name, pod_name, service_name, valid_lease_id};
 
 use crate::lease::ports::{
-    default_probe_interval, ClusterLease, ClusterPort, FailureKind, OrphanObject, PodPlan, PortResult,
+    default_probe_interval, ClusterLease, ClusterPort, ExpiryUpdate, FailureKind, OrphanObject, PodPlan, PortResult,
 };
 use objects::PodProgress;
 
@@ -365,12 +365,21 @@ impl ClusterPort for KubeCluster {
         }
     }
 
-    async fn set_expiry(&self, lease_id: &str, expires_at: u64) -> PortResult<()> {
+    async fn set_expiry(&self, lease_id: &str, update: &ExpiryUpdate) -> PortResult<()> {
         Self::check_id(lease_id)?;
         let name = pod_name(lease_id);
-        let patch = serde_json::json!({
-            "metadata": { "annotations": { objects::ANN_EXPIRES_AT: expires_at.to_string() } }
+        let expires_at = update.expires_at;
+        let mut patch = serde_json::json!({
+            "metadata": { "annotations": {
+                objects::ANN_EXPIRES_AT: expires_at.to_string(),
+                objects::ANN_TOPUPS: objects::format_topups(&update.topups),
+            } }
         });
+        // A resourceVersion in a merge patch is a precondition: the API server answers 409 Conflict
+        // (Transient) if the pod changed since it was read.
+        if let Some(version) = &update.if_version {
+            patch["metadata"]["resourceVersion"] = serde_json::Value::String(version.clone());
+        }
         let object = format!("pod/{name}");
         self.call(
             lease_id,

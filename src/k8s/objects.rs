@@ -14,7 +14,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference}
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::ByteString;
 
-use crate::lease::ports::{ClusterLease, PodPlan};
+use crate::lease::ports::{AppliedTopUp, ClusterLease, PodPlan};
 
 pub const LABEL_APP: &str = "app";
 pub const APP: &str = "paygress-ssh-pod";
@@ -26,6 +26,8 @@ pub const LABEL_NAME: &str = "app.kubernetes.io/name";
 pub const ANN_EXPIRES_AT: &str = "paygress.io/expires-at";
 pub const ANN_REQUESTER: &str = "paygress.io/requester";
 pub const ANN_TIER: &str = "paygress.io/tier";
+/// Top-ups applied to the lease: `id:added_secs:expires_at`, comma-separated, oldest first.
+pub const ANN_TOPUPS: &str = "paygress.io/topups";
 
 /// Data key of the auth Secret.
 pub const PASSWORD_KEY: &str = "password";
@@ -345,7 +347,28 @@ pub fn cluster_lease(pod: &Pod, default_port: u16) -> Option<ClusterLease> {
         tier: annotation(&pod.metadata, ANN_TIER).map(String::from),
         ssh_endpoint,
         terminating: pod.metadata.deletion_timestamp.is_some(),
+        topups: annotation(&pod.metadata, ANN_TOPUPS).map(parse_topups).unwrap_or_default(),
+        version: pod.metadata.resource_version.clone(),
     })
+}
+
+pub fn format_topups(topups: &[AppliedTopUp]) -> String {
+    let entries: Vec<String> = topups.iter().map(|t| format!("{}:{}:{}", t.id, t.added_secs, t.expires_at)).collect();
+    entries.join(",")
+}
+
+/// Unreadable entries are skipped: the record only prevents double application, it never grants time.
+pub fn parse_topups(value: &str) -> Vec<AppliedTopUp> {
+    value
+        .split(',')
+        .filter_map(|entry| {
+            let mut parts = entry.trim().splitn(3, ':');
+            let id = parts.next().filter(|id| !id.is_empty())?.to_string();
+            let added_secs = parts.next()?.parse().ok()?;
+            let expires_at = parts.next()?.parse().ok()?;
+            Some(AppliedTopUp { id, added_secs, expires_at })
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -456,6 +479,17 @@ mod tests {
         assert_eq!(a[ANN_EXPIRES_AT], "1900000000");
         assert_eq!(a[ANN_TIER], "basic");
         assert_eq!(a[ANN_REQUESTER], "ab".repeat(32));
+    }
+
+    #[test]
+    fn topup_records_round_trip_and_skip_garbage() {
+        let t = vec![
+            AppliedTopUp { id: "a1b2".into(), added_secs: 3600, expires_at: 1_900_000_000 },
+            AppliedTopUp { id: "c3d4".into(), added_secs: 60, expires_at: 1_900_000_060 },
+        ];
+        assert_eq!(parse_topups(&format_topups(&t)), t);
+        assert_eq!(parse_topups("a1b2:3600:1900000000,junk,:1:2,x:y:z"), t[..1]);
+        assert!(parse_topups("").is_empty());
     }
 
     #[test]

@@ -118,6 +118,30 @@ pub struct ClusterLease {
     /// Where SSH answers, when the pod runs.
     pub ssh_endpoint: Option<SocketAddr>,
     pub terminating: bool,
+    /// Top-ups applied so far, oldest first (bounded; see [`ExpiryUpdate`]).
+    pub topups: Vec<AppliedTopUp>,
+    /// The pod's resourceVersion when read: the precondition of an [`ExpiryUpdate`].
+    pub version: Option<String>,
+}
+
+/// A top-up applied to a lease, recorded on its pod with the new expiry in one write, so a top-up
+/// resumed after a crash finds itself applied instead of extending the lease twice.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppliedTopUp {
+    /// The top-up request's id (a prefix of it).
+    pub id: String,
+    pub added_secs: u64,
+    pub expires_at: u64,
+}
+
+/// A new expiry and the top-up record that goes with it, written only if the pod still has the
+/// resourceVersion they were computed from: a concurrent top-up then fails (Transient) and is recomputed
+/// instead of being overwritten.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExpiryUpdate {
+    pub expires_at: u64,
+    pub topups: Vec<AppliedTopUp>,
+    pub if_version: Option<String>,
 }
 
 /// Objects the provider labelled but that belong to no live lease pod.
@@ -134,8 +158,8 @@ pub trait ClusterPort: Send + Sync {
     async fn ensure_lease_objects(&self, plan: &PodPlan) -> PortResult<()>;
     /// Wait until the lease's pod is Running with an IP; returns its SSH endpoint as the cluster reports it.
     async fn wait_running(&self, lease_id: &str, timeout: Duration) -> PortResult<SocketAddr>;
-    /// Move the expiry annotation (top-ups).
-    async fn set_expiry(&self, lease_id: &str, expires_at: u64) -> PortResult<()>;
+    /// Move the expiry annotation and record the top-up (see [`ExpiryUpdate`]).
+    async fn set_expiry(&self, lease_id: &str, update: &ExpiryUpdate) -> PortResult<()>;
     /// Delete every object labelled with the lease id. Idempotent.
     async fn delete_lease(&self, lease_id: &str) -> PortResult<()>;
     /// Every lease pod the provider manages.

@@ -9,11 +9,12 @@ use std::time::{Duration, Instant};
 
 use rand::Rng;
 use sha2::{Digest, Sha256};
-use tracing::{info, info_span, warn, Instrument};
+use tracing::{debug, info, info_span, warn, Instrument};
 
 use super::journal::{Ask, Journal, SagaRecord, Step};
 use super::ports::{
-    ClusterLease, ClusterPort, FailureKind, OnionPort, PaymentPort, PodPlan, PortError, ReplyPort, SshProbePort,
+    AppliedTopUp, ClusterLease, ClusterPort, ExpiryUpdate, FailureKind, OnionPort, PaymentPort, PodPlan, PortError,
+    ReplyPort, SshProbePort,
 };
 use super::Incoming;
 use crate::config::{Config, Failpoint};
@@ -72,6 +73,10 @@ pub struct Ports {
 /// Kept below the onion adapter's own bound on concurrent publications (8), so that after a restart with
 /// many live leases a newly paid lease does not queue behind every restore (seen: 54 s instead of 0.5 s).
 const RESTORE_CONCURRENCY: usize = 4;
+/// Top-ups remembered on a lease pod. A resumed top-up is found among them; one that was applied before
+/// this many later ones and then resumed would apply again, which needs that many top-ups during a crash.
+const MAX_TOPUP_RECORDS: usize = 32;
+const TOPUP_TOO_LATE: &str = "the lease ended before the top-up could be applied";
 
 pub struct LeaseService {
     settings: LeaseSettings,
@@ -94,6 +99,11 @@ pub fn now_secs() -> u64 {
 pub fn lease_id_for(request_id: &str) -> String {
     let digest = Sha256::digest(request_id.as_bytes());
     hex::encode(&digest[..6])
+}
+
+/// How a top-up is named in the lease's record: its request id's first 16 hex digits (64 bits).
+fn topup_record_id(request_id: &str) -> String {
+    request_id.chars().take(16).collect()
 }
 
 pub fn pod_name(lease_id: &str) -> String {
@@ -530,47 +540,68 @@ impl LeaseService {
         }
     }
 
+    /// Apply a redeemed top-up exactly once. The new expiry and the top-up's record are written together,
+    /// conditional on the pod's resourceVersion: a resume after a crash finds the record and replies with
+    /// it, and a concurrent top-up makes this write fail and be recomputed from the fresh pod.
     async fn extend(&self, rec: &mut SagaRecord, amount: u64) -> Flow {
         let lease_id = rec.lease_id.clone().unwrap_or_default();
-        let lease = match self.lease_by_id(&lease_id).await {
-            Ok(Some(l)) if !l.terminating && l.expires_at.is_some_and(|e| e > now_secs()) => l,
-            Ok(_) => {
+        let topup_id = topup_record_id(&rec.request_id);
+        for _ in 0..self.settings.retry_attempts.max(1) {
+            let lease = match self.lease_by_id(&lease_id).await {
+                Ok(Some(l)) => l,
+                Ok(None) => return self.fail_after_redeem(rec, ErrorCode::LeaseExpired, TOPUP_TOO_LATE),
+                Err(e) if e.is_transient() => return Flow::Park,
+                Err(e) => return self.fail_after_redeem(rec, ErrorCode::ProvisioningFailed, e.message),
+            };
+            if let Some(done) = lease.topups.iter().find(|t| t.id == topup_id) {
+                info!(lease_id, expires_at = done.expires_at, "top-up already applied (resumed)");
+                return self.extended(rec, lease_id, amount, done.added_secs, done.expires_at);
+            }
+            let now = now_secs();
+            if lease.terminating || lease.expires_at.is_none_or(|e| e <= now) {
                 // Expired (or deleted) between the check and the payment: give the money back.
+                return self.fail_after_redeem(rec, ErrorCode::LeaseExpired, TOPUP_TOO_LATE);
+            }
+            let rate = self.tier(lease.tier.as_deref()).map(|t| t.sats_per_hour).unwrap_or(1);
+            let current = lease.expires_at.unwrap_or(now).max(now);
+            let new_expiry = (current + seconds_for(amount, rate)).min(now + self.settings.max_duration_secs);
+            if new_expiry <= current {
                 return self.fail_after_redeem(
                     rec,
-                    ErrorCode::LeaseExpired,
-                    "the lease ended before the top-up could be applied",
+                    ErrorCode::AmountTooLarge,
+                    "the lease is already at its maximum length",
                 );
             }
-            Err(e) if e.is_transient() => return Flow::Park,
-            Err(e) => return self.fail_after_redeem(rec, ErrorCode::ProvisioningFailed, e.message),
-        };
-        let rate = self.tier(lease.tier.as_deref()).map(|t| t.sats_per_hour).unwrap_or(1);
-        let now = now_secs();
-        let current = lease.expires_at.unwrap_or(now).max(now);
-        let added = seconds_for(amount, rate);
-        let new_expiry = (current + added).min(now + self.settings.max_duration_secs);
-        if new_expiry <= current {
-            return self.fail_after_redeem(
-                rec,
-                ErrorCode::AmountTooLarge,
-                "the lease is already at its maximum length",
-            );
-        }
-        if let Err(e) = self.retry(|| self.ports.cluster.set_expiry(&lease_id, new_expiry)).await {
-            if e.is_transient() {
-                return Flow::Park;
+            let added_secs = new_expiry - current;
+            let mut topups = lease.topups;
+            topups.push(AppliedTopUp { id: topup_id.clone(), added_secs, expires_at: new_expiry });
+            let excess = topups.len().saturating_sub(MAX_TOPUP_RECORDS);
+            topups.drain(..excess);
+            let update = ExpiryUpdate { expires_at: new_expiry, topups, if_version: lease.version };
+            match self.ports.cluster.set_expiry(&lease_id, &update).await {
+                Ok(()) => {
+                    info!(lease_id, new_expiry, added_secs, "lease extended");
+                    return self.extended(rec, lease_id, amount, added_secs, new_expiry);
+                }
+                // A conflict (someone changed the pod) or a timeout that may have applied: re-read.
+                Err(e) if e.is_transient() => {
+                    debug!(lease_id, error = %e, "top-up write not applied; re-reading the lease");
+                    tokio::time::sleep(self.settings.retry_delay).await;
+                }
+                Err(e) => return self.fail_after_redeem(rec, ErrorCode::ProvisioningFailed, e.message),
             }
-            return self.fail_after_redeem(rec, ErrorCode::ProvisioningFailed, e.message);
         }
-        info!(lease_id, new_expiry, added = new_expiry - current, "lease extended");
-        rec.expires_at = Some(new_expiry);
+        Flow::Park
+    }
+
+    fn extended(&self, rec: &mut SagaRecord, lease_id: String, amount: u64, added: u64, expires_at: u64) -> Flow {
+        rec.expires_at = Some(expires_at);
         let reply = Reply::Extended {
             request_id: rec.request_id.clone(),
             lease_id,
             amount_sats: amount,
-            added_seconds: new_expiry - current,
-            expires_at: new_expiry,
+            added_seconds: added,
+            expires_at,
         };
         self.finish_with(rec, reply)
     }

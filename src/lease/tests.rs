@@ -71,6 +71,9 @@ struct FakeCluster {
     keys: Mutex<HashMap<String, Vec<u8>>>,
     fail_create: Mutex<bool>,
     creates: Mutex<u32>,
+    topups: Mutex<HashMap<String, Vec<AppliedTopUp>>>,
+    /// resourceVersion stand-in: bumped by every expiry write.
+    versions: Mutex<HashMap<String, u64>>,
 }
 
 #[async_trait]
@@ -90,14 +93,18 @@ impl ClusterPort for FakeCluster {
             Err(PortError::permanent("gone"))
         }
     }
-    async fn set_expiry(&self, lease_id: &str, expires_at: u64) -> PortResult<()> {
-        match self.leases.lock().unwrap().get_mut(lease_id) {
-            Some(p) => {
-                p.expires_at = expires_at;
-                Ok(())
-            }
-            None => Err(PortError::permanent("no pod")),
+    async fn set_expiry(&self, lease_id: &str, update: &ExpiryUpdate) -> PortResult<()> {
+        let mut leases = self.leases.lock().unwrap();
+        let Some(p) = leases.get_mut(lease_id) else { return Err(PortError::permanent("no pod")) };
+        let mut versions = self.versions.lock().unwrap();
+        let version = versions.entry(lease_id.to_string()).or_default();
+        if update.if_version.as_ref().is_some_and(|v| *v != version.to_string()) {
+            return Err(PortError::transient("409 Conflict"));
         }
+        *version += 1;
+        p.expires_at = update.expires_at;
+        self.topups.lock().unwrap().insert(lease_id.to_string(), update.topups.clone());
+        Ok(())
     }
     async fn delete_lease(&self, lease_id: &str) -> PortResult<()> {
         self.leases.lock().unwrap().remove(lease_id);
@@ -118,6 +125,8 @@ impl ClusterPort for FakeCluster {
                 tier: Some(p.tier.name.clone()),
                 ssh_endpoint: Some("127.0.0.1:2222".parse().unwrap()),
                 terminating: false,
+                topups: self.topups.lock().unwrap().get(&p.lease_id).cloned().unwrap_or_default(),
+                version: Some(self.versions.lock().unwrap().get(&p.lease_id).copied().unwrap_or(0).to_string()),
             })
             .collect())
     }
@@ -409,6 +418,52 @@ async fn only_the_owner_may_top_up_or_ask_status() {
     let Reply::Status { lease, .. } = w.svc.handle(status).await.unwrap() else { panic!() };
     assert_eq!(lease.state, "active");
     assert!(lease.seconds_remaining > 3600);
+}
+
+fn top_up(id: &str, lease_id: &str, token: &str) -> Incoming {
+    Incoming::TopUp {
+        route: route(id, "alice-pk"),
+        request: TopUpRequest { cashu_token: token.into(), lease: lease_id.into() },
+    }
+}
+
+#[tokio::test]
+async fn a_top_up_resumed_after_its_write_extends_once() {
+    let w = world();
+    w.svc.handle(create("e1", "tok:http:mint.test:100:a")).await;
+    let lease_id = w.cluster.leases.lock().unwrap().keys().next().unwrap().clone();
+    let before = w.cluster.leases.lock().unwrap()[&lease_id].expires_at;
+    let first = w.svc.handle(top_up("t1", &lease_id, "tok:http:mint.test:50:b")).await.unwrap();
+    assert!(matches!(first, Reply::Extended { added_seconds: 1800, .. }), "{first:?}");
+
+    // A crash after the pod was patched but before the journal moved on leaves the saga in Redeemed.
+    let mut rec = w.journal.get("t1").unwrap().unwrap();
+    rec.step = Step::Redeemed;
+    rec.reply = None;
+    w.journal.put(&rec).unwrap();
+    w.svc.resume_unfinished().await;
+    let rec = wait_done(&w, "t1").await;
+    assert_eq!(rec.reply, Some(first), "the resumed top-up replies as the first run did");
+    assert_eq!(w.cluster.leases.lock().unwrap()[&lease_id].expires_at, before + 1800, "extended once");
+    assert_eq!(*w.payment.redeems.lock().unwrap(), 2);
+}
+
+#[tokio::test]
+async fn concurrent_top_ups_all_count() {
+    let w = world();
+    w.svc.handle(create("e1", "tok:http:mint.test:100:a")).await;
+    let lease_id = w.cluster.leases.lock().unwrap().keys().next().unwrap().clone();
+    let before = w.cluster.leases.lock().unwrap()[&lease_id].expires_at;
+    let (a, b, c) = tokio::join!(
+        w.svc.handle(top_up("t1", &lease_id, "tok:http:mint.test:50:b")),
+        w.svc.handle(top_up("t2", &lease_id, "tok:http:mint.test:50:c")),
+        w.svc.handle(top_up("t3", &lease_id, "tok:http:mint.test:50:d")),
+    );
+    for r in [a, b, c] {
+        assert!(matches!(r, Some(Reply::Extended { added_seconds: 1800, .. })), "{r:?}");
+    }
+    assert_eq!(w.cluster.leases.lock().unwrap()[&lease_id].expires_at, before + 3 * 1800);
+    assert_eq!(w.cluster.topups.lock().unwrap()[&lease_id].len(), 3);
 }
 
 #[tokio::test]
