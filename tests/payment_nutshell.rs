@@ -218,7 +218,7 @@ async fn refund_is_receivable_and_wallet_survives_reopen() {
     let norm = paygress::config::normalize_mint_url(&a).expect("url");
     assert_eq!(p.balances().await.expect("balances"), vec![(norm.clone(), 164)]);
 
-    let refund = p.refund(&a, 40).await.expect("refund");
+    let refund = p.refund(&a, 40, "r1").await.expect("refund");
     assert!(refund.starts_with("cashuB"));
     assert_eq!(p.balance().await.expect("balance"), 124);
     let requester = CliWallet::new(&a);
@@ -231,7 +231,7 @@ async fn refund_is_receivable_and_wallet_survives_reopen() {
     assert_eq!(p.balance().await.expect("balance"), 0);
     assert_eq!(requester.receive(&sent.token), 124);
 
-    let err = p.refund(&a, 1).await.expect_err("empty wallet");
+    let err = p.refund(&a, 1, "r2").await.expect_err("empty wallet");
     assert_eq!(err.kind, FailureKind::Permanent, "{err}");
 
     // Operator send from whichever mint holds the most.
@@ -249,10 +249,47 @@ async fn refund_is_receivable_and_wallet_survives_reopen() {
     let mut expected = vec![(norm.clone(), 20), (norm_b, 0)];
     expected.sort();
     assert_eq!(p.balances().await.expect("balances"), expected);
-    assert_eq!(requester.receive(&p.refund(&a, 20).await.expect("refund at old mint")), 20);
-    let err = p.refund(&a, 1).await.expect_err("nothing left at A");
+    assert_eq!(requester.receive(&p.refund(&a, 20, "r3").await.expect("refund at old mint")), 20);
+    let err = p.refund(&a, 1, "r4").await.expect_err("nothing left at A");
     assert!(matches!(err.kind, FailureKind::Rejected(ErrorCode::MintNotAllowed)), "{err}");
     drop(p);
     let reopened = provider(dir.path(), std::slice::from_ref(&a));
     assert_eq!(reopened.balance().await.expect("balance"), 0);
+}
+
+/// A refund is minted once per request id: a repeat (a saga resumed after a crash between minting the
+/// token and recording it) returns the same token, also after a restart, and the wallet pays once.
+/// Once the requester has redeemed it, a repeat is refused rather than paid again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refund_is_minted_once_per_request() {
+    let a = mint_a();
+    let cli = CliWallet::new(&a);
+    cli.fund(200);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = {
+        let p = provider(dir.path(), std::slice::from_ref(&a));
+        assert_eq!(p.redeem(&cli.send(100, &[])).await.expect("redeem"), 100);
+        let first = p.refund_once(&a, 30, "request-1").await.expect("refund");
+        let again = p.refund_once(&a, 30, "request-1").await.expect("refund again");
+        assert_eq!(first.token, again.token, "the same request gets the same token");
+        assert_eq!(p.balance().await.expect("balance"), 70, "paid once");
+        let other = p.refund_once(&a, 5, "request-2").await.expect("another request");
+        assert_ne!(other.token, first.token);
+        assert_eq!(p.balance().await.expect("balance"), 65);
+        first.token
+    };
+    // A restart: the open send is found in the wallet database.
+    let p = provider(dir.path(), std::slice::from_ref(&a));
+    let after_restart = p.refund_once(&a, 30, "request-1").await.expect("refund after restart");
+    assert_eq!(after_restart.token, token);
+    assert_eq!(p.balance().await.expect("balance"), 65);
+
+    let requester = CliWallet::new(&a);
+    assert_eq!(requester.receive(&token), 30);
+    drop(p);
+    // Reopening checks open sends at the mint: this one is now spent, so a repeat is refused.
+    let p = provider(dir.path(), std::slice::from_ref(&a));
+    let err = p.refund_once(&a, 30, "request-1").await.expect_err("already redeemed");
+    assert_eq!(err.kind(), FailureKind::Permanent, "{err}");
+    assert_eq!(p.balance().await.expect("balance"), 65);
 }

@@ -80,8 +80,9 @@ pub trait PaymentPort: Send + Sync {
     /// Sats our own wallet received from this token in a completed swap, if it did (after interrupted swaps
     /// are recovered). Tells "we redeemed it before a crash" from "someone else spent it".
     async fn received_amount(&self, token: &str) -> PortResult<Option<u64>>;
-    /// Mint `amount` sats of the provider's wallet at `mint_url` into a token for the requester.
-    async fn refund(&self, mint_url: &str, amount: u64) -> PortResult<String>;
+    /// Mint `amount` sats of the provider's wallet at `mint_url` into a token for the requester, once per
+    /// `refund_id`: a call repeated after a crash returns the token the first call created.
+    async fn refund(&self, mint_url: &str, amount: u64, refund_id: &str) -> PortResult<String>;
     /// Wallet balance in sats (all mints).
     async fn balance(&self) -> PortResult<u64>;
 }

@@ -764,7 +764,7 @@ impl LeaseService {
         let Some(mint) = rec.mint_url.clone() else {
             return self.refuse(rec, code, message);
         };
-        match self.retry(|| self.ports.payment.refund(&mint, amount)).await {
+        match self.retry(|| self.ports.payment.refund(&mint, amount, &rec.request_id)).await {
             Ok(token) => {
                 info!(amount, "refund token minted");
                 self.metrics.sats_refunded.fetch_add(amount, Ordering::Relaxed);

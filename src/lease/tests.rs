@@ -22,6 +22,7 @@ struct FakePayment {
     spent: Mutex<HashSet<String>>,
     redeems: Mutex<u32>,
     refunds: Mutex<Vec<u64>>,
+    refunded_ids: Mutex<HashSet<String>>,
     /// Tokens this wallet swapped (as its database would show).
     received: Mutex<HashMap<String, u64>>,
 }
@@ -55,8 +56,11 @@ impl PaymentPort for FakePayment {
     async fn received_amount(&self, token: &str) -> PortResult<Option<u64>> {
         Ok(self.received.lock().unwrap().get(token).copied())
     }
-    async fn refund(&self, _mint: &str, amount: u64) -> PortResult<String> {
-        self.refunds.lock().unwrap().push(amount);
+    async fn refund(&self, _mint: &str, amount: u64, refund_id: &str) -> PortResult<String> {
+        // Once per id, as the cdk adapter does.
+        if self.refunded_ids.lock().unwrap().insert(refund_id.to_string()) {
+            self.refunds.lock().unwrap().push(amount);
+        }
         Ok(format!("refund:{amount}"))
     }
     async fn balance(&self) -> PortResult<u64> {
@@ -94,6 +98,8 @@ impl ClusterPort for FakeCluster {
         }
     }
     async fn set_expiry(&self, lease_id: &str, update: &ExpiryUpdate) -> PortResult<()> {
+        // Like a real API call, let other sagas run in between (concurrent top-ups interleave).
+        tokio::task::yield_now().await;
         let mut leases = self.leases.lock().unwrap();
         let Some(p) = leases.get_mut(lease_id) else { return Err(PortError::permanent("no pod")) };
         let mut versions = self.versions.lock().unwrap();
@@ -112,6 +118,7 @@ impl ClusterPort for FakeCluster {
         Ok(())
     }
     async fn list_leases(&self) -> PortResult<Vec<ClusterLease>> {
+        tokio::task::yield_now().await;
         Ok(self
             .leases
             .lock()
@@ -446,6 +453,22 @@ async fn a_top_up_resumed_after_its_write_extends_once() {
     assert_eq!(rec.reply, Some(first), "the resumed top-up replies as the first run did");
     assert_eq!(w.cluster.leases.lock().unwrap()[&lease_id].expires_at, before + 1800, "extended once");
     assert_eq!(*w.payment.redeems.lock().unwrap(), 2);
+}
+
+#[tokio::test]
+async fn a_refund_resumed_after_minting_pays_once() {
+    let w = world();
+    *w.cluster.fail_create.lock().unwrap() = true;
+    let first = w.svc.handle(create("e1", "tok:http:mint.test:100:a")).await.unwrap();
+    // A crash after the refund token was minted but before the journal recorded it.
+    let mut rec = w.journal.get("e1").unwrap().unwrap();
+    rec.step = Step::Refunding;
+    rec.reply = None;
+    w.journal.put(&rec).unwrap();
+    w.svc.resume_unfinished().await;
+    let rec = wait_done(&w, "e1").await;
+    assert_eq!(rec.reply, Some(first), "the same refund token goes out again");
+    assert_eq!(*w.payment.refunds.lock().unwrap(), vec![100], "paid once");
 }
 
 #[tokio::test]

@@ -12,7 +12,9 @@
 //!   `restore` from the seed finds the outputs, since the counters were persisted before the swap.
 //! - `refund`/`send` mint a token from our proofs. A crash after the mint signed but before the token was
 //!   handed over leaves the proofs "pending spent" in cdk (visible via `Wallet::get_pending_sends`, and
-//!   reclaimable with `revoke_send` while nobody redeemed the token).
+//!   reclaimable with `revoke_send` while nobody redeemed the token). A refund names its request in the
+//!   metadata of cdk's outgoing transaction, whose send saga keeps the token: a refund resumed after such
+//!   a crash hands out that same token instead of paying twice.
 
 mod error;
 mod seed;
@@ -28,6 +30,7 @@ use async_trait::async_trait;
 use cdk::cdk_database::WalletDatabase;
 use cdk::mint_url::MintUrl;
 use cdk::nuts::{CheckStateRequest, CurrencyUnit, PublicKey, SecretKey, State, Token};
+use cdk::wallet::types::{OperationData, TransactionDirection};
 use cdk::wallet::{ReceiveOptions, SendOptions, Wallet, WalletBuilder};
 use cdk::Amount;
 use cdk_redb::WalletRedbDatabase;
@@ -40,6 +43,9 @@ use crate::lease::ports::{PaymentPort, PortResult, TokenInfo, TokenState};
 
 /// Bound on one exchange with a mint; past it the outcome is treated as unknown (Transient).
 const MINT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Metadata key on cdk's outgoing transaction naming the request a refund belongs to.
+const REFUND_METADATA_KEY: &str = "paygress-refund";
 
 /// A token made from our wallet, with what it is worth.
 #[derive(Clone, PartialEq, Eq)]
@@ -329,6 +335,55 @@ impl CashuPayment {
 
     /// As [`send`](Self::send), returning the amount actually sent.
     pub async fn send_up_to(&self, mint: Option<&str>, amount: u64) -> Result<SentToken, PaymentError> {
+        self.send_inner(mint, amount, None).await
+    }
+
+    /// A refund of `amount` at `mint` for the request `refund_id`, minted at most once: if an earlier call
+    /// for the same id created a token (and crashed before handing it over), that token is returned.
+    pub async fn refund_once(&self, mint: &str, amount: u64, refund_id: &str) -> Result<SentToken, PaymentError> {
+        self.send_inner(Some(mint), amount, Some(refund_id)).await
+    }
+
+    /// The token an earlier refund with this id created, if its send is still open (nobody has redeemed
+    /// it). `Err` if it was created and already redeemed: it reached someone, so it is not minted again.
+    async fn earlier_refund(
+        &self,
+        wallet: &Wallet,
+        mint: &str,
+        refund_id: &str,
+    ) -> Result<Option<SentToken>, PaymentError> {
+        let storage = |e| PaymentError::Storage { action: "refund lookup", reason: format!("{e}") };
+        let earlier = wallet
+            .list_transactions(Some(TransactionDirection::Outgoing))
+            .await
+            .map_err(storage)?
+            .into_iter()
+            .filter(|t| t.metadata.get(REFUND_METADATA_KEY).is_some_and(|id| id == refund_id));
+        for tx in earlier {
+            let Some(saga_id) = tx.saga_id else { continue };
+            let saga = self.db.get_saga(&saga_id).await.map_err(|e| storage(e.into()))?;
+            if let Some(OperationData::Send(data)) = saga.map(|s| s.data) {
+                if let Some(token) = data.token {
+                    tracing::info!(mint = %mint, amount = u64::from(tx.amount), "refund token of an interrupted run reused");
+                    let amount = u64::from(tx.amount);
+                    return Ok(Some(SentToken { token, mint_url: mint.to_string(), amount, requested: amount }));
+                }
+            }
+            return Err(PaymentError::MintRefused {
+                mint: mint.to_string(),
+                action: "refund",
+                reason: format!("a refund for this request was already issued and redeemed ({} sat)", tx.amount),
+            });
+        }
+        Ok(None)
+    }
+
+    async fn send_inner(
+        &self,
+        mint: Option<&str>,
+        amount: u64,
+        refund_id: Option<&str>,
+    ) -> Result<SentToken, PaymentError> {
         let mint = match mint {
             Some(m) => normalize_mint_url(m).ok_or_else(|| PaymentError::MintNotAllowed { mint: m.to_string() })?,
             None => self.richest_mint().await?,
@@ -339,6 +394,13 @@ impl CashuPayment {
         let wallet = self.spending_wallet(&mint).await?;
         let lock = self.lock(&mint).await;
         let _guard = lock.lock().await;
+        let mut options = SendOptions::default();
+        if let Some(id) = refund_id {
+            if let Some(sent) = self.earlier_refund(&wallet, &mint, id).await? {
+                return Ok(sent);
+            }
+            options.metadata.insert(REFUND_METADATA_KEY.to_string(), id.to_string());
+        }
         let available = u64::from(wallet.total_balance().await.map_err(|e| PaymentError::from_cdk(&mint, "send", e))?);
         let mut try_amount = amount.min(available);
         // A few attempts at most: after a shortfall, aim below the balance by the fee of spending every
@@ -349,7 +411,7 @@ impl CashuPayment {
             }
             let prepared = tokio::time::timeout(
                 MINT_TIMEOUT,
-                wallet.prepare_send(Amount::from(try_amount), SendOptions::default()),
+                wallet.prepare_send(Amount::from(try_amount), options.clone()),
             )
             .await
             .map_err(|_| PaymentError::MintUnavailable {
@@ -456,8 +518,8 @@ impl PaymentPort for CashuPayment {
     }
 
     /// Partial refunds (wallet short) return the smaller token; the shortfall is logged. See `send_up_to`.
-    async fn refund(&self, mint_url: &str, amount: u64) -> PortResult<String> {
-        Ok(self.send_up_to(Some(mint_url), amount).await?.token)
+    async fn refund(&self, mint_url: &str, amount: u64, refund_id: &str) -> PortResult<String> {
+        Ok(self.refund_once(mint_url, amount, refund_id).await?.token)
     }
 
     async fn balance(&self) -> PortResult<u64> {
@@ -495,7 +557,7 @@ mod tests {
         assert_eq!(e.kind, FailureKind::Rejected(ErrorCode::MintNotAllowed));
         let e = p.token_state(t).await.expect_err("refused");
         assert_eq!(e.kind, FailureKind::Rejected(ErrorCode::MintNotAllowed));
-        let e = p.refund("https://8333.space:3338", 5).await.expect_err("refused");
+        let e = p.refund("https://8333.space:3338", 5, "r1").await.expect_err("refused");
         assert_eq!(e.kind, FailureKind::Rejected(ErrorCode::MintNotAllowed));
     }
 
