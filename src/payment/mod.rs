@@ -346,6 +346,7 @@ impl CashuPayment {
 
     /// The token an earlier refund with this id created, if its send is still open (nobody has redeemed
     /// it). `Err` if it was created and already redeemed: it reached someone, so it is not minted again.
+    /// `None` also when an earlier send was rolled back (its proofs are ours again).
     async fn earlier_refund(
         &self,
         wallet: &Wallet,
@@ -369,11 +370,15 @@ impl CashuPayment {
                     return Ok(Some(SentToken { token, mint_url: mint.to_string(), amount, requested: amount }));
                 }
             }
-            return Err(PaymentError::MintRefused {
-                mint: mint.to_string(),
-                action: "refund",
-                reason: format!("a refund for this request was already issued and redeemed ({} sat)", tx.amount),
-            });
+            // No open send: it was either redeemed (its proofs are spent) or rolled back by cdk's recovery.
+            let proofs = self.db.get_proofs_by_ys(tx.ys.clone()).await.map_err(|e| storage(e.into()))?;
+            if proofs.iter().any(|p| p.state == State::Spent) {
+                return Err(PaymentError::MintRefused {
+                    mint: mint.to_string(),
+                    action: "refund",
+                    reason: format!("a refund for this request was already issued and redeemed ({} sat)", tx.amount),
+                });
+            }
         }
         Ok(None)
     }
@@ -409,16 +414,14 @@ impl CashuPayment {
             if try_amount == 0 {
                 break;
             }
-            let prepared = tokio::time::timeout(
-                MINT_TIMEOUT,
-                wallet.prepare_send(Amount::from(try_amount), options.clone()),
-            )
-            .await
-            .map_err(|_| PaymentError::MintUnavailable {
-                mint: mint.clone(),
-                action: "send",
-                reason: "timed out".into(),
-            })?;
+            let prepared =
+                tokio::time::timeout(MINT_TIMEOUT, wallet.prepare_send(Amount::from(try_amount), options.clone()))
+                    .await
+                    .map_err(|_| PaymentError::MintUnavailable {
+                        mint: mint.clone(),
+                        action: "send",
+                        reason: "timed out".into(),
+                    })?;
             match prepared {
                 Ok(p) => {
                     let token = tokio::time::timeout(MINT_TIMEOUT, p.confirm(None))
