@@ -33,14 +33,17 @@ fail() {
 # A pid file holds "PID STARTTIME" (STARTTIME: field 22 of /proc/PID/stat). The start time tells a
 # live process of ours from a stale file whose PID was reused, e.g. after the machine or session that
 # ran the stack was torn down without `stack down`.
-_proc_start_time() { awk '{print $22}' "/proc/$1/stat" 2>/dev/null; }
+# A zombie (state Z: dead, not yet reaped by init) reports no start time, so it counts as gone.
+# The command name (field 2) may hold spaces, so fields are counted after its closing parenthesis.
+_proc_start_time() { sed 's/^.*) //' "/proc/$1/stat" 2>/dev/null | awk '$1 != "Z" {print $20}'; }
 
 # recorded_pid NAME: the PID of NAME if it is still our process; removes a stale pid file.
 recorded_pid() {
-  local f="$PID_DIR/$1.pid" pid start
+  local f="$PID_DIR/$1.pid" pid start now
   [ -f "$f" ] || return 1
   read -r pid start <"$f" || true
-  if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null && { [ -z "$start" ] || [ "$(_proc_start_time "$pid")" = "$start" ]; }; then
+  now="$( [ -n "$pid" ] && _proc_start_time "$pid")"
+  if [ -n "$now" ] && { [ -z "$start" ] || [ "$now" = "$start" ]; }; then
     echo "$pid"; return 0
   fi
   rm -f "$f"
