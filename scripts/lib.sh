@@ -20,6 +20,7 @@ PORT_MINT_ALT=23339
 PORT_TOR_BASE=25000        # tor network uses 25000..25099 (authorities, relays, exit, client)
 PORT_TOR_SOCKS=29050       # C tor client SocksPort used by torsocks
 PORT_NODE_AGENT=28080      # stack-node agent health endpoint
+PORT_KUBELET=28250         # stack-kubelet: the kubelet API's port-forward (kube-apiserver → node)
 
 log() { printf '[stack %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
@@ -61,6 +62,17 @@ start_proc() {
   local logf="$LOG_DIR/$name.log"
   setsid "$@" >>"$logf" 2>&1 < /dev/null &
   echo "$! $(_proc_start_time $!)" > "$PID_DIR/$name.pid"
+  echo "$*" > "$PID_DIR/$name.cmd"
+}
+
+# restart_if_changed NAME CMD...: stop NAME if it runs with another command line than CMD (flags changed
+# since an older stack started it), so that the caller's start_proc starts CMD. start_proc records it.
+restart_if_changed() {
+  local name="$1"; shift
+  if is_running "$name" && [ "$(cat "$PID_DIR/$name.cmd" 2>/dev/null)" != "$*" ]; then
+    log "$name: command line changed, restarting it"
+    stop_proc "$name"
+  fi
 }
 
 # stop_proc NAME: TERM the process group, wait up to 10 s, then KILL.
@@ -71,7 +83,7 @@ stop_proc() {
     for i in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
     kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
   fi
-  rm -f "$PID_DIR/$name.pid"
+  rm -f "$PID_DIR/$name.pid" "$PID_DIR/$name.cmd"
 }
 
 # wait_for PEER LOGFILE TIMEOUT_SECONDS CMD...: poll CMD every 0.5 s until it succeeds, else fail naming the peer.

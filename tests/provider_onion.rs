@@ -258,12 +258,22 @@ fn without_tor_there_is_no_onion_and_the_service_reaches_the_pod() -> Result<()>
         container_ports.iter().find(|p| &p["name"] == target).map(|p| p["containerPort"].clone()).unwrap_or_default()
     };
     assert_eq!(target_port, 2222, "targetPort {target} in {svc}");
-    // sshd answers on it at the pod's IP, which is where port-forward would deliver.
-    let ip = pod_ip(pod)?;
+    // The reply's own command: kubectl port-forward (kubectl -> kube-apiserver -> the node's kubelet API ->
+    // the pod), then ssh to the local end with the reply's password; the host key is the reply's.
+    let command = access["port_forward_command"].as_str().unwrap();
+    assert_eq!(command, format!("kubectl -n user-workloads port-forward svc/{pod}-ssh 2222:2222"));
+    let pf = port_forward(command)?;
     let tmp = tempfile::tempdir()?;
     let kh = tmp.path().join("known_hosts");
+    std::fs::write(&kh, format!("[127.0.0.1]:{} {}\n", pf.local_port, access["host_public_key"].as_str().unwrap()))?;
+    let pw = access["ssh_password"].as_str().unwrap();
+    let out = ssh_password("127.0.0.1", pf.local_port, "bob", pw, "echo via-port-forward", Some(&kh))?;
+    assert!(out.contains("via-port-forward"), "{out}");
+    drop(pf);
+    // And directly at the pod's IP, where the forward delivers.
+    let ip = pod_ip(pod)?;
     std::fs::write(&kh, format!("[{ip}]:2222 {}\n", access["host_public_key"].as_str().unwrap()))?;
-    let out = ssh_password(&ip, 2222, "bob", access["ssh_password"].as_str().unwrap(), "echo via-pod-ip", Some(&kh))?;
+    let out = ssh_password(&ip, 2222, "bob", pw, "echo via-pod-ip", Some(&kh))?;
     assert!(out.contains("via-pod-ip"), "{out}");
     Ok(())
 }

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Smoke test of the Kubernetes peers (kube-apiserver + etcd + stack-node agent). Runs with the env of
+# Smoke test of the Kubernetes peers (kube-apiserver + etcd + stack-node agent + stack-kubelet). Runs with the env of
 # `scripts/stack env` sourced (KUBECONFIG, PATH with a 1.36 kubectl). Cleans up what it creates.
 #  1. kubectl as admin lists namespaces.
 #  2. An openssh-server style pod becomes Running with a loopback pod IP, SSH logs in with its password (a wrong
-#     one is refused), and after deleting the pod its SSH port stops answering.
+#     one is refused), also through `kubectl port-forward`, and after deleting the pod its SSH port stops
+#     answering.
 #  3. A ServiceAccount token bound to a Role allowing get,list pods: pods are listed, secrets and other
 #     namespaces are Forbidden.
 set -euo pipefail
@@ -115,6 +116,22 @@ EOF
   fi
   grep -q '^ok' "$TMP/out" && fail stack-node "$NODE_LOG" "ssh with a wrong password ran the command"
   say "   wrong password refused"
+
+  # kubectl port-forward: kubectl -> kube-apiserver -> stack-kubelet (the kubelet's port-forward code) -> pod.
+  pf_port=$(( 29300 + RANDOM % 500 ))
+  kubectl -n "$NS" port-forward --address 127.0.0.1 "pod/$POD" "$pf_port:2222" >"$TMP/pf.out" 2>&1 &
+  pf=$!
+  deadline=$(( $(date +%s) + 20 ))
+  until grep -q '^Forwarding from' "$TMP/pf.out"; do
+    kill -0 "$pf" 2>/dev/null || fail stack-kubelet "$LOG_DIR/stack-kubelet.log" "kubectl port-forward exited: $(cat "$TMP/pf.out")"
+    [ "$(date +%s)" -lt "$deadline" ] || fail stack-kubelet "$LOG_DIR/stack-kubelet.log" "kubectl port-forward not listening after 20s"
+    sleep 0.2
+  done
+  out="$(sshpass -p "$pw" ssh "${ssh_opts[@]}" -p "$pf_port" alice@127.0.0.1 'echo ok' 2>"$TMP/err")" \
+    || { kill "$pf" 2>/dev/null; fail stack-kubelet "$LOG_DIR/stack-kubelet.log" "ssh through kubectl port-forward failed: $(cat "$TMP/err") / $(cat "$TMP/pf.out")"; }
+  kill "$pf" 2>/dev/null; wait "$pf" 2>/dev/null || true
+  [ "$(printf '%s' "$out" | tr -d '\r')" = ok ] || fail stack-kubelet "$LOG_DIR/stack-kubelet.log" "ssh via port-forward printed '$out'"
+  say "   kubectl port-forward pod/$POD $pf_port:2222; ssh -p $pf_port alice@127.0.0.1 'echo ok' -> ok"
 
   kubectl -n "$NS" delete pod "$POD" --timeout=60s >/dev/null 2>"$TMP/err" \
     || fail stack-node "$NODE_LOG" "pod $NS/$POD not deleted (finalised by the agent) within 60s: $(cat "$TMP/err")"

@@ -1,5 +1,6 @@
 # scripts/stack.d/k8s.sh — Kubernetes API of the local stack: etcd + kube-apiserver (built from the Go module
-# proxy) + the stack-node agent (tools/stack-node) that binds pods and runs them on loopback IPs.
+# proxy) + the stack-node agent (tools/stack-node) that binds pods and runs them on loopback IPs + stack-kubelet
+# (stack.d/stack-kubelet, the kubelet's own port-forward code) so that `kubectl port-forward` works.
 # No controller-manager and no scheduler run. Sourced by scripts/stack (after scripts/lib.sh).
 # Functions: k8s_install k8s_up k8s_wait k8s_down k8s_status k8s_env.
 # Measured on 2 cores with other builds running: cold build etcd 137 s, kube-apiserver 480 s (module downloads
@@ -21,6 +22,7 @@ K8S_SCRIPTS="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 K8S_REPO="${REPO:-$(cd "$K8S_SCRIPTS/.." && pwd)}"
 K8S_CARGO_TARGET="${CARGO_TARGET_DIR:-$PAYGRESS_CACHE/target}"
 K8S_NODE_BIN="$K8S_CARGO_TARGET/debug/stack-node"
+K8S_KUBELET_SRC="$K8S_SCRIPTS/stack.d/stack-kubelet"
 
 # ---------------------------------------------------------------------------------------------------------------
 # install
@@ -157,6 +159,24 @@ k8s_build_node() {
   [ -x "$K8S_NODE_BIN" ] || fail stack-node "$logf" "no binary at $K8S_NODE_BIN after cargo build"
 }
 
+# Keyed by the hash of its sources, so an edit rebuilds it and a warm run does nothing (cold: ~1 min, the
+# modules mostly shared with kube-apiserver's).
+k8s_kubelet_bin() {
+  local key; key="$(cat "$K8S_KUBELET_SRC/go.mod" "$K8S_KUBELET_SRC/go.sum" "$K8S_KUBELET_SRC/main.go" | sha256sum | cut -c1-12)"
+  echo "$BUILD_DIR/stack-kubelet-$key/stack-kubelet"
+}
+
+k8s_build_kubelet() {
+  local bin dir logf="$LOG_DIR/k8s-build-stack-kubelet.log"
+  bin="$(k8s_kubelet_bin)"; dir="$(dirname "$bin")"
+  [ -x "$bin" ] && return 0
+  log "k8s: building stack-kubelet (log $logf)"
+  rm -rf "$dir/src" && mkdir -p "$dir/src" && cp "$K8S_KUBELET_SRC"/go.mod "$K8S_KUBELET_SRC"/go.sum "$K8S_KUBELET_SRC"/main.go "$dir/src/"
+  ( cd "$dir/src" && GOWORK=off nice -n 10 "$K8S_GO" build -trimpath -ldflags='-s -w' -o "$bin.tmp" . ) >"$logf" 2>&1 \
+    || fail stack-kubelet "$logf" "build of stack-kubelet failed"
+  mv "$bin.tmp" "$bin"
+}
+
 k8s_install() {
   if ! command -v sshpass >/dev/null 2>&1; then
     log "k8s: apt-get install sshpass (used by the smoke test)"
@@ -167,6 +187,7 @@ k8s_install() {
   k8s_install_kubectl
   k8s_build_etcd
   k8s_build_apiserver
+  k8s_build_kubelet
   k8s_build_node
 }
 
@@ -194,6 +215,28 @@ _k8s_pki() {
     chmod 600 ./*.key tokens.csv
   ) >"$logf" 2>&1 || fail k8s "$logf" "PKI generation with openssl failed"
   touch "$d/.done"
+}
+
+# Certificates for the kubelet API (added later than the rest, so made for existing state dirs too): a serving
+# certificate for stack-kubelet, a client certificate the API server presents to it, and the admin token on
+# its own for stack-kubelet's pod lookups.
+_k8s_pki_kubelet() {
+  local d="$K8S_DIR/pki" logf="$LOG_DIR/k8s-pki.log"
+  [ -f "$d/.kubelet-done" ] && return 0
+  (
+    set -e
+    cd "$d"
+    openssl req -newkey rsa:2048 -nodes -subj "/CN=stack-kubelet" -keyout kubelet.key -out kubelet.csr
+    printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n' > kubelet.ext
+    openssl x509 -req -in kubelet.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 3650 -extfile kubelet.ext -out kubelet.crt
+    openssl req -newkey rsa:2048 -nodes -subj "/CN=kube-apiserver-kubelet-client" -keyout kubelet-client.key -out kubelet-client.csr
+    printf 'extendedKeyUsage=clientAuth\n' > kubelet-client.ext
+    openssl x509 -req -in kubelet-client.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 3650 \
+      -extfile kubelet-client.ext -out kubelet-client.crt
+    cut -d, -f1 tokens.csv > admin.token
+    chmod 600 ./*.key admin.token
+  ) >>"$logf" 2>&1 || fail k8s "$logf" "kubelet certificates: openssl failed"
+  touch "$d/.kubelet-done"
 }
 
 _k8s_kubeconfig() {
@@ -226,6 +269,11 @@ _k8s_kubectl() { "$(k8s_kubectl_dir)/kubectl" --kubeconfig "$K8S_KUBECONFIG" "$@
 _k8s_api_ready() { _k8s_kubectl get --raw /readyz --request-timeout=3s; }
 _k8s_etcd_ready() { curl -sf -m 2 "http://127.0.0.1:$PORT_ETCD_CLIENT/health" | grep -q '"health":"true"'; }
 _k8s_node_ready() { curl -sf -m 2 "http://127.0.0.1:$PORT_NODE_AGENT/healthz"; }
+_k8s_kubelet_ready() {
+  local d="$K8S_DIR/pki"
+  curl -sf -m 2 --cacert "$d/ca.crt" --cert "$d/kubelet-client.crt" --key "$d/kubelet-client.key" \
+    "https://127.0.0.1:$PORT_KUBELET/healthz"
+}
 
 # _k8s_wait_proc NAME TIMEOUT CHECK...: like wait_for, but fails at once (naming NAME and its log) if the
 # recorded process has exited.
@@ -243,6 +291,7 @@ k8s_up() {
   local etcd_bin; etcd_bin="$(k8s_etcd_bin)"
   mkdir -p "$K8S_DIR"
   _k8s_pki
+  _k8s_pki_kubelet
   _k8s_kubeconfig
   local d="$K8S_DIR/pki"
 
@@ -263,41 +312,62 @@ k8s_up() {
   # ServiceAccount admission is disabled: it rejects every pod in a namespace without a `default` ServiceAccount,
   # which only the (absent) controller-manager creates; so no token volume is injected either.
   # --endpoint-reconciler-type=none: nothing routes the ClusterIP of the `kubernetes` Service anyway.
+  # --kubelet-*: port-forward goes to stack-kubelet at the node's InternalIP, both sides verified by the stack CA.
+  local args=(
+      --etcd-servers="http://127.0.0.1:$PORT_ETCD_CLIENT"
+      --bind-address=127.0.0.1 --advertise-address=127.0.0.1 --secure-port="$PORT_APISERVER"
+      --tls-cert-file="$d/apiserver.crt" --tls-private-key-file="$d/apiserver.key"
+      --client-ca-file="$d/ca.crt"
+      --token-auth-file="$d/tokens.csv"
+      --authorization-mode=RBAC
+      --service-cluster-ip-range="$K8S_SERVICE_CIDR"
+      --service-account-issuer="https://127.0.0.1:$PORT_APISERVER"
+      --service-account-key-file="$d/sa.pub"
+      --service-account-signing-key-file="$d/sa.key"
+      --disable-admission-plugins=ServiceAccount
+      --endpoint-reconciler-type=none
+      --kubelet-preferred-address-types=InternalIP
+      --kubelet-client-certificate="$d/kubelet-client.crt" --kubelet-client-key="$d/kubelet-client.key"
+      --kubelet-certificate-authority="$d/ca.crt"
+      --profiling=false
+      --v=1
+  )
+  restart_if_changed kube-apiserver "$K8S_APISERVER_BIN" "${args[@]}"
   if ! is_running kube-apiserver; then
     [ -x "$K8S_APISERVER_BIN" ] || fail kube-apiserver "$LOG_DIR/k8s-build-apiserver.log" "kube-apiserver not built at $K8S_APISERVER_BIN (scripts/stack install k8s)"
     tcp_open "$PORT_APISERVER" && fail kube-apiserver "$LOG_DIR/kube-apiserver.log" "port $PORT_APISERVER is taken by an unrecorded process"
-    start_proc kube-apiserver "$K8S_APISERVER_BIN" \
-      --etcd-servers="http://127.0.0.1:$PORT_ETCD_CLIENT" \
-      --bind-address=127.0.0.1 --advertise-address=127.0.0.1 --secure-port="$PORT_APISERVER" \
-      --tls-cert-file="$d/apiserver.crt" --tls-private-key-file="$d/apiserver.key" \
-      --client-ca-file="$d/ca.crt" \
-      --token-auth-file="$d/tokens.csv" \
-      --authorization-mode=RBAC \
-      --service-cluster-ip-range="$K8S_SERVICE_CIDR" \
-      --service-account-issuer="https://127.0.0.1:$PORT_APISERVER" \
-      --service-account-key-file="$d/sa.pub" \
-      --service-account-signing-key-file="$d/sa.key" \
-      --disable-admission-plugins=ServiceAccount \
-      --endpoint-reconciler-type=none \
-      --profiling=false \
-      --v=1
+    start_proc kube-apiserver "$K8S_APISERVER_BIN" "${args[@]}"
   fi
   _k8s_wait_proc kube-apiserver 90 _k8s_api_ready
 
+  # The binary's path holds the hash of its sources: a stack-kubelet of older sources is replaced.
+  local kubelet=("$(k8s_kubelet_bin)" --listen "127.0.0.1:$PORT_KUBELET" --apiserver "https://127.0.0.1:$PORT_APISERVER"
+    --token-file "$d/admin.token" --ca "$d/ca.crt" --cert "$d/kubelet.crt" --key "$d/kubelet.key")
+  restart_if_changed stack-kubelet "${kubelet[@]}"
+  if ! is_running stack-kubelet; then
+    [ -x "${kubelet[0]}" ] || fail stack-kubelet "$LOG_DIR/k8s-build-stack-kubelet.log" "stack-kubelet not built at ${kubelet[0]}"
+    tcp_open "$PORT_KUBELET" && fail stack-kubelet "$LOG_DIR/stack-kubelet.log" "port $PORT_KUBELET is taken by an unrecorded process"
+    start_proc stack-kubelet "${kubelet[@]}"
+  fi
+
+  local node=("$K8S_NODE_BIN" --kubeconfig "$K8S_KUBECONFIG" --node-name "$K8S_NODE_NAME" --pod-cidr "$K8S_POD_CIDR"
+    --state-dir "$K8S_DIR/node" --health "127.0.0.1:$PORT_NODE_AGENT" --kubelet-port "$PORT_KUBELET")
+  restart_if_changed stack-node "${node[@]}"
   if ! is_running stack-node; then
     [ -x "$K8S_NODE_BIN" ] || fail stack-node "$LOG_DIR/k8s-build-stack-node.log" "no stack-node binary at $K8S_NODE_BIN"
     mkdir -p "$K8S_DIR/node"
-    start_proc stack-node "$K8S_NODE_BIN" --kubeconfig "$K8S_KUBECONFIG" --node-name "$K8S_NODE_NAME" \
-      --pod-cidr "$K8S_POD_CIDR" --state-dir "$K8S_DIR/node" --health "127.0.0.1:$PORT_NODE_AGENT"
+    start_proc stack-node "${node[@]}"
   fi
 }
 
 k8s_wait() {
   _k8s_wait_proc kube-apiserver 90 _k8s_api_ready
   _k8s_wait_proc stack-node 60 _k8s_node_ready
+  _k8s_wait_proc stack-kubelet 30 _k8s_kubelet_ready
 }
 
 k8s_down() {
+  stop_proc stack-kubelet
   stop_proc stack-node
   stop_proc kube-apiserver
   stop_proc etcd
@@ -305,7 +375,8 @@ k8s_down() {
 
 k8s_status() {
   is_running etcd && _k8s_etcd_ready && is_running kube-apiserver && _k8s_api_ready >/dev/null 2>&1 \
-    && is_running stack-node && _k8s_node_ready >/dev/null 2>&1
+    && is_running stack-node && _k8s_node_ready >/dev/null 2>&1 \
+    && is_running stack-kubelet && _k8s_kubelet_ready >/dev/null 2>&1
 }
 
 k8s_env() {

@@ -395,6 +395,44 @@ pub fn paygress_help() -> Result<String> {
     run(Command::new(paygress_bin()).arg("--help"))
 }
 
+/// A running `kubectl port-forward`, stopped on drop.
+pub struct PortForward {
+    child: std::process::Child,
+    pub local_port: u16,
+}
+
+impl Drop for PortForward {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs a reply's `port_forward_command` (`kubectl -n NS port-forward svc/NAME 2222:2222`) as given, except
+/// that the local port is a free one on 127.0.0.1 (tests run side by side), and waits until it listens.
+pub fn port_forward(reply_command: &str) -> Result<PortForward> {
+    let mut words: Vec<String> = reply_command.split_whitespace().map(String::from).collect();
+    ensure!(words.first().map(String::as_str) == Some("kubectl"), "not a kubectl command: {reply_command}");
+    let last = words.pop().ok_or_else(|| anyhow!("empty command"))?;
+    let (_, remote) = last.split_once(':').ok_or_else(|| anyhow!("no LOCAL:REMOTE in {reply_command}"))?;
+    let local_port = free_port();
+    words.extend(["--address".into(), "127.0.0.1".into(), format!("{local_port}:{remote}")]);
+    let child = Command::new(&words[0])
+        .args(&words[1..])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .context("kubectl port-forward")?;
+    let mut pf = PortForward { child, local_port };
+    wait_until("kubectl port-forward listening", Duration::from_secs(30), || {
+        if let Ok(Some(status)) = pf.child.try_wait() {
+            return Some(Err(anyhow!("kubectl port-forward exited: {status}")));
+        }
+        std::net::TcpStream::connect(("127.0.0.1", local_port)).ok().map(|_| Ok(()))
+    })??;
+    Ok(pf)
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(28091)
 }

@@ -26,6 +26,7 @@ use tracing::{info, warn};
 
 const USAGE: &str =
     "usage: stack-node --kubeconfig PATH --node-name NAME --pod-cidr CIDR --state-dir DIR --health HOST:PORT\n\
+                  [--kubelet-port PORT]   (where the node's kubelet API answers: stack-kubelet)\n\
   e.g. stack-node --kubeconfig admin.kubeconfig --node-name paygress-node --pod-cidr 127.0.100.0/24 \\\n\
        --state-dir /tmp/stack-node --health 127.0.0.1:10250\n\
   Logging: RUST_LOG (default info).";
@@ -37,6 +38,8 @@ struct Args {
     pod_cidr: String,
     state_dir: PathBuf,
     health: SocketAddr,
+    /// Published as the Node's kubeletEndpoint; the API server sends port-forward there. 0: none.
+    kubelet_port: u16,
 }
 
 fn parse_args(argv: &[String]) -> anyhow::Result<Args> {
@@ -45,6 +48,7 @@ fn parse_args(argv: &[String]) -> anyhow::Result<Args> {
     let mut pod_cidr = None;
     let mut state_dir = None;
     let mut health = None;
+    let mut kubelet_port = 0;
     let mut it = argv.iter();
     while let Some(arg) = it.next() {
         let (flag, inline) = match arg.split_once('=') {
@@ -69,6 +73,10 @@ fn parse_args(argv: &[String]) -> anyhow::Result<Args> {
                 let v = value()?;
                 health = Some(v.parse().with_context(|| format!("--health {v:?}: expected HOST:PORT"))?)
             }
+            "--kubelet-port" => {
+                let v = value()?;
+                kubelet_port = v.parse().with_context(|| format!("--kubelet-port {v:?}: expected a port"))?
+            }
             other => bail!("unknown argument {other:?}\n{USAGE}"),
         }
     }
@@ -79,6 +87,7 @@ fn parse_args(argv: &[String]) -> anyhow::Result<Args> {
         pod_cidr: pod_cidr.ok_or_else(|| missing("--pod-cidr"))?,
         state_dir: state_dir.ok_or_else(|| missing("--state-dir"))?,
         health: health.ok_or_else(|| missing("--health"))?,
+        kubelet_port,
     })
 }
 
@@ -121,7 +130,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let client = kube::Client::try_from(config).context("building API client")?;
 
     // The apiserver may still be starting: retry until the Node is registered.
-    let node = node::NodeAgent::new(client.clone(), &args.node_name, &args.pod_cidr);
+    let node = node::NodeAgent::new(client.clone(), &args.node_name, &args.pod_cidr, args.kubelet_port);
     let mut delay = Duration::from_millis(500);
     loop {
         match node.ensure().await {
@@ -198,8 +207,14 @@ mod tests {
                 pod_cidr: "127.0.100.0/24".into(),
                 state_dir: "/s".into(),
                 health: "127.0.0.1:1234".parse().unwrap(),
+                kubelet_port: 0,
             }
         );
+        let c = parse_args(&argv(
+            "--kubeconfig /k --node-name n --pod-cidr c --state-dir /s --health 127.0.0.1:1 --kubelet-port 28250",
+        ))
+        .unwrap();
+        assert_eq!(c.kubelet_port, 28250);
         let b = parse_args(&argv(
             "--kubeconfig=/k --node-name=paygress-node --pod-cidr=127.0.100.0/24 --state-dir=/s --health=127.0.0.1:1234",
         ))

@@ -22,12 +22,19 @@ pub struct NodeAgent {
     client: Client,
     name: String,
     pod_cidr: String,
+    kubelet_port: u16,
     started: String,
 }
 
 impl NodeAgent {
-    pub fn new(client: Client, name: &str, pod_cidr: &str) -> Self {
-        NodeAgent { client, name: name.to_string(), pod_cidr: pod_cidr.to_string(), started: now_rfc3339() }
+    pub fn new(client: Client, name: &str, pod_cidr: &str, kubelet_port: u16) -> Self {
+        NodeAgent {
+            client,
+            name: name.to_string(),
+            pod_cidr: pod_cidr.to_string(),
+            kubelet_port,
+            started: now_rfc3339(),
+        }
     }
 
     /// Create the Node if missing, then publish its full status.
@@ -84,7 +91,7 @@ impl NodeAgent {
                     {"type": "InternalIP", "address": HOST_IP},
                     {"type": "Hostname", "address": self.name},
                 ],
-                "daemonEndpoints": {"kubeletEndpoint": {"Port": 0}},
+                "daemonEndpoints": {"kubeletEndpoint": {"Port": self.kubelet_port}},
                 "nodeInfo": {
                     "machineID": "stack-node", "systemUUID": "stack-node", "bootID": self.started,
                     "kernelVersion": kernel_version(), "osImage": "paygress test stack",
