@@ -34,8 +34,8 @@ fail() {
 # A pid file holds "PID STARTTIME" (STARTTIME: field 22 of /proc/PID/stat). The start time tells a
 # live process of ours from a stale file whose PID was reused, e.g. after the machine or session that
 # ran the stack was torn down without `stack down`.
-# A zombie (state Z: dead, not yet reaped by init) reports no start time, so it counts as gone.
-# The command name (field 2) may hold spaces, so fields are counted after its closing parenthesis.
+# Prints nothing for a zombie (state Z: dead, not yet reaped by init), so a zombie counts as gone. The
+# command name (field 2) may hold spaces, so fields are counted after its closing parenthesis.
 _proc_start_time() { sed 's/^.*) //' "/proc/$1/stat" 2>/dev/null | awk '$1 != "Z" {print $20}'; }
 
 # recorded_pid NAME: the PID of NAME if it is still our process; removes a stale pid file.
@@ -44,7 +44,9 @@ recorded_pid() {
   [ -f "$f" ] || return 1
   read -r pid start <"$f" || true
   now="$( [ -n "$pid" ] && _proc_start_time "$pid")"
-  if [ -n "$now" ] && { [ -z "$start" ] || [ "$now" = "$start" ]; }; then
+  # A file without a start time (written by older scripts) cannot tell our process from a reused PID:
+  # stale, so that nothing is ever killed on its word.
+  if [ -n "$now" ] && [ "$now" = "$start" ]; then
     echo "$pid"; return 0
   fi
   rm -f "$f"
@@ -61,7 +63,9 @@ start_proc() {
   if is_running "$name"; then return 0; fi
   local logf="$LOG_DIR/$name.log"
   setsid "$@" >>"$logf" 2>&1 < /dev/null &
-  echo "$! $(_proc_start_time $!)" > "$PID_DIR/$name.pid"
+  # A child that already exited has no start time: "gone" makes its file stale at once.
+  local started; started="$(_proc_start_time $!)"
+  echo "$! ${started:-gone}" > "$PID_DIR/$name.pid"
   echo "$*" > "$PID_DIR/$name.cmd"
 }
 
@@ -80,7 +84,7 @@ stop_proc() {
   local name="$1" pid i
   if pid="$(recorded_pid "$name")"; then
     kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null
-    for i in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    for i in $(seq 1 100); do [ -n "$(_proc_start_time "$pid")" ] || break; sleep 0.1; done
     kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
   fi
   rm -f "$PID_DIR/$name.pid" "$PID_DIR/$name.cmd"

@@ -16,7 +16,7 @@ use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use arti_client::config::{ConfigurationSource, ConfigurationSources};
@@ -232,8 +232,8 @@ impl ArtiOnion {
         self
     }
 
-    /// How long `launch` waits for bootstrap, then for the descriptor to be published (relaunching a
-    /// stalled service every `publish / 3`, at most every 40 s).
+    /// How long `launch` waits for bootstrap, then for the descriptor to be published. Also sets the stall
+    /// window to `publish / 3` (at most 40 s; it doubles with each relaunch); set it after this to change it.
     pub fn with_timeouts(mut self, bootstrap: Duration, publish: Duration) -> Self {
         if let Some(inner) = self.inner.as_mut() {
             inner.bootstrap_timeout = bootstrap;
@@ -243,10 +243,11 @@ impl ArtiOnion {
         self
     }
 
-    /// How long a new service may stay unreachable before it is relaunched (the wait doubles each time).
+    /// How long a new service may stay unreachable before it is relaunched (the wait doubles each time;
+    /// at least 100 ms, which already forces relaunches).
     pub fn with_publish_stall(mut self, stall: Duration) -> Self {
         if let Some(inner) = self.inner.as_mut() {
-            inner.publish_stall = stall;
+            inner.publish_stall = stall.max(Duration::from_millis(100));
         }
         self
     }
@@ -338,15 +339,17 @@ impl ArtiOnion {
         drop(guard);
 
         // Wait without holding the service: a relaunch must be able to drop the old one, which releases
-        // its state-directory lock.
+        // its state-directory lock. `ours` tells our service from one that replaced it meanwhile.
         let mut status = svc.status();
         let mut events = svc.status_events();
+        let mut ours = Arc::downgrade(&svc);
         drop(svc);
+        // Only the launch that started the service (it holds a publish permit) relaunches it; others wait.
+        let mut driving = permit.is_some();
         let mut relaunches = 0u32;
         let mut stall = inner.publish_stall;
         loop {
-            // Only the launch that started the service (it holds a publish permit) relaunches it; others wait.
-            let stall_at = if permit.is_some() { tokio::time::Instant::now() + stall } else { deadline };
+            let stall_at = if driving { tokio::time::Instant::now() + stall } else { deadline };
             match inner.wait_reachable(&mut status, &mut events, stall_at.min(deadline)).await {
                 Waited::Reachable => {
                     let elapsed_ms = started.elapsed().as_millis() as u64;
@@ -355,40 +358,61 @@ impl ArtiOnion {
                 }
                 Waited::Gone | Waited::TimedOut if tokio::time::Instant::now() >= deadline => break,
                 // Stopped or replaced meanwhile: follow the lease's current service if it has this address.
+                // The same service with an ended stream has stopped by itself: give up at once.
                 Waited::Gone => {
                     let Some(current) = inner.current_service(lease_id, &address) else { break };
-                    status = current.status();
-                    events = current.status_events();
+                    if Weak::ptr_eq(&ours, &Arc::downgrade(&current)) {
+                        break;
+                    }
+                    (status, events, ours, driving) =
+                        (current.status(), current.status_events(), Arc::downgrade(&current), false);
                 }
                 Waited::TimedOut => {
+                    let guard = lease_lock.lock().await;
+                    let current = lock(&inner.services)
+                        .get(lease_id)
+                        .filter(|s| s.address == address)
+                        .map(|s| (Arc::downgrade(&s.svc), *s.target.borrow()));
+                    let Some((current, target)) = current else { break };
+                    if !Weak::ptr_eq(&ours, &current) {
+                        // Another launch replaced it and drives the new one; wait for that instead.
+                        if let Some(svc) = current.upgrade() {
+                            (status, events, ours, driving) = (svc.status(), svc.status_events(), current, false);
+                        }
+                        continue;
+                    }
                     relaunches += 1;
                     stall = stall.saturating_mul(2);
                     inner.relaunched.fetch_add(1, Ordering::Relaxed);
                     warn!(lease_id, %address, relaunches, state = ?status.state(), ipt_and_publisher = ?status,
                         "onion service still not reachable; relaunching it with the same key");
-                    let guard = lease_lock.lock().await;
-                    let current = lock(&inner.services)
-                        .get(lease_id)
-                        .filter(|s| s.address == address)
-                        .map(|s| *s.target.borrow());
-                    let Some(target) = current else { break };
                     inner.stop_locked(lease_id);
                     let keypair = keypair_from_bytes(key)
                         .map_err(|message| OnionError::BadKey { lease_id: lease_id.into(), message })?;
                     let service =
                         inner.start_service(lease_id, nickname.clone(), keypair, address.clone(), target).await?;
-                    status = service.svc.status();
-                    events = service.svc.status_events();
+                    (status, events, ours) =
+                        (service.svc.status(), service.svc.status_events(), Arc::downgrade(&service.svc));
                     lock(&inner.services).insert(lease_id.to_string(), service);
                     drop(guard);
                 }
+            }
+        }
+        // The driver gives up on its service, so that a later launch (a retry, the reconciler) starts afresh
+        // and drives it instead of waiting on one nobody relaunches.
+        if driving {
+            let _guard = lease_lock.lock().await;
+            let still_ours =
+                lock(&inner.services).get(lease_id).is_some_and(|s| Weak::ptr_eq(&ours, &Arc::downgrade(&s.svc)));
+            if still_ours {
+                inner.stop_locked(lease_id);
             }
         }
         drop(permit);
         Err(OnionError::PublishTimeout {
             lease_id: lease_id.into(),
             address,
-            waited: inner.publish_timeout,
+            waited: Duration::from_secs(started.elapsed().as_secs()),
             state: format!("{:?}", status.state()),
             problem: status.current_problem().map(|p| format!(", problem: {p:?}")).unwrap_or_default(),
         })

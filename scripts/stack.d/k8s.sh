@@ -199,20 +199,19 @@ _k8s_pki() {
   local d="$K8S_DIR/pki" logf="$LOG_DIR/k8s-pki.log"
   mkdir -p "$d"
   [ -f "$d/.done" ] && return 0
-  (
-    set -e
-    cd "$d"
-    openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=paygress-stack-ca" \
-      -keyout ca.key -out ca.crt
-    openssl req -newkey rsa:2048 -nodes -subj "/CN=kube-apiserver" -keyout apiserver.key -out apiserver.csr
-    printf 'subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,IP:10.96.0.1\nextendedKeyUsage=serverAuth\n' > apiserver.ext
+  # One && chain: `set -e` would be ignored in a subshell on the left of `||`.
+  ( cd "$d" &&
+    openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=paygress-stack-ca" -keyout ca.key -out ca.crt &&
+    openssl req -newkey rsa:2048 -nodes -subj "/CN=kube-apiserver" -keyout apiserver.key -out apiserver.csr &&
+    printf 'subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,IP:10.96.0.1\nextendedKeyUsage=serverAuth\n' > apiserver.ext &&
     openssl x509 -req -in apiserver.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 3650 \
-      -extfile apiserver.ext -out apiserver.crt
-    openssl genrsa -out sa.key 2048
-    openssl rsa -in sa.key -pubout -out sa.pub
+      -extfile apiserver.ext -out apiserver.crt &&
+    openssl genrsa -out sa.key 2048 &&
+    openssl rsa -in sa.key -pubout -out sa.pub &&
     # token,user,uid,"group1,group2"
-    printf '%s,admin,admin,"system:masters"\n' "$(openssl rand -hex 32)" > tokens.csv
-    chmod 600 ./*.key tokens.csv
+    printf '%s,admin,admin,"system:masters"\n' "$(openssl rand -hex 32)" > tokens.csv &&
+    chmod 600 ./*.key tokens.csv &&
+    [ -s ca.crt ] && [ -s apiserver.crt ] && [ -s sa.pub ] && [ -s tokens.csv ]
   ) >"$logf" 2>&1 || fail k8s "$logf" "PKI generation with openssl failed"
   touch "$d/.done"
 }
@@ -223,18 +222,17 @@ _k8s_pki() {
 _k8s_pki_kubelet() {
   local d="$K8S_DIR/pki" logf="$LOG_DIR/k8s-pki.log"
   [ -f "$d/.kubelet-done" ] && return 0
-  (
-    set -e
-    cd "$d"
-    openssl req -newkey rsa:2048 -nodes -subj "/CN=stack-kubelet" -keyout kubelet.key -out kubelet.csr
-    printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n' > kubelet.ext
-    openssl x509 -req -in kubelet.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 3650 -extfile kubelet.ext -out kubelet.crt
-    openssl req -newkey rsa:2048 -nodes -subj "/CN=kube-apiserver-kubelet-client" -keyout kubelet-client.key -out kubelet-client.csr
-    printf 'extendedKeyUsage=clientAuth\n' > kubelet-client.ext
+  ( cd "$d" &&
+    openssl req -newkey rsa:2048 -nodes -subj "/CN=stack-kubelet" -keyout kubelet.key -out kubelet.csr &&
+    printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n' > kubelet.ext &&
+    openssl x509 -req -in kubelet.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 3650 -extfile kubelet.ext -out kubelet.crt &&
+    openssl req -newkey rsa:2048 -nodes -subj "/CN=kube-apiserver-kubelet-client" -keyout kubelet-client.key -out kubelet-client.csr &&
+    printf 'extendedKeyUsage=clientAuth\n' > kubelet-client.ext &&
     openssl x509 -req -in kubelet-client.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 3650 \
-      -extfile kubelet-client.ext -out kubelet-client.crt
-    cut -d, -f1 tokens.csv > admin.token
-    chmod 600 ./*.key admin.token
+      -extfile kubelet-client.ext -out kubelet-client.crt &&
+    cut -d, -f1 tokens.csv > admin.token &&
+    chmod 600 ./*.key admin.token &&
+    [ -s kubelet.crt ] && [ -s kubelet-client.crt ] && [ -s admin.token ]
   ) >>"$logf" 2>&1 || fail k8s "$logf" "kubelet certificates: openssl failed"
   touch "$d/.kubelet-done"
 }

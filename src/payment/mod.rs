@@ -30,7 +30,7 @@ use async_trait::async_trait;
 use cdk::cdk_database::WalletDatabase;
 use cdk::mint_url::MintUrl;
 use cdk::nuts::{CheckStateRequest, CurrencyUnit, PublicKey, SecretKey, State, Token};
-use cdk::wallet::types::{OperationData, TransactionDirection};
+use cdk::wallet::types::{OperationData, TransactionDirection, TransactionStatus};
 use cdk::wallet::{ReceiveOptions, SendOptions, Wallet, WalletBuilder};
 use cdk::Amount;
 use cdk_redb::WalletRedbDatabase;
@@ -345,8 +345,8 @@ impl CashuPayment {
     }
 
     /// The token an earlier refund with this id created, if its send is still open (nobody has redeemed
-    /// it). `Err` if it was created and already redeemed: it reached someone, so it is not minted again.
-    /// `None` also when an earlier send was rolled back (its proofs are ours again).
+    /// it). `Err` if it was created and already redeemed, or its state is unclear: it may have reached
+    /// someone, so it is not minted again. `None` when there was none, or cdk rolled it back.
     async fn earlier_refund(
         &self,
         wallet: &Wallet,
@@ -361,24 +361,26 @@ impl CashuPayment {
             .into_iter()
             .filter(|t| t.metadata.get(REFUND_METADATA_KEY).is_some_and(|id| id == refund_id));
         for tx in earlier {
-            let Some(saga_id) = tx.saga_id else { continue };
-            let saga = self.db.get_saga(&saga_id).await.map_err(|e| storage(e.into()))?;
-            if let Some(OperationData::Send(data)) = saga.map(|s| s.data) {
-                if let Some(token) = data.token {
-                    tracing::info!(mint = %mint, amount = u64::from(tx.amount), "refund token of an interrupted run reused");
-                    let amount = u64::from(tx.amount);
-                    return Ok(Some(SentToken { token, mint_url: mint.to_string(), amount, requested: amount }));
+            // Failed: cdk rolled the send back (or it was revoked) and the proofs are ours again.
+            if tx.status == TransactionStatus::Failed {
+                continue;
+            }
+            if let Some(saga_id) = tx.saga_id {
+                let saga = self.db.get_saga(&saga_id).await.map_err(|e| storage(e.into()))?;
+                if let Some(OperationData::Send(data)) = saga.map(|s| s.data) {
+                    if let Some(token) = data.token {
+                        let amount = u64::from(tx.amount);
+                        tracing::info!(mint = %mint, amount, "refund token of an interrupted run reused");
+                        return Ok(Some(SentToken { token, mint_url: mint.to_string(), amount, requested: amount }));
+                    }
                 }
             }
-            // No open send: it was either redeemed (its proofs are spent) or rolled back by cdk's recovery.
-            let proofs = self.db.get_proofs_by_ys(tx.ys.clone()).await.map_err(|e| storage(e.into()))?;
-            if proofs.iter().any(|p| p.state == State::Spent) {
-                return Err(PaymentError::MintRefused {
-                    mint: mint.to_string(),
-                    action: "refund",
-                    reason: format!("a refund for this request was already issued and redeemed ({} sat)", tx.amount),
-                });
-            }
+            // Completed (redeemed by its holder) or in a state we cannot read: never pay it a second time.
+            return Err(PaymentError::MintRefused {
+                mint: mint.to_string(),
+                action: "refund",
+                reason: format!("a refund of {} sat for this request was already issued ({})", tx.amount, tx.status),
+            });
         }
         Ok(None)
     }

@@ -426,7 +426,11 @@ pub fn port_forward(reply_command: &str) -> Result<PortForward> {
     let mut pf = PortForward { child, local_port };
     wait_until("kubectl port-forward listening", Duration::from_secs(30), || {
         if let Ok(Some(status)) = pf.child.try_wait() {
-            return Some(Err(anyhow!("kubectl port-forward exited: {status}")));
+            let mut stderr = String::new();
+            if let Some(mut e) = pf.child.stderr.take() {
+                let _ = std::io::Read::read_to_string(&mut e, &mut stderr);
+            }
+            return Some(Err(anyhow!("kubectl port-forward exited ({status}): {}", stderr.trim())));
         }
         std::net::TcpStream::connect(("127.0.0.1", local_port)).ok().map(|_| Ok(()))
     })??;

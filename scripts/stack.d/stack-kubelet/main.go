@@ -28,14 +28,18 @@ import (
 	"k8s.io/cri-streaming/pkg/streaming/portforward"
 )
 
+// The CommonName of the client certificate kube-apiserver presents (--kubelet-client-certificate).
+const apiserverClientCN = "kube-apiserver-kubelet-client"
+
 type config struct {
 	listen, apiserver, tokenFile, caFile, certFile, keyFile string
 }
 
 // forwarder implements portforward.PortForwarder. The "name" it is given is "namespace/pod".
 type forwarder struct {
-	api   *http.Client
-	base  string
+	api  *http.Client
+	base string
+	// The stack's admin token, used only to read pods: the stack has no narrower identity for its node.
 	token string
 }
 
@@ -49,40 +53,45 @@ type podStatus struct {
 	} `json:"status"`
 }
 
-func (f *forwarder) podIP(ctx context.Context, namespace, name string) (string, error) {
+// podIP returns the pod's IP and UID as the API server reports them.
+func (f *forwarder) podIP(ctx context.Context, namespace, name string) (string, string, error) {
 	u := fmt.Sprintf("%s/api/v1/namespaces/%s/pods/%s", f.base, url.PathEscape(namespace), url.PathEscape(name))
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
 	if err != nil {
-		return "", err
+		return "", "", err
 	}
 	req.Header.Set("Authorization", "Bearer "+f.token)
 	resp, err := f.api.Do(req)
 	if err != nil {
-		return "", err
+		return "", "", err
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		return "", fmt.Errorf("pod %s/%s: API server answered %s", namespace, name, resp.Status)
+		return "", "", fmt.Errorf("pod %s/%s: API server answered %s", namespace, name, resp.Status)
 	}
 	var p podStatus
 	if err := json.NewDecoder(io.LimitReader(resp.Body, 4<<20)).Decode(&p); err != nil {
-		return "", err
+		return "", "", err
 	}
 	if p.Status.Phase != "Running" || p.Status.PodIP == "" {
-		return "", fmt.Errorf("pod %s/%s is not running (phase %q)", namespace, name, p.Status.Phase)
+		return "", "", fmt.Errorf("pod %s/%s is not running (phase %q)", namespace, name, p.Status.Phase)
 	}
-	return p.Status.PodIP, nil
+	return p.Status.PodIP, p.Metadata.UID, nil
 }
 
-func (f *forwarder) PortForward(ctx context.Context, name string, _ string, port int32, stream io.ReadWriteCloser) error {
+func (f *forwarder) PortForward(ctx context.Context, name string, uid string, port int32, stream io.ReadWriteCloser) error {
 	defer stream.Close()
 	namespace, pod, ok := strings.Cut(name, "/")
 	if !ok {
 		return fmt.Errorf("bad pod name %q", name)
 	}
-	ip, err := f.podIP(ctx, namespace, pod)
+	ip, podUID, err := f.podIP(ctx, namespace, pod)
 	if err != nil {
 		return err
+	}
+	// As the kubelet does: a request for another incarnation of the pod is refused.
+	if uid != "" && uid != podUID {
+		return fmt.Errorf("pod %s has UID %s, not %s", name, podUID, uid)
 	}
 	target := net.JoinHostPort(ip, strconv.Itoa(int(port)))
 	var d net.Dialer
@@ -94,13 +103,26 @@ func (f *forwarder) PortForward(ctx context.Context, name string, _ string, port
 	}
 	defer conn.Close()
 	log.Printf("forwarding %s port %d to %s", name, port, target)
-	done := make(chan error, 2)
-	go func() { _, err := io.Copy(conn, stream); done <- err }()
-	go func() { _, err := io.Copy(stream, conn); done <- err }()
+	// Client -> pod ends with a half-close, so the pod still gets to answer (a client that sends and then
+	// shuts down its side, like `nc -N`); pod -> client ends the stream.
+	toPod := make(chan error, 1)
+	fromPod := make(chan error, 1)
+	go func() {
+		_, err := io.Copy(conn, stream)
+		if tcp, ok := conn.(*net.TCPConn); ok {
+			_ = tcp.CloseWrite()
+		}
+		toPod <- err
+	}()
+	go func() { _, err := io.Copy(stream, conn); fromPod <- err }()
 	select {
-	case err = <-done:
-	case <-ctx.Done():
-		err = ctx.Err()
+	case err = <-fromPod:
+	case err = <-toPod:
+		// The client is done sending; give the pod a bounded time to finish its answer.
+		select {
+		case <-fromPod:
+		case <-time.After(30 * time.Second):
+		}
 	}
 	if err != nil && !errors.Is(err, net.ErrClosed) && !errors.Is(err, io.EOF) {
 		return err
@@ -112,6 +134,11 @@ func handler(f *forwarder) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok")) })
 	serve := func(w http.ResponseWriter, req *http.Request) {
+		// Any certificate of the stack CA passed the handshake; only the API server's may forward.
+		if req.TLS == nil || len(req.TLS.PeerCertificates) == 0 || req.TLS.PeerCertificates[0].Subject.CommonName != apiserverClientCN {
+			http.Error(w, "forbidden", http.StatusForbidden)
+			return
+		}
 		namespace, pod, uid := req.PathValue("namespace"), req.PathValue("pod"), req.PathValue("uid")
 		opts, err := portforward.NewV4Options(req)
 		if err != nil {
