@@ -1,0 +1,113 @@
+//! Benchmark, not a test: prints how long paid requests take, from publishing a kind-1000 request to the
+//! kind-1001 reply arriving, for batches sent at once. Nothing here asserts a time.
+//!
+//! Run with the stack up: `scripts/bench/leases.sh` (or `cargo test --test bench_leases -- --ignored
+//! --nocapture` with the stack env). `BENCH_LEASES=1,10,20` sets the batch sizes; `BENCH_TOR=1` runs the
+//! provider with onion services (the reply then waits for each descriptor to be published).
+//!
+//! Requests are NIP-44, each from its own key, sent and awaited over one nostr-sdk connection to the stack's
+//! relay, so the times have millisecond resolution (no CLI polling in the loop).
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, ensure, Context, Result};
+use common::*;
+use nostr_sdk::prelude::*;
+
+const REPLY_TIMEOUT: Duration = Duration::from_secs(300);
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark: scripts/bench/leases.sh"]
+async fn lease_request_to_reply() -> Result<()> {
+    let sizes: Vec<usize> = std::env::var("BENCH_LEASES")
+        .unwrap_or_else(|_| "1,10,20".into())
+        .split(',')
+        .map(|s| s.trim().parse().context("BENCH_LEASES: comma-separated counts"))
+        .collect::<Result<_>>()?;
+    let tor = std::env::var("BENCH_TOR").is_ok_and(|v| v == "1");
+    let provider = Provider::start(ProviderOptions { enable_tor: tor, ..Default::default() })?;
+    provider.wait_ready(Duration::from_secs(180))?;
+    let provider_pk = PublicKey::from_hex(&provider.pubkey)?;
+
+    let client = Client::default();
+    client.add_relay(relay().as_str()).await?;
+    client.connect().await;
+    let mut notifications = client.notifications();
+
+    let wallet = Wallet::new(&env("CASHU_MINT_URL"))?;
+    println!("provider: Tor {}; batches {sizes:?}; 10 sat per lease", if tor { "on" } else { "off" });
+    println!("{:>6} {:>9} {:>9} {:>9} {:>9} {:>11}", "leases", "p50", "p95", "max", "wall", "leases/min");
+    for n in sizes {
+        // Preparation (funding, tokens, keys, encryption, signing) is not timed.
+        wallet.fund(10 * n as u64 + 10)?;
+        let mut batch = Vec::with_capacity(n);
+        for i in 0..n {
+            let keys = Keys::generate();
+            let token = wallet.send(10)?;
+            let content = nip44::encrypt(
+                keys.secret_key(),
+                &provider_pk,
+                request_json(&token, &format!("bench{i}")),
+                nip44::Version::V2,
+            )?;
+            let event = EventBuilder::new(Kind::from(1000u16), content)
+                .tag(Tag::public_key(provider_pk))
+                .sign_with_keys(&keys)?;
+            batch.push((keys, event));
+        }
+        let filter = Filter::new()
+            .kind(Kind::from(1001u16))
+            .author(provider_pk)
+            .pubkeys(batch.iter().map(|(k, _)| k.public_key()))
+            .since(Timestamp::now() - Duration::from_secs(5));
+        let sub = client.subscribe(filter, None).await?;
+
+        let mut sent_at: HashMap<EventId, (Instant, Keys)> = HashMap::new();
+        let start = Instant::now();
+        let sends = batch.iter().map(|(_, e)| client.send_event(e));
+        for (out, (keys, event)) in futures::future::join_all(sends).await.into_iter().zip(&batch) {
+            ensure!(!out?.success.is_empty(), "the relay refused a request");
+            sent_at.insert(event.id, (start, keys.clone()));
+        }
+
+        let mut took = Vec::with_capacity(n);
+        let deadline = tokio::time::Instant::now() + REPLY_TIMEOUT;
+        while took.len() < n {
+            let note = tokio::time::timeout_at(deadline, notifications.recv())
+                .await
+                .map_err(|_| anyhow!("{} of {n} replies within {REPLY_TIMEOUT:?}", took.len()))??;
+            let RelayPoolNotification::Event { event, .. } = note else { continue };
+            let answered = event.tags.iter().find_map(|t| {
+                let s = t.as_slice();
+                (s.first().map(String::as_str) == Some("e"))
+                    .then(|| s.get(1).and_then(|v| EventId::from_hex(v).ok()))?
+            });
+            let Some((sent, keys)) = answered.and_then(|id| sent_at.remove(&id)) else { continue };
+            let plain = nip44::decrypt(keys.secret_key(), &provider_pk, &event.content)?;
+            let reply: serde_json::Value = serde_json::from_str(&plain)?;
+            ensure!(reply["status"] == "ok", "reply: {}", reply["code"]);
+            took.push(sent.elapsed());
+        }
+        let wall = start.elapsed();
+        client.unsubscribe(&sub.val).await;
+        took.sort();
+        println!(
+            "{n:>6} {:>8.2}s {:>8.2}s {:>8.2}s {:>8.2}s {:>11.1}",
+            percentile(&took, 0.5).as_secs_f64(),
+            percentile(&took, 0.95).as_secs_f64(),
+            took[took.len() - 1].as_secs_f64(),
+            wall.as_secs_f64(),
+            n as f64 * 60.0 / wall.as_secs_f64(),
+        );
+    }
+    client.disconnect().await;
+    Ok(())
+}
