@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 /// Upper bounds (seconds) of the request→reply histogram.
-const LATENCY_BUCKETS: [f64; 10] = [0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0];
+const LATENCY_BUCKETS: [f64; 13] = [0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0];
 
 #[derive(Default)]
 pub struct Metrics {
@@ -134,5 +134,14 @@ mod tests {
         assert!(t.contains("paygress_reply_seconds_bucket{le=\"1\"} 0"));
         assert!(t.contains("paygress_reply_seconds_bucket{le=\"2\"} 1"));
         assert!(t.contains("paygress_reply_seconds_count 1"));
+    }
+
+    #[test]
+    fn sub_second_replies_land_in_sub_second_buckets() {
+        let m = Metrics::default();
+        m.observe_reply_latency(0.08);
+        let t = m.render();
+        assert!(t.contains("paygress_reply_seconds_bucket{le=\"0.05\"} 0"), "{t}");
+        assert!(t.contains("paygress_reply_seconds_bucket{le=\"0.1\"} 1"), "{t}");
     }
 }

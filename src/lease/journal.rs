@@ -65,6 +65,9 @@ pub struct SagaRecord {
     pub route: ReplyRoute,
     /// Unix seconds the request was first seen.
     pub received_at: u64,
+    /// The same in milliseconds, for the reply-latency histogram (0 in records of older versions).
+    #[serde(default)]
+    pub received_at_ms: u64,
     pub step: Step,
     /// The request; its token is cleared once redeemed or refused.
     pub ask: Ask,
@@ -91,6 +94,7 @@ impl SagaRecord {
             request_id: route.request_id.clone(),
             route,
             received_at,
+            received_at_ms: received_at.saturating_mul(1000),
             step: Step::Received,
             ask,
             mint_url: None,

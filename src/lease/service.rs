@@ -95,6 +95,10 @@ pub fn now_secs() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
+fn now_millis() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
 /// Lease ids are derived from the request id, so a resumed saga names the same objects (idempotent creates).
 pub fn lease_id_for(request_id: &str) -> String {
     let digest = Sha256::digest(request_id.as_bytes());
@@ -806,8 +810,12 @@ impl LeaseService {
                     Reply::Error { code, .. } => code.as_str(),
                 };
                 self.metrics.outcome(outcome);
-                let waited = now_secs().saturating_sub(rec.received_at);
-                self.metrics.observe_reply_latency(waited as f64);
+                let waited = if rec.received_at_ms > 0 {
+                    now_millis().saturating_sub(rec.received_at_ms) as f64 / 1000.0
+                } else {
+                    now_secs().saturating_sub(rec.received_at) as f64
+                };
+                self.metrics.observe_reply_latency(waited);
                 info!(outcome, "reply sent");
                 rec.step = Step::Done;
                 Flow::Next
@@ -958,7 +966,8 @@ impl LeaseService {
 }
 
 fn new_record(route: super::ports::ReplyRoute, ask: Ask) -> SagaRecord {
-    SagaRecord::new(route, ask, now_secs())
+    let ms = now_millis();
+    SagaRecord { received_at_ms: ms, ..SagaRecord::new(route, ask, ms / 1000) }
 }
 
 #[cfg(test)]
