@@ -379,15 +379,48 @@ pub fn paygress_bin() -> String {
                 return b;
             }
         }
-        let dir = std::env::temp_dir().join(format!("paygress-bin-{}", std::process::id()));
-        let dst = dir.join("paygress");
-        let copied = std::fs::create_dir_all(&dir).and_then(|_| std::fs::copy(env!("CARGO_BIN_EXE_paygress"), &dst));
-        match copied {
-            Ok(_) => dst.display().to_string(),
-            Err(_) => env!("CARGO_BIN_EXE_paygress").to_string(),
-        }
+        pinned_copy(Path::new(env!("CARGO_BIN_EXE_paygress"))).unwrap_or_else(|| env!("CARGO_BIN_EXE_paygress").into())
     })
     .clone()
+}
+
+/// A copy of the binary that a rebuild elsewhere (another worktree sharing CARGO_TARGET_DIR) cannot swap
+/// under a running test. Keyed by the binary's size and mtime, so test processes and runs of one build share
+/// a copy; copies not used for a day are removed, so /tmp does not fill up run after run.
+fn pinned_copy(src: &Path) -> Option<String> {
+    let meta = std::fs::metadata(src).ok()?;
+    let mtime = meta.modified().ok()?.duration_since(std::time::UNIX_EPOCH).ok()?.as_nanos();
+    let root = std::env::temp_dir().join("paygress-test-bin");
+    let dir = root.join(format!("{}-{mtime}", meta.len()));
+    let dst = dir.join("paygress");
+    if !dst.exists() {
+        std::fs::create_dir_all(&dir).ok()?;
+        // Copy under a private name, then rename: concurrent test processes never see half a binary.
+        let tmp = dir.join(format!(".paygress-{}", std::process::id()));
+        std::fs::copy(src, &tmp).ok()?;
+        std::fs::rename(&tmp, &dst).ok()?;
+    }
+    let _ = filetime_touch(&dir);
+    let day = Duration::from_secs(86_400);
+    for entry in std::fs::read_dir(&root).into_iter().flatten().flatten() {
+        let stale = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > day);
+        if stale && entry.path() != dir {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+    Some(dst.display().to_string())
+}
+
+/// Marks a copy as used now (its directory's mtime), by creating and removing a file in it.
+fn filetime_touch(dir: &Path) -> std::io::Result<()> {
+    let mark = dir.join(format!(".used-{}", std::process::id()));
+    std::fs::write(&mark, b"")?;
+    std::fs::remove_file(mark)
 }
 
 /// `paygress --help`, e.g. to check that the binary under test is this branch's.
