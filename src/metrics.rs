@@ -17,6 +17,8 @@ pub struct Metrics {
     pub live_leases: AtomicU64,
     pub onion_running: AtomicU64,
     pub onion_failed: AtomicU64,
+    /// Onion services relaunched because they stalled unpublished (copied from the adapter).
+    pub onion_relaunches: AtomicU64,
     pub connected_relays: AtomicU64,
     latency: Mutex<Histogram>,
 }
@@ -92,6 +94,13 @@ impl Metrics {
             writeln!(s, "paygress_onion_services{{status=\"running\"}} {}", self.onion_running.load(Ordering::Relaxed));
         let _ =
             writeln!(s, "paygress_onion_services{{status=\"failed\"}} {}", self.onion_failed.load(Ordering::Relaxed));
+        g(
+            &mut s,
+            "paygress_onion_relaunches_total",
+            "Onion services stopped and launched again with the same key because they stalled unpublished.",
+            "counter",
+            self.onion_relaunches.load(Ordering::Relaxed),
+        );
         g(
             &mut s,
             "paygress_connected_relays",

@@ -587,6 +587,10 @@ impl OnionPort for ArtiOnion {
     fn running(&self) -> usize {
         self.inner.as_ref().map_or(0, |inner| lock(&inner.services).len())
     }
+
+    fn relaunches(&self) -> u64 {
+        ArtiOnion::relaunches(self)
+    }
 }
 
 /// An error with its chain of causes (arti's errors say little at the top level).

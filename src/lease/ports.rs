@@ -205,6 +205,10 @@ pub trait OnionPort: Send + Sync {
     fn ready(&self) -> bool;
     /// Number of running onion services.
     fn running(&self) -> usize;
+    /// Services relaunched since start because they stalled unpublished.
+    fn relaunches(&self) -> u64 {
+        0
+    }
 }
 
 /// How to reach the requester with the reply.

@@ -951,6 +951,7 @@ impl LeaseService {
         }
         self.metrics.live_leases.store(live, Ordering::Relaxed);
         self.metrics.onion_running.store(self.ports.onion.running() as u64, Ordering::Relaxed);
+        self.metrics.onion_relaunches.store(self.ports.onion.relaunches(), Ordering::Relaxed);
         for orphan in self.ports.cluster.list_orphans().await? {
             if busy.contains(&orphan.lease_id) {
                 continue;
