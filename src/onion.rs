@@ -56,9 +56,10 @@ const NICK_MAX_ID: usize = 48;
 const DEFAULT_BOOTSTRAP_TIMEOUT: Duration = Duration::from_secs(120);
 const DEFAULT_PUBLISH_TIMEOUT: Duration = Duration::from_secs(120);
 /// A new service not reachable after this long is stopped and launched again with the same key, within
-/// the publish timeout; each relaunch doubles the wait, so a slow network is not thrashed. Services normally publish in 0.4–13 s (docs/onion.md); rarely one stays
-/// Bootstrapping for minutes with no problem reported while its siblings publish, and a fresh launch
-/// (new introduction points, new upload schedule) gets it out.
+/// the publish timeout; each relaunch doubles the wait, so a slow network is not thrashed. Services
+/// normally publish in 0.4–13 s (docs/onion.md); rarely one stays Bootstrapping (its descriptor publisher,
+/// with no problem reported) while its siblings publish, and a fresh launch (new introduction points, a new
+/// upload schedule) gets it out.
 const DEFAULT_PUBLISH_STALL: Duration = Duration::from_secs(40);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// New services being published at once. On the private test network a burst of 40 launches in one client
