@@ -339,11 +339,8 @@ impl ArtiOnion {
         };
         drop(guard);
 
-        // Wait without holding the service: a relaunch must be able to drop the old one, which releases
-        // its state-directory lock. `ours` tells our service from one that replaced it meanwhile.
-        let mut status = svc.status();
-        let mut events = svc.status_events();
-        let mut ours = Arc::downgrade(&svc);
+        // Wait without holding the service (see `Watch`).
+        let mut watch = Watch::of(&svc);
         drop(svc);
         // Only the launch that started the service (it holds a publish permit) relaunches it; others wait.
         let mut driving = permit.is_some();
@@ -351,7 +348,7 @@ impl ArtiOnion {
         let mut stall = inner.publish_stall;
         loop {
             let stall_at = if driving { tokio::time::Instant::now() + stall } else { deadline };
-            match inner.wait_reachable(&mut status, &mut events, stall_at.min(deadline)).await {
+            match inner.wait_reachable(&mut watch.status, &mut watch.events, stall_at.min(deadline)).await {
                 Waited::Reachable => {
                     let elapsed_ms = started.elapsed().as_millis() as u64;
                     info!(lease_id, %address, elapsed_ms, relaunches, "onion service published");
@@ -361,39 +358,32 @@ impl ArtiOnion {
                 // Stopped or replaced meanwhile: follow the lease's current service if it has this address.
                 // The same service with an ended stream has stopped by itself: give up at once.
                 Waited::Gone => {
-                    let Some(current) = inner.current_service(lease_id, &address) else { break };
-                    if Weak::ptr_eq(&ours, &Arc::downgrade(&current)) {
+                    let Some((current, _)) = inner.current_service(lease_id, &address) else { break };
+                    if watch.is(&current) {
                         break;
                     }
-                    (status, events, ours, driving) =
-                        (current.status(), current.status_events(), Arc::downgrade(&current), false);
+                    (watch, driving) = (Watch::of(&current), false);
                 }
                 Waited::TimedOut => {
                     let guard = lease_lock.lock().await;
-                    let current = lock(&inner.services)
-                        .get(lease_id)
-                        .filter(|s| s.address == address)
-                        .map(|s| (Arc::downgrade(&s.svc), *s.target.borrow()));
-                    let Some((current, target)) = current else { break };
-                    if !Weak::ptr_eq(&ours, &current) {
+                    let Some((current, target)) = inner.current_service(lease_id, &address) else { break };
+                    if !watch.is(&current) {
                         // Another launch replaced it and drives the new one; wait for that instead.
-                        if let Some(svc) = current.upgrade() {
-                            (status, events, ours, driving) = (svc.status(), svc.status_events(), current, false);
-                        }
+                        (watch, driving) = (Watch::of(&current), false);
                         continue;
                     }
+                    drop(current);
                     relaunches += 1;
                     stall = stall.saturating_mul(2);
                     inner.relaunched.fetch_add(1, Ordering::Relaxed);
-                    warn!(lease_id, %address, relaunches, state = ?status.state(), ipt_and_publisher = ?status,
+                    warn!(lease_id, %address, relaunches, state = ?watch.status.state(), ipt_and_publisher = ?watch.status,
                         "onion service still not reachable; relaunching it with the same key");
                     inner.stop_locked(lease_id);
                     let keypair = keypair_from_bytes(key)
                         .map_err(|message| OnionError::BadKey { lease_id: lease_id.into(), message })?;
                     let service =
                         inner.start_service(lease_id, nickname.clone(), keypair, address.clone(), target).await?;
-                    (status, events, ours) =
-                        (service.svc.status(), service.svc.status_events(), Arc::downgrade(&service.svc));
+                    watch = Watch::of(&service.svc);
                     lock(&inner.services).insert(lease_id.to_string(), service);
                     drop(guard);
                 }
@@ -403,12 +393,11 @@ impl ArtiOnion {
         // and drives it instead of waiting on one nobody relaunches.
         if driving {
             let _guard = lease_lock.lock().await;
-            let still_ours =
-                lock(&inner.services).get(lease_id).is_some_and(|s| Weak::ptr_eq(&ours, &Arc::downgrade(&s.svc)));
-            if still_ours {
+            if inner.current_service(lease_id, &address).is_some_and(|(current, _)| watch.is(&current)) {
                 inner.stop_locked(lease_id);
             }
         }
+        let status = watch.status;
         drop(permit);
         Err(OnionError::PublishTimeout {
             lease_id: lease_id.into(),
@@ -417,6 +406,24 @@ impl ArtiOnion {
             state: format!("{:?}", status.state()),
             problem: status.current_problem().map(|p| format!(", problem: {p:?}")).unwrap_or_default(),
         })
+    }
+}
+
+/// What a launch waits on, without holding the service: a relaunch must be able to drop the old one, which
+/// releases its state-directory lock. `svc` tells that service from one that replaced it meanwhile.
+struct Watch {
+    status: OnionServiceStatus,
+    events: OnionServiceStatusStream,
+    svc: Weak<RunningOnionService>,
+}
+
+impl Watch {
+    fn of(svc: &Arc<RunningOnionService>) -> Watch {
+        Watch { status: svc.status(), events: svc.status_events(), svc: Arc::downgrade(svc) }
+    }
+
+    fn is(&self, svc: &Arc<RunningOnionService>) -> bool {
+        Weak::ptr_eq(&self.svc, &Arc::downgrade(svc))
     }
 }
 
@@ -521,9 +528,10 @@ impl Enabled {
         }
     }
 
-    /// The lease's running service if it has this address.
-    fn current_service(&self, lease_id: &str, address: &str) -> Option<Arc<RunningOnionService>> {
-        lock(&self.services).get(lease_id).filter(|s| s.address == address).map(|s| Arc::clone(&s.svc))
+    /// The lease's running service, if it has this address, and where it forwards to.
+    fn current_service(&self, lease_id: &str, address: &str) -> Option<(Arc<RunningOnionService>, SocketAddr)> {
+        let services = lock(&self.services);
+        services.get(lease_id).filter(|s| s.address == address).map(|s| (Arc::clone(&s.svc), *s.target.borrow()))
     }
 
     /// Stop a lease's service; the caller holds the lease lock.

@@ -101,46 +101,27 @@ fn make_provider_kubeconfig() -> Result<PathBuf> {
     Ok(path)
 }
 
+/// `kubectl get pods` in the provider's namespace, selected by `label`, printed as `output`.
+fn lease_pods(label: &str, output: &str) -> Result<String> {
+    kubectl(&["-n", "user-workloads", "get", "pods", "-l", label, "-o", output])
+}
+
 pub fn pods_of_lease(lease_id: &str) -> Result<usize> {
-    let out = kubectl(&[
-        "-n",
-        "user-workloads",
-        "get",
-        "pods",
-        "-l",
-        &format!("paygress.io/lease-id={lease_id}"),
-        "-o",
-        "name",
-    ])?;
+    let out = lease_pods(&format!("paygress.io/lease-id={lease_id}"), "name")?;
     Ok(out.lines().filter(|l| !l.is_empty()).count())
 }
 
 pub fn managed_pod_names() -> Result<Vec<String>> {
-    let out = kubectl(&[
-        "-n",
-        "user-workloads",
-        "get",
-        "pods",
-        "-l",
-        "app.kubernetes.io/managed-by=paygress",
-        "-o",
-        "jsonpath={.items[*].metadata.name}",
-    ])?;
+    let out = lease_pods("app.kubernetes.io/managed-by=paygress", "jsonpath={.items[*].metadata.name}")?;
     Ok(out.split_whitespace().map(String::from).collect())
 }
 
 /// Pods the provider made for one requester (by the requester annotation).
 pub fn pods_of_requester(pubkey: &str) -> Result<usize> {
-    let out = kubectl(&[
-        "-n",
-        "user-workloads",
-        "get",
-        "pods",
-        "-l",
+    let out = lease_pods(
         "app.kubernetes.io/managed-by=paygress",
-        "-o",
         "jsonpath={range .items[*]}{.metadata.annotations.paygress\\.io/requester}{\"\\n\"}{end}",
-    ])?;
+    )?;
     Ok(out.lines().filter(|l| l.trim() == pubkey).count())
 }
 

@@ -53,8 +53,8 @@ type podStatus struct {
 	} `json:"status"`
 }
 
-// podIP returns the pod's IP and UID as the API server reports them.
-func (f *forwarder) podIP(ctx context.Context, namespace, name string) (string, string, error) {
+// pod returns the pod's IP and UID as the API server reports them.
+func (f *forwarder) pod(ctx context.Context, namespace, name string) (string, string, error) {
 	u := fmt.Sprintf("%s/api/v1/namespaces/%s/pods/%s", f.base, url.PathEscape(namespace), url.PathEscape(name))
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
 	if err != nil {
@@ -85,7 +85,7 @@ func (f *forwarder) PortForward(ctx context.Context, name string, uid string, po
 	if !ok {
 		return fmt.Errorf("bad pod name %q", name)
 	}
-	ip, podUID, err := f.podIP(ctx, namespace, pod)
+	ip, podUID, err := f.pod(ctx, namespace, pod)
 	if err != nil {
 		return err
 	}
