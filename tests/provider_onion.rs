@@ -310,6 +310,11 @@ fn expired_lease_onion_stops_answering() -> Result<()> {
             && kubectl_json("secret", &format!("ssh-pod-{lease_id}-onion")).ok()?.is_none()
             && pods_of_lease(&lease_id).ok()? == 0)
             .then_some(())
+    })
+    .map_err(|e| {
+        let log = strip_ansi(&p.log_text());
+        let lines: Vec<&str> = log.lines().filter(|l| l.contains(&lease_id) || l.contains("onion")).collect();
+        anyhow!("{e}; now {} expires {expires}; provider:\n{}", now(), lines.join("\n"))
     })?;
     let t = Instant::now();
     let code = socks5_connect_code(&onion, 2222, Duration::from_secs(180))?;

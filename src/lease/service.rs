@@ -3,7 +3,7 @@
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -89,6 +89,8 @@ pub struct LeaseService {
     /// Leases whose onion service this process launched, so the reconciler can stop those whose lease
     /// vanished from the cluster without passing through expiry here (deleted by hand or by another actor).
     onions: Mutex<HashSet<String>>,
+    /// A restore of onion services is running in the background (one at a time).
+    restoring: AtomicBool,
 }
 
 pub fn now_secs() -> u64 {
@@ -184,6 +186,7 @@ impl LeaseService {
             driving: Mutex::new(HashSet::new()),
             provisioning: Mutex::new(HashSet::new()),
             onions: Mutex::new(HashSet::new()),
+            restoring: AtomicBool::new(false),
         }
     }
 
@@ -894,7 +897,7 @@ impl LeaseService {
 
     /// One pass of the reconciler: end expired leases, remove orphans, bring back onion services of live
     /// leases (after a restart). Reads only what the cluster holds.
-    pub async fn reconcile_once(&self) -> Result<(), PortError> {
+    pub async fn reconcile_once(self: &Arc<Self>) -> Result<(), PortError> {
         let leases = self.ports.cluster.list_leases().await?;
         let now = now_secs();
         let busy: HashSet<String> = self.provisioning.lock().map(|p| p.clone()).unwrap_or_default();
@@ -936,18 +939,25 @@ impl LeaseService {
             info!(lease_id = %lease_id, "lease no longer in the cluster; stopping its onion service");
             self.stop_onion(&lease_id).await;
         }
-        if self.ports.onion.enabled() {
-            // Idempotent: a running service returns its address at once. A few at a time, so one slow
-            // publication does not delay the others by its whole timeout.
-            use futures::StreamExt as _;
-            futures::stream::iter(restore)
-                .for_each_concurrent(RESTORE_CONCURRENCY, |(lease_id, endpoint)| async move {
-                    if let Err(e) = self.launch_onion(&lease_id, endpoint).await {
-                        self.metrics.onion_failed.fetch_add(1, Ordering::Relaxed);
-                        warn!(lease_id = %lease_id, error = %e, "onion service not restored");
-                    }
-                })
-                .await;
+        // In the background, one pass at a time: a launch can wait for its descriptor up to the publish
+        // timeout, and the next passes must still end leases on time meanwhile.
+        if self.ports.onion.enabled() && !restore.is_empty() && !self.restoring.swap(true, Ordering::AcqRel) {
+            let this = Arc::clone(self);
+            tokio::spawn(async move {
+                let svc = &this;
+                // Idempotent: a running service returns its address at once. A few at a time, so one slow
+                // publication does not delay the others by its whole timeout.
+                use futures::StreamExt as _;
+                futures::stream::iter(restore)
+                    .for_each_concurrent(RESTORE_CONCURRENCY, |(lease_id, endpoint)| async move {
+                        if let Err(e) = svc.launch_onion(&lease_id, endpoint).await {
+                            svc.metrics.onion_failed.fetch_add(1, Ordering::Relaxed);
+                            warn!(lease_id = %lease_id, error = %e, "onion service not restored");
+                        }
+                    })
+                    .await;
+                svc.restoring.store(false, Ordering::Release);
+            });
         }
         self.metrics.live_leases.store(live, Ordering::Relaxed);
         self.metrics.onion_running.store(self.ports.onion.running() as u64, Ordering::Relaxed);
