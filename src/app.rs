@@ -19,6 +19,9 @@ use crate::protocol::{self, ErrorCode, Offer};
 
 /// Queue between the Nostr front end and the workers: bounded, so a flood waits instead of growing memory.
 const INCOMING_QUEUE: usize = 1024;
+/// Workers for requests that pay nothing (status, invalid requests).
+const FREE_WORKERS: usize = 4;
+const PRUNE_INTERVAL: Duration = Duration::from_secs(600);
 /// How long SIGTERM waits for requests in flight before exiting (their sagas resume on restart anyway).
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -65,8 +68,12 @@ pub async fn run(cfg: Config) -> Result<()> {
     );
 
     // Then the outside world.
+    let pubkey_hex = keys.public_key().to_hex();
+    let provider = crate::lease::ports::provider_id(&pubkey_hex);
     let cluster = Arc::new(
-        crate::k8s::KubeCluster::connect(cfg.namespace.clone(), cfg.ssh_port).await.context("Kubernetes client")?,
+        crate::k8s::KubeCluster::connect(cfg.namespace.clone(), cfg.ssh_port, &provider)
+            .await
+            .context("Kubernetes client")?,
     );
     let arti = Arc::new(if cfg.enable_tor {
         crate::onion::ArtiOnion::from_config(&cfg).context("start arti")?
@@ -80,7 +87,6 @@ pub async fn run(cfg: Config) -> Result<()> {
     let readiness = Arc::new(Readiness::default());
     let (tx, rx) = mpsc::channel::<Incoming>(INCOMING_QUEUE);
 
-    let pubkey_hex = keys.public_key().to_hex();
     let offer = offer(&cfg, &pubkey_hex, &payment.p2pk_pubkey_hex());
     let offer_for_api = offer.clone();
     let frontend = match cfg.run_mode {
@@ -103,18 +109,22 @@ pub async fn run(cfg: Config) -> Result<()> {
         None => Arc::new(InBandReplies),
     };
 
-    let service = Arc::new(LeaseService::new(
-        LeaseSettings::from(&cfg),
-        Ports {
-            payment: payment.clone(),
-            cluster: cluster.clone(),
-            probe: Arc::new(crate::ssh::RusshProbe::new()),
-            onion: onion.clone(),
-            replies,
-            journal,
-        },
-        metrics.clone(),
-    ));
+    let workers = Arc::new(Semaphore::new(cfg.max_concurrent_requests));
+    let service = Arc::new(
+        LeaseService::new(
+            LeaseSettings::from(&cfg).with_provider(&keys.secret_key().secret_bytes(), &pubkey_hex),
+            Ports {
+                payment: payment.clone(),
+                cluster: cluster.clone(),
+                probe: Arc::new(crate::ssh::RusshProbe::new()),
+                onion: onion.clone(),
+                replies,
+                journal,
+            },
+            metrics.clone(),
+        )
+        .with_workers(workers.clone()),
+    );
     info!(pubkey = %pubkey_hex, namespace = %cfg.namespace, mode = ?cfg.run_mode, tor = cfg.enable_tor, "paygress starting");
     if let Some(fp) = cfg.failpoint {
         warn!(
@@ -123,7 +133,6 @@ pub async fn run(cfg: Config) -> Result<()> {
         );
     }
 
-    let workers = Arc::new(Semaphore::new(cfg.max_concurrent_requests));
     let admin = match &cfg.admin_token {
         Some(source) => Some(Arc::new(Admin::new(
             &read_admin_token(source)?,
@@ -152,18 +161,23 @@ pub async fn run(cfg: Config) -> Result<()> {
         let stopped = async move {
             let _ = stop_rx.wait_for(|stop| *stop).await;
         };
-        if let Err(e) = axum::serve(http, router).with_graceful_shutdown(stopped).await {
+        if let Err(e) = crate::http::serve(http, router, stopped).await {
             warn!(error = %e, "http listener stopped");
         }
     });
 
-    // Finish what a previous run left in flight before taking new work.
-    service.resume_unfinished().await;
+    // Finish what a previous run left in flight, within the workers' bound, beside new work.
+    tokio::spawn({
+        let service = service.clone();
+        async move { service.resume_unfinished().await }
+    });
+    tokio::spawn(prune_loop(service.clone()));
     tokio::spawn(readiness_loop(readiness.clone(), metrics.clone(), cluster.clone(), onion.clone(), frontend.clone()));
     tokio::spawn(reconcile_loop(service.clone(), Duration::from_secs(cfg.reconcile_interval_secs)));
     tokio::spawn(resume_loop(service.clone(), Duration::from_secs(cfg.resume_interval_secs)));
 
-    let dispatcher = tokio::spawn(dispatch(rx, service.clone(), workers.clone()));
+    let free = Arc::new(Semaphore::new(FREE_WORKERS));
+    let dispatcher = tokio::spawn(dispatch(rx, service.clone(), workers.clone(), free));
 
     shutdown_signal().await;
     info!("shutdown requested: no new requests, draining");
@@ -188,15 +202,43 @@ pub async fn run(cfg: Config) -> Result<()> {
     Ok(())
 }
 
-/// Hand each request to a worker task; at most `workers` run at once, the rest wait in the queue.
-async fn dispatch(mut rx: mpsc::Receiver<Incoming>, service: Arc<LeaseService>, workers: Arc<Semaphore>) {
+/// Hand each request to a worker task; at most `workers` paid requests run at once, the rest wait in the
+/// queue. Requests that pay nothing (status, garbage) have their own small budget and are dropped when it
+/// is spent, so they never hold up a paid one.
+async fn dispatch(
+    mut rx: mpsc::Receiver<Incoming>,
+    service: Arc<LeaseService>,
+    workers: Arc<Semaphore>,
+    free: Arc<Semaphore>,
+) {
     while let Some(incoming) = rx.recv().await {
-        let Ok(permit) = workers.clone().acquire_owned().await else { break };
+        let paid = matches!(incoming, Incoming::Create { .. } | Incoming::TopUp { .. });
+        let permit = if paid {
+            let Ok(p) = workers.clone().acquire_owned().await else { break };
+            p
+        } else {
+            match free.clone().try_acquire_owned() {
+                Ok(p) => p,
+                Err(_) => {
+                    service.metrics().outcome("shed");
+                    tracing::debug!("free request dropped: its budget is in use");
+                    continue;
+                }
+            }
+        };
         let service = service.clone();
         tokio::spawn(async move {
             service.handle(incoming).await;
             drop(permit);
         });
+    }
+}
+
+/// Old finished sagas are pruned, and their secrets cleared, this often.
+async fn prune_loop(service: Arc<LeaseService>) {
+    loop {
+        service.prune_journal();
+        tokio::time::sleep(PRUNE_INTERVAL).await;
     }
 }
 

@@ -69,6 +69,16 @@ pub const VARS: &[VarDoc] = &[
         help: "image used when a request names none",
     },
     VarDoc {
+        name: "PAYGRESS_MAX_LEASES_PER_REQUESTER",
+        default: "10",
+        help: "live leases one key may hold at once (more are refused before payment)",
+    },
+    VarDoc {
+        name: "PAYGRESS_IMAGE_PULL_POLICY",
+        default: "IfNotPresent",
+        help: "lease pods' imagePullPolicy: IfNotPresent, Always or Never",
+    },
+    VarDoc {
         name: "PAYGRESS_ALLOWED_IMAGES",
         default: "PAYGRESS_DEFAULT_IMAGE",
         help: "comma-separated images a request may ask for",
@@ -230,6 +240,9 @@ pub struct Config {
     pub state_dir: PathBuf,
     pub wallet_dir: PathBuf,
     pub default_image: String,
+    /// Lease pods' imagePullPolicy.
+    pub image_pull_policy: String,
+    pub max_leases_per_requester: usize,
     pub allowed_images: Vec<String>,
     pub tiers: Vec<Tier>,
     pub min_duration_secs: u64,
@@ -357,6 +370,14 @@ impl Config {
             env.get("PAYGRESS_TOR_NETWORK_CONFIG").map(|v| v.trim()).filter(|v| !v.is_empty()).map(PathBuf::from);
 
         let default_image = p.str("PAYGRESS_DEFAULT_IMAGE", "lscr.io/linuxserver/openssh-server:latest");
+        let max_leases_per_requester = p.num("PAYGRESS_MAX_LEASES_PER_REQUESTER", 10) as usize;
+        if max_leases_per_requester == 0 {
+            p.err("PAYGRESS_MAX_LEASES_PER_REQUESTER", "must be at least 1".into());
+        }
+        let image_pull_policy = p.str("PAYGRESS_IMAGE_PULL_POLICY", "IfNotPresent");
+        if !matches!(image_pull_policy.as_str(), "IfNotPresent" | "Always" | "Never") {
+            p.err("PAYGRESS_IMAGE_PULL_POLICY", format!("{image_pull_policy:?} is not IfNotPresent, Always or Never"));
+        }
         let mut allowed_images = p.list("PAYGRESS_ALLOWED_IMAGES", "");
         if !allowed_images.contains(&default_image) {
             allowed_images.insert(0, default_image.clone());
@@ -457,6 +478,8 @@ impl Config {
             state_dir,
             wallet_dir,
             default_image,
+            image_pull_policy,
+            max_leases_per_requester,
             allowed_images,
             tiers,
             min_duration_secs,

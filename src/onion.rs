@@ -48,6 +48,8 @@ use crate::lease::ports::{FailureKind, OnionPort, PortError, PortResult};
 pub const DEFAULT_PORTS: [u16; 2] = [2222, 22];
 /// Length of a stored identity key: arti's expanded ed25519 secret key (scalar ‖ hash prefix).
 pub const KEY_LEN: usize = 64;
+/// Used like `PAYGRESS_TOR_NETWORK_CONFIG` when that is unset and this file exists.
+pub const MOUNTED_NETWORK_CONFIG: &str = "/etc/paygress/tor/network.toml";
 /// Nickname prefix; also how purging recognises services that are ours.
 const NICK_PREFIX: &str = "pg-";
 /// Longest lease id used verbatim in a nickname (it becomes a file name inside arti's state dir).
@@ -62,6 +64,16 @@ const DEFAULT_PUBLISH_TIMEOUT: Duration = Duration::from_secs(120);
 /// upload schedule) gets it out.
 const DEFAULT_PUBLISH_STALL: Duration = Duration::from_secs(40);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Streams one lease's service forwards at once: a tenant (or a stranger) opening thousands of streams to
+/// a stalling listener must not exhaust the provider's tasks and sockets for everyone.
+pub const MAX_STREAMS_PER_SERVICE: usize = 64;
+/// Streams all services forward at once.
+pub const MAX_STREAMS_TOTAL: usize = 4096;
+/// Streams one rendezvous circuit may hold open (arti's own bound, enforced before a stream reaches us).
+const MAX_STREAMS_PER_CIRCUIT: u32 = 16;
+/// A forwarded stream with no byte in either direction for this long is closed (SSH clients that want
+/// to idle longer send keepalives: ServerAliveInterval).
+pub const STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 /// New services being published at once. On the private test network a burst of 40 launches in one client
 /// published only 18 within 120 s (arti's pool of onion-service circuits backs off: "Too many preemptive
 /// onion service circuits failed"); 8 at a time published all 40 in 13 s (docs/onion.md).
@@ -152,6 +164,8 @@ struct Enabled {
     publish_stall: Duration,
     /// Services relaunched because they stalled (see [`DEFAULT_PUBLISH_STALL`]).
     relaunched: AtomicU64,
+    /// Forwarded streams of all services (see [`MAX_STREAMS_TOTAL`]).
+    streams: Arc<tokio::sync::Semaphore>,
 }
 
 impl Drop for Enabled {
@@ -186,7 +200,13 @@ impl ArtiOnion {
         if !ports.contains(&cfg.ssh_port) {
             ports.push(cfg.ssh_port);
         }
-        Ok(Self::new(&cfg.state_dir, cfg.tor_network_config.as_deref())?.with_ports(&ports))
+        // The manifest mounts the optional ConfigMap `paygress-tor-network` here (private networks, bridges).
+        let mounted = Path::new(MOUNTED_NETWORK_CONFIG);
+        let network = cfg.tor_network_config.as_deref().or_else(|| mounted.is_file().then_some(mounted));
+        if let Some(path) = network {
+            info!(path = %path.display(), "tor network configuration");
+        }
+        Ok(Self::new(&cfg.state_dir, network)?.with_ports(&ports))
     }
 
     /// Create the Tor client (state and cache under `<state_dir>/tor/`) and start bootstrapping it in the
@@ -221,6 +241,7 @@ impl ArtiOnion {
                 publish_timeout: DEFAULT_PUBLISH_TIMEOUT,
                 publish_stall: DEFAULT_PUBLISH_STALL,
                 relaunched: AtomicU64::new(0),
+                streams: Arc::new(tokio::sync::Semaphore::new(MAX_STREAMS_TOTAL)),
             }),
         })
     }
@@ -327,7 +348,7 @@ impl ArtiOnion {
                 permit = Arc::clone(&inner.publishing).acquire_owned().await.ok();
                 if other.is_some() {
                     // A different key for the same lease: the key from the Secret wins.
-                    warn!(lease_id, %address, "lease relaunched with a different onion key; replacing its service");
+                    warn!(lease_id, address = %redact(&address), "lease relaunched with a different onion key; replacing its service");
                     inner.stop_locked(lease_id);
                 }
                 inner.wait_bootstrapped(lease_id).await?;
@@ -351,7 +372,7 @@ impl ArtiOnion {
             match inner.wait_reachable(&mut watch.status, &mut watch.events, stall_at.min(deadline)).await {
                 Waited::Reachable => {
                     let elapsed_ms = started.elapsed().as_millis() as u64;
-                    info!(lease_id, %address, elapsed_ms, relaunches, "onion service published");
+                    info!(lease_id, address = %redact(&address), elapsed_ms, relaunches, "onion service published");
                     return Ok(address);
                 }
                 Waited::Gone | Waited::TimedOut if tokio::time::Instant::now() >= deadline => break,
@@ -376,7 +397,7 @@ impl ArtiOnion {
                     relaunches += 1;
                     stall = stall.saturating_mul(2);
                     inner.relaunched.fetch_add(1, Ordering::Relaxed);
-                    warn!(lease_id, %address, relaunches, state = ?watch.status.state(), ipt_and_publisher = ?watch.status,
+                    warn!(lease_id, address = %redact(&address), relaunches, state = ?watch.status.state(), ipt_and_publisher = ?watch.status,
                         "onion service still not reachable; relaunching it with the same key");
                     inner.stop_locked(lease_id);
                     let keypair = keypair_from_bytes(key)
@@ -401,7 +422,7 @@ impl ArtiOnion {
         drop(permit);
         Err(OnionError::PublishTimeout {
             lease_id: lease_id.into(),
-            address,
+            address: redact(&address),
             waited: Duration::from_secs(started.elapsed().as_secs()),
             state: format!("{:?}", status.state()),
             problem: status.current_problem().map(|p| format!(", problem: {p:?}")).unwrap_or_default(),
@@ -466,6 +487,7 @@ impl Enabled {
             |message: String, transient: bool| OnionError::Launch { lease_id: lease_id.into(), message, transient };
         let config = OnionServiceConfigBuilder::default()
             .nickname(nickname.clone())
+            .max_concurrent_streams_per_circuit(MAX_STREAMS_PER_CIRCUIT)
             .build()
             .map_err(|e| launch_err(e.to_string(), false))?;
 
@@ -498,8 +520,13 @@ impl Enabled {
             tor_hsservice::handle_rend_requests(rend_requests),
             target_rx,
             Arc::clone(&self.ports),
+            StreamBounds {
+                per_service: MAX_STREAMS_PER_SERVICE,
+                total: Arc::clone(&self.streams),
+                idle: STREAM_IDLE_TIMEOUT,
+            },
         ));
-        info!(lease_id, %address, %target, ports = ?self.ports, "onion service launched");
+        info!(lease_id, address = %redact(&address), %target, ports = ?self.ports, "onion service launched");
         Ok(Service { nickname, address, svc, target: target_tx, forwarder })
     }
 
@@ -549,7 +576,7 @@ impl Enabled {
         }
         let state = service.svc.status().state();
         drop(service.svc);
-        info!(lease_id, address = %service.address, last_state = ?state, "onion service stopped");
+        info!(lease_id, address = %redact(&service.address), last_state = ?state, "onion service stopped");
         state != ServiceState::Shutdown
     }
 }
@@ -629,7 +656,12 @@ pub fn client_config(tor_dir: &Path, network_config: Option<&Path>) -> Result<To
     if let Some(path) = network_config {
         sources.push_source(ConfigurationSource::from_path(path), MustRead::MustRead);
     }
-    let ours = storage_overrides(&tor_dir.join("state"), &tor_dir.join("cache")).map_err(setup)?;
+    let mut ours = storage_overrides(&tor_dir.join("state"), &tor_dir.join("cache")).map_err(setup)?;
+    if let Some(gid) = trusted_group(tor_dir) {
+        // A volume mounted with fsGroup is group-writable by that group, which is ours (Kubernetes adds it
+        // to the pod's groups); arti's default trusts only a group named like the user and would refuse.
+        ours.push_str(&format!("\n[storage.permissions]\ntrust_group = {gid}\n"));
+    }
     sources.push_source(ConfigurationSource::from_verbatim(ours), MustRead::MustRead);
 
     let fragment_err = |message: String| match network_config {
@@ -647,6 +679,30 @@ pub fn client_config(tor_dir: &Path, network_config: Option<&Path>) -> Result<To
         warn!(key = %k, "deprecated key in the tor network config");
     }
     Ok(resolved.value)
+}
+
+/// The group of the nearest existing ancestor of `dir` (the state volume), if this process is a member of
+/// it and it is not root's: arti may then trust that group's write access.
+fn trusted_group(dir: &Path) -> Option<u32> {
+    use std::os::unix::fs::MetadataExt;
+    let existing = dir.ancestors().find(|p| p.exists())?;
+    let gid = std::fs::metadata(existing).ok()?.gid();
+    (gid != 0 && process_groups().contains(&gid)).then_some(gid)
+}
+
+/// This process's effective and supplementary group ids (from /proc/self/status).
+fn process_groups() -> Vec<u32> {
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else { return Vec::new() };
+    let mut groups = Vec::new();
+    for line in status.lines() {
+        if let Some(rest) = line.strip_prefix("Gid:") {
+            // real, effective, saved, filesystem: the effective one decides.
+            groups.extend(rest.split_whitespace().nth(1).and_then(|g| g.parse::<u32>().ok()));
+        } else if let Some(rest) = line.strip_prefix("Groups:") {
+            groups.extend(rest.split_whitespace().filter_map(|g| g.parse::<u32>().ok()));
+        }
+    }
+    groups
 }
 
 /// Our layer of arti configuration: storage under the provider's volume, literal paths (no `${…}`
@@ -754,11 +810,21 @@ async fn bootstrap_forever(client: Arc<TorClient<PreferredRuntime>>, tx: watch::
 
 // ---- forwarding -----------------------------------------------------------------------------------------
 
+/// Bounds on what one service's forwarding may hold.
+#[derive(Clone)]
+struct StreamBounds {
+    per_service: usize,
+    /// Shared by every service.
+    total: Arc<tokio::sync::Semaphore>,
+    idle: Duration,
+}
+
 async fn forward_streams(
     lease_id: String,
     requests: impl futures::Stream<Item = StreamRequest>,
     target: watch::Receiver<SocketAddr>,
     ports: Arc<[u16]>,
+    bounds: StreamBounds,
 ) {
     let mut requests = std::pin::pin!(requests);
     // Owned here so that aborting this task closes every forwarded connection.
@@ -767,8 +833,24 @@ async fn forward_streams(
         tokio::select! {
             req = requests.next() => match req {
                 Some(req) => {
+                    let slot = if conns.len() < bounds.per_service {
+                        Arc::clone(&bounds.total).try_acquire_owned().ok()
+                    } else {
+                        None
+                    };
+                    let Some(slot) = slot else {
+                        debug!(lease_id, open = conns.len(), "onion stream refused: stream limit reached");
+                        conns.spawn(async move {
+                            let _ = req.reject(End::new_with_reason(EndReason::RESOURCELIMIT)).await;
+                        });
+                        continue;
+                    };
                     let to = *target.borrow();
-                    conns.spawn(forward_one(lease_id.clone(), req, to, Arc::clone(&ports)));
+                    let (lease, ports, idle) = (lease_id.clone(), Arc::clone(&ports), bounds.idle);
+                    conns.spawn(async move {
+                        forward_one(lease, req, to, ports, idle).await;
+                        drop(slot);
+                    });
                 }
                 None => break,
             },
@@ -779,7 +861,7 @@ async fn forward_streams(
     while conns.join_next().await.is_some() {}
 }
 
-async fn forward_one(lease_id: String, req: StreamRequest, target: SocketAddr, ports: Arc<[u16]>) {
+async fn forward_one(lease_id: String, req: StreamRequest, target: SocketAddr, ports: Arc<[u16]>, idle: Duration) {
     let port = match req.request() {
         IncomingStreamRequest::Begin(begin) => Some(begin.port()),
         _ => None,
@@ -802,17 +884,86 @@ async fn forward_one(lease_id: String, req: StreamRequest, target: SocketAddr, p
             return;
         }
     };
-    let mut tcp = tcp;
-    let mut onion = match req.accept(Connected::new_empty()).await {
+    let onion = match req.accept(Connected::new_empty()).await {
         Ok(s) => s,
         Err(e) => {
             debug!(lease_id, port, error = %e, "accepting an onion stream failed");
             return;
         }
     };
-    match tokio::io::copy_bidirectional(&mut onion, &mut tcp).await {
+    match copy_until_idle(onion, tcp, idle).await {
         Ok((up, down)) => debug!(lease_id, port, up, down, "onion stream closed"),
-        Err(e) => debug!(lease_id, port, error = %e, "onion stream ended with an error"),
+        Err(e) => debug!(lease_id, port, error = %e, "onion stream ended"),
+    }
+}
+
+/// `copy_bidirectional`, ended once no byte has moved either way for `idle`.
+async fn copy_until_idle<A, B>(a: A, b: B, idle: Duration) -> std::io::Result<(u64, u64)>
+where
+    A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    B: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let started = tokio::time::Instant::now();
+    let last = Arc::new(AtomicU64::new(0));
+    let mut a = Active { inner: a, started, last: Arc::clone(&last) };
+    let mut b = Active { inner: b, started, last: Arc::clone(&last) };
+    let copy = tokio::io::copy_bidirectional(&mut a, &mut b);
+    tokio::pin!(copy);
+    let check = (idle / 4).max(Duration::from_millis(10));
+    loop {
+        tokio::select! {
+            r = &mut copy => return r,
+            _ = tokio::time::sleep(check) => {
+                let quiet_since = started + Duration::from_millis(last.load(Ordering::Relaxed));
+                if quiet_since.elapsed() >= idle {
+                    return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "idle"));
+                }
+            }
+        }
+    }
+}
+
+/// A stream that records when it last read a byte (milliseconds since `started`).
+struct Active<S> {
+    inner: S,
+    started: tokio::time::Instant,
+    last: Arc<AtomicU64>,
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Active<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.last.store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+        }
+        r
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Active<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
@@ -838,6 +989,13 @@ pub fn keypair_from_bytes(key: &[u8]) -> Result<HsIdKeypair, String> {
 /// `<56 base32 chars>.onion` of a keypair.
 pub fn onion_address(keypair: &HsIdKeypair) -> String {
     HsIdKey::from(keypair).id().display_unredacted().to_string()
+}
+
+/// An onion address as logs show it: enough to tell services apart, not enough to reach one (anyone who
+/// reads the logs must not be able to knock on every tenant's door).
+pub fn redact(address: &str) -> String {
+    let head: String = address.chars().take(6).collect();
+    format!("{head}…")
 }
 
 /// The onion address a stored key publishes, without launching anything.
@@ -868,6 +1026,31 @@ pub fn nickname_for(lease_id: &str) -> Result<HsNickname, String> {
 
 #[cfg(test)]
 mod tests {
+    #[tokio::test]
+    async fn a_forwarded_stream_that_stays_silent_is_closed_and_a_busy_one_is_not() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let idle = Duration::from_millis(200);
+        // Silent: a peer that never sends (a stalling listener) is cut off after `idle`.
+        let (a, _a_peer) = tokio::io::duplex(64);
+        let (b, _b_peer) = tokio::io::duplex(64);
+        let r = tokio::time::timeout(Duration::from_secs(10), copy_until_idle(a, b, idle)).await;
+        assert!(matches!(r, Ok(Err(ref e)) if e.kind() == std::io::ErrorKind::TimedOut), "{r:?}");
+        // Busy: bytes every 50 ms keep it open past several idle periods, then it ends normally.
+        let (a, mut a_peer) = tokio::io::duplex(64);
+        let (b, mut b_peer) = tokio::io::duplex(64);
+        let copy = tokio::spawn(copy_until_idle(a, b, idle));
+        for _ in 0..16 {
+            a_peer.write_all(b"x").await.unwrap();
+            let mut one = [0u8; 1];
+            b_peer.read_exact(&mut one).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        drop(a_peer);
+        drop(b_peer);
+        let r = copy.await.unwrap();
+        assert!(!matches!(r, Err(ref e) if e.kind() == std::io::ErrorKind::TimedOut), "{r:?}");
+    }
+
     use super::*;
 
     #[test]
@@ -1010,6 +1193,8 @@ hsdir_interval = 8
             problem: String::new(),
         };
         assert_eq!(PortError::from(t).kind, FailureKind::Transient);
+        let full = "a".repeat(56) + ".onion";
+        assert!(!redact(&full).contains(&full[..16]), "a log line must not carry a usable address");
         let l = OnionError::Launch { lease_id: "l".into(), message: "m".into(), transient: false };
         assert_eq!(l.kind(), FailureKind::Permanent);
     }

@@ -73,6 +73,11 @@ pub enum ErrorCode {
     LeaseExpired,
     NotLeaseOwner,
     Unavailable,
+    /// The requester sent more than the provider handles from one key at once, or holds as many leases
+    /// as one key may; nothing was taken.
+    TooManyRequests,
+    /// The cluster has no room for a lease of this tier now; nothing was taken.
+    NoCapacity,
     Internal,
 }
 
@@ -97,6 +102,8 @@ impl ErrorCode {
             ErrorCode::LeaseExpired => "lease_expired",
             ErrorCode::NotLeaseOwner => "not_lease_owner",
             ErrorCode::Unavailable => "unavailable",
+            ErrorCode::TooManyRequests => "too_many_requests",
+            ErrorCode::NoCapacity => "no_capacity",
             ErrorCode::Internal => "internal",
         }
     }
@@ -161,6 +168,9 @@ pub enum Reply {
         amount_sats: u64,
         duration_seconds: u64,
         access: Box<LeaseAccess>,
+        /// What was paid beyond the longest lease (`max_duration_seconds`), returned as a Cashu token.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        refund_token: Option<String>,
     },
     /// A top-up was applied.
     Extended {
@@ -169,6 +179,9 @@ pub enum Reply {
         amount_sats: u64,
         added_seconds: u64,
         expires_at: u64,
+        /// What was paid beyond the longest lease, returned as a Cashu token.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        refund_token: Option<String>,
     },
     Status {
         request_id: String,

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
-use crate::lease::journal::{Journal, SagaRecord, Step};
+use crate::lease::journal::{Journal, Pruned, SagaRecord, Step};
 use crate::lease::ports::{FailureKind, PortError, PortResult};
 
 const SAGAS: TableDefinition<&str, &str> = TableDefinition::new("sagas");
@@ -151,6 +151,76 @@ impl RedbJournal {
         // The same request claiming again (a resumed saga) is not a conflict.
         Ok(holder.filter(|h| h != request_id))
     }
+
+    fn prune_finished(&self, delete_before: u64, redact_before: u64, max: usize) -> Result<Pruned, StoreError> {
+        // Decide under a read transaction, then apply in one write (a record that changed meanwhile is
+        // re-read and re-checked there, so a resumed saga is never pruned).
+        let mut delete = Vec::new();
+        let mut redact = Vec::new();
+        {
+            let tx = self.db.begin_read().map_err(de("begin read"))?;
+            let t = tx.open_table(SAGAS).map_err(de("open sagas"))?;
+            for entry in t.iter().map_err(de("scan sagas"))? {
+                if delete.len() + redact.len() >= max {
+                    break;
+                }
+                let (k, v) = entry.map_err(de("scan sagas"))?;
+                let Ok(r) = serde_json::from_str::<SagaRecord>(v.value()) else { continue };
+                if r.step != Step::Done {
+                    continue;
+                }
+                if r.received_at < delete_before {
+                    delete.push(k.value().to_string());
+                } else if r.received_at < redact_before && r.has_secrets() {
+                    redact.push(k.value().to_string());
+                }
+            }
+        }
+        let mut done = Pruned::default();
+        if delete.is_empty() && redact.is_empty() {
+            return Ok(done);
+        }
+        let tx = self.db.begin_write().map_err(de("begin write"))?;
+        {
+            let mut sagas = tx.open_table(SAGAS).map_err(de("open sagas"))?;
+            let mut tokens = tx.open_table(TOKENS).map_err(de("open tokens"))?;
+            for id in delete.iter().chain(redact.iter()) {
+                let current = sagas.get(id.as_str()).map_err(de("read saga"))?.map(|v| v.value().to_string());
+                let Some(r) = current.and_then(|j| serde_json::from_str::<SagaRecord>(&j).ok()) else { continue };
+                if r.step != Step::Done {
+                    continue;
+                }
+                if r.received_at < delete_before {
+                    sagas.remove(id.as_str()).map_err(de("delete saga"))?;
+                    if let Some(d) = &r.token_digest {
+                        let holder = tokens.get(d.as_str()).map_err(de("read token"))?.map(|v| v.value().to_string());
+                        if holder.as_deref() == Some(id.as_str()) {
+                            tokens.remove(d.as_str()).map_err(de("delete token"))?;
+                        }
+                    }
+                    done.deleted += 1;
+                } else {
+                    let json = Self::encode(&r.without_secrets())?;
+                    sagas.insert(id.as_str(), json.as_str()).map_err(de("write saga"))?;
+                    done.redacted += 1;
+                }
+            }
+        }
+        tx.commit().map_err(de("commit prune"))?;
+        Ok(done)
+    }
+
+    fn release(&self, digest: &str, request_id: &str) -> Result<(), StoreError> {
+        let tx = self.db.begin_write().map_err(de("begin write"))?;
+        {
+            let mut t = tx.open_table(TOKENS).map_err(de("open tokens"))?;
+            let holder = t.get(digest).map_err(de("read token"))?.map(|v| v.value().to_string());
+            if holder.as_deref() == Some(request_id) {
+                t.remove(digest).map_err(de("release token"))?;
+            }
+        }
+        tx.commit().map_err(de("commit token"))
+    }
 }
 
 impl Journal for RedbJournal {
@@ -173,6 +243,14 @@ impl Journal for RedbJournal {
 
     fn claim_token(&self, digest: &str, request_id: &str) -> PortResult<Option<String>> {
         Ok(self.claim(digest, request_id)?)
+    }
+
+    fn release_token(&self, digest: &str, request_id: &str) -> PortResult<()> {
+        Ok(self.release(digest, request_id)?)
+    }
+
+    fn prune(&self, delete_before: u64, redact_before: u64, max: usize) -> PortResult<Pruned> {
+        Ok(self.prune_finished(delete_before, redact_before, max)?)
     }
 }
 
@@ -217,6 +295,42 @@ mod tests {
         assert_eq!(j.claim_token("dig", "r2").expect("claim"), Some("r1".to_string()));
         assert_eq!(j.claim_token("dig", "r1").expect("reclaim"), None);
         assert_eq!(j.claim_token("other", "r2").expect("claim"), None);
+    }
+
+    #[test]
+    fn only_the_holder_releases_a_claim() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let j = RedbJournal::open(dir.path()).expect("open");
+        assert_eq!(j.claim_token("dig", "r1").expect("claim"), None);
+        j.release_token("dig", "r2").expect("release by another");
+        assert_eq!(j.claim_token("dig", "r2").expect("claim"), Some("r1".to_string()));
+        j.release_token("dig", "r1").expect("release");
+        assert_eq!(j.claim_token("dig", "r2").expect("claim after release"), None);
+    }
+
+    #[test]
+    fn pruning_deletes_old_finished_records_and_clears_secrets_of_younger_ones() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let j = RedbJournal::open(dir.path()).expect("open");
+        let at = |id: &str, step: Step, t: u64| {
+            let mut r = record(id, step);
+            r.received_at = t;
+            r.ssh_password = Some("pw-secret".into());
+            r
+        };
+        j.put(&at("old-done", Step::Done, 100)).expect("put");
+        j.claim_token("d1", "old-done").expect("claim");
+        j.put(&at("old-open", Step::Redeeming, 100)).expect("put");
+        j.put(&at("mid-done", Step::Done, 500)).expect("put");
+        j.put(&at("new-done", Step::Done, 900)).expect("put");
+        let p = j.prune(200, 600, 100).expect("prune");
+        assert_eq!(p, Pruned { deleted: 1, redacted: 1 });
+        assert!(j.get("old-done").expect("get").is_none());
+        assert_eq!(j.claim_token("d1", "someone").expect("claim"), None, "its claim went with it");
+        assert!(j.get("old-open").expect("get").is_some(), "unfinished sagas are never pruned");
+        let mid = j.get("mid-done").expect("get").expect("some");
+        assert!(!mid.has_secrets() && mid.ssh_password.is_none() && mid.ask.token().is_empty());
+        assert!(j.get("new-done").expect("get").expect("some").has_secrets());
     }
 
     #[test]

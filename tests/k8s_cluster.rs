@@ -25,6 +25,8 @@ const SA_NS: &str = "ingress-system";
 const SSH_PORT: u16 = 2222;
 /// Generous bounds on waits for the cluster; never asserted as durations.
 const RUN_TIMEOUT: Duration = Duration::from_secs(90);
+/// This test process's provider label (each test file a provider of its own).
+const PROVIDER: &str = "7e57c1a55";
 
 fn admin_kubeconfig() -> PathBuf {
     match std::env::var("KUBECONFIG") {
@@ -90,7 +92,7 @@ async fn sa_config() -> Result<kube::Config> {
 }
 
 async fn sa_cluster() -> Result<KubeCluster> {
-    Ok(KubeCluster::from_config(sa_config().await?, NS, SSH_PORT)?.with_orphan_grace(Duration::ZERO))
+    Ok(KubeCluster::from_config(sa_config().await?, NS, SSH_PORT, PROVIDER)?.with_orphan_grace(Duration::ZERO))
 }
 
 fn unique_id(prefix: &str) -> String {
@@ -109,6 +111,7 @@ fn plan(lease_id: &str, password: &str, image: &str) -> PodPlan {
         service_name: k8s::service_name(lease_id),
         namespace: NS.into(),
         image: image.into(),
+        image_pull_policy: "IfNotPresent".into(),
         ssh_username: "tester".into(),
         ssh_password: Some(password.into()),
         ssh_public_key: None,
@@ -116,6 +119,8 @@ fn plan(lease_id: &str, password: &str, image: &str) -> PodPlan {
         ssh_port: SSH_PORT,
         expires_at: now() + 3600,
         requester: "ab".repeat(32),
+        request_id: format!("req-{lease_id}"),
+        provider: PROVIDER.into(),
     }
 }
 
@@ -290,8 +295,8 @@ async fn lease_lifecycle_with_the_manifest_rbac() -> Result<()> {
     ensure!(cluster.delete_orphan(&not_ours).await.unwrap_err().kind == FailureKind::Permanent);
 
     // The end: everything labelled with the lease goes; twice is fine.
-    cluster.delete_lease(&id).await.context("delete_lease")?;
-    cluster.delete_lease(&id).await.context("delete_lease again")?;
+    cluster.delete_lease(&id, None).await.context("delete_lease")?;
+    cluster.delete_lease(&id, None).await.context("delete_lease again")?;
     wait_gone(&id).await?;
     ensure!(!cluster.list_leases().await?.iter().any(|l| l.lease_id == id));
     let e = cluster.wait_running(&id, Duration::from_secs(10)).await.unwrap_err();
@@ -313,7 +318,7 @@ async fn refused_pod_is_a_provisioning_failure() -> Result<()> {
     ensure!(e.kind == FailureKind::Rejected(ErrorCode::ProvisioningFailed), "{e:?}");
     ensure!(e.message.contains(&k8s::pod_name(&id)), "no context in {e}");
     ensure!(!e.message.contains("pw-refused"));
-    cluster.delete_lease(&id).await?;
+    cluster.delete_lease(&id, None).await?;
     wait_gone(&id).await?;
 
     // A stale auth Secret with another password and no pod (an attempt that failed before its pod) is
@@ -332,7 +337,7 @@ async fn refused_pod_is_a_provisioning_failure() -> Result<()> {
     let secret: Secret =
         serde_json::from_str(&kubectl(&["-n", NS, "get", "secret", &secret_name, "-o", "json"], None)?)?;
     ensure!(secret.data.and_then(|d| d.get("password").cloned()).map(|b| b.0) == Some(b"fresh-pw".to_vec()));
-    cluster.delete_lease(&id2).await?;
+    cluster.delete_lease(&id2, None).await?;
     wait_gone(&id2).await?;
 
     let bad = cluster.wait_running("Bad,Id", Duration::from_secs(1)).await.unwrap_err();
@@ -357,7 +362,7 @@ async fn service_account_is_confined_to_its_role() -> Result<()> {
     let err = Api::<Pod>::all(client.clone()).list(&ListParams::default().limit(1)).await.unwrap_err();
     ensure!(matches!(&err, kube::Error::Api(s) if s.code == 403), "cluster-wide pod list: {err:?}");
     // The adapter pointed at another namespace is refused, and says so for good.
-    let elsewhere = KubeCluster::from_config(sa_config().await?, "default", SSH_PORT)?;
+    let elsewhere = KubeCluster::from_config(sa_config().await?, "default", SSH_PORT, PROVIDER)?;
     let e = elsewhere.ping().await.unwrap_err();
     ensure!(e.kind == FailureKind::Permanent, "{e:?}");
 
@@ -403,4 +408,74 @@ async fn service_account_is_confined_to_its_role() -> Result<()> {
         ensure!(!can(v, res, ns)?, "{sa} may {v} {res} in {ns}: more than the adapter needs");
     }
     Ok(())
+}
+
+/// Lease hijack: another request that lands on a live lease's id (by grinding an unkeyed id, say) is never
+/// handed its objects, and its failure cleanup deletes none of them.
+#[tokio::test]
+async fn a_saga_never_adopts_or_deletes_another_requests_lease() -> Result<()> {
+    apply_manifest()?;
+    let cluster = sa_cluster().await?;
+    let id = unique_id("hj");
+    let _cleanup = Cleanup(vec![id.clone()]);
+    let victim = plan(&id, "victim-password", "lscr.io/linuxserver/openssh-server:latest");
+    cluster.ensure_lease_objects(&victim).await.context("victim's lease")?;
+    let attacker = PodPlan {
+        request_id: "req-attacker".into(),
+        requester: "cd".repeat(32),
+        ssh_password: Some("attacker-password".into()),
+        ..victim.clone()
+    };
+    let e = cluster.ensure_lease_objects(&attacker).await.expect_err("the attacker's saga adopted the lease");
+    ensure!(e.kind == FailureKind::Permanent, "{e:?}");
+    // Its cleanup removes only what it made: nothing.
+    cluster.delete_created(&id, "req-attacker").await?;
+    let lease = cluster.get_lease(&id).await?.context("the victim's lease is gone")?;
+    ensure!(lease.requester.as_deref() == Some(victim.requester.as_str()));
+    ensure!(lease.request_id.as_deref() == Some(victim.request_id.as_str()));
+    let objects =
+        kubectl(&["-n", NS, "get", "service,secret", "-l", &format!("paygress.io/lease-id={id}"), "-o", "name"], None)?;
+    ensure!(objects.lines().count() == 2, "service and auth secret must survive: {objects}");
+    // The owner's resumed saga still adopts its own objects, and its cleanup removes them.
+    cluster.ensure_lease_objects(&victim).await.context("resume of the owner's saga")?;
+    cluster.delete_created(&id, &victim.request_id).await?;
+    wait_gone(&id).await
+}
+
+/// Two providers in one namespace: each sees, restores and ends only its own leases.
+#[tokio::test]
+async fn a_provider_acts_only_on_its_own_leases() -> Result<()> {
+    apply_manifest()?;
+    let ours = sa_cluster().await?;
+    let theirs = KubeCluster::from_config(sa_config().await?, NS, SSH_PORT, "0the7provider")?;
+    let id = unique_id("pv");
+    let _cleanup = Cleanup(vec![id.clone()]);
+    theirs.ensure_lease_objects(&PodPlan { provider: "0the7provider".into(), ..plan(&id, "pw", "img:1") }).await?;
+    ensure!(!ours.list_leases().await?.iter().any(|l| l.lease_id == id), "another provider's lease listed");
+    ensure!(ours.get_lease(&id).await?.is_none());
+    ensure!(ours.load_onion_key(&id).await?.is_none());
+    ours.delete_lease(&id, None).await?;
+    ensure!(!ours.list_orphans().await?.iter().any(|o| o.lease_id == id));
+    ensure!(theirs.get_lease(&id).await?.is_some(), "our delete reached another provider's lease");
+    theirs.delete_lease(&id, None).await?;
+    wait_gone(&id).await
+}
+
+/// The reconciler decides to end a lease from a listing; a top-up written after that listing must win.
+#[tokio::test]
+async fn ending_a_lease_is_conditional_on_the_version_that_was_judged() -> Result<()> {
+    apply_manifest()?;
+    let cluster = sa_cluster().await?;
+    let id = unique_id("rv");
+    let _cleanup = Cleanup(vec![id.clone()]);
+    cluster.ensure_lease_objects(&plan(&id, "pw", "img:1")).await?;
+    let judged = cluster.get_lease(&id).await?.context("lease")?;
+    let update = ExpiryUpdate { expires_at: now() + 7200, topups: vec![], if_version: judged.version.clone() };
+    cluster.set_expiry(&id, &update).await?;
+    let stale = cluster.delete_lease(&id, judged.version.as_deref()).await;
+    ensure!(stale.as_ref().is_err_and(|e| e.kind == FailureKind::Transient), "{stale:?}");
+    ensure!(cluster.get_lease(&id).await?.is_some_and(|l| !l.terminating), "the topped-up lease was deleted");
+    let fresh = cluster.get_lease(&id).await?.context("lease")?;
+    cluster.delete_lease(&id, fresh.version.as_deref()).await?;
+    wait_gone(&id).await
 }

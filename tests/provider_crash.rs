@@ -41,7 +41,7 @@ fn crash_and_recover(point: &str) -> Result<()> {
     let user = User::new()?;
     let token = w.send(PAID)?;
     let id = user.publish_nip44(1000, &request_json(&token, "crash"), &first.pubkey)?;
-    let lease_id = lease_id_for(&id);
+    let lease_id = lease_id_for(&first.nsec_hex, &id);
     let t0 = Instant::now();
 
     // (The babysitter's exit status says nothing about the provider's; its log does.)

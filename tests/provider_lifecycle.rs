@@ -297,7 +297,7 @@ fn a_failure_after_payment_refunds_and_leaves_no_objects() -> Result<()> {
     w.receive(refund)?;
     assert_eq!(w.balance()?, before + 50, "the whole payment came back (the stack mint charges no fee)");
     // Nothing of the lease remains.
-    let lease_id = lease_id_for(&id);
+    let lease_id = lease_id_for(&p.nsec_hex, &id);
     let left = wait_until("no objects of the failed lease", Duration::from_secs(30), || {
         all_lease_objects(&lease_id).ok().filter(|o| o.is_empty())
     });

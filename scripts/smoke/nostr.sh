@@ -96,7 +96,8 @@ fetch -k 1 -t "t=$tagv" | grep -q "\"id\":\"$tid\"" || fail nostr "$LOGF" "nak r
 fetch -k 1 -e "$id" -a "$pub" | grep -q "\"id\":\"$tid\"" || fail nostr "$LOGF" "nak req -e $id did not find $tid"
 # (nostr-relay 1.14 answers stored events with created_at < until, not <= as NIP-01 says: keep off
 #  that boundary here)
-[ "$(fetch -k 1 -a "$pub" --since "$tcat" --until "$(( tcat + 1 ))" --limit 1 | grep -c "\"id\":\"$tid\"")" -eq 1 ] ||
+# (Narrowed by the tag: the same author's other kind-1 events of this second would compete for --limit 1.)
+[ "$(fetch -k 1 -a "$pub" -t "t=$tagv" --since "$tcat" --until "$(( tcat + 1 ))" --limit 1 | grep -c "\"id\":\"$tid\"")" -eq 1 ] ||
   fail nostr "$LOGF" "nak req --since $tcat --until $(( tcat + 1 )) --limit 1 did not find $tid"
 [ -z "$(fetch -k 1 -t "t=$tagv" --until "$(( tcat - 1 ))")" ] ||
   fail nostr "$LOGF" "nak req --until $(( tcat - 1 )) returned an event created at $tcat"

@@ -430,6 +430,24 @@ async fn settle_refusal(home: &Home, paid: &Paid, refund: Option<&str>) {
     }
 }
 
+/// Money paid beyond the longest lease comes back with the lease: into the wallet, or printed.
+async fn receive_change(home: &Home, change: Option<&str>) {
+    let Some(token) = change else { return };
+    match CliWallet::open(&home.wallet_dir()) {
+        Ok(w) => match w.receive(token).await {
+            Ok(n) => eprintln!("{n} sat paid beyond the longest lease came back into the wallet"),
+            Err(e) => {
+                eprintln!("the provider returned change, but the wallet could not take it ({e}); the token:");
+                println!("{token}");
+            }
+        },
+        Err(_) => {
+            eprintln!("the provider returned change beyond the longest lease:");
+            println!("{token}");
+        }
+    }
+}
+
 fn refused(reply: &Reply) -> Option<Fail> {
     match reply {
         Reply::Error { code, message, .. } => Some(Fail::Refused { code: code.to_string(), message: message.clone() }),
@@ -508,7 +526,8 @@ async fn request_with(
         println!("{}", serde_json::to_string_pretty(&reply)?);
     }
     match &reply {
-        Reply::Ok { request_id, amount_sats, duration_seconds, access } => {
+        Reply::Ok { request_id, amount_sats, duration_seconds, access, refund_token } => {
+            receive_change(home, refund_token.as_deref()).await;
             let rec = LeaseRecord {
                 lease_id: access.lease_id.clone(),
                 provider: provider.to_hex(),
@@ -601,7 +620,8 @@ async fn topup(
         println!("{}", serde_json::to_string_pretty(&reply)?);
     }
     match &reply {
-        Reply::Extended { amount_sats, added_seconds, expires_at, .. } => {
+        Reply::Extended { amount_sats, added_seconds, expires_at, refund_token, .. } => {
+            receive_change(home, refund_token.as_deref()).await;
             rec.expires_at = *expires_at;
             rec.access.expires_at = *expires_at;
             home.save_lease(&rec)?;

@@ -68,6 +68,13 @@ pub enum KubeError {
 
     #[error("orphan {kind}/{name}: not an object this adapter deletes")]
     NotOurs { kind: String, name: String },
+
+    /// An object of the lease's name exists but another request or provider made it: never adopted.
+    #[error("lease {lease_id}: {object} already exists and was not made by this request")]
+    Taken { lease_id: String, object: String },
+
+    #[error("provider id {provider:?} is not a valid label value")]
+    InvalidProvider { provider: String },
 }
 
 impl KubeError {
@@ -115,9 +122,11 @@ impl KubeError {
 
     pub fn kind(&self) -> FailureKind {
         match self {
-            KubeError::Config { .. } | KubeError::PlanMismatch { .. } | KubeError::NotOurs { .. } => {
-                FailureKind::Permanent
-            }
+            KubeError::Config { .. }
+            | KubeError::PlanMismatch { .. }
+            | KubeError::NotOurs { .. }
+            | KubeError::Taken { .. }
+            | KubeError::InvalidProvider { .. } => FailureKind::Permanent,
             KubeError::InvalidLeaseId { .. } | KubeError::PodNotFound { .. } => {
                 FailureKind::Rejected(ErrorCode::LeaseNotFound)
             }

@@ -16,19 +16,22 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Pod, Secret, Service};
+use k8s_openapi::api::core::v1::{Pod, ResourceQuota, Secret, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
+use kube::api::{
+    Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions, WatchEvent, WatchParams,
+};
 use kube::{Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use tracing::{debug, info, warn};
 
 pub use error::{Action, KubeError};
-pub use objects::{auth_secret_name, onion_secret_name, pod_name, service_name, valid_lease_id};
+pub use objects::{auth_secret_name, onion_secret_name, pod_name, provider_id, service_name, valid_lease_id};
 
 use crate::lease::ports::{
     default_probe_interval, ClusterLease, ClusterPort, ExpiryUpdate, FailureKind, OrphanObject, PodPlan, PortResult,
 };
+use crate::protocol::Tier;
 use objects::PodProgress;
 
 /// Upper bound of one ordinary API call; a hung connection must not stall a saga.
@@ -44,6 +47,8 @@ const DEFAULT_ORPHAN_GRACE: Duration = Duration::from_secs(300);
 pub struct KubeCluster {
     client: Client,
     namespace: String,
+    /// This provider's label value: every list and delete is scoped to it.
+    provider: String,
     /// SSH port assumed for pods that declare no `ssh` containerPort.
     ssh_port: u16,
     call_timeout: Duration,
@@ -52,26 +57,40 @@ pub struct KubeCluster {
 }
 
 impl KubeCluster {
-    pub fn new(client: Client, namespace: impl Into<String>, ssh_port: u16) -> Self {
-        KubeCluster {
+    /// `provider`: this provider's label value ([`provider_id`] of its public key).
+    pub fn new(client: Client, namespace: impl Into<String>, ssh_port: u16, provider: &str) -> Result<Self, KubeError> {
+        if !objects::valid_provider_id(provider) {
+            return Err(KubeError::InvalidProvider { provider: provider.chars().take(80).collect() });
+        }
+        Ok(KubeCluster {
             client,
             namespace: namespace.into(),
+            provider: provider.to_string(),
             ssh_port,
             call_timeout: DEFAULT_CALL_TIMEOUT,
             poll_interval: default_probe_interval(),
             orphan_grace: DEFAULT_ORPHAN_GRACE,
-        }
+        })
     }
 
     /// Client from the default configuration: `KUBECONFIG` / `~/.kube/config`, else in-cluster.
-    pub async fn connect(namespace: impl Into<String>, ssh_port: u16) -> Result<Self, KubeError> {
+    pub async fn connect(namespace: impl Into<String>, ssh_port: u16, provider: &str) -> Result<Self, KubeError> {
         let config = kube::Config::infer().await.map_err(|e| KubeError::Config { message: e.to_string() })?;
-        Self::from_config(config, namespace, ssh_port)
+        Self::from_config(config, namespace, ssh_port, provider)
     }
 
-    pub fn from_config(config: kube::Config, namespace: impl Into<String>, ssh_port: u16) -> Result<Self, KubeError> {
+    pub fn from_config(
+        config: kube::Config,
+        namespace: impl Into<String>,
+        ssh_port: u16,
+        provider: &str,
+    ) -> Result<Self, KubeError> {
         let client = Client::try_from(config).map_err(|e| KubeError::Config { message: e.to_string() })?;
-        Ok(Self::new(client, namespace, ssh_port))
+        Self::new(client, namespace, ssh_port, provider)
+    }
+
+    pub fn provider(&self) -> &str {
+        &self.provider
     }
 
     pub fn with_call_timeout(mut self, d: Duration) -> Self {
@@ -142,6 +161,55 @@ impl KubeCluster {
         }
     }
 
+    /// An object that already existed under a lease's name: adopted only if this provider made it for
+    /// this request (a resumed saga); anything else is refused and left as it is.
+    async fn check_made_by<K>(&self, api: &Api<K>, plan: &PodPlan, object: &str, name: &str) -> Result<(), KubeError>
+    where
+        K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
+    {
+        let id = plan.lease_id.as_str();
+        match self.call(id, Action::Get, object, api.get_opt(name)).await? {
+            Some(found) if objects::made_by(found.meta(), &self.provider, &plan.request_id) => Ok(()),
+            // Deleted in between: the saga's retry creates it afresh.
+            None => Err(KubeError::Transport {
+                lease_id: id.to_string(),
+                action: Action::Get,
+                object: object.to_string(),
+                message: "existed a moment ago and is gone".into(),
+                permanent: false,
+            }),
+            Some(_) => {
+                warn!(lease_id = id, object, "an object of this lease's name belongs to another request; not adopted");
+                Err(KubeError::Taken { lease_id: id.to_string(), object: object.to_string() })
+            }
+        }
+    }
+
+    /// Delete one object, only if it is still the very object we looked at (uid) and, when given, still
+    /// at that resourceVersion.
+    async fn delete_exact<K>(
+        &self,
+        api: &Api<K>,
+        lease_id: &str,
+        kind: &str,
+        found: &K,
+        version: Option<&str>,
+    ) -> Result<(), KubeError>
+    where
+        K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
+    {
+        let name = found.name_any();
+        let object = format!("{kind}/{name}");
+        let dp = DeleteParams {
+            preconditions: Some(Preconditions {
+                uid: found.meta().uid.clone(),
+                resource_version: version.map(String::from),
+            }),
+            ..DeleteParams::default()
+        };
+        self.delete_named(api, lease_id, &object, &name, &dp).await
+    }
+
     async fn delete_named<K>(
         &self,
         api: &Api<K>,
@@ -199,6 +267,7 @@ impl KubeCluster {
             (pod_name(id), &plan.pod_name),
             (service_name(id), &plan.service_name),
             (self.namespace.clone(), &plan.namespace),
+            (self.provider.clone(), &plan.provider),
         ] {
             if &expected != found {
                 return Err(KubeError::PlanMismatch { lease_id: id.clone(), expected, found: found.clone() });
@@ -329,19 +398,27 @@ impl ClusterPort for KubeCluster {
         let id = plan.lease_id.as_str();
         // Secret before Pod: the pod's USER_PASSWORD refers to it and cannot start without it.
         if let Some(secret) = objects::auth_secret(plan) {
-            let object = format!("secret/{}", auth_secret_name(id));
+            let name = auth_secret_name(id);
+            let object = format!("secret/{name}");
             if self.create_idempotent(&self.secrets(), id, &object, &secret).await?.is_none() {
+                self.check_made_by(&self.secrets(), plan, &object, &name).await?;
                 self.reconcile_auth_secret(id, &object, &secret).await?;
             }
         }
         let pod_object = format!("pod/{}", plan.pod_name);
         let uid = match self.create_idempotent(&self.pods(), id, &pod_object, &objects::pod(plan)).await? {
             Some(created) => created.metadata.uid,
-            None => self.pod_uid(id).await?,
+            None => {
+                self.check_made_by(&self.pods(), plan, &pod_object, &plan.pod_name).await?;
+                self.pod_uid(id).await?
+            }
         };
         let owner = uid.map(|uid| objects::pod_owner(&plan.pod_name, &uid));
         let svc_object = format!("service/{}", plan.service_name);
-        self.create_idempotent(&self.services(), id, &svc_object, &objects::service(plan, owner)).await?;
+        let service = objects::service(plan, owner);
+        if self.create_idempotent(&self.services(), id, &svc_object, &service).await?.is_none() {
+            self.check_made_by(&self.services(), plan, &svc_object, &plan.service_name).await?;
+        }
         Ok(())
     }
 
@@ -399,32 +476,41 @@ impl ClusterPort for KubeCluster {
         Ok(())
     }
 
-    async fn delete_lease(&self, lease_id: &str) -> PortResult<()> {
+    async fn delete_lease(&self, lease_id: &str, if_version: Option<&str>) -> PortResult<()> {
         Self::check_id(lease_id)?;
-        let dp = DeleteParams::default();
-        // The pod first: it stops serving at once; its grace period (5 s) lets sshd end sessions cleanly.
-        let pod = pod_name(lease_id);
-        self.delete_named(&self.pods(), lease_id, &format!("pod/{pod}"), &pod, &dp).await?;
-        let svc = service_name(lease_id);
-        self.delete_named(&self.services(), lease_id, &format!("service/{svc}"), &svc, &dp).await?;
-        for s in [auth_secret_name(lease_id), onion_secret_name(lease_id)] {
-            self.delete_named(&self.secrets(), lease_id, &format!("secret/{s}"), &s, &dp).await?;
+        let selector = objects::lease_selector(&self.provider, lease_id);
+        // The pod first, under the version the caller decided on: a top-up written since then makes this
+        // fail with 409 (Transient) and the lease lives on. Its grace period (5 s) lets sshd end sessions.
+        for pod in self.list_all(&self.pods(), "pods", &selector).await? {
+            self.delete_exact(&self.pods(), lease_id, "pod", &pod, if_version).await?;
         }
-        // And anything else labelled with the lease (objects of an older naming, hand-made ones).
-        let selector = objects::lease_selector(lease_id);
         for s in self.list_all(&self.services(), "services", &selector).await? {
-            let n = s.name_any();
-            self.delete_named(&self.services(), lease_id, &format!("service/{n}"), &n, &dp).await?;
+            self.delete_exact(&self.services(), lease_id, "service", &s, None).await?;
         }
         for s in self.list_all(&self.secrets(), "secrets", &selector).await? {
-            let n = s.name_any();
-            self.delete_named(&self.secrets(), lease_id, &format!("secret/{n}"), &n, &dp).await?;
+            self.delete_exact(&self.secrets(), lease_id, "secret", &s, None).await?;
+        }
+        Ok(())
+    }
+
+    async fn delete_created(&self, lease_id: &str, request_id: &str) -> PortResult<()> {
+        Self::check_id(lease_id)?;
+        let selector = objects::lease_selector(&self.provider, lease_id);
+        let mine = |m: &ObjectMeta| objects::made_by(m, &self.provider, request_id);
+        for pod in self.list_all(&self.pods(), "pods", &selector).await?.iter().filter(|o| mine(&o.metadata)) {
+            self.delete_exact(&self.pods(), lease_id, "pod", pod, None).await?;
+        }
+        for s in self.list_all(&self.services(), "services", &selector).await?.iter().filter(|o| mine(&o.metadata)) {
+            self.delete_exact(&self.services(), lease_id, "service", s, None).await?;
+        }
+        for s in self.list_all(&self.secrets(), "secrets", &selector).await?.iter().filter(|o| mine(&o.metadata)) {
+            self.delete_exact(&self.secrets(), lease_id, "secret", s, None).await?;
         }
         Ok(())
     }
 
     async fn list_leases(&self) -> PortResult<Vec<ClusterLease>> {
-        let pods = self.list_all(&self.pods(), "pods", &objects::managed_selector()).await?;
+        let pods = self.list_all(&self.pods(), "pods", &objects::managed_selector(&self.provider)).await?;
         let mut leases = Vec::with_capacity(pods.len());
         for pod in &pods {
             match objects::cluster_lease(pod, self.ssh_port) {
@@ -437,8 +523,56 @@ impl ClusterPort for KubeCluster {
         Ok(leases)
     }
 
+    async fn get_lease(&self, lease_id: &str) -> PortResult<Option<ClusterLease>> {
+        if !valid_lease_id(lease_id) {
+            return Ok(None);
+        }
+        let selector = objects::lease_selector(&self.provider, lease_id);
+        let pods = self.list_all(&self.pods(), "pods", &selector).await?;
+        Ok(pods.iter().filter_map(|p| objects::cluster_lease(p, self.ssh_port)).find(|l| l.lease_id == lease_id))
+    }
+
+    async fn count_leases_of(&self, requester: &str) -> PortResult<usize> {
+        let label = objects::requester_label(requester);
+        if label.is_empty() {
+            return Ok(0);
+        }
+        let selector = format!("{},{}={label}", objects::managed_selector(&self.provider), objects::LABEL_REQUESTER);
+        let pods = self.list_all(&self.pods(), "pods", &selector).await?;
+        Ok(pods.iter().filter(|p| p.metadata.deletion_timestamp.is_none()).count())
+    }
+
+    async fn room_for(&self, tier: &Tier) -> PortResult<Option<u64>> {
+        let quotas: Api<ResourceQuota> = Api::namespaced(self.client.clone(), &self.namespace);
+        let list = self.call("-", Action::List, "resourcequotas", quotas.list(&ListParams::default())).await?;
+        let eph = objects::LEASE_EPHEMERAL_STORAGE;
+        let need = [
+            ("pods", "1"),
+            ("count/pods", "1"),
+            ("services", "1"),
+            ("cpu", tier.cpu.as_str()),
+            ("requests.cpu", tier.cpu.as_str()),
+            ("limits.cpu", tier.cpu.as_str()),
+            ("memory", tier.memory.as_str()),
+            ("requests.memory", tier.memory.as_str()),
+            ("limits.memory", tier.memory.as_str()),
+            ("ephemeral-storage", eph),
+            ("requests.ephemeral-storage", eph),
+            ("limits.ephemeral-storage", eph),
+        ];
+        let mut room: Option<u64> = None;
+        for q in &list.items {
+            let Some(status) = &q.status else { continue };
+            let (Some(hard), Some(used)) = (&status.hard, &status.used) else { continue };
+            if let Some(r) = objects::room_in_quota(hard, used, &need) {
+                room = Some(room.map_or(r, |x| x.min(r)));
+            }
+        }
+        Ok(room)
+    }
+
     async fn list_orphans(&self) -> PortResult<Vec<OrphanObject>> {
-        let selector = objects::managed_selector();
+        let selector = objects::managed_selector(&self.provider);
         // Services and Secrets before pods: a lease created between the two lists then shows its pod, and
         // is not mistaken for an orphan.
         let services = self.list_all(&self.services(), "services", &selector).await?;
@@ -488,15 +622,21 @@ impl ClusterPort for KubeCluster {
         Self::check_id(lease_id)?;
         let name = onion_secret_name(lease_id);
         let secret = self.call(lease_id, Action::Get, &format!("secret/{name}"), self.secrets().get_opt(&name)).await?;
-        Ok(secret.and_then(|s| s.data).and_then(|mut d| d.remove(objects::ONION_KEY)).map(|b| b.0))
+        // Another provider's key is never used (nor overwritten: creating ours then fails as a conflict).
+        let ours = secret.filter(|s| objects::label(&s.metadata, objects::LABEL_PROVIDER) == Some(&self.provider));
+        Ok(ours.and_then(|s| s.data).and_then(|mut d| d.remove(objects::ONION_KEY)).map(|b| b.0))
     }
 
     async fn store_onion_key(&self, lease_id: &str, key: &[u8]) -> PortResult<()> {
         Self::check_id(lease_id)?;
         let name = onion_secret_name(lease_id);
         let object = format!("secret/{name}");
-        let owner = self.pod_uid(lease_id).await?.map(|uid| objects::pod_owner(&pod_name(lease_id), &uid));
-        let secret = objects::onion_secret(&self.namespace, lease_id, key, owner);
+        let pod = pod_name(lease_id);
+        let found = self.call(lease_id, Action::Get, &format!("pod/{pod}"), self.pods().get_opt(&pod)).await?;
+        let found = found.filter(|p| objects::label(&p.metadata, objects::LABEL_PROVIDER) == Some(&self.provider));
+        let owner = found.as_ref().and_then(|p| p.metadata.uid.as_deref()).map(|uid| objects::pod_owner(&pod, uid));
+        let request = found.as_ref().and_then(|p| objects::annotation(&p.metadata, objects::ANN_REQUEST));
+        let secret = objects::onion_secret(&self.namespace, &self.provider, lease_id, request, key, owner);
         if self.create_idempotent(&self.secrets(), lease_id, &object, &secret).await?.is_none() {
             // The address must never change under a lease: an existing, different key is an error.
             let existing = self.load_onion_key(lease_id).await?;

@@ -22,12 +22,22 @@ pub const LABEL_LEASE: &str = "paygress.io/lease-id";
 pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 pub const MANAGED_BY: &str = "paygress";
 pub const LABEL_NAME: &str = "app.kubernetes.io/name";
+/// Which provider made the object (see [`provider_id`]): a provider acts only on its own leases, so two
+/// providers (or a stranger's objects) in one namespace are left alone.
+pub const LABEL_PROVIDER: &str = "paygress.io/provider";
+/// On lease pods: who holds the lease ([`requester_label`]), to count a requester's leases by label.
+pub const LABEL_REQUESTER: &str = "paygress.io/requester";
+/// Scratch disk of a lease pod (its writable layer, logs, emptyDirs): bounded, so one tenant cannot fill
+/// the node's disk.
+pub const LEASE_EPHEMERAL_STORAGE: &str = "1Gi";
 
 pub const ANN_EXPIRES_AT: &str = "paygress.io/expires-at";
 pub const ANN_REQUESTER: &str = "paygress.io/requester";
 pub const ANN_TIER: &str = "paygress.io/tier";
 /// Top-ups applied to the lease: `id:added_secs:expires_at`, comma-separated, oldest first.
 pub const ANN_TOPUPS: &str = "paygress.io/topups";
+/// The request whose saga created the object: a saga adopts or deletes only objects that carry its own.
+pub const ANN_REQUEST: &str = "paygress.io/request";
 
 /// Data key of the auth Secret.
 pub const PASSWORD_KEY: &str = "password";
@@ -37,15 +47,22 @@ pub const ONION_KEY: &str = "hs_ed25519_secret_key";
 pub const CONTAINER_NAME: &str = "ssh";
 pub const PORT_NAME: &str = "ssh";
 
-/// Selects every object the provider created (pods, Services, Secrets).
-pub fn managed_selector() -> String {
-    format!("{LABEL_MANAGED_BY}={MANAGED_BY},{LABEL_NAME}={APP}")
+pub use crate::lease::ports::{provider_id, requester_label};
+
+/// A provider id usable in a label selector (spliced into it, like a lease id).
+pub fn valid_provider_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 63 && id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+}
+
+/// Selects every object this provider created (pods, Services, Secrets).
+pub fn managed_selector(provider: &str) -> String {
+    format!("{LABEL_MANAGED_BY}={MANAGED_BY},{LABEL_NAME}={APP},{LABEL_PROVIDER}={provider}")
 }
 
 /// Selects the objects of one lease. `lease_id` must have passed [`valid_lease_id`]: it is spliced into a
 /// selector, and an unchecked `a,b=c` would widen it.
-pub fn lease_selector(lease_id: &str) -> String {
-    format!("{},{LABEL_LEASE}={lease_id}", managed_selector())
+pub fn lease_selector(provider: &str, lease_id: &str) -> String {
+    format!("{},{LABEL_LEASE}={lease_id}", managed_selector(provider))
 }
 
 /// Longest lease id whose Service name (`ssh-pod-<id>-ssh`) is still a 63-character DNS label.
@@ -74,11 +91,12 @@ pub fn onion_secret_name(lease_id: &str) -> String {
 }
 
 /// Labels of every object of a lease; pods also get `app=` (the NetworkPolicy and Service select on it).
-pub fn labels(lease_id: &str, is_pod: bool) -> BTreeMap<String, String> {
+pub fn labels(provider: &str, lease_id: &str, is_pod: bool) -> BTreeMap<String, String> {
     let mut l = BTreeMap::from([
         (LABEL_LEASE.to_string(), lease_id.to_string()),
         (LABEL_MANAGED_BY.to_string(), MANAGED_BY.to_string()),
         (LABEL_NAME.to_string(), APP.to_string()),
+        (LABEL_PROVIDER.to_string(), provider.to_string()),
     ]);
     if is_pod {
         l.insert(LABEL_APP.to_string(), APP.to_string());
@@ -86,13 +104,20 @@ pub fn labels(lease_id: &str, is_pod: bool) -> BTreeMap<String, String> {
     l
 }
 
-fn meta(name: String, namespace: &str, lease_id: &str, is_pod: bool) -> ObjectMeta {
+/// Metadata of one lease object: labels, and the creating request as an annotation.
+fn meta(name: String, plan: &PodPlan, is_pod: bool) -> ObjectMeta {
     ObjectMeta {
         name: Some(name),
-        namespace: Some(namespace.to_string()),
-        labels: Some(labels(lease_id, is_pod)),
+        namespace: Some(plan.namespace.clone()),
+        labels: Some(labels(&plan.provider, &plan.lease_id, is_pod)),
+        annotations: Some(BTreeMap::from([(ANN_REQUEST.to_string(), plan.request_id.clone())])),
         ..Default::default()
     }
+}
+
+/// Whether an object found under a lease's name was made by this provider for this request.
+pub fn made_by(meta: &ObjectMeta, provider: &str, request_id: &str) -> bool {
+    label(meta, LABEL_PROVIDER) == Some(provider) && annotation(meta, ANN_REQUEST) == Some(request_id)
 }
 
 /// Owner reference to the lease pod, so that on a cluster with a garbage collector a deleted pod takes its
@@ -113,7 +138,7 @@ pub fn pod_owner(pod_name: &str, uid: &str) -> OwnerReference {
 pub fn auth_secret(plan: &PodPlan) -> Option<Secret> {
     let pw = plan.ssh_password.as_ref()?;
     Some(Secret {
-        metadata: meta(auth_secret_name(&plan.lease_id), &plan.namespace, &plan.lease_id, false),
+        metadata: meta(auth_secret_name(&plan.lease_id), plan, false),
         type_: Some("Opaque".into()),
         data: Some(BTreeMap::from([(PASSWORD_KEY.to_string(), ByteString(pw.as_bytes().to_vec()))])),
         // Nothing in the pod ever rewrites it.
@@ -122,9 +147,24 @@ pub fn auth_secret(plan: &PodPlan) -> Option<Secret> {
     })
 }
 
-pub fn onion_secret(namespace: &str, lease_id: &str, key: &[u8], owner: Option<OwnerReference>) -> Secret {
-    let mut metadata = meta(onion_secret_name(lease_id), namespace, lease_id, false);
-    metadata.owner_references = owner.map(|o| vec![o]);
+/// The onion key's Secret. `request_id` is the lease pod's creating request (the Secret is made later,
+/// by whichever launch first needs the key), so a failed saga's cleanup finds it as its own.
+pub fn onion_secret(
+    namespace: &str,
+    provider: &str,
+    lease_id: &str,
+    request_id: Option<&str>,
+    key: &[u8],
+    owner: Option<OwnerReference>,
+) -> Secret {
+    let metadata = ObjectMeta {
+        name: Some(onion_secret_name(lease_id)),
+        namespace: Some(namespace.to_string()),
+        labels: Some(labels(provider, lease_id, false)),
+        annotations: request_id.map(|r| BTreeMap::from([(ANN_REQUEST.to_string(), r.to_string())])),
+        owner_references: owner.map(|o| vec![o]),
+        ..Default::default()
+    };
     Secret {
         metadata,
         type_: Some("Opaque".into()),
@@ -170,20 +210,26 @@ fn env(plan: &PodPlan) -> Vec<EnvVar> {
 }
 
 pub fn pod(plan: &PodPlan) -> Pod {
-    let mut metadata = meta(plan.pod_name.clone(), &plan.namespace, &plan.lease_id, true);
-    metadata.annotations = Some(BTreeMap::from([
+    let mut metadata = meta(plan.pod_name.clone(), plan, true);
+    metadata
+        .labels
+        .get_or_insert_with(BTreeMap::new)
+        .insert(LABEL_REQUESTER.to_string(), requester_label(&plan.requester));
+    metadata.annotations.get_or_insert_with(BTreeMap::new).extend([
         (ANN_EXPIRES_AT.to_string(), plan.expires_at.to_string()),
         (ANN_REQUESTER.to_string(), plan.requester.clone()),
         (ANN_TIER.to_string(), plan.tier.name.clone()),
-    ]));
+    ]);
     let quantities = BTreeMap::from([
         ("cpu".to_string(), Quantity(plan.tier.cpu.clone())),
         ("memory".to_string(), Quantity(plan.tier.memory.clone())),
+        ("ephemeral-storage".to_string(), Quantity(LEASE_EPHEMERAL_STORAGE.to_string())),
     ]);
     let port = i32::from(plan.ssh_port);
     let container = Container {
         name: CONTAINER_NAME.into(),
         image: Some(plan.image.clone()),
+        image_pull_policy: Some(plan.image_pull_policy.clone()),
         env: Some(env(plan)),
         ports: Some(vec![ContainerPort {
             name: Some(PORT_NAME.into()),
@@ -245,7 +291,7 @@ pub fn pod(plan: &PodPlan) -> Pod {
 }
 
 pub fn service(plan: &PodPlan, owner: Option<OwnerReference>) -> Service {
-    let mut metadata = meta(plan.service_name.clone(), &plan.namespace, &plan.lease_id, false);
+    let mut metadata = meta(plan.service_name.clone(), plan, false);
     metadata.owner_references = owner.map(|o| vec![o]);
     let mut selector = BTreeMap::from([(LABEL_LEASE.to_string(), plan.lease_id.clone())]);
     selector.insert(LABEL_APP.to_string(), APP.to_string());
@@ -328,7 +374,7 @@ pub fn label<'a>(meta: &'a ObjectMeta, key: &str) -> Option<&'a str> {
     meta.labels.as_ref()?.get(key).map(String::as_str)
 }
 
-fn annotation<'a>(meta: &'a ObjectMeta, key: &str) -> Option<&'a str> {
+pub fn annotation<'a>(meta: &'a ObjectMeta, key: &str) -> Option<&'a str> {
     meta.annotations.as_ref()?.get(key).map(String::as_str)
 }
 
@@ -349,7 +395,56 @@ pub fn cluster_lease(pod: &Pod, default_port: u16) -> Option<ClusterLease> {
         terminating: pod.metadata.deletion_timestamp.is_some(),
         topups: annotation(&pod.metadata, ANN_TOPUPS).map(parse_topups).unwrap_or_default(),
         version: pod.metadata.resource_version.clone(),
+        request_id: annotation(&pod.metadata, ANN_REQUEST).map(String::from),
     })
+}
+
+/// A Kubernetes quantity in thousandths of its unit ("500m" → 500, "1" → 1000, "1Ki" → 1 024 000), or
+/// None for what this reader does not understand (then nothing is concluded from it).
+pub fn milli_quantity(q: &str) -> Option<u128> {
+    let q = q.trim();
+    let split = q.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(q.len());
+    let (num, suffix) = q.split_at(split);
+    let (whole, frac) = num.split_once('.').unwrap_or((num, ""));
+    if whole.is_empty() && frac.is_empty() {
+        return None;
+    }
+    let frac3: String = frac.chars().chain(std::iter::repeat('0')).take(3).collect();
+    let base: u128 = whole.parse::<u128>().unwrap_or(0).checked_mul(1000)?.checked_add(frac3.parse::<u128>().ok()?)?;
+    let mult: u128 = match suffix {
+        "" => 1,
+        "m" => return Some(base / 1000),
+        "k" => 1_000,
+        "M" => 1_000_000,
+        "G" => 1_000_000_000,
+        "T" => 1_000_000_000_000,
+        "Ki" => 1 << 10,
+        "Mi" => 1 << 20,
+        "Gi" => 1 << 30,
+        "Ti" => 1 << 40,
+        "Pi" => 1 << 50,
+        _ => return None,
+    };
+    base.checked_mul(mult)
+}
+
+/// How many more pods of this need fit in a quota of `hard` with `used` taken; the smallest over every
+/// resource both name (None when none is named).
+pub fn room_in_quota(
+    hard: &BTreeMap<String, Quantity>,
+    used: &BTreeMap<String, Quantity>,
+    need: &[(&str, &str)],
+) -> Option<u64> {
+    let mut room: Option<u64> = None;
+    for (resource, amount) in need {
+        let (Some(h), Some(u)) = (hard.get(*resource), used.get(*resource)) else { continue };
+        let (Some(h), Some(u), Some(n)) = (milli_quantity(&h.0), milli_quantity(&u.0), milli_quantity(amount)) else {
+            continue;
+        };
+        let fits = h.saturating_sub(u).checked_div(n).map_or(u64::MAX, |f| u64::try_from(f).unwrap_or(u64::MAX));
+        room = Some(room.map_or(fits, |r| r.min(fits)));
+    }
+    room
 }
 
 pub fn format_topups(topups: &[AppliedTopUp]) -> String {
@@ -383,6 +478,7 @@ mod tests {
             service_name: service_name("abc123"),
             namespace: "user-workloads".into(),
             image: "lscr.io/linuxserver/openssh-server:latest".into(),
+            image_pull_policy: "IfNotPresent".into(),
             ssh_username: "alice".into(),
             ssh_password: password.map(String::from),
             ssh_public_key: key.map(String::from),
@@ -390,6 +486,8 @@ mod tests {
             ssh_port: 2222,
             expires_at: 1_900_000_000,
             requester: "ab".repeat(32),
+            request_id: "cd".repeat(32),
+            provider: "0123abcd".into(),
         }
     }
 
@@ -411,9 +509,15 @@ mod tests {
         }
         assert_eq!(service_name(&"a".repeat(MAX_LEASE_ID_LEN)).len(), 63);
         assert_eq!(
-            lease_selector("x1"),
-            "app.kubernetes.io/managed-by=paygress,app.kubernetes.io/name=paygress-ssh-pod,paygress.io/lease-id=x1"
+            lease_selector("0123abcd", "x1"),
+            "app.kubernetes.io/managed-by=paygress,app.kubernetes.io/name=paygress-ssh-pod,\
+             paygress.io/provider=0123abcd,paygress.io/lease-id=x1"
         );
+        assert!(valid_provider_id(&provider_id(&"AB".repeat(32))));
+        assert_eq!(provider_id(&"ab".repeat(32)).len(), 32);
+        for bad in ["", "a,b=c", "A", "a-b"] {
+            assert!(!valid_provider_id(bad), "{bad:?}");
+        }
     }
 
     #[test]
@@ -455,6 +559,8 @@ mod tests {
         assert_eq!(spec.enable_service_links, Some(false));
         assert_eq!(spec.restart_policy.as_deref(), Some("OnFailure"));
         let c = &spec.containers[0];
+        // `:latest` would default to Always: a pull on every lease start.
+        assert_eq!(c.image_pull_policy.as_deref(), Some("IfNotPresent"));
         let sc = c.security_context.as_ref().unwrap();
         assert_eq!(sc.allow_privilege_escalation, Some(false));
         assert_eq!(sc.seccomp_profile.as_ref().unwrap().type_, "RuntimeDefault");
@@ -465,6 +571,7 @@ mod tests {
         assert_eq!(res.requests, res.limits);
         assert_eq!(res.limits.as_ref().unwrap()["cpu"].0, "500m");
         assert_eq!(res.limits.as_ref().unwrap()["memory"].0, "512Mi");
+        assert_eq!(res.limits.as_ref().unwrap()["ephemeral-storage"].0, LEASE_EPHEMERAL_STORAGE);
         assert_eq!(c.ports.as_ref().unwrap()[0].container_port, 2222);
         assert_eq!(c.ports.as_ref().unwrap()[0].name.as_deref(), Some("ssh"));
         let probe = c.readiness_probe.as_ref().unwrap().tcp_socket.as_ref().unwrap();
@@ -479,6 +586,43 @@ mod tests {
         assert_eq!(a[ANN_EXPIRES_AT], "1900000000");
         assert_eq!(a[ANN_TIER], "basic");
         assert_eq!(a[ANN_REQUESTER], "ab".repeat(32));
+        assert_eq!(l[LABEL_PROVIDER], "0123abcd");
+        assert_eq!(a[ANN_REQUEST], "cd".repeat(32));
+    }
+
+    #[test]
+    fn quantities_and_quota_room() {
+        assert_eq!(milli_quantity("500m"), Some(500));
+        assert_eq!(milli_quantity("1"), Some(1000));
+        assert_eq!(milli_quantity("1.5"), Some(1500));
+        assert_eq!(milli_quantity("512Mi"), Some(512 * 1024 * 1024 * 1000));
+        assert_eq!(milli_quantity("1Gi"), Some(1024 * 1024 * 1024 * 1000));
+        assert_eq!(milli_quantity("2G"), Some(2_000_000_000_000));
+        assert_eq!(milli_quantity("lots"), None);
+        let q = |pairs: &[(&str, &str)]| -> BTreeMap<String, Quantity> {
+            pairs.iter().map(|(k, v)| (k.to_string(), Quantity(v.to_string()))).collect()
+        };
+        let hard = q(&[("pods", "10"), ("requests.cpu", "2"), ("requests.memory", "4Gi")]);
+        let used = q(&[("pods", "3"), ("requests.cpu", "1500m"), ("requests.memory", "1Gi")]);
+        let need = [("pods", "1"), ("requests.cpu", "500m"), ("requests.memory", "512Mi"), ("limits.cpu", "500m")];
+        assert_eq!(room_in_quota(&hard, &used, &need), Some(1), "cpu is the bound");
+        assert_eq!(room_in_quota(&hard, &q(&[]), &need), None, "usage unknown: nothing concluded");
+    }
+
+    #[test]
+    fn every_object_names_its_provider_and_request() {
+        let p = plan(Some("pw"), None);
+        let metas = [
+            pod(&p).metadata,
+            service(&p, None).metadata,
+            auth_secret(&p).unwrap().metadata,
+            onion_secret(&p.namespace, &p.provider, &p.lease_id, Some(&p.request_id), &[1; 64], None).metadata,
+        ];
+        for m in &metas {
+            assert!(made_by(m, "0123abcd", &"cd".repeat(32)), "{m:?}");
+            assert!(!made_by(m, "0123abcd", &"ef".repeat(32)), "another request's object must not pass");
+            assert!(!made_by(m, "99999999", &"cd".repeat(32)), "another provider's object must not pass");
+        }
     }
 
     #[test]

@@ -38,8 +38,8 @@ impl Ask {
 
 /// Steps of the saga. Each names what is known to have happened.
 ///
-/// Create: Received → Redeeming → Redeemed → Provisioning → Replying → Done
-/// Top-up: Received → Redeeming → Redeemed → (extend) → Replying → Done
+/// Create: Received → Redeeming → Redeemed → Provisioning → [ReturningExcess] → Replying → Done
+/// Top-up: Received → Redeeming → Redeemed → (extend) → [ReturningExcess] → Replying → Done
 /// Any failure after Redeemed: → Refunding → Replying(error with refund token) → Done
 /// Any failure before Redeeming: → Replying(error) → Done, nothing was taken.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -52,6 +52,8 @@ pub enum Step {
     Redeemed,
     /// Cluster objects may exist for `lease_id`.
     Provisioning,
+    /// The lease is delivered in `reply`; `excess` sats paid beyond the longest lease go back with it.
+    ReturningExcess,
     /// The lease cannot be had: return `refund_amount` to the requester.
     Refunding,
     /// `reply` is final and must be delivered.
@@ -77,6 +79,9 @@ pub struct SagaRecord {
     pub token_digest: Option<String>,
     /// Sats received after mint fees.
     pub amount: Option<u64>,
+    /// Of `amount`, what bought nothing (beyond the longest lease): returned with the reply.
+    #[serde(default)]
+    pub excess: Option<u64>,
     pub lease_id: Option<String>,
     pub expires_at: Option<u64>,
     /// Generated once and kept, so a resumed saga gives the pod the same password it was created with.
@@ -100,6 +105,7 @@ impl SagaRecord {
             mint_url: None,
             token_digest: None,
             amount: None,
+            excess: None,
             lease_id: None,
             expires_at: None,
             ssh_password: None,
@@ -108,6 +114,62 @@ impl SagaRecord {
             reply: None,
         }
     }
+}
+
+impl SagaRecord {
+    /// Whether the record still holds something a reader of the volume could use: an SSH password, a
+    /// refund token, an onion address, or a token not yet redeemed.
+    pub fn has_secrets(&self) -> bool {
+        !self.ask.token().is_empty()
+            || self.ssh_password.is_some()
+            || self.access.is_some()
+            || self.reply.as_ref().is_some_and(reply_has_secrets)
+    }
+
+    /// The record with every secret cleared, once its reply is delivered: what stays tells the operator
+    /// what happened (amounts, lease id, outcome), not how to get in or what to spend.
+    pub fn without_secrets(&self) -> SagaRecord {
+        let mut r = self.clone();
+        r.ask = r.ask.without_token();
+        r.ssh_password = None;
+        r.access = None;
+        if let Some(reply) = &mut r.reply {
+            redact_reply(reply);
+        }
+        r
+    }
+}
+
+fn reply_has_secrets(reply: &Reply) -> bool {
+    match reply {
+        Reply::Ok { access, refund_token, .. } => {
+            access.ssh_password.is_some() || access.onion_address.is_some() || refund_token.is_some()
+        }
+        Reply::Extended { refund_token, .. } | Reply::Error { refund_token, .. } => refund_token.is_some(),
+        Reply::Status { .. } => false,
+    }
+}
+
+fn redact_reply(reply: &mut Reply) {
+    match reply {
+        Reply::Ok { access, refund_token, .. } => {
+            access.ssh_password = None;
+            access.onion_address = None;
+            access.tor_ssh_command = None;
+            *refund_token = None;
+        }
+        Reply::Extended { refund_token, .. } | Reply::Error { refund_token, .. } => *refund_token = None,
+        Reply::Status { .. } => {}
+    }
+}
+
+/// What one pruning pass did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pruned {
+    /// Finished records (and their token claims) deleted.
+    pub deleted: usize,
+    /// Finished records whose secrets were cleared.
+    pub redacted: usize,
 }
 
 /// Persistent journal of sagas. Implementations must make `insert_new` and `claim_token` atomic, since the
@@ -121,4 +183,10 @@ pub trait Journal: Send + Sync {
     fn unfinished(&self) -> PortResult<Vec<SagaRecord>>;
     /// Bind a token digest to a request. Returns the request id that already holds it, if another does.
     fn claim_token(&self, digest: &str, request_id: &str) -> PortResult<Option<String>>;
+    /// Undo `claim_token` when the saga ended without taking the money (the mint proved the token unspent),
+    /// so the same token can pay again. Only the holder's claim is released.
+    fn release_token(&self, digest: &str, request_id: &str) -> PortResult<()>;
+    /// Delete finished records first seen before `delete_before` (unix seconds) with their token claims,
+    /// and clear the secrets of finished records first seen before `redact_before`; at most `max` changes.
+    fn prune(&self, delete_before: u64, redact_before: u64, max: usize) -> PortResult<Pruned>;
 }

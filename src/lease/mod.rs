@@ -1,6 +1,7 @@
 //! Lease logic: the money paths as persisted state machines (see `journal`), seeing the outside world only
 //! through the traits in `ports`.
 
+pub mod admission;
 pub mod journal;
 pub mod ports;
 pub mod service;

@@ -87,6 +87,19 @@ pub trait PaymentPort: Send + Sync {
     async fn balance(&self) -> PortResult<u64>;
 }
 
+/// The requester's label value on lease pods: the first 32 hex digits of its key (or key hash), so that
+/// a requester's leases are found by label.
+pub fn requester_label(requester: &str) -> String {
+    requester.chars().filter(|c| c.is_ascii_hexdigit()).take(32).collect::<String>().to_ascii_lowercase()
+}
+
+/// A provider's label value on the objects it creates: the first 32 hex digits (128 bits) of its Nostr
+/// public key, which fits a label value (63 characters at most) and names the provider to anyone reading
+/// the cluster.
+pub fn provider_id(pubkey_hex: &str) -> String {
+    pubkey_hex.chars().take(32).collect::<String>().to_ascii_lowercase()
+}
+
 /// Everything the cluster needs to run one lease.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PodPlan {
@@ -95,6 +108,8 @@ pub struct PodPlan {
     pub service_name: String,
     pub namespace: String,
     pub image: String,
+    /// `IfNotPresent`, `Always` or `Never`.
+    pub image_pull_policy: String,
     pub ssh_username: String,
     /// Kept in a Secret, never in labels, annotations or literal env.
     pub ssh_password: Option<String>,
@@ -105,6 +120,11 @@ pub struct PodPlan {
     pub expires_at: u64,
     /// Requester's Nostr public key (hex), annotated so only they may extend or query.
     pub requester: String,
+    /// The request whose saga creates the objects, annotated on each: a saga adopts (on "already exists")
+    /// and deletes only objects carrying its own request id.
+    pub request_id: String,
+    /// This provider's label value (`paygress.io/provider`).
+    pub provider: String,
 }
 
 /// A lease as the cluster records it (labels and annotations of its pod).
@@ -121,8 +141,11 @@ pub struct ClusterLease {
     pub terminating: bool,
     /// Top-ups applied so far, oldest first (bounded; see [`ExpiryUpdate`]).
     pub topups: Vec<AppliedTopUp>,
-    /// The pod's resourceVersion when read: the precondition of an [`ExpiryUpdate`].
+    /// The pod's resourceVersion when read: the precondition of an [`ExpiryUpdate`] and of the delete
+    /// that ends the lease.
     pub version: Option<String>,
+    /// The request that created the lease.
+    pub request_id: Option<String>,
 }
 
 /// A top-up applied to a lease, recorded on its pod with the new expiry in one write, so a top-up
@@ -155,16 +178,29 @@ pub struct OrphanObject {
 
 #[async_trait]
 pub trait ClusterPort: Send + Sync {
-    /// Create (or find already created) the lease's Secret, Pod and Service. Idempotent.
+    /// Create (or find already created) the lease's Secret, Pod and Service. Idempotent for the same
+    /// request; an object of the lease's name made by another request or provider is never adopted
+    /// (Permanent error, nothing changed).
     async fn ensure_lease_objects(&self, plan: &PodPlan) -> PortResult<()>;
     /// Wait until the lease's pod is Running with an IP; returns its SSH endpoint as the cluster reports it.
     async fn wait_running(&self, lease_id: &str, timeout: Duration) -> PortResult<SocketAddr>;
     /// Move the expiry annotation and record the top-up (see [`ExpiryUpdate`]).
     async fn set_expiry(&self, lease_id: &str, update: &ExpiryUpdate) -> PortResult<()>;
-    /// Delete every object labelled with the lease id. Idempotent.
-    async fn delete_lease(&self, lease_id: &str) -> PortResult<()>;
-    /// Every lease pod the provider manages.
+    /// End a lease: delete its pod, only if it still has resourceVersion `if_version` (when given; a
+    /// top-up landing after the decision makes this fail Transient and nothing is deleted), then its
+    /// Service and Secrets. Idempotent.
+    async fn delete_lease(&self, lease_id: &str, if_version: Option<&str>) -> PortResult<()>;
+    /// Undo a failed saga: delete the lease's objects that `request_id` created, and nothing else.
+    async fn delete_created(&self, lease_id: &str, request_id: &str) -> PortResult<()>;
+    /// Every lease pod this provider manages.
     async fn list_leases(&self) -> PortResult<Vec<ClusterLease>>;
+    /// One lease by id (a label lookup, not a list of every lease).
+    async fn get_lease(&self, lease_id: &str) -> PortResult<Option<ClusterLease>>;
+    /// Live leases of one requester (a label lookup).
+    async fn count_leases_of(&self, requester: &str) -> PortResult<usize>;
+    /// How many more leases of `tier` the namespace's quotas leave room for; None when nothing known
+    /// bounds it (no ResourceQuota, or its usage not computed yet).
+    async fn room_for(&self, tier: &Tier) -> PortResult<Option<u64>>;
     /// Labelled Services and Secrets whose lease has no pod.
     async fn list_orphans(&self) -> PortResult<Vec<OrphanObject>>;
     async fn delete_orphan(&self, orphan: &OrphanObject) -> PortResult<()>;

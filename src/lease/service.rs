@@ -11,6 +11,7 @@ use rand::Rng;
 use sha2::{Digest, Sha256};
 use tracing::{debug, info, info_span, warn, Instrument};
 
+use super::admission::{self, Admission};
 use super::journal::{Ask, Journal, SagaRecord, Step};
 use super::ports::{
     AppliedTopUp, ClusterLease, ClusterPort, ExpiryUpdate, FailureKind, OnionPort, PaymentPort, PodPlan, PortError,
@@ -27,6 +28,7 @@ pub struct LeaseSettings {
     pub namespace: String,
     pub ssh_port: u16,
     pub default_image: String,
+    pub image_pull_policy: String,
     pub allowed_images: Vec<String>,
     pub tiers: Vec<Tier>,
     pub min_duration_secs: u64,
@@ -38,6 +40,12 @@ pub struct LeaseSettings {
     pub retry_attempts: u32,
     /// Crash-recovery testing: abort at this kill point (`PAYGRESS_FAILPOINT`). None in production.
     pub failpoint: Option<Failpoint>,
+    /// Secret key of lease ids (see [`lease_id_for`]), derived from the provider's key.
+    pub lease_id_key: [u8; 32],
+    /// This provider's label value on the objects it creates.
+    pub provider_id: String,
+    /// Live leases one requester may hold at once.
+    pub max_leases_per_requester: usize,
 }
 
 impl From<&Config> for LeaseSettings {
@@ -46,6 +54,7 @@ impl From<&Config> for LeaseSettings {
             namespace: c.namespace.clone(),
             ssh_port: c.ssh_port,
             default_image: c.default_image.clone(),
+            image_pull_policy: c.image_pull_policy.clone(),
             allowed_images: c.allowed_images.clone(),
             tiers: c.tiers.clone(),
             min_duration_secs: c.min_duration_secs,
@@ -54,7 +63,19 @@ impl From<&Config> for LeaseSettings {
             retry_delay: Duration::from_secs(2),
             retry_attempts: 5,
             failpoint: c.failpoint,
+            lease_id_key: [0; 32],
+            provider_id: String::new(),
+            max_leases_per_requester: c.max_leases_per_requester,
         }
+    }
+}
+
+impl LeaseSettings {
+    /// The provider's identity: its lease-id key and label, both from its secret/public key.
+    pub fn with_provider(mut self, provider_secret: &[u8; 32], provider_pubkey_hex: &str) -> Self {
+        self.lease_id_key = lease_id_key(provider_secret);
+        self.provider_id = super::ports::provider_id(provider_pubkey_hex);
+        self
     }
 }
 
@@ -76,6 +97,12 @@ const RESTORE_CONCURRENCY: usize = 4;
 /// Top-ups remembered on a lease pod. A resumed top-up is found among them; one that was applied before
 /// this many later ones and then resumed would apply again, which needs that many top-ups during a crash.
 const MAX_TOPUP_RECORDS: usize = 32;
+/// Finished sagas are kept this long (for the operator, and to answer replays), then deleted.
+pub const JOURNAL_RETENTION_SECS: u64 = 7 * 24 * 3600;
+/// Secrets of finished in-band (HTTP) sagas are kept this long for retries, then cleared.
+pub const INBAND_SECRETS_SECS: u64 = 3600;
+/// Changes of one pruning pass: bounds how long it holds the journal's write lock.
+const PRUNE_BATCH: usize = 2000;
 const TOPUP_TOO_LATE: &str = "the lease ended before the top-up could be applied";
 
 pub struct LeaseService {
@@ -91,6 +118,11 @@ pub struct LeaseService {
     onions: Mutex<HashSet<String>>,
     /// A restore of onion services is running in the background (one at a time).
     restoring: AtomicBool,
+    /// Bounds on what requests that pay nothing (yet) can make the provider store and send.
+    admission: Admission,
+    /// The workers' bound, also taken by resumed sagas (a mint outage must not resume every parked saga
+    /// at once, every resume interval).
+    workers: Option<Arc<tokio::sync::Semaphore>>,
 }
 
 pub fn now_secs() -> u64 {
@@ -101,10 +133,22 @@ fn now_millis() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
-/// Lease ids are derived from the request id, so a resumed saga names the same objects (idempotent creates).
-pub fn lease_id_for(request_id: &str) -> String {
-    let digest = Sha256::digest(request_id.as_bytes());
-    hex::encode(&digest[..6])
+/// The key of lease ids: a hash of the provider's secret key under its own domain.
+pub fn lease_id_key(provider_secret: &[u8; 32]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(b"paygress-lease-id-key\0");
+    h.update(provider_secret);
+    h.finalize().into()
+}
+
+/// Lease ids are keyed hashes of the request id: a resumed saga names the same objects (idempotent
+/// creates), and without the provider's key nobody can aim at a lease id (128 bits; request ids are
+/// public, so an unkeyed hash could be ground to collide with a live lease's).
+pub fn lease_id_for(key: &[u8; 32], request_id: &str) -> String {
+    let mut h = Sha256::new();
+    h.update(key);
+    h.update(request_id.as_bytes());
+    hex::encode(&h.finalize()[..16])
 }
 
 /// How a top-up is named in the lease's record: its request id's first 16 hex digits (64 bits).
@@ -187,7 +231,15 @@ impl LeaseService {
             provisioning: Mutex::new(HashSet::new()),
             onions: Mutex::new(HashSet::new()),
             restoring: AtomicBool::new(false),
+            admission: Admission::default(),
+            workers: None,
         }
+    }
+
+    /// Share the request workers' semaphore with resumed sagas.
+    pub fn with_workers(mut self, workers: Arc<tokio::sync::Semaphore>) -> Self {
+        self.workers = Some(workers);
+        self
     }
 
     pub fn settings(&self) -> &LeaseSettings {
@@ -215,21 +267,98 @@ impl LeaseService {
     }
 
     /// Handle one decoded request to its end. Returns the reply (HTTP answers with it), or None when the
-    /// request duplicates one already handled or in flight.
+    /// request duplicates one already handled or in flight, or its answer is withheld (rate limit).
+    ///
+    /// Only requests that can move money, and pass every offline check, are journaled: status requests,
+    /// garbage and offline refusals are answered from memory, so a flood of them costs no disk.
     pub async fn handle(&self, incoming: Incoming) -> Option<Reply> {
         let route = incoming.route().clone();
         let ask = match incoming {
             Incoming::Create { request, .. } => Ask::Create(request),
             Incoming::TopUp { request, .. } => Ask::TopUp(request),
-            Incoming::Status { request, .. } => Ask::Status(request),
+            Incoming::Status { request, .. } => return self.answer_status_unjournaled(route, request).await,
             Incoming::Invalid { code, message, .. } => {
-                let mut rec = new_record(route, Ask::Invalid);
-                rec.reply = Some(Reply::error(&rec.request_id, code, message));
-                rec.step = Step::Replying;
-                return self.start(rec).await;
+                let reply = Reply::error(&route.request_id, code, message);
+                return self.answer_unjournaled(&route, reply).await;
             }
         };
-        self.start(new_record(route, ask)).await
+        // A replay of a journaled request is answered from its record, whatever the checks say now.
+        match self.ports.journal.get(&route.request_id) {
+            Ok(Some(existing)) => {
+                info!(request_id = %route.request_id, "duplicate request ignored");
+                return (existing.step == Step::Done).then_some(existing.reply).flatten();
+            }
+            Ok(None) => {}
+            Err(e) => {
+                warn!(request_id = %route.request_id, error = %e, "journal unavailable; request dropped unanswered");
+                return None;
+            }
+        }
+        if let Err((code, message)) = self.precheck(&ask) {
+            return self.answer_unjournaled(&route, Reply::error(&route.request_id, code, message)).await;
+        }
+        if self.admission.enter(&route.requester).is_none() {
+            let reply = Reply::error(
+                &route.request_id,
+                ErrorCode::TooManyRequests,
+                format!(
+                    "at most {} paid requests of one key are handled at once",
+                    admission::MAX_INFLIGHT_PER_REQUESTER
+                ),
+            );
+            return self.answer_unjournaled(&route, reply).await;
+        }
+        let out = self.start(new_record(route.clone(), ask)).await;
+        self.admission.leave(&route.requester);
+        out
+    }
+
+    /// Send a reply that has no journal record: once per request id, and error replies at a bounded rate
+    /// per requester. Best effort (one attempt): nothing was taken, so nothing is owed.
+    async fn answer_unjournaled(&self, route: &super::ports::ReplyRoute, reply: Reply) -> Option<Reply> {
+        // In-band (HTTP) answers cost nothing to send and the HTTP layer has its own limits.
+        if route.via != super::ports::ReplyVia::InBand {
+            if !self.admission.first_sighting(&route.request_id) {
+                debug!(request_id = %route.request_id, "duplicate request ignored");
+                return None;
+            }
+            if matches!(reply, Reply::Error { .. }) && !self.admission.allow_error_reply(&route.requester, now_secs()) {
+                self.metrics.outcome("rate_limited");
+                debug!(request_id = %route.request_id, "error reply withheld: requester over its rate");
+                return None;
+            }
+        }
+        match self.ports.replies.send(route, &reply).await {
+            Ok(()) => {
+                let outcome = match &reply {
+                    Reply::Status { .. } => "status",
+                    Reply::Error { code, .. } => code.as_str(),
+                    _ => "other",
+                };
+                self.metrics.outcome(outcome);
+            }
+            Err(e) => debug!(request_id = %route.request_id, error = %e, "reply not delivered"),
+        }
+        Some(reply)
+    }
+
+    async fn answer_status_unjournaled(&self, route: super::ports::ReplyRoute, req: StatusRequest) -> Option<Reply> {
+        if route.via != super::ports::ReplyVia::InBand && !self.admission.first_sighting(&route.request_id) {
+            return None;
+        }
+        let mut rec = new_record(route.clone(), Ask::Status(req.clone()));
+        if let Flow::Park = self.answer_status(&mut rec, &req).await {
+            return None;
+        }
+        let reply = rec.reply?;
+        if matches!(reply, Reply::Error { .. }) && !self.admission.allow_error_reply(&route.requester, now_secs()) {
+            return None;
+        }
+        match self.ports.replies.send(&route, &reply).await {
+            Ok(()) => self.metrics.outcome(if matches!(reply, Reply::Status { .. }) { "status" } else { "error" }),
+            Err(e) => debug!(request_id = %route.request_id, error = %e, "status reply not delivered"),
+        }
+        Some(reply)
     }
 
     async fn start(&self, rec: SagaRecord) -> Option<Reply> {
@@ -250,6 +379,22 @@ impl LeaseService {
         }
     }
 
+    /// Forget finished sagas after [`JOURNAL_RETENTION_SECS`] (requests older than the acceptance window
+    /// are refused before the journal is asked, so their ids are not needed to de-duplicate), and clear
+    /// the secrets kept for in-band retries after [`INBAND_SECRETS_SECS`].
+    pub fn prune_journal(&self) {
+        let now = now_secs();
+        match self.ports.journal.prune(
+            now.saturating_sub(JOURNAL_RETENTION_SECS),
+            now.saturating_sub(INBAND_SECRETS_SECS),
+            PRUNE_BATCH,
+        ) {
+            Ok(p) if p.deleted + p.redacted > 0 => info!(deleted = p.deleted, redacted = p.redacted, "journal pruned"),
+            Ok(_) => {}
+            Err(e) => warn!(error = %e, "journal pruning failed"),
+        }
+    }
+
     /// Resume every unfinished saga (at start, and periodically for parked ones).
     pub async fn resume_unfinished(self: &Arc<Self>) {
         let records = match self.ports.journal.unfinished() {
@@ -260,9 +405,20 @@ impl LeaseService {
             }
         };
         for rec in records {
+            if self.driving.lock().map(|d| d.contains(&rec.request_id)).unwrap_or(true) {
+                continue;
+            }
+            let permit = match &self.workers {
+                Some(w) => match w.clone().acquire_owned().await {
+                    Ok(p) => Some(p),
+                    Err(_) => return, // closed: shutting down
+                },
+                None => None,
+            };
             let this = Arc::clone(self);
             tokio::spawn(async move {
                 this.drive(rec).await;
+                drop(permit);
             });
         }
     }
@@ -293,11 +449,20 @@ impl LeaseService {
                 Step::Redeeming => self.step_redeeming(rec, resumed_in_redeem).await,
                 Step::Redeemed => self.step_redeemed(rec).await,
                 Step::Provisioning => self.step_provisioning(rec).await,
+                Step::ReturningExcess => self.step_returning_excess(rec).await,
                 Step::Refunding => self.step_refunding(rec).await,
                 Step::Replying => self.step_replying(rec).await,
                 Step::Done => return rec.reply.clone(),
             };
-            if let Err(e) = self.ports.journal.put(rec) {
+            // Delivered: the record keeps what happened, not the password, address or tokens. In-band
+            // (HTTP) records keep them for a while, for a retry with the same Idempotency-Key; the
+            // journal's pruning clears them later.
+            let stored = if rec.step == Step::Done && rec.route.via != super::ports::ReplyVia::InBand {
+                rec.without_secrets()
+            } else {
+                rec.clone()
+            };
+            if let Err(e) = self.ports.journal.put(&stored) {
                 // Without the journal a crash could lose track of money: stop here; resume retries.
                 warn!(error = %e, step = ?rec.step, "journal write failed; saga parked");
                 return None;
@@ -340,14 +505,17 @@ impl LeaseService {
             Ask::Status(req) => self.answer_status(rec, &req).await,
             Ask::Create(req) => match self.validate_create(&req) {
                 Err((code, msg)) => self.refuse(rec, code, msg),
-                Ok(()) => self.check_token_then_redeem(rec, &req.cashu_token),
+                Ok(()) => match self.check_room(rec, &req).await {
+                    Some(flow) => flow,
+                    None => self.check_token_then_redeem(rec),
+                },
             },
             Ask::TopUp(req) => match self.find_owned_lease(rec, &req.lease).await {
                 Err(flow) => flow,
                 Ok(lease) => {
                     rec.lease_id = Some(lease.lease_id.clone());
                     rec.expires_at = lease.expires_at;
-                    self.check_token_then_redeem(rec, &req.cashu_token)
+                    self.check_token_then_redeem(rec)
                 }
             },
         }
@@ -383,45 +551,95 @@ impl LeaseService {
         Ok(())
     }
 
-    fn tier_of(&self, rec: &SagaRecord, lease_tier: Option<&str>) -> Option<Tier> {
-        match &rec.ask {
-            Ask::Create(r) => self.tier(r.tier.as_deref()).cloned(),
-            _ => self.tier(lease_tier).cloned(),
+    /// Before any money moves: a lease the cluster has no room for, or one more than the requester may
+    /// hold, is refused with nothing taken. Returns the flow when refused (or parked).
+    async fn check_room(&self, rec: &mut SagaRecord, req: &LeaseRequest) -> Option<Flow> {
+        let held = match self.retry(|| self.ports.cluster.count_leases_of(&rec.route.requester)).await {
+            Ok(n) => n,
+            Err(e) if e.is_transient() => return Some(Flow::Park),
+            Err(e) => return Some(self.refuse(rec, ErrorCode::Unavailable, e.message)),
+        };
+        if held >= self.settings.max_leases_per_requester {
+            return Some(self.refuse(
+                rec,
+                ErrorCode::TooManyRequests,
+                format!("one key may hold at most {} leases at once", self.settings.max_leases_per_requester),
+            ));
+        }
+        let tier = self.tier(req.tier.as_deref())?.clone();
+        match self.retry(|| self.ports.cluster.room_for(&tier)).await {
+            Ok(Some(0)) => Some(self.refuse(
+                rec,
+                ErrorCode::NoCapacity,
+                format!("no room for a lease of tier {} right now; nothing was taken", tier.name),
+            )),
+            Ok(_) => None,
+            Err(e) if e.is_transient() => Some(Flow::Park),
+            // Cannot read quotas (e.g. RBAC of an older manifest): the pod create itself will tell.
+            Err(e) => {
+                debug!(error = %e, "quota room unknown");
+                None
+            }
         }
     }
 
-    fn check_token_then_redeem(&self, rec: &mut SagaRecord, token: &str) -> Flow {
-        let info = match self.ports.payment.inspect(token) {
-            Ok(i) => i,
-            Err(e) => return self.refuse_port(rec, e, ErrorCode::InvalidToken),
-        };
-        // Refuse before redeeming what cannot buy the minimum: nothing is taken.
-        let rate = self.tier_of(rec, None).map(|t| t.sats_per_hour).unwrap_or(1);
+    /// What can be told of a request's token without the mint: encoding, whitelist, and that its face
+    /// value buys at least the minimum (and, for a create, not grossly more than the maximum).
+    fn offline_token_check(&self, ask: &Ask) -> Result<super::ports::TokenInfo, (ErrorCode, String)> {
+        let info = self.ports.payment.inspect(ask.token()).map_err(|e| {
+            let code = match e.kind {
+                FailureKind::Rejected(c) => c,
+                FailureKind::Transient => ErrorCode::MintUnavailable,
+                FailureKind::Permanent => ErrorCode::InvalidToken,
+            };
+            (code, e.message)
+        })?;
+        let rate = match ask {
+            Ask::Create(r) => self.tier(r.tier.as_deref()),
+            _ => self.tier(None),
+        }
+        .map(|t| t.sats_per_hour)
+        .unwrap_or(1);
         let min_price = price_of(self.settings.min_duration_secs, rate);
         if info.amount < min_price {
-            return self.refuse(
-                rec,
+            return Err((
                 ErrorCode::AmountTooSmall,
                 format!(
                     "{} sat buys less than the minimum of {} s; at least {} sat needed",
                     info.amount, self.settings.min_duration_secs, min_price
                 ),
-            );
+            ));
         }
-        if matches!(rec.ask, Ask::Create(_)) {
+        if matches!(ask, Ask::Create(_)) {
             let max_price = price_of(self.settings.max_duration_secs, rate);
-            // Input fees only lower the amount, so the face value bounds what could be received.
+            // Input fees only lower the amount, so the face value bounds what could be received. What is
+            // received beyond the maximum goes back with the lease (`excess`).
             if info.amount > max_price + max_price / 10 + 10 {
-                return self.refuse(
-                    rec,
+                return Err((
                     ErrorCode::AmountTooLarge,
                     format!(
                         "{} sat buys more than the maximum of {} s ({} sat)",
                         info.amount, self.settings.max_duration_secs, max_price
                     ),
-                );
+                ));
             }
         }
+        Ok(info)
+    }
+
+    /// Checks done before a request is journaled; a request they refuse never reaches the journal.
+    fn precheck(&self, ask: &Ask) -> Result<(), (ErrorCode, String)> {
+        if let Ask::Create(req) = ask {
+            self.validate_create(req)?;
+        }
+        self.offline_token_check(ask).map(|_| ())
+    }
+
+    fn check_token_then_redeem(&self, rec: &mut SagaRecord) -> Flow {
+        let info = match self.offline_token_check(&rec.ask) {
+            Ok(i) => i,
+            Err((code, message)) => return self.refuse(rec, code, message),
+        };
         match self.ports.journal.claim_token(&info.digest, &rec.request_id) {
             Ok(None) => {}
             Ok(Some(_other)) => {
@@ -455,8 +673,8 @@ impl LeaseService {
             return self.refuse(rec, ErrorCode::Internal, "token lost before redeem");
         }
         let mut attempt = 0;
-        // Whether a swap of ours may have happened already. If not, "spent" means someone else spent the
-        // token (the journal's token claim rules out our other requests), and the wallet need not be asked.
+        // Whether a swap of ours may have happened already. If not, the mint's answer is the whole truth
+        // ("spent" then means someone else spent it: the journal's claim rules out our other requests).
         let mut maybe_ours = resumed;
         loop {
             attempt += 1;
@@ -470,36 +688,54 @@ impl LeaseService {
                     warn!(attempt, error = %e, "redeem failed transiently; retrying");
                     tokio::time::sleep(self.settings.retry_delay).await;
                 }
-                Err(e) if e.is_transient() => {
-                    // Did the swap happen? Only an unspent token proves that nothing was taken.
-                    return match self.ports.payment.token_state(&token).await {
-                        Ok(super::ports::TokenState::Unspent) => self.refuse(
-                            rec,
-                            ErrorCode::MintUnavailable,
-                            format!("the mint did not answer; nothing was taken: {e}"),
-                        ),
-                        _ => Flow::Park,
-                    };
-                }
-                Err(e) if e.kind == FailureKind::Rejected(ErrorCode::TokenSpent) && !maybe_ours => {
-                    info!("token already spent at the mint");
-                    return self.refuse_port(rec, e, ErrorCode::TokenSpent);
-                }
-                Err(e) if e.kind == FailureKind::Rejected(ErrorCode::TokenSpent) => {
-                    // Spent by us before a crash, or by someone else? Our wallet's records tell.
-                    return match self.ports.payment.received_amount(&token).await {
-                        Ok(Some(amount)) => {
-                            info!(amount, "token was redeemed before a restart; continuing");
-                            self.redeemed(rec, amount)
-                        }
-                        Ok(None) => self.refuse_port(rec, e, ErrorCode::TokenSpent),
-                        Err(_) => Flow::Park,
-                    };
-                }
-                Err(e) => {
+                Err(e) if !maybe_ours && !e.is_transient() => {
                     info!(error = %e, "token refused by the mint");
                     return self.refuse_port(rec, e, ErrorCode::InvalidToken);
                 }
+                // A swap of ours may have happened (or the mint never answered): whatever this answer says,
+                // only the mint's proof state and our wallet settle the outcome.
+                Err(e) => return self.settle_redeem(rec, &token, e).await,
+            }
+        }
+    }
+
+    /// The outcome of a redeem that may or may not have swapped the token, from the mint's proof state
+    /// (NUT-07) and our wallet's records; never guessed from an error.
+    async fn settle_redeem(&self, rec: &mut SagaRecord, token: &str, e: PortError) -> Flow {
+        match self.ports.payment.token_state(token).await {
+            Ok(super::ports::TokenState::Unspent) => {
+                // Provably nothing was taken: the token may pay again, in this request's retry or another.
+                if let Some(digest) = rec.token_digest.clone() {
+                    if let Err(je) = self.ports.journal.release_token(&digest, &rec.request_id) {
+                        warn!(error = %je, "journal: cannot release the token claim");
+                    }
+                }
+                if e.is_transient() {
+                    self.refuse(
+                        rec,
+                        ErrorCode::MintUnavailable,
+                        format!("the mint did not answer; nothing was taken: {e}"),
+                    )
+                } else {
+                    info!(error = %e, "token refused by the mint");
+                    self.refuse_port(rec, e, ErrorCode::InvalidToken)
+                }
+            }
+            Ok(super::ports::TokenState::Spent) => match self.ports.payment.received_amount(token).await {
+                Ok(Some(amount)) => {
+                    info!(amount, "the swap had happened; continuing");
+                    self.redeemed(rec, amount)
+                }
+                Ok(None) => {
+                    info!("token spent, not by us");
+                    self.refuse(rec, ErrorCode::TokenSpent, "the token was already spent at the mint")
+                }
+                Err(_) => Flow::Park,
+            },
+            // Pending (a swap in flight) or no answer: decide later, from a resume.
+            Ok(super::ports::TokenState::Pending) | Err(_) => {
+                warn!(error = %e, "redeem outcome unknown; parked until the mint tells");
+                Flow::Park
             }
         }
     }
@@ -531,8 +767,13 @@ impl LeaseService {
                         ),
                     );
                 }
+                if secs > self.settings.max_duration_secs {
+                    // Beyond the longest lease the money buys nothing: it goes back with the lease.
+                    let charged = price_of(self.settings.max_duration_secs, tier.sats_per_hour);
+                    rec.excess = Some(amount.saturating_sub(charged)).filter(|e| *e > 0);
+                }
                 let secs = secs.min(self.settings.max_duration_secs);
-                let lease_id = lease_id_for(&rec.request_id);
+                let lease_id = lease_id_for(&self.settings.lease_id_key, &rec.request_id);
                 tracing::Span::current().record("lease_id", lease_id.as_str());
                 rec.lease_id = Some(lease_id);
                 rec.expires_at = Some(now_secs() + secs);
@@ -562,6 +803,10 @@ impl LeaseService {
             };
             if let Some(done) = lease.topups.iter().find(|t| t.id == topup_id) {
                 info!(lease_id, expires_at = done.expires_at, "top-up already applied (resumed)");
+                let rate = self.tier(lease.tier.as_deref()).map(|t| t.sats_per_hour).unwrap_or(1);
+                if done.added_secs < seconds_for(amount, rate) {
+                    rec.excess = Some(amount.saturating_sub(price_of(done.added_secs, rate))).filter(|e| *e > 0);
+                }
                 return self.extended(rec, lease_id, amount, done.added_secs, done.expires_at);
             }
             let now = now_secs();
@@ -580,6 +825,12 @@ impl LeaseService {
                 );
             }
             let added_secs = new_expiry - current;
+            // Capped at the longest lease: what bought no time goes back with the reply.
+            let change = if added_secs < seconds_for(amount, rate) {
+                amount.saturating_sub(price_of(added_secs, rate))
+            } else {
+                0
+            };
             let mut topups = lease.topups;
             topups.push(AppliedTopUp { id: topup_id.clone(), added_secs, expires_at: new_expiry });
             let excess = topups.len().saturating_sub(MAX_TOPUP_RECORDS);
@@ -587,7 +838,8 @@ impl LeaseService {
             let update = ExpiryUpdate { expires_at: new_expiry, topups, if_version: lease.version };
             match self.ports.cluster.set_expiry(&lease_id, &update).await {
                 Ok(()) => {
-                    info!(lease_id, new_expiry, added_secs, "lease extended");
+                    info!(lease_id, new_expiry, added_secs, change, "lease extended");
+                    rec.excess = Some(change).filter(|e| *e > 0);
                     return self.extended(rec, lease_id, amount, added_secs, new_expiry);
                 }
                 // A conflict (someone changed the pod) or a timeout that may have applied: re-read.
@@ -609,8 +861,45 @@ impl LeaseService {
             amount_sats: amount,
             added_seconds: added,
             expires_at,
+            refund_token: None,
         };
-        self.finish_with(rec, reply)
+        self.deliver(rec, reply)
+    }
+
+    /// The lease (or extension) is had: return any excess first, then reply.
+    fn deliver(&self, rec: &mut SagaRecord, reply: Reply) -> Flow {
+        let flow = self.finish_with(rec, reply);
+        if rec.excess.is_some_and(|e| e > 0) {
+            rec.step = Step::ReturningExcess;
+        }
+        flow
+    }
+
+    // Step: mint the excess into a token (once per request, like a refund) and attach it to the reply.
+    async fn step_returning_excess(&self, rec: &mut SagaRecord) -> Flow {
+        let (Some(excess), Some(mint)) = (rec.excess.filter(|e| *e > 0), rec.mint_url.clone()) else {
+            rec.step = Step::Replying;
+            return Flow::Next;
+        };
+        let refund_id = format!("{}:excess", rec.request_id);
+        match self.retry(|| self.ports.payment.refund(&mint, excess, &refund_id)).await {
+            Ok(token) => {
+                info!(excess, "excess over the longest lease returned");
+                self.metrics.sats_refunded.fetch_add(excess, Ordering::Relaxed);
+                if let Some(Reply::Ok { refund_token, .. } | Reply::Extended { refund_token, .. }) = &mut rec.reply {
+                    *refund_token = Some(token);
+                }
+                rec.step = Step::Replying;
+                Flow::Next
+            }
+            Err(e) if e.is_transient() => Flow::Park,
+            Err(e) => {
+                // The lease itself is delivered; the operator owes the excess (logged with the request id).
+                warn!(error = %e, excess, "returning the excess failed; operator attention needed");
+                rec.step = Step::Replying;
+                Flow::Next
+            }
+        }
     }
 
     // Step: create the objects, wait for SSH, publish the onion service. Idempotent, so a resume re-runs it.
@@ -622,7 +911,7 @@ impl LeaseService {
         };
         if expires_at <= now_secs() {
             // The whole lease elapsed while we were down: nothing to deliver, so return the money.
-            let _ = self.ports.cluster.delete_lease(&lease_id).await;
+            let _ = self.ports.cluster.delete_created(&lease_id, &rec.request_id).await;
             return self.fail_after_redeem(
                 rec,
                 ErrorCode::ProvisioningFailed,
@@ -643,14 +932,16 @@ impl LeaseService {
                     amount_sats: rec.amount.unwrap_or(0),
                     duration_seconds: expires_at.saturating_sub(now_secs()),
                     access: Box::new(access.clone()),
+                    refund_token: None,
                 };
                 rec.access = Some(access);
-                self.finish_with(rec, reply)
+                self.deliver(rec, reply)
             }
             Err(e) => {
                 warn!(error = %e, "provisioning failed; removing what was made and refunding");
                 self.stop_onion(&lease_id).await;
-                if let Err(del) = self.retry(|| self.ports.cluster.delete_lease(&lease_id)).await {
+                let request_id = rec.request_id.clone();
+                if let Err(del) = self.retry(|| self.ports.cluster.delete_created(&lease_id, &request_id)).await {
                     warn!(error = %del, "cleanup after failed provisioning incomplete; the reconciler will retry");
                 }
                 self.fail_after_redeem(
@@ -677,6 +968,7 @@ impl LeaseService {
             service_name: service_name(lease_id),
             namespace: self.settings.namespace.clone(),
             image: req.pod_image.clone().unwrap_or_else(|| self.settings.default_image.clone()),
+            image_pull_policy: self.settings.image_pull_policy.clone(),
             ssh_username: ssh_username.clone(),
             ssh_password: rec.ssh_password.clone(),
             ssh_public_key: req.ssh_public_key.clone(),
@@ -684,6 +976,8 @@ impl LeaseService {
             ssh_port: self.settings.ssh_port,
             expires_at,
             requester: rec.route.requester.clone(),
+            request_id: rec.request_id.clone(),
+            provider: self.settings.provider_id.clone(),
         };
         let deadline = Instant::now() + self.settings.ready_timeout;
         self.retry(|| self.ports.cluster.ensure_lease_objects(&plan)).await?;
@@ -874,8 +1168,7 @@ impl LeaseService {
     }
 
     async fn lease_by_id(&self, id: &str) -> Result<Option<ClusterLease>, PortError> {
-        let leases = self.retry(|| self.ports.cluster.list_leases()).await?;
-        Ok(leases.into_iter().find(|l| l.lease_id == id))
+        self.retry(|| self.ports.cluster.get_lease(id)).await
     }
 
     async fn retry<T, F, Fut>(&self, mut f: F) -> Result<T, PortError>
@@ -918,7 +1211,7 @@ impl LeaseService {
                     info!(lease_id = %lease.lease_id, "lease ended; deleting its objects");
                 }
                 self.stop_onion(&lease.lease_id).await;
-                if let Err(e) = self.ports.cluster.delete_lease(&lease.lease_id).await {
+                if let Err(e) = self.ports.cluster.delete_lease(&lease.lease_id, lease.version.as_deref()).await {
                     warn!(lease_id = %lease.lease_id, error = %e, "could not delete expired lease");
                 }
                 continue;
@@ -1012,10 +1305,14 @@ mod tests {
     }
 
     #[test]
-    fn lease_ids_are_stable_and_dns_safe() {
-        let a = lease_id_for("abcdef");
-        assert_eq!(a, lease_id_for("abcdef"));
-        assert_eq!(a.len(), 12);
+    fn lease_ids_are_stable_keyed_and_dns_safe() {
+        let key = lease_id_key(&[1; 32]);
+        let a = lease_id_for(&key, "abcdef");
+        assert_eq!(a, lease_id_for(&key, "abcdef"));
+        // 128 bits, and not a function of the (public) request id alone.
+        assert_eq!(a.len(), 32);
+        assert_ne!(a, lease_id_for(&lease_id_key(&[2; 32]), "abcdef"));
+        assert_ne!(a, hex::encode(&Sha256::digest(b"abcdef")[..16]));
         assert!(crate::config::is_dns_label(&pod_name(&a)));
         assert!(service_name(&a).len() <= 63);
     }

@@ -25,6 +25,14 @@ struct FakePayment {
     refunded_ids: Mutex<HashSet<String>>,
     /// Tokens this wallet swapped (as its database would show).
     received: Mutex<HashMap<String, u64>>,
+    /// Outcomes of the next redeems, before the normal behaviour.
+    script: Mutex<std::collections::VecDeque<Scripted>>,
+}
+
+/// A scripted redeem: the mint's answer, and whether the swap happened at the mint all the same.
+struct Scripted {
+    swapped: bool,
+    answer: PortError,
 }
 
 #[async_trait]
@@ -43,6 +51,14 @@ impl PaymentPort for FakePayment {
     }
     async fn redeem(&self, token: &str) -> PortResult<u64> {
         *self.redeems.lock().unwrap() += 1;
+        let scripted = self.script.lock().unwrap().pop_front();
+        if let Some(Scripted { swapped, answer }) = scripted {
+            if swapped && self.spent.lock().unwrap().insert(token.to_string()) {
+                let amount = self.inspect(token)?.amount;
+                self.received.lock().unwrap().insert(token.to_string(), amount);
+            }
+            return Err(answer);
+        }
         if !self.spent.lock().unwrap().insert(token.to_string()) {
             return Err(PortError::rejected(ErrorCode::TokenSpent, "spent"));
         }
@@ -78,6 +94,32 @@ struct FakeCluster {
     topups: Mutex<HashMap<String, Vec<AppliedTopUp>>>,
     /// resourceVersion stand-in: bumped by every expiry write.
     versions: Mutex<HashMap<String, u64>>,
+    /// Simulates a write (a top-up) landing right after each list: every version moves on.
+    write_after_list: Mutex<bool>,
+    /// What the namespace's quotas leave room for (None: unbounded).
+    room: Mutex<Option<u64>>,
+}
+
+impl FakeCluster {
+    fn list_now(&self) -> Vec<ClusterLease> {
+        self.leases
+            .lock()
+            .unwrap()
+            .values()
+            .map(|p| ClusterLease {
+                lease_id: p.lease_id.clone(),
+                pod_name: p.pod_name.clone(),
+                expires_at: Some(p.expires_at),
+                requester: Some(p.requester.clone()),
+                tier: Some(p.tier.name.clone()),
+                ssh_endpoint: Some("127.0.0.1:2222".parse().unwrap()),
+                terminating: false,
+                topups: self.topups.lock().unwrap().get(&p.lease_id).cloned().unwrap_or_default(),
+                version: Some(self.versions.lock().unwrap().get(&p.lease_id).copied().unwrap_or(0).to_string()),
+                request_id: Some(p.request_id.clone()),
+            })
+            .collect()
+    }
 }
 
 #[async_trait]
@@ -87,7 +129,12 @@ impl ClusterPort for FakeCluster {
         if *self.fail_create.lock().unwrap() {
             return Err(PortError::rejected(ErrorCode::ProvisioningFailed, "exceeded quota"));
         }
-        self.leases.lock().unwrap().entry(plan.lease_id.clone()).or_insert_with(|| plan.clone());
+        let mut leases = self.leases.lock().unwrap();
+        let existing = leases.entry(plan.lease_id.clone()).or_insert_with(|| plan.clone());
+        // As the k8s adapter: an object of another request is never adopted.
+        if existing.request_id != plan.request_id || existing.provider != plan.provider {
+            return Err(PortError::permanent("already exists and was not made by this request"));
+        }
         Ok(())
     }
     async fn wait_running(&self, lease_id: &str, _t: Duration) -> PortResult<SocketAddr> {
@@ -112,31 +159,46 @@ impl ClusterPort for FakeCluster {
         self.topups.lock().unwrap().insert(lease_id.to_string(), update.topups.clone());
         Ok(())
     }
-    async fn delete_lease(&self, lease_id: &str) -> PortResult<()> {
+    async fn delete_lease(&self, lease_id: &str, if_version: Option<&str>) -> PortResult<()> {
+        let version = self.versions.lock().unwrap().get(lease_id).copied().unwrap_or(0).to_string();
+        if if_version.is_some_and(|v| v != version) {
+            return Err(PortError::transient("409 Conflict: precondition failed"));
+        }
         self.leases.lock().unwrap().remove(lease_id);
         self.keys.lock().unwrap().remove(lease_id);
         Ok(())
     }
+    async fn delete_created(&self, lease_id: &str, request_id: &str) -> PortResult<()> {
+        let mut leases = self.leases.lock().unwrap();
+        if leases.get(lease_id).is_some_and(|p| p.request_id == request_id) {
+            leases.remove(lease_id);
+            self.keys.lock().unwrap().remove(lease_id);
+        }
+        Ok(())
+    }
+    async fn count_leases_of(&self, requester: &str) -> PortResult<usize> {
+        Ok(self.leases.lock().unwrap().values().filter(|p| p.requester == requester).count())
+    }
+    async fn room_for(&self, _tier: &Tier) -> PortResult<Option<u64>> {
+        Ok(*self.room.lock().unwrap())
+    }
+    async fn get_lease(&self, lease_id: &str) -> PortResult<Option<ClusterLease>> {
+        Ok(self.list_now().into_iter().find(|l| l.lease_id == lease_id))
+    }
     async fn list_leases(&self) -> PortResult<Vec<ClusterLease>> {
         tokio::task::yield_now().await;
-        Ok(self
-            .leases
-            .lock()
-            .unwrap()
-            .values()
-            .map(|p| ClusterLease {
-                lease_id: p.lease_id.clone(),
-                pod_name: p.pod_name.clone(),
-                expires_at: Some(p.expires_at),
-                requester: Some(p.requester.clone()),
-                tier: Some(p.tier.name.clone()),
-                ssh_endpoint: Some("127.0.0.1:2222".parse().unwrap()),
-                terminating: false,
-                topups: self.topups.lock().unwrap().get(&p.lease_id).cloned().unwrap_or_default(),
-                version: Some(self.versions.lock().unwrap().get(&p.lease_id).copied().unwrap_or(0).to_string()),
-            })
-            .collect())
+        let listed = self.list_now();
+        if *self.write_after_list.lock().unwrap() {
+            for v in self.versions.lock().unwrap().values_mut() {
+                *v += 1;
+            }
+            for id in self.leases.lock().unwrap().keys() {
+                self.versions.lock().unwrap().entry(id.clone()).or_insert(1);
+            }
+        }
+        Ok(listed)
     }
+
     async fn list_orphans(&self) -> PortResult<Vec<OrphanObject>> {
         Ok(self.orphans.lock().unwrap().clone())
     }
@@ -244,6 +306,16 @@ impl Journal for MemJournal {
             }
         }
     }
+    fn prune(&self, _delete_before: u64, _redact_before: u64, _max: usize) -> PortResult<super::journal::Pruned> {
+        Ok(Default::default())
+    }
+    fn release_token(&self, digest: &str, request_id: &str) -> PortResult<()> {
+        let mut t = self.tokens.lock().unwrap();
+        if t.get(digest).is_some_and(|h| h == request_id) {
+            t.remove(digest);
+        }
+        Ok(())
+    }
 }
 
 struct World {
@@ -265,6 +337,7 @@ fn world() -> World {
         namespace: "user-workloads".into(),
         ssh_port: 2222,
         default_image: "img:ok".into(),
+        image_pull_policy: "IfNotPresent".into(),
         allowed_images: vec!["img:ok".into()],
         tiers: vec![Tier { name: "basic".into(), cpu: "500m".into(), memory: "512Mi".into(), sats_per_hour: 100 }],
         min_duration_secs: 60,
@@ -273,6 +346,9 @@ fn world() -> World {
         retry_delay: Duration::from_millis(1),
         retry_attempts: 3,
         failpoint: None,
+        lease_id_key: [9; 32],
+        provider_id: "0123abcd".into(),
+        max_leases_per_requester: 3,
     };
     let ports = Ports {
         payment: payment.clone(),
@@ -466,8 +542,9 @@ async fn a_refund_resumed_after_minting_pays_once() {
     rec.reply = None;
     w.journal.put(&rec).unwrap();
     w.svc.resume_unfinished().await;
-    let rec = wait_done(&w, "e1").await;
-    assert_eq!(rec.reply, Some(first), "the same refund token goes out again");
+    wait_done(&w, "e1").await;
+    let resent = w.replies.sent.lock().unwrap().last().map(|(_, r)| r.clone());
+    assert_eq!(resent, Some(first), "the same refund token goes out again");
     assert_eq!(*w.payment.refunds.lock().unwrap(), vec![100], "paid once");
 }
 
@@ -597,6 +674,18 @@ async fn a_crash_mid_swap_that_lost_the_race_is_token_spent() {
 }
 
 #[tokio::test]
+async fn a_delivered_reply_leaves_no_secret_in_the_journal() {
+    let w = world();
+    let reply = w.svc.handle(create("e1", "tok:http:mint.test:2600:a")).await.unwrap();
+    let Reply::Ok { access, .. } = &reply else { panic!("{reply:?}") };
+    let password = access.ssh_password.clone().unwrap();
+    let stored = serde_json::to_string(&w.journal.get("e1").unwrap().unwrap()).unwrap();
+    for secret in [password.as_str(), "onion", "refund:"] {
+        assert!(!stored.contains(secret), "{secret} kept in the journal: {stored}");
+    }
+}
+
+#[tokio::test]
 async fn a_reply_that_cannot_be_sent_is_parked_and_delivered_once_by_resume() {
     let w = world();
     // More failures than the saga's own retries: it must park in Replying.
@@ -614,4 +703,135 @@ async fn a_reply_that_cannot_be_sent_is_parked_and_delivered_once_by_resume() {
     assert_eq!(w.replies.sent.lock().unwrap().len(), 1, "exactly one reply");
     assert_eq!(*w.payment.redeems.lock().unwrap(), 1);
     assert_eq!(w.cluster.leases.lock().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn a_saga_never_adopts_or_deletes_a_lease_it_did_not_create() {
+    let w = world();
+    w.svc.handle(create("victim-req", "tok:http:mint.test:100:v")).await;
+    let (victim_id, victim) = {
+        let leases = w.cluster.leases.lock().unwrap();
+        let (id, plan) = leases.iter().next().unwrap();
+        (id.clone(), plan.clone())
+    };
+    // Force what grinding could do with unkeyed ids: the attacker's request maps to the victim's lease id.
+    let attacker_id = super::service::lease_id_for(&w.svc.settings().lease_id_key, "attacker-req");
+    {
+        let mut leases = w.cluster.leases.lock().unwrap();
+        let plan = leases.remove(&victim_id).unwrap();
+        leases.insert(attacker_id.clone(), PodPlan { lease_id: attacker_id.clone(), ..plan });
+    }
+    let mut attack = create("attacker-req", "tok:http:mint.test:100:x");
+    if let Incoming::Create { route, .. } = &mut attack {
+        route.requester = "mallory-pk".into();
+    }
+    let reply = w.svc.handle(attack).await.unwrap();
+    let Reply::Error { code, refund_token, .. } = reply else { panic!("attacker got a lease: {reply:?}") };
+    assert_eq!(code, ErrorCode::ProvisioningFailed);
+    assert!(refund_token.is_some(), "the attacker's own money comes back");
+    let leases = w.cluster.leases.lock().unwrap();
+    let still = leases.get(&attacker_id).expect("the victim's lease must survive");
+    assert_eq!((still.request_id.as_str(), still.requester.as_str()), ("victim-req", victim.requester.as_str()));
+    assert!(w.onion.running.lock().unwrap().contains_key(&victim_id) || w.onion.running() == 1);
+}
+
+#[tokio::test]
+async fn the_reconciler_never_ends_a_lease_topped_up_after_it_looked() {
+    let w = world();
+    w.svc.handle(create("e1", "tok:http:mint.test:100:a")).await;
+    let id = w.cluster.leases.lock().unwrap().keys().next().unwrap().clone();
+    w.cluster.leases.lock().unwrap().get_mut(&id).unwrap().expires_at = now_secs() - 1;
+    // A top-up lands between the reconciler's list and its delete: the pod's version moves on.
+    *w.cluster.write_after_list.lock().unwrap() = true;
+    w.svc.reconcile_once().await.unwrap();
+    assert!(w.cluster.leases.lock().unwrap().contains_key(&id), "the lease topped up meanwhile lives on");
+    // The next pass sees the new state and decides afresh.
+    *w.cluster.write_after_list.lock().unwrap() = false;
+    w.svc.reconcile_once().await.unwrap();
+    assert!(w.cluster.leases.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_redeem_that_timed_out_then_met_another_error_is_settled_by_the_mint() {
+    let w = world();
+    // The first swap reached the mint, but its answer was lost; the retry meets a refusal (the mint sees
+    // the proofs spent or pending and answers with some 4xx). Before: "invalid_token, nothing taken".
+    w.payment.script.lock().unwrap().extend([
+        Scripted { swapped: true, answer: PortError::transient("timeout") },
+        Scripted { swapped: false, answer: PortError::rejected(ErrorCode::InvalidToken, "400 proofs pending") },
+    ]);
+    let reply = w.svc.handle(create("e1", "tok:http:mint.test:100:a")).await.unwrap();
+    assert!(matches!(reply, Reply::Ok { amount_sats: 100, .. }), "{reply:?}");
+}
+
+#[tokio::test]
+async fn a_token_the_mint_never_took_can_pay_again() {
+    let w = world();
+    let busy = || Scripted { swapped: false, answer: PortError::transient("429 Too Many Requests") };
+    w.payment.script.lock().unwrap().extend([busy(), busy(), busy()]);
+    let reply = w.svc.handle(create("e1", "tok:http:mint.test:100:a")).await.unwrap();
+    assert_eq!(error_code(&reply), Some(ErrorCode::MintUnavailable));
+    // The same token, later, in a new request: the claim was released, so it buys the lease.
+    let reply = w.svc.handle(create("e2", "tok:http:mint.test:100:a")).await.unwrap();
+    assert!(matches!(reply, Reply::Ok { .. }), "{reply:?}");
+}
+
+#[tokio::test]
+async fn money_beyond_the_longest_lease_comes_back_with_it() {
+    let w = world();
+    // 86 400 s at 100 sat/h cost 2 400 sat; 2 600 sat passes the offline bound (10 % + 10) but buys nothing more.
+    let reply = w.svc.handle(create("e1", "tok:http:mint.test:2600:a")).await.unwrap();
+    let Reply::Ok { refund_token, duration_seconds, .. } = &reply else { panic!("{reply:?}") };
+    assert!(*duration_seconds <= 86_400);
+    assert_eq!(refund_token.as_deref(), Some("refund:200"));
+    assert_eq!(*w.payment.refunds.lock().unwrap(), vec![200]);
+
+    // A top-up of a lease already near its maximum keeps only what the added time costs.
+    let lease_id = w.cluster.leases.lock().unwrap().keys().next().unwrap().clone();
+    w.cluster.leases.lock().unwrap().get_mut(&lease_id).unwrap().expires_at = now_secs() + 86_400 - 3600;
+    let reply = w.svc.handle(top_up("t1", &lease_id, "tok:http:mint.test:500:b")).await.unwrap();
+    let Reply::Extended { added_seconds, refund_token, .. } = &reply else { panic!("{reply:?}") };
+    assert!((3598..=3601).contains(added_seconds), "{added_seconds}");
+    let back: u64 = refund_token.as_deref().unwrap().trim_start_matches("refund:").parse().unwrap();
+    assert!((399..=401).contains(&back), "{back}");
+}
+
+#[tokio::test]
+async fn excess_returned_after_a_crash_is_paid_once() {
+    let w = world();
+    let first = w.svc.handle(create("e1", "tok:http:mint.test:2600:a")).await.unwrap();
+    // A crash after the excess token was minted but before the journal recorded it.
+    let mut rec = w.journal.get("e1").unwrap().unwrap();
+    rec.step = Step::ReturningExcess;
+    let mut before = first.clone();
+    if let Reply::Ok { refund_token, .. } = &mut before {
+        *refund_token = None;
+    }
+    rec.reply = Some(before);
+    w.journal.put(&rec).unwrap();
+    w.svc.resume_unfinished().await;
+    wait_done(&w, "e1").await;
+    let resent = w.replies.sent.lock().unwrap().last().map(|(_, r)| r.clone());
+    assert_eq!(resent, Some(first), "the same change token goes out again");
+    assert_eq!(*w.payment.refunds.lock().unwrap(), vec![200], "paid once");
+}
+
+#[tokio::test]
+async fn no_money_is_taken_for_a_lease_that_would_not_fit_or_one_too_many() {
+    let w = world();
+    *w.cluster.room.lock().unwrap() = Some(0);
+    let reply = w.svc.handle(create("e1", "tok:http:mint.test:100:a")).await.unwrap();
+    assert_eq!(error_code(&reply), Some(ErrorCode::NoCapacity));
+    assert_eq!(*w.payment.redeems.lock().unwrap(), 0);
+    // The same token pays once there is room.
+    *w.cluster.room.lock().unwrap() = None;
+    for (i, nonce) in ["a", "b", "c"].iter().enumerate() {
+        let reply = w.svc.handle(create(&format!("ok{i}"), &format!("tok:http:mint.test:100:{nonce}"))).await.unwrap();
+        assert!(matches!(reply, Reply::Ok { .. }), "{reply:?}");
+    }
+    // A fourth lease of the same key is refused before its token is redeemed.
+    let redeems = *w.payment.redeems.lock().unwrap();
+    let reply = w.svc.handle(create("e4", "tok:http:mint.test:100:d")).await.unwrap();
+    assert_eq!(error_code(&reply), Some(ErrorCode::TooManyRequests));
+    assert_eq!(*w.payment.redeems.lock().unwrap(), redeems);
 }

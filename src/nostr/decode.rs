@@ -22,6 +22,19 @@ pub const KIND_GIFT_WRAP: u16 = 1059;
 /// NIP-59 seal.
 pub const KIND_SEAL: u16 = 13;
 
+/// Requests are accepted only while `created_at` (a gift wrap's rumor's: NIP-59 backdates the wrap and
+/// seal by up to two days, never the rumor) is at most this old: a replay of an older request is ignored
+/// without a reply, so de-duplication never needs ids older than this (the journal keeps finished
+/// records longer). At least the relay subscriptions' lookback.
+pub const MAX_REQUEST_AGE_SECS: u64 = 15 * 60;
+/// ... and at most this far in the future (clock skew).
+pub const MAX_REQUEST_SKEW_SECS: u64 = 5 * 60;
+
+/// Whether a request's `created_at` falls in the acceptance window around `now`.
+pub fn fresh(created_at: u64, now: u64) -> bool {
+    created_at + MAX_REQUEST_AGE_SECS >= now && created_at <= now + MAX_REQUEST_SKEW_SECS
+}
+
 /// How a request reached us; logged (never the content).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transport {
@@ -58,6 +71,8 @@ pub enum IgnoreReason {
     SealSignerMismatch,
     /// A gift wrap whose rumor is not a request (e.g. a NIP-17 chat message).
     UnsupportedRumorKind,
+    /// Created outside the acceptance window (a replay of an old request, or a clock far off).
+    Stale,
 }
 
 impl IgnoreReason {
@@ -69,6 +84,7 @@ impl IgnoreReason {
             IgnoreReason::UndecryptableGiftWrap => "undecryptable_gift_wrap",
             IgnoreReason::SealSignerMismatch => "seal_signer_mismatch",
             IgnoreReason::UnsupportedRumorKind => "unsupported_rumor_kind",
+            IgnoreReason::Stale => "stale",
         }
     }
 
@@ -88,17 +104,20 @@ pub enum Decoded {
     Ignore(IgnoreReason),
 }
 
-/// Decode one event received from a relay (any kind we subscribe to).
-pub fn decode_event(keys: &Keys, event: &Event) -> Decoded {
+/// Decode one event received from a relay (any kind we subscribe to), at time `now` (unix seconds).
+pub fn decode_event(keys: &Keys, event: &Event, now: u64) -> Decoded {
     if event.verify().is_err() {
         return Decoded::Ignore(IgnoreReason::BadSignature);
     }
     let kind = event.kind.as_u16();
     if kind == KIND_GIFT_WRAP {
-        return decode_gift_wrap(keys, event);
+        return decode_gift_wrap(keys, event, now);
     }
     if !is_request_kind(kind) {
         return Decoded::Ignore(IgnoreReason::UnsupportedKind);
+    }
+    if !fresh(event.created_at.as_secs(), now) {
+        return Decoded::Ignore(IgnoreReason::Stale);
     }
 
     let to_us = has_p_tag(event.tags.iter().map(|t| t.as_slice()), &keys.public_key());
@@ -146,7 +165,7 @@ pub fn decode_event(keys: &Keys, event: &Event) -> Decoded {
     request_from_json(kind, &plaintext, route, transport)
 }
 
-fn decode_gift_wrap(keys: &Keys, wrap: &Event) -> Decoded {
+fn decode_gift_wrap(keys: &Keys, wrap: &Event, now: u64) -> Decoded {
     let our_pk = keys.public_key();
     if !has_p_tag(wrap.tags.iter().map(|t| t.as_slice()), &our_pk) {
         return Decoded::Ignore(IgnoreReason::NotForUs);
@@ -162,6 +181,9 @@ fn decode_gift_wrap(keys: &Keys, wrap: &Event) -> Decoded {
     let kind = rumor.kind.as_u16();
     if !is_request_kind(kind) {
         return Decoded::Ignore(IgnoreReason::UnsupportedRumorKind);
+    }
+    if !fresh(rumor.created_at.as_secs(), now) {
+        return Decoded::Ignore(IgnoreReason::Stale);
     }
     // The rumor's id is the request id (the reply's `e` tag): recompute it, never trust a claimed one,
     // or a sender could make its request collide with someone else's in the journal.
@@ -266,6 +288,10 @@ mod tests {
         Keys::generate()
     }
 
+    fn decode_now(keys: &Keys, event: &Event) -> Decoded {
+        decode_event(keys, event, Timestamp::now().as_secs())
+    }
+
     fn signed(keys: &Keys, kind_n: u16, content: &str, tags: Vec<Tag>) -> Event {
         EventBuilder::new(kind(kind_n), content).tags(tags).sign_with_keys(keys).unwrap()
     }
@@ -283,7 +309,7 @@ mod tests {
     fn seed_plain_json_without_p_tag_is_a_create() {
         let (us, alice) = (provider(), Keys::generate());
         let ev = signed(&alice, 1000, SEED, vec![]);
-        let (inc, tr) = deliver(decode_event(&us, &ev));
+        let (inc, tr) = deliver(decode_now(&us, &ev));
         assert_eq!(tr, Transport::PlainJson);
         match inc {
             Incoming::Create { route, request } => {
@@ -301,7 +327,7 @@ mod tests {
     fn plain_json_with_p_tag_is_accepted_too() {
         let (us, alice) = (provider(), Keys::generate());
         let ev = signed(&alice, 1000, SEED, vec![Tag::public_key(us.public_key())]);
-        let (inc, tr) = deliver(decode_event(&us, &ev));
+        let (inc, tr) = deliver(decode_now(&us, &ev));
         assert_eq!(tr, Transport::PlainJson);
         assert!(matches!(inc, Incoming::Create { .. }));
     }
@@ -313,7 +339,7 @@ mod tests {
         let enc = |s: &str| nip44::encrypt(alice.secret_key(), &us.public_key(), s, nip44::Version::V2).unwrap();
 
         let ev = signed(&alice, 1000, &enc(SEED), p.clone());
-        let (inc, tr) = deliver(decode_event(&us, &ev));
+        let (inc, tr) = deliver(decode_now(&us, &ev));
         assert_eq!(tr, Transport::Nip44);
         let Incoming::Create { route, request } = inc else { panic!() };
         assert_eq!(route.request_id, ev.id.to_hex());
@@ -322,12 +348,12 @@ mod tests {
         assert_eq!(request.cashu_token, "cashuBx");
 
         let ev = signed(&alice, 1002, &enc(r#"{"cashu_token":"t","lease_id":"L1"}"#), p.clone());
-        let (inc, _) = deliver(decode_event(&us, &ev));
+        let (inc, _) = deliver(decode_now(&us, &ev));
         let Incoming::TopUp { request, .. } = inc else { panic!("{inc:?}") };
         assert_eq!(request.lease, "L1");
 
         let ev = signed(&alice, 1003, &enc(r#"{"pod_name":"ssh-pod-1"}"#), p);
-        let (inc, _) = deliver(decode_event(&us, &ev));
+        let (inc, _) = deliver(decode_now(&us, &ev));
         let Incoming::Status { request, .. } = inc else { panic!("{inc:?}") };
         assert_eq!(request.lease, "ssh-pod-1");
     }
@@ -338,7 +364,7 @@ mod tests {
         // Encrypted to carol, not to us: we cannot read it.
         let c = nip44::encrypt(alice.secret_key(), &carol.public_key(), SEED, nip44::Version::V2).unwrap();
         let ev = signed(&alice, 1000, &c, vec![Tag::public_key(us.public_key())]);
-        let (inc, _) = deliver(decode_event(&us, &ev));
+        let (inc, _) = deliver(decode_now(&us, &ev));
         let Incoming::Invalid { code, route, .. } = inc else { panic!("{inc:?}") };
         assert_eq!(code, ErrorCode::InvalidRequest);
         assert_eq!(route.request_id, ev.id.to_hex());
@@ -356,7 +382,7 @@ mod tests {
         let (us, alice) = (provider(), Keys::generate());
         let (wrap, rumor_id) = gift_wrap(&alice, &us, 1000, SEED).await;
         assert_ne!(wrap.pubkey, alice.public_key(), "wrap is signed by an ephemeral key");
-        let (inc, tr) = deliver(decode_event(&us, &wrap));
+        let (inc, tr) = deliver(decode_now(&us, &wrap));
         assert_eq!(tr, Transport::GiftWrap);
         let Incoming::Create { route, request } = inc else { panic!("{inc:?}") };
         assert_eq!(route.via, ReplyVia::GiftWrap);
@@ -370,7 +396,7 @@ mod tests {
     async fn gift_wrap_with_garbage_rumor_is_invalid_to_its_author() {
         let (us, alice) = (provider(), Keys::generate());
         let (wrap, rumor_id) = gift_wrap(&alice, &us, 1002, r#"{"lease":"x"}"#).await;
-        let (inc, _) = deliver(decode_event(&us, &wrap));
+        let (inc, _) = deliver(decode_now(&us, &wrap));
         let Incoming::Invalid { route, code, message } = inc else { panic!("{inc:?}") };
         assert_eq!(code, ErrorCode::InvalidRequest);
         assert_eq!(route.via, ReplyVia::GiftWrap);
@@ -382,9 +408,9 @@ mod tests {
     async fn gift_wrap_for_someone_else_or_a_chat_message_is_ignored() {
         let (us, alice, carol) = (provider(), Keys::generate(), Keys::generate());
         let (wrap, _) = gift_wrap(&alice, &carol, 1000, SEED).await;
-        assert_eq!(decode_event(&us, &wrap), Decoded::Ignore(IgnoreReason::NotForUs));
+        assert_eq!(decode_now(&us, &wrap), Decoded::Ignore(IgnoreReason::NotForUs));
         let (dm, _) = gift_wrap(&alice, &us, 14, "hello").await;
-        assert_eq!(decode_event(&us, &dm), Decoded::Ignore(IgnoreReason::UnsupportedRumorKind));
+        assert_eq!(decode_now(&us, &dm), Decoded::Ignore(IgnoreReason::UnsupportedRumorKind));
     }
 
     /// Lesson 14: mallory seals a rumor that claims to be alice's.
@@ -403,7 +429,7 @@ mod tests {
             .tag(Tag::public_key(us.public_key()))
             .sign_with_keys(&eph)
             .unwrap();
-        assert_eq!(decode_event(&us, &wrap), Decoded::Ignore(IgnoreReason::SealSignerMismatch));
+        assert_eq!(decode_now(&us, &wrap), Decoded::Ignore(IgnoreReason::SealSignerMismatch));
         assert!(IgnoreReason::SealSignerMismatch.is_suspicious());
     }
 
@@ -425,7 +451,7 @@ mod tests {
                 .tag(Tag::public_key(us.public_key()))
                 .sign_with_keys(&eph)
                 .unwrap();
-            assert_eq!(decode_event(&us, &wrap), Decoded::Ignore(IgnoreReason::UndecryptableGiftWrap));
+            assert_eq!(decode_now(&us, &wrap), Decoded::Ignore(IgnoreReason::UndecryptableGiftWrap));
         }
     }
 
@@ -447,7 +473,7 @@ mod tests {
             .tag(Tag::public_key(us.public_key()))
             .sign_with_keys(&eph)
             .unwrap();
-        let (inc, _) = deliver(decode_event(&us, &wrap));
+        let (inc, _) = deliver(decode_now(&us, &wrap));
         let Incoming::Invalid { route, code, .. } = inc else { panic!("{inc:?}") };
         assert_eq!(code, ErrorCode::InvalidRequest);
         assert_ne!(route.request_id, "00".repeat(32));
@@ -458,7 +484,7 @@ mod tests {
         let (us, bob) = (provider(), Keys::generate());
         for content in ["hello world", "{not json", r#"{"other":"protocol"}"#, ""] {
             let ev = signed(&bob, 1000, content, vec![]);
-            assert_eq!(decode_event(&us, &ev), Decoded::Ignore(IgnoreReason::NotForUs));
+            assert_eq!(decode_now(&us, &ev), Decoded::Ignore(IgnoreReason::NotForUs));
         }
     }
 
@@ -466,7 +492,7 @@ mod tests {
     fn plain_request_addressed_to_another_provider_is_not_ours() {
         let (us, other, alice) = (provider(), Keys::generate(), Keys::generate());
         let ev = signed(&alice, 1000, SEED, vec![Tag::public_key(other.public_key())]);
-        assert_eq!(decode_event(&us, &ev), Decoded::Ignore(IgnoreReason::NotForUs));
+        assert_eq!(decode_now(&us, &ev), Decoded::Ignore(IgnoreReason::NotForUs));
     }
 
     #[test]
@@ -474,7 +500,7 @@ mod tests {
         let (us, bob) = (provider(), Keys::generate());
         for k in [1002, 1003] {
             let ev = signed(&bob, k, r#"{"cashu_token":"t","lease":"x"}"#, vec![]);
-            assert_eq!(decode_event(&us, &ev), Decoded::Ignore(IgnoreReason::NotForUs));
+            assert_eq!(decode_now(&us, &ev), Decoded::Ignore(IgnoreReason::NotForUs));
         }
     }
 
@@ -483,7 +509,7 @@ mod tests {
         let (us, bob) = (provider(), Keys::generate());
         for content in ["hello world", "{not json", ""] {
             let ev = signed(&bob, 1000, content, vec![Tag::public_key(us.public_key())]);
-            let (inc, _) = deliver(decode_event(&us, &ev));
+            let (inc, _) = deliver(decode_now(&us, &ev));
             let Incoming::Invalid { code, route, .. } = inc else { panic!("{inc:?}") };
             assert_eq!(code, ErrorCode::InvalidRequest);
             assert_eq!(route.requester, bob.public_key().to_hex());
@@ -495,19 +521,19 @@ mod tests {
         let (us, bob) = (provider(), Keys::generate());
         let big = format!(r#"{{"cashu_token":"{}"}}"#, "a".repeat(MAX_CONTENT_BYTES));
         let ev = signed(&bob, 1000, &big, vec![Tag::public_key(us.public_key())]);
-        let (inc, _) = deliver(decode_event(&us, &ev));
+        let (inc, _) = deliver(decode_now(&us, &ev));
         let Incoming::Invalid { code, .. } = inc else { panic!("{inc:?}") };
         assert_eq!(code, ErrorCode::ContentTooLarge);
 
         let ev = signed(&bob, 1000, &big, vec![]);
-        assert_eq!(decode_event(&us, &ev), Decoded::Ignore(IgnoreReason::NotForUs));
+        assert_eq!(decode_now(&us, &ev), Decoded::Ignore(IgnoreReason::NotForUs));
 
         // Exactly at the limit is still read.
         let pad = MAX_CONTENT_BYTES - r#"{"cashu_token":""}"#.len();
         let edge = format!(r#"{{"cashu_token":"{}"}}"#, "a".repeat(pad));
         assert_eq!(edge.len(), MAX_CONTENT_BYTES);
         let ev = signed(&bob, 1000, &edge, vec![Tag::public_key(us.public_key())]);
-        assert!(matches!(deliver(decode_event(&us, &ev)).0, Incoming::Create { .. }));
+        assert!(matches!(deliver(decode_now(&us, &ev)).0, Incoming::Create { .. }));
     }
 
     #[tokio::test]
@@ -515,7 +541,7 @@ mod tests {
         let (us, alice) = (provider(), Keys::generate());
         let big = format!(r#"{{"cashu_token":"{}"}}"#, "a".repeat(MAX_CONTENT_BYTES));
         let (wrap, id) = gift_wrap(&alice, &us, 1000, &big).await;
-        let (inc, _) = deliver(decode_event(&us, &wrap));
+        let (inc, _) = deliver(decode_now(&us, &wrap));
         let Incoming::Invalid { code, route, .. } = inc else { panic!("{inc:?}") };
         assert_eq!(code, ErrorCode::ContentTooLarge);
         assert_eq!(route.request_id, id);
@@ -535,7 +561,7 @@ mod tests {
         ];
         for (k, content, expect) in cases {
             let ev = signed(&bob, k, &content, p.clone());
-            let (inc, _) = deliver(decode_event(&us, &ev));
+            let (inc, _) = deliver(decode_now(&us, &ev));
             let Incoming::Invalid { code, message, .. } = inc else { panic!("{inc:?}") };
             assert_eq!(code, ErrorCode::InvalidRequest, "{content}");
             assert!(message.contains(expect), "{message}");
@@ -550,13 +576,41 @@ mod tests {
         let mut json: serde_json::Value = serde_json::from_str(&ev.as_json()).unwrap();
         json["content"] = serde_json::json!(r#"{"cashu_token":"cashuBother"}"#);
         let forged = Event::from_json(json.to_string()).unwrap();
-        assert_eq!(decode_event(&us, &forged), Decoded::Ignore(IgnoreReason::BadSignature));
+        assert_eq!(decode_now(&us, &forged), Decoded::Ignore(IgnoreReason::BadSignature));
     }
 
     #[test]
     fn other_kinds_are_ignored() {
         let (us, alice) = (provider(), Keys::generate());
         let ev = signed(&alice, 1, SEED, vec![Tag::public_key(us.public_key())]);
-        assert_eq!(decode_event(&us, &ev), Decoded::Ignore(IgnoreReason::UnsupportedKind));
+        assert_eq!(decode_now(&us, &ev), Decoded::Ignore(IgnoreReason::UnsupportedKind));
+    }
+
+    #[test]
+    fn requests_outside_the_time_window_are_ignored() {
+        let (us, alice) = (provider(), Keys::generate());
+        let at = |t: u64| {
+            EventBuilder::new(kind(1000), SEED)
+                .tags([Tag::public_key(us.public_key())])
+                .custom_created_at(Timestamp::from(t))
+                .sign_with_keys(&alice)
+                .unwrap()
+        };
+        let now = 1_900_000_000;
+        assert!(matches!(decode_event(&us, &at(now - 60), now), Decoded::Deliver { .. }));
+        assert_eq!(decode_event(&us, &at(now - 2 * 3600), now), Decoded::Ignore(IgnoreReason::Stale));
+        assert_eq!(decode_event(&us, &at(now + 3600), now), Decoded::Ignore(IgnoreReason::Stale));
+        assert!(fresh(now - MAX_REQUEST_AGE_SECS, now) && !fresh(now - MAX_REQUEST_AGE_SECS - 1, now));
+    }
+
+    #[tokio::test]
+    async fn a_gift_wrap_is_judged_by_its_rumor_time_not_the_backdated_wrap() {
+        let (us, alice) = (provider(), Keys::generate());
+        // nostr-sdk backdates the wrap (and seal) randomly up to two days, as NIP-59 says.
+        let (wrap, _) = gift_wrap(&alice, &us, 1000, SEED).await;
+        let now = Timestamp::now().as_secs();
+        assert!(matches!(decode_event(&us, &wrap, now), Decoded::Deliver { .. }));
+        // The same wrap read a day later: its rumor is stale.
+        assert_eq!(decode_event(&us, &wrap, now + 86_400), Decoded::Ignore(IgnoreReason::Stale));
     }
 }

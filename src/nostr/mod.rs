@@ -290,7 +290,7 @@ impl NostrFrontend {
 
     fn decode_logged(&self, event: &Event, relay: &str) -> Option<Incoming> {
         let kind = event.kind.as_u16();
-        match decode_event(&self.inner.keys, event) {
+        match decode_event(&self.inner.keys, event, Timestamp::now().as_secs()) {
             Decoded::Deliver { incoming, transport } => {
                 let route = incoming.route();
                 let what = match &incoming {

@@ -71,7 +71,8 @@ impl PaymentError {
             | E::SerdeJsonError(_)
             | E::InvalidMintResponse(_)
             | E::Internal => PaymentError::MintUnavailable { mint, action, reason },
-            E::HttpError(Some(status), _) if !(400..500).contains(&status) => {
+            // 408 Request Timeout and 429 Too Many Requests: the mint is busy, not refusing the token.
+            E::HttpError(Some(status), _) if !(400..500).contains(&status) || matches!(status, 408 | 429) => {
                 PaymentError::MintUnavailable { mint, action, reason }
             }
             _ if action == "redeem" => PaymentError::TokenRefused { mint, reason },
@@ -98,6 +99,10 @@ mod tests {
         assert_eq!(down.kind(), FailureKind::Transient);
         let e500 = PaymentError::from_cdk("http://m", "redeem", cdk::Error::HttpError(Some(502), "bad gw".into()));
         assert_eq!(e500.kind(), FailureKind::Transient);
+        for busy in [408, 429] {
+            let e = PaymentError::from_cdk("http://m", "redeem", cdk::Error::HttpError(Some(busy), "slow".into()));
+            assert_eq!(e.kind(), FailureKind::Transient, "{busy}");
+        }
         let bad = PaymentError::from_cdk("http://m", "redeem", cdk::Error::HttpError(Some(400), "no".into()));
         assert_eq!(bad.kind(), FailureKind::Rejected(ErrorCode::InvalidToken));
         let ours = PaymentError::from_cdk("http://m", "refund", cdk::Error::HttpError(Some(400), "no".into()));

@@ -664,10 +664,10 @@ pub fn delete_lease(lease_id: &str) {
     }
 }
 
-/// The lease id the provider derives from a request id (see `lease::service::lease_id_for`).
-pub fn lease_id_for(request_id: &str) -> String {
-    use sha2::{Digest, Sha256};
-    hex::encode(&Sha256::digest(request_id.as_bytes())[..6])
+/// The lease id a provider (by its secret key, hex) derives from a request id.
+pub fn lease_id_for(nsec_hex: &str, request_id: &str) -> String {
+    let secret: [u8; 32] = hex::decode(nsec_hex).ok().and_then(|b| b.try_into().ok()).expect("64-hex provider key");
+    paygress::lease::service::lease_id_for(&paygress::lease::service::lease_id_key(&secret), request_id)
 }
 
 pub fn now_secs() -> u64 {

@@ -7,6 +7,9 @@
 //! token in its query string; POST /auth is preferred), and axum/hyper are built without their tracing
 //! features, so no layer below logs them either.
 
+mod serve;
+pub use serve::serve;
+
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -162,7 +165,8 @@ pub fn status_for(code: ErrorCode) -> StatusCode {
         E::LeaseNotFound | E::NotLeaseOwner => StatusCode::NOT_FOUND,
         E::LeaseExpired => StatusCode::GONE,
         E::ContentTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-        E::MintUnavailable | E::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        E::MintUnavailable | E::Unavailable | E::NoCapacity => StatusCode::SERVICE_UNAVAILABLE,
+        E::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
         E::ProvisioningFailed => StatusCode::BAD_GATEWAY,
         E::Internal => StatusCode::INTERNAL_SERVER_ERROR,
     }
@@ -267,8 +271,19 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
         if declared.is_some_and(|n| n > MAX_CONTENT_BYTES as u64) {
             return Err(too_large());
         }
-        // The limit also holds for chunked bodies; a client that hangs up mid-body gets no answer anyway.
-        let bytes = axum::body::to_bytes(req.into_body(), MAX_CONTENT_BYTES).await.map_err(|_| too_large())?;
+        // The limit also holds for chunked bodies; a client that hangs up mid-body gets no answer anyway, and
+        // one that dribbles it is cut off (slowloris).
+        let read = axum::body::to_bytes(req.into_body(), MAX_CONTENT_BYTES);
+        let bytes = tokio::time::timeout(serve::BODY_TIMEOUT, read)
+            .await
+            .map_err(|_| {
+                ApiError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    ErrorCode::InvalidRequest,
+                    "request body not received in time",
+                )
+            })?
+            .map_err(|_| too_large())?;
         parse_json(&bytes).map(ApiJson)
     }
 }
@@ -420,7 +435,7 @@ impl Api {
     /// A reply as an HTTP answer.
     fn answer(&self, reply: Reply, lease_secret: Option<String>) -> Response {
         match reply {
-            Reply::Ok { request_id, amount_sats, duration_seconds, access } => {
+            Reply::Ok { request_id, amount_sats, duration_seconds, access, refund_token } => {
                 let location = format!("/v1/leases/{}", access.lease_id);
                 let body = LeaseCreated {
                     status: "ok".into(),
@@ -429,6 +444,7 @@ impl Api {
                     duration_seconds,
                     access: *access,
                     lease_secret: lease_secret.unwrap_or_default(),
+                    refund_token,
                 };
                 let mut resp = (StatusCode::CREATED, Json(body)).into_response();
                 if let Ok(v) = HeaderValue::from_str(&location) {
@@ -460,6 +476,9 @@ pub struct LeaseCreated {
     /// Bearer secret for top-up and status of this lease (`Authorization: Bearer <lease_secret>`). Keep it:
     /// it is returned again only to a retry with the same Idempotency-Key and body.
     pub lease_secret: String,
+    /// What was paid beyond the longest lease, returned as a Cashu token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refund_token: Option<String>,
 }
 
 /// Body of `POST /v1/leases/{id}/topup`.
