@@ -278,7 +278,7 @@ async fn lease_lifecycle_with_the_manifest_rbac() -> Result<()> {
     let svc_yaml = format!(
         "apiVersion: v1\nkind: Service\nmetadata:\n  name: {orphan_svc}\n  namespace: {NS}\n  labels:\n    \
          app.kubernetes.io/managed-by: paygress\n    app.kubernetes.io/name: paygress-ssh-pod\n    \
-         paygress.io/lease-id: {orphan_id}\nspec:\n  ports:\n  - port: 2222\n  selector:\n    paygress.io/lease-id: {orphan_id}\n"
+         paygress.io/provider: {PROVIDER}\n    paygress.io/lease-id: {orphan_id}\nspec:\n  ports:\n  - port: 2222\n  selector:\n    paygress.io/lease-id: {orphan_id}\n"
     );
     kubectl(&["apply", "-f", "-"], Some(&svc_yaml))?;
     let orphans = cluster.list_orphans().await?;
@@ -321,15 +321,16 @@ async fn refused_pod_is_a_provisioning_failure() -> Result<()> {
     cluster.delete_lease(&id, None).await?;
     wait_gone(&id).await?;
 
-    // A stale auth Secret with another password and no pod (an attempt that failed before its pod) is
-    // replaced, so the password the user is told is the one the pod gets.
+    // A stale auth Secret of the same request with another password and no pod (an attempt that failed
+    // before its pod) is replaced, so the password the user is told is the one the pod gets.
     let id2 = unique_id("ks");
     let _cleanup2 = Cleanup(vec![id2.clone()]);
     let secret_name = k8s::auth_secret_name(&id2);
     let stale = format!(
         "apiVersion: v1\nkind: Secret\nmetadata:\n  name: {secret_name}\n  namespace: {NS}\n  labels:\n    \
          app.kubernetes.io/managed-by: paygress\n    app.kubernetes.io/name: paygress-ssh-pod\n    \
-         paygress.io/lease-id: {id2}\nstringData:\n  password: stale-pw\n"
+         paygress.io/provider: {PROVIDER}\n    paygress.io/lease-id: {id2}\n  annotations:\n    \
+         paygress.io/request: req-{id2}\nstringData:\n  password: stale-pw\n"
     );
     kubectl(&["apply", "-f", "-"], Some(&stale))?;
     let p2 = plan(&id2, "fresh-pw", "lscr.io/linuxserver/openssh-server:latest");

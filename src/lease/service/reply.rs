@@ -1,0 +1,118 @@
+//! The end of a saga: refunds, the final reply, and answers about a lease to its owner.
+
+use super::*;
+
+impl LeaseService {
+    // Step: return the money that bought nothing.
+    pub(super) async fn step_refunding(&self, rec: &mut SagaRecord) -> Flow {
+        let (code, message) = rec.failure.clone().unwrap_or((ErrorCode::Internal, "failed".into()));
+        let amount = rec.amount.unwrap_or(0);
+        let Some(mint) = rec.mint_url.clone() else {
+            return self.refuse(rec, code, message);
+        };
+        match self.retry(|| self.ports.payment.refund(&mint, amount, &rec.request_id)).await {
+            Ok(token) => {
+                info!(amount, "refund token minted");
+                self.metrics.sats_refunded.fetch_add(amount, Ordering::Relaxed);
+                let reply = Reply::Error {
+                    request_id: rec.request_id.clone(),
+                    code,
+                    message: format!("{message}; the payment is refunded (minus mint fees) in refund_token"),
+                    refund_token: Some(token),
+                };
+                self.finish_with(rec, reply)
+            }
+            Err(e) if e.is_transient() => Flow::Park,
+            Err(e) => {
+                warn!(error = %e, amount, "refund failed; operator attention needed");
+                self.refuse(
+                    rec,
+                    code,
+                    format!(
+                        "{message}; the refund of {amount} sat failed ({}); contact the provider with request id {}",
+                        e.message, rec.request_id
+                    ),
+                )
+            }
+        }
+    }
+
+    // Step: deliver the final reply.
+    pub(super) async fn step_replying(&self, rec: &mut SagaRecord) -> Flow {
+        let Some(reply) = rec.reply.clone() else {
+            rec.step = Step::Done;
+            return Flow::Next;
+        };
+        match self.retry(|| self.ports.replies.send(&rec.route, &reply)).await {
+            Ok(()) => {
+                let outcome = match &reply {
+                    Reply::Ok { .. } => "ok",
+                    Reply::Extended { .. } => "extended",
+                    Reply::Status { .. } => "status",
+                    Reply::Error { code, .. } => code.as_str(),
+                };
+                self.metrics.outcome(outcome);
+                let waited = if rec.received_at_ms > 0 {
+                    now_millis().saturating_sub(rec.received_at_ms) as f64 / 1000.0
+                } else {
+                    now_secs().saturating_sub(rec.received_at) as f64
+                };
+                self.metrics.observe_reply_latency(waited);
+                info!(outcome, "reply sent");
+                rec.step = Step::Done;
+                Flow::Next
+            }
+            Err(e) => {
+                warn!(error = %e, "reply not delivered; will retry");
+                Flow::Park
+            }
+        }
+    }
+
+    pub(super) async fn answer_status(&self, rec: &mut SagaRecord, req: &StatusRequest) -> Flow {
+        match self.find_owned_lease(rec, &req.lease).await {
+            Err(flow) => flow,
+            Ok(lease) => {
+                let now = now_secs();
+                let expires_at = lease.expires_at.unwrap_or(0);
+                let active = expires_at > now && !lease.terminating;
+                let reply = Reply::Status {
+                    request_id: rec.request_id.clone(),
+                    lease: LeaseStatus {
+                        lease_id: lease.lease_id,
+                        pod_name: lease.pod_name,
+                        state: if active { "active" } else { "expired" }.into(),
+                        expires_at,
+                        seconds_remaining: expires_at.saturating_sub(now),
+                    },
+                };
+                self.finish_with(rec, reply)
+            }
+        }
+    }
+
+    /// The requester's live lease named by id or pod name. Strangers learn nothing: they get the same
+    /// answer as for a lease that does not exist.
+    pub(super) async fn find_owned_lease(&self, rec: &mut SagaRecord, name: &str) -> Result<ClusterLease, Flow> {
+        let id = name.strip_prefix("ssh-pod-").unwrap_or(name);
+        match self.lease_by_id(id).await {
+            Err(e) if e.is_transient() => Err(Flow::Park),
+            Err(e) => Err(self.refuse(rec, ErrorCode::Unavailable, e.message)),
+            Ok(Some(l)) if l.requester.as_deref() == Some(rec.route.requester.as_str()) => {
+                if matches!(rec.ask, Ask::TopUp(_)) && (l.terminating || l.expires_at.is_none_or(|e| e <= now_secs())) {
+                    return Err(self.refuse(rec, ErrorCode::LeaseExpired, "the lease has expired; start a new one"));
+                }
+                Ok(l)
+            }
+            Ok(Some(_)) => {
+                info!(lease_id = id, "request from someone who does not own the lease refused");
+                Err(self.refuse(rec, ErrorCode::LeaseNotFound, "no such lease of yours"))
+            }
+            Ok(None) => Err(self.refuse(rec, ErrorCode::LeaseNotFound, "no such lease of yours")),
+        }
+    }
+
+    pub(super) async fn lease_by_id(&self, id: &str) -> Result<Option<ClusterLease>, PortError> {
+        self.retry(|| self.ports.cluster.get_lease(id)).await
+    }
+}
