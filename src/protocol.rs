@@ -78,6 +78,8 @@ pub enum ErrorCode {
     TooManyRequests,
     /// The cluster has no room for a lease of this tier now; nothing was taken.
     NoCapacity,
+    /// The provider ended the lease early (its pod failed); the unused time is refunded.
+    LeaseEnded,
     Internal,
 }
 
@@ -104,6 +106,7 @@ impl ErrorCode {
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::TooManyRequests => "too_many_requests",
             ErrorCode::NoCapacity => "no_capacity",
+            ErrorCode::LeaseEnded => "lease_ended",
             ErrorCode::Internal => "internal",
         }
     }

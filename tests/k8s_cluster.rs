@@ -121,6 +121,9 @@ fn plan(lease_id: &str, password: &str, image: &str) -> PodPlan {
         requester: "ab".repeat(32),
         request_id: format!("req-{lease_id}"),
         provider: PROVIDER.into(),
+        mint_url: "http://127.0.0.1:23338".into(),
+        rate_sats_per_hour: 100,
+        reply_via: paygress::lease::ports::ReplyVia::Nip44,
     }
 }
 

@@ -305,3 +305,44 @@ fn a_failure_after_payment_refunds_and_leaves_no_objects() -> Result<()> {
     assert_eq!(pods_of_requester(&user.pubkey)?, 0);
     Ok(())
 }
+
+/// A lease whose pod can never run again (evicted: phase Failed) is ended at once and its unused whole
+/// minutes come back to its owner as a token, at the rate paid.
+#[test]
+fn an_evicted_lease_is_ended_early_with_a_refund_of_its_unused_minutes() -> Result<()> {
+    let p = provider();
+    let w = wallet(700);
+    let user = User::new()?;
+    // 600 sat at 1 sat/s: 10 minutes.
+    let token = w.send(600)?;
+    let id = user.publish_nip44(1000, &request_json(&token, "evicted"), &p.pubkey)?;
+    let reply = user.await_reply(&id, &p.pubkey, REPLY_TIMEOUT)?;
+    assert_eq!(reply["status"], "ok", "{reply}");
+    let pod = reply["access"]["pod_name"].as_str().unwrap_or_default().to_string();
+    let lease_id = reply["access"]["lease_id"].as_str().unwrap_or_default().to_string();
+    let before = w.balance()?;
+    // What the kubelet writes when it evicts a pod.
+    kubectl(&[
+        "-n",
+        "user-workloads",
+        "patch",
+        "pod",
+        &pod,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        r#"{"status":{"phase":"Failed","reason":"Evicted","message":"The node was low on resource: memory."}}"#,
+    ])?;
+    let ended = user.await_reply_where(&id, &p.pubkey, REPLY_TIMEOUT, |v| v["code"] == "lease_ended")?;
+    let refund = ended["refund_token"].as_str().unwrap_or_default();
+    assert!(refund.starts_with("cashu"), "{ended}");
+    w.receive(refund)?;
+    let back = w.balance()? - before;
+    // About 9 whole minutes were left (the lease ran for a few seconds): 540 sat, at 60 sat a minute.
+    assert!((480..=600).contains(&back) && back % 60 == 0, "refunded {back} sat: {ended}");
+    let gone = wait_until("the evicted lease's objects to go", Duration::from_secs(30), || {
+        all_lease_objects(&lease_id).ok().filter(|o| o.is_empty())
+    });
+    assert!(gone.is_ok(), "left behind: {:?}", all_lease_objects(&lease_id));
+    Ok(())
+}

@@ -163,7 +163,7 @@ pub fn status_for(code: ErrorCode) -> StatusCode {
             StatusCode::PAYMENT_REQUIRED
         }
         E::LeaseNotFound | E::NotLeaseOwner => StatusCode::NOT_FOUND,
-        E::LeaseExpired => StatusCode::GONE,
+        E::LeaseExpired | E::LeaseEnded => StatusCode::GONE,
         E::ContentTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         E::MintUnavailable | E::Unavailable | E::NoCapacity => StatusCode::SERVICE_UNAVAILABLE,
         E::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,

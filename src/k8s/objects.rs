@@ -36,6 +36,11 @@ pub const ANN_REQUESTER: &str = "paygress.io/requester";
 pub const ANN_TIER: &str = "paygress.io/tier";
 /// Top-ups applied to the lease: `id:added_secs:expires_at`, comma-separated, oldest first.
 pub const ANN_TOPUPS: &str = "paygress.io/topups";
+/// Where the lease was paid, the rate paid (sats/hour), and how its owner is reached: an early end (the pod
+/// failed) refunds the unused time there, at that rate, and tells the owner that way.
+pub const ANN_MINT: &str = "paygress.io/mint";
+pub const ANN_RATE: &str = "paygress.io/rate";
+pub const ANN_REPLY_VIA: &str = "paygress.io/reply-via";
 /// The request whose saga created the object: a saga adopts or deletes only objects that carry its own.
 pub const ANN_REQUEST: &str = "paygress.io/request";
 
@@ -219,6 +224,9 @@ pub fn pod(plan: &PodPlan) -> Pod {
         (ANN_EXPIRES_AT.to_string(), plan.expires_at.to_string()),
         (ANN_REQUESTER.to_string(), plan.requester.clone()),
         (ANN_TIER.to_string(), plan.tier.name.clone()),
+        (ANN_MINT.to_string(), plan.mint_url.clone()),
+        (ANN_RATE.to_string(), plan.rate_sats_per_hour.to_string()),
+        (ANN_REPLY_VIA.to_string(), plan.reply_via.as_str().to_string()),
     ]);
     let quantities = BTreeMap::from([
         ("cpu".to_string(), Quantity(plan.tier.cpu.clone())),
@@ -381,9 +389,10 @@ pub fn annotation<'a>(meta: &'a ObjectMeta, key: &str) -> Option<&'a str> {
 /// The lease a managed pod belongs to; None for a pod without a usable lease-id label.
 pub fn cluster_lease(pod: &Pod, default_port: u16) -> Option<ClusterLease> {
     let lease_id = label(&pod.metadata, LABEL_LEASE).filter(|id| valid_lease_id(id))?;
-    let ssh_endpoint = match progress(pod, default_port) {
-        PodProgress::Running(addr) => Some(addr),
-        _ => None,
+    let (ssh_endpoint, failed) = match progress(pod, default_port) {
+        PodProgress::Running(addr) => (Some(addr), None),
+        PodProgress::Dead(why) if pod.metadata.deletion_timestamp.is_none() => (None, Some(why)),
+        _ => (None, None),
     };
     Some(ClusterLease {
         lease_id: lease_id.to_string(),
@@ -396,6 +405,10 @@ pub fn cluster_lease(pod: &Pod, default_port: u16) -> Option<ClusterLease> {
         topups: annotation(&pod.metadata, ANN_TOPUPS).map(parse_topups).unwrap_or_default(),
         version: pod.metadata.resource_version.clone(),
         request_id: annotation(&pod.metadata, ANN_REQUEST).map(String::from),
+        mint_url: annotation(&pod.metadata, ANN_MINT).map(String::from),
+        rate_sats_per_hour: annotation(&pod.metadata, ANN_RATE).and_then(|v| v.parse().ok()),
+        reply_via: annotation(&pod.metadata, ANN_REPLY_VIA).and_then(crate::lease::ports::ReplyVia::parse),
+        failed,
     })
 }
 
@@ -488,6 +501,9 @@ mod tests {
             requester: "ab".repeat(32),
             request_id: "cd".repeat(32),
             provider: "0123abcd".into(),
+            mint_url: "http://mint.test".into(),
+            rate_sats_per_hour: 100,
+            reply_via: crate::lease::ports::ReplyVia::GiftWrap,
         }
     }
 
@@ -698,6 +714,14 @@ mod tests {
         let mut p = pod(&plan(Some("pw"), None));
         let l = cluster_lease(&p, 2222).unwrap();
         assert_eq!(l.lease_id, "abc123");
+        assert_eq!(l.mint_url.as_deref(), Some("http://mint.test"));
+        assert_eq!(l.rate_sats_per_hour, Some(100));
+        assert_eq!(l.reply_via, Some(crate::lease::ports::ReplyVia::GiftWrap));
+        assert_eq!(l.failed, None);
+        let mut evicted = p.clone();
+        evicted.status =
+            Some(pod_json(serde_json::json!({"status": {"phase": "Failed", "reason": "Evicted"}})).status.unwrap());
+        assert_eq!(cluster_lease(&evicted, 2222).unwrap().failed.as_deref(), Some("pod phase Failed Evicted"));
         assert_eq!(l.expires_at, Some(1_900_000_000));
         assert_eq!(l.tier.as_deref(), Some("basic"));
         assert_eq!(l.ssh_endpoint, None);

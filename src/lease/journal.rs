@@ -12,6 +12,11 @@ pub enum Ask {
     Create(LeaseRequest),
     TopUp(TopUpRequest),
     Status(StatusRequest),
+    /// The provider ends a lease early (its pod failed): the unused whole minutes go back to the owner.
+    End {
+        lease_id: String,
+        reason: String,
+    },
     /// Unusable input; only an error reply is owed.
     Invalid,
 }
@@ -21,7 +26,7 @@ impl Ask {
         match self {
             Ask::Create(r) => &r.cashu_token,
             Ask::TopUp(r) => &r.cashu_token,
-            Ask::Status(_) | Ask::Invalid => "",
+            Ask::Status(_) | Ask::End { .. } | Ask::Invalid => "",
         }
     }
     /// The same ask with the token removed, once it can no longer be needed.
@@ -30,7 +35,7 @@ impl Ask {
         match &mut a {
             Ask::Create(r) => r.cashu_token.clear(),
             Ask::TopUp(r) => r.cashu_token.clear(),
-            Ask::Status(_) | Ask::Invalid => {}
+            Ask::Status(_) | Ask::End { .. } | Ask::Invalid => {}
         }
         a
     }
@@ -54,6 +59,9 @@ pub enum Step {
     Provisioning,
     /// The lease is delivered in `reply`; `excess` sats paid beyond the longest lease go back with it.
     ReturningExcess,
+    /// An early end is decided (`amount` to refund, computed from the pod at `pod_version`): delete the
+    /// lease, then refund.
+    Ending,
     /// The lease cannot be had: return `refund_amount` to the requester.
     Refunding,
     /// `reply` is final and must be delivered.
@@ -84,6 +92,9 @@ pub struct SagaRecord {
     pub excess: Option<u64>,
     pub lease_id: Option<String>,
     pub expires_at: Option<u64>,
+    /// The pod's resourceVersion an early end was computed from (the delete's precondition).
+    #[serde(default)]
+    pub pod_version: Option<String>,
     /// Generated once and kept, so a resumed saga gives the pod the same password it was created with.
     pub ssh_password: Option<String>,
     pub access: Option<LeaseAccess>,
@@ -108,6 +119,7 @@ impl SagaRecord {
             excess: None,
             lease_id: None,
             expires_at: None,
+            pod_version: None,
             ssh_password: None,
             access: None,
             failure: None,

@@ -125,6 +125,11 @@ pub struct PodPlan {
     pub request_id: String,
     /// This provider's label value (`paygress.io/provider`).
     pub provider: String,
+    /// Where the lease was paid, and at what rate: an early end refunds there, at that rate.
+    pub mint_url: String,
+    pub rate_sats_per_hour: u64,
+    /// How the requester is reached (for messages after the reply, e.g. an early end).
+    pub reply_via: ReplyVia,
 }
 
 /// A lease as the cluster records it (labels and annotations of its pod).
@@ -146,6 +151,11 @@ pub struct ClusterLease {
     pub version: Option<String>,
     /// The request that created the lease.
     pub request_id: Option<String>,
+    pub mint_url: Option<String>,
+    pub rate_sats_per_hour: Option<u64>,
+    pub reply_via: Option<ReplyVia>,
+    /// Why the pod can never run again (phase Failed, e.g. Evicted), when it cannot.
+    pub failed: Option<String>,
 }
 
 /// A top-up applied to a lease, recorded on its pod with the new expiry in one write, so a top-up
@@ -248,7 +258,7 @@ pub trait OnionPort: Send + Sync {
 }
 
 /// How to reach the requester with the reply.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ReplyVia {
     /// A kind-1001 event with NIP-44 content (for plain and NIP-44 requests).
     Nip44,
@@ -256,6 +266,19 @@ pub enum ReplyVia {
     GiftWrap,
     /// Answered in-band (HTTP); nothing to send later.
     InBand,
+}
+
+impl ReplyVia {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReplyVia::Nip44 => "nip44",
+            ReplyVia::GiftWrap => "gift_wrap",
+            ReplyVia::InBand => "in_band",
+        }
+    }
+    pub fn parse(s: &str) -> Option<ReplyVia> {
+        [ReplyVia::Nip44, ReplyVia::GiftWrap, ReplyVia::InBand].into_iter().find(|v| v.as_str() == s)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

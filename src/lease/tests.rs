@@ -98,6 +98,8 @@ struct FakeCluster {
     write_after_list: Mutex<bool>,
     /// What the namespace's quotas leave room for (None: unbounded).
     room: Mutex<Option<u64>>,
+    /// Leases whose pod failed, with the reason.
+    failed: Mutex<HashMap<String, String>>,
 }
 
 impl FakeCluster {
@@ -117,6 +119,10 @@ impl FakeCluster {
                 topups: self.topups.lock().unwrap().get(&p.lease_id).cloned().unwrap_or_default(),
                 version: Some(self.versions.lock().unwrap().get(&p.lease_id).copied().unwrap_or(0).to_string()),
                 request_id: Some(p.request_id.clone()),
+                mint_url: Some(p.mint_url.clone()),
+                rate_sats_per_hour: Some(p.rate_sats_per_hour),
+                reply_via: Some(p.reply_via),
+                failed: self.failed.lock().unwrap().get(&p.lease_id).cloned(),
             })
             .collect()
     }
@@ -635,13 +641,12 @@ fn redeeming_record(id: &str, token: &str) -> SagaRecord {
 
 async fn wait_done(w: &World, id: &str) -> SagaRecord {
     for _ in 0..200 {
-        let rec = w.journal.get(id).unwrap().unwrap();
-        if rec.step == Step::Done {
+        if let Some(rec) = w.journal.get(id).unwrap().filter(|r| r.step == Step::Done) {
             return rec;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    panic!("saga {id} not done: {:?}", w.journal.get(id).unwrap().unwrap().step);
+    panic!("saga {id} not done: {:?}", w.journal.get(id).unwrap().map(|r| r.step));
 }
 
 #[tokio::test]
@@ -834,4 +839,58 @@ async fn no_money_is_taken_for_a_lease_that_would_not_fit_or_one_too_many() {
     let reply = w.svc.handle(create("e4", "tok:http:mint.test:100:d")).await.unwrap();
     assert_eq!(error_code(&reply), Some(ErrorCode::TooManyRequests));
     assert_eq!(*w.payment.redeems.lock().unwrap(), redeems);
+}
+
+#[tokio::test]
+async fn a_lease_whose_pod_failed_is_ended_and_its_unused_minutes_refunded_once() {
+    let w = world();
+    w.svc.handle(create("e1", "tok:http:mint.test:100:a")).await;
+    let id = w.cluster.leases.lock().unwrap().keys().next().unwrap().clone();
+    // 30 minutes and some seconds left of a 100 sat/h lease: 30 whole minutes = 50 sat back.
+    w.cluster.leases.lock().unwrap().get_mut(&id).unwrap().expires_at = now_secs() + 30 * 60 + 30;
+    w.cluster.failed.lock().unwrap().insert(id.clone(), "pod phase Failed Evicted".into());
+    w.svc.reconcile_once().await.unwrap();
+    assert_eq!(w.onion.running(), 0, "forwarding stops at once");
+    let rec = wait_done(&w, &format!("end:{id}")).await;
+    let Some(Reply::Error { code, refund_token, .. }) = &rec.reply else { panic!("{rec:?}") };
+    assert_eq!(*code, ErrorCode::LeaseEnded);
+    assert!(refund_token.is_none(), "cleared from the journal once delivered");
+    let (route, sent) = w.replies.sent.lock().unwrap().last().cloned().unwrap();
+    assert_eq!((route.request_id.as_str(), route.requester.as_str()), ("e1", "alice-pk"));
+    assert!(
+        matches!(sent, Reply::Error { code: ErrorCode::LeaseEnded, refund_token: Some(ref t), .. } if t == "refund:50")
+    );
+    assert!(w.cluster.leases.lock().unwrap().is_empty());
+    // Noticed again (another pass, or after a restart): never paid twice.
+    w.svc.reconcile_once().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(*w.payment.refunds.lock().unwrap(), vec![50]);
+}
+
+#[tokio::test]
+async fn an_early_end_cut_after_its_delete_still_refunds_once() {
+    let w = world();
+    w.svc.handle(create("e1", "tok:http:mint.test:100:a")).await;
+    let id = w.cluster.leases.lock().unwrap().keys().next().unwrap().clone();
+    w.cluster.leases.lock().unwrap().get_mut(&id).unwrap().expires_at = now_secs() + 12 * 60 + 10;
+    w.cluster.failed.lock().unwrap().insert(id.clone(), "Evicted".into());
+    // What a crash right after the delete leaves: the decision journaled in Ending, the lease gone.
+    let mut rec = SagaRecord {
+        request_id: format!("end:{id}"),
+        ..SagaRecord::new(
+            route("e1", "alice-pk"),
+            super::journal::Ask::End { lease_id: id.clone(), reason: "Evicted".into() },
+            now_secs(),
+        )
+    };
+    rec.step = Step::Ending;
+    rec.lease_id = Some(id.clone());
+    rec.amount = Some(20);
+    rec.mint_url = Some(MINT.into());
+    rec.failure = Some((ErrorCode::LeaseEnded, "ended".into()));
+    w.journal.put(&rec).unwrap();
+    w.cluster.leases.lock().unwrap().clear();
+    w.svc.resume_unfinished().await;
+    wait_done(&w, &format!("end:{id}")).await;
+    assert_eq!(*w.payment.refunds.lock().unwrap(), vec![20]);
 }

@@ -303,6 +303,25 @@ impl User {
         wait_until(&format!("reply to {request_id}"), timeout, || self.find_reply(request_id, provider).ok().flatten())
     }
 
+    /// Wait for a NIP-44 reply to `request_id` that `pred` accepts (a request can be answered more than
+    /// once: the reply, then e.g. the early end of its lease).
+    pub fn await_reply_where(
+        &self,
+        request_id: &str,
+        provider: &str,
+        timeout: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Result<Value> {
+        wait_until(&format!("a matching reply to {request_id}"), timeout, || {
+            let out = self.reply_events(request_id, provider).ok()?;
+            out.lines().filter(|l| !l.trim().is_empty()).find_map(|line| {
+                let ev: Value = serde_json::from_str(line).ok()?;
+                let plain = self.decrypt(ev["content"].as_str().unwrap_or_default(), provider).ok()?;
+                serde_json::from_str::<Value>(&plain).ok().filter(|v| pred(v))
+            })
+        })
+    }
+
     fn find_reply(&self, request_id: &str, provider: &str) -> Result<Option<Value>> {
         let out = self.reply_events(request_id, provider)?;
         if let Some(line) = out.lines().find(|l| !l.trim().is_empty()) {

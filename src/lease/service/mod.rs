@@ -15,10 +15,11 @@ use crate::lease::admission::{self, Admission};
 use crate::lease::journal::{Ask, Journal, SagaRecord, Step};
 use crate::lease::ports::{
     AppliedTopUp, ClusterLease, ClusterPort, ExpiryUpdate, FailureKind, OnionPort, PaymentPort, PodPlan, PortError,
-    ReplyPort, SshProbePort,
+    ReplyPort, ReplyRoute, ReplyVia, SshProbePort,
 };
 use crate::lease::Incoming;
 
+mod end;
 mod intake;
 mod provision;
 mod reconcile;
@@ -299,6 +300,7 @@ impl LeaseService {
                 Step::Redeeming => self.step_redeeming(rec, resumed_in_redeem).await,
                 Step::Redeemed => self.step_redeemed(rec).await,
                 Step::Provisioning => self.step_provisioning(rec).await,
+                Step::Ending => self.step_ending(rec).await,
                 Step::ReturningExcess => self.step_returning_excess(rec).await,
                 Step::Refunding => self.step_refunding(rec).await,
                 Step::Replying => self.step_replying(rec).await,
@@ -353,6 +355,7 @@ impl LeaseService {
         match rec.ask.clone() {
             Ask::Invalid => Flow::Next, // reply already set by `handle`
             Ask::Status(req) => self.answer_status(rec, &req).await,
+            Ask::End { lease_id, reason } => self.decide_end(rec, &lease_id, &reason).await,
             Ask::Create(req) => match self.validate_create(&req) {
                 Err((code, msg)) => self.refuse(rec, code, msg),
                 Ok(()) => match self.check_room(rec, &req).await {

@@ -39,7 +39,9 @@ impl LeaseService {
                 Flow::Next
             }
             Ask::TopUp(_) => self.extend(rec, amount).await,
-            Ask::Status(_) | Ask::Invalid => self.refuse(rec, ErrorCode::Internal, "nothing to redeem for"),
+            Ask::Status(_) | Ask::End { .. } | Ask::Invalid => {
+                self.refuse(rec, ErrorCode::Internal, "nothing to redeem for")
+            }
         }
     }
 
@@ -119,6 +121,9 @@ impl LeaseService {
             requester: rec.route.requester.clone(),
             request_id: rec.request_id.clone(),
             provider: self.settings.provider_id.clone(),
+            mint_url: rec.mint_url.clone().unwrap_or_default(),
+            rate_sats_per_hour: tier.sats_per_hour,
+            reply_via: rec.route.via,
         };
         let deadline = Instant::now() + self.settings.ready_timeout;
         self.retry(|| self.ports.cluster.ensure_lease_objects(&plan)).await?;

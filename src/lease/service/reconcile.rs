@@ -56,6 +56,7 @@ impl LeaseService {
         let busy: HashSet<String> = self.provisioning.lock().map(|p| p.clone()).unwrap_or_default();
         let mut live = 0u64;
         let mut restore = Vec::new();
+        let mut failed = Vec::new();
         // Expiries first, all of them: restoring onion services below can take a while (each launch waits
         // for its descriptor) and must never hold up ending a lease.
         for lease in &leases {
@@ -66,6 +67,12 @@ impl LeaseService {
                 Some(e) => e <= now,
                 None => true, // no valid lease annotation: not ours to keep running
             };
+            if lease.failed.is_some() && !lease.terminating && !expired {
+                // Forward nothing more to an IP that may soon be another pod's, then end it with a refund.
+                self.stop_onion(&lease.lease_id).await;
+                failed.push(lease.clone());
+                continue;
+            }
             if expired || lease.terminating {
                 if !lease.terminating {
                     info!(lease_id = %lease.lease_id, "lease ended; deleting its objects");
@@ -80,6 +87,12 @@ impl LeaseService {
             if let Some(endpoint) = lease.ssh_endpoint {
                 restore.push((lease.lease_id.clone(), endpoint));
             }
+        }
+        for lease in failed {
+            let this = Arc::clone(self);
+            tokio::spawn(async move {
+                this.end_failed_lease(&lease).await;
+            });
         }
         // Onion services of leases that are gone from the cluster (deleted by hand, or ended by someone else).
         let present: HashSet<&str> = leases.iter().map(|l| l.lease_id.as_str()).collect();

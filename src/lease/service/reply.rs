@@ -7,7 +7,7 @@ impl LeaseService {
     pub(super) async fn step_refunding(&self, rec: &mut SagaRecord) -> Flow {
         let (code, message) = rec.failure.clone().unwrap_or((ErrorCode::Internal, "failed".into()));
         let amount = rec.amount.unwrap_or(0);
-        let Some(mint) = rec.mint_url.clone() else {
+        let Some(mint) = rec.mint_url.clone().filter(|m| !m.is_empty() && amount > 0) else {
             return self.refuse(rec, code, message);
         };
         match self.retry(|| self.ports.payment.refund(&mint, amount, &rec.request_id)).await {
