@@ -497,7 +497,7 @@ pub struct TopUpBody {
         (status = 413, body = ErrorBody, description = "content_too_large"),
         (status = 415, body = ErrorBody, description = "Content-Type is not application/json"),
         (status = 502, body = ErrorBody, description = "provisioning_failed; refund_token returns the payment"),
-        (status = 503, body = ErrorBody, description = "mint_unavailable, unavailable (retry with the same Idempotency-Key)"),
+        (status = 503, body = ErrorBody, description = "mint_unavailable, no_capacity, unavailable (retry with the same Idempotency-Key; without one, the answer's Idempotency-Key header holds the key the server made)"),
     ))]
 async fn create_lease(
     State(api): State<Arc<Api>>,
@@ -513,13 +513,17 @@ async fn create_lease(
         Err(e) => return api.refuse(e),
     };
     let canonical = serde_json::to_vec(&request).unwrap_or_default();
-    let request_id = request_id("create", key, &[&canonical]);
+    // Without a key the server makes one and returns it: a request that parks (503) can then be retried
+    // with it to get the paid lease's access, which would otherwise be out of reach.
+    let (key, generated) = key_or_generated(key);
+    let request_id = request_id("create", Some(&key), &[&canonical]);
     let secret = lease_secret(&api.lease_secret_key, &request_id);
     let route = ReplyRoute { request_id, requester: requester_of(&secret), via: ReplyVia::InBand };
-    match api.run(Incoming::Create { route, request }).await {
+    let resp = match api.run(Incoming::Create { route, request }).await {
         Ok(reply) => api.answer(reply, Some(secret)),
         Err(e) => e.into_response(),
-    }
+    };
+    with_generated_key(resp, generated.then_some(key.as_str()))
 }
 
 /// Lease ids are 12 hex chars; pod names add `ssh-pod-`. Anything else is nobody's lease.
@@ -585,13 +589,36 @@ async fn topup_lease(
         return api.refuse(ApiError::code(ErrorCode::LeaseNotFound, "no such lease of yours"));
     }
     let requester = requester_of(secret);
-    let request_id = request_id("topup", key, &[id.as_bytes(), requester.as_bytes(), body.cashu_token.as_bytes()]);
+    let (key, generated) = key_or_generated(key);
+    let parts: [&[u8]; 3] = [id.as_bytes(), requester.as_bytes(), body.cashu_token.as_bytes()];
+    let request_id = request_id("topup", Some(&key), &parts);
     let route = ReplyRoute { request_id, requester, via: ReplyVia::InBand };
     let request = TopUpRequest { cashu_token: body.cashu_token, lease: id };
-    match api.run(Incoming::TopUp { route, request }).await {
+    let resp = match api.run(Incoming::TopUp { route, request }).await {
         Ok(reply) => api.answer(reply, None),
         Err(e) => e.into_response(),
+    };
+    with_generated_key(resp, generated.then_some(key.as_str()))
+}
+
+/// The client's Idempotency-Key, or a fresh random one (and whether it was made here).
+fn key_or_generated(key: Option<&str>) -> (String, bool) {
+    match key {
+        Some(k) => (k.to_string(), false),
+        None => {
+            let mut b = [0u8; 24];
+            rand::thread_rng().fill_bytes(&mut b);
+            (hex::encode(b), true)
+        }
     }
+}
+
+/// A key made by the server goes back in the `Idempotency-Key` header: the way to retry the very request.
+fn with_generated_key(mut resp: Response, generated: Option<&str>) -> Response {
+    if let Some(v) = generated.and_then(|k| HeaderValue::from_str(k).ok()) {
+        resp.headers_mut().insert("idempotency-key", v);
+    }
+    resp
 }
 
 #[utoipa::path(get, path = "/v1/offer", tag = "leases", responses((status = 200, body = Offer)))]
@@ -1081,6 +1108,19 @@ mod tests {
         assert_eq!(e.body.code, ErrorCode::ContentTooLarge);
         let e = extract(Some("application/json"), b"{".to_vec()).await.err().unwrap();
         assert_eq!(e.status, StatusCode::BAD_REQUEST);
+    }
+
+    #[test]
+    fn a_request_without_a_key_gets_one_to_retry_with() {
+        let (k1, made) = key_or_generated(None);
+        assert!(made && k1.len() == 48);
+        let (k2, _) = key_or_generated(None);
+        assert_ne!(k1, k2);
+        // Retried with the key it was given, the request is the same saga.
+        assert_eq!(request_id("create", Some(&k1), &[b"body"]), request_id("create", Some(&k1), &[b"body"]));
+        assert_eq!(key_or_generated(Some("mine")), ("mine".to_string(), false));
+        let resp = with_generated_key(StatusCode::SERVICE_UNAVAILABLE.into_response(), Some(&k1));
+        assert_eq!(resp.headers()["idempotency-key"], k1.as_str());
     }
 
     #[test]

@@ -10,14 +10,15 @@ impl LeaseService {
     /// Only requests that can move money, and pass every offline check, are journaled: status requests,
     /// garbage and offline refusals are answered from memory, so a flood of them costs no disk.
     pub async fn handle(&self, incoming: Incoming) -> Option<Reply> {
+        let started = Instant::now();
         let route = incoming.route().clone();
         let ask = match incoming {
             Incoming::Create { request, .. } => Ask::Create(request),
             Incoming::TopUp { request, .. } => Ask::TopUp(request),
-            Incoming::Status { request, .. } => return self.answer_status_unjournaled(route, request).await,
+            Incoming::Status { request, .. } => return self.answer_status_unjournaled(route, request, started).await,
             Incoming::Invalid { code, message, .. } => {
                 let reply = Reply::error(&route.request_id, code, message);
-                return self.answer_unjournaled(&route, reply).await;
+                return self.answer_unjournaled(&route, reply, started).await;
             }
         };
         // A replay of a journaled request is answered from its record, whatever the checks say now.
@@ -33,7 +34,7 @@ impl LeaseService {
             }
         }
         if let Err((code, message)) = self.precheck(&ask) {
-            return self.answer_unjournaled(&route, Reply::error(&route.request_id, code, message)).await;
+            return self.answer_unjournaled(&route, Reply::error(&route.request_id, code, message), started).await;
         }
         if self.admission.enter(&route.requester).is_none() {
             let reply = Reply::error(
@@ -44,7 +45,7 @@ impl LeaseService {
                     admission::MAX_INFLIGHT_PER_REQUESTER
                 ),
             );
-            return self.answer_unjournaled(&route, reply).await;
+            return self.answer_unjournaled(&route, reply, started).await;
         }
         let out = self.start(new_record(route.clone(), ask)).await;
         self.admission.leave(&route.requester);
@@ -57,55 +58,59 @@ impl LeaseService {
         &self,
         route: &crate::lease::ports::ReplyRoute,
         reply: Reply,
+        started: Instant,
     ) -> Option<Reply> {
         // In-band (HTTP) answers cost nothing to send and the HTTP layer has its own limits.
-        if route.via != crate::lease::ports::ReplyVia::InBand {
-            if !self.admission.first_sighting(&route.request_id) {
-                debug!(request_id = %route.request_id, "duplicate request ignored");
-                return None;
-            }
-            if matches!(reply, Reply::Error { .. }) && !self.admission.allow_error_reply(&route.requester, now_secs()) {
-                self.metrics.outcome("rate_limited");
-                debug!(request_id = %route.request_id, "error reply withheld: requester over its rate");
-                return None;
-            }
+        if route.via != ReplyVia::InBand && !self.admission.first_sighting(&route.request_id) {
+            debug!(request_id = %route.request_id, "duplicate request ignored");
+            return None;
         }
-        match self.ports.replies.send(route, &reply).await {
-            Ok(()) => {
-                let outcome = match &reply {
-                    Reply::Status { .. } => "status",
-                    Reply::Error { code, .. } => code.as_str(),
-                    _ => "other",
-                };
-                self.metrics.outcome(outcome);
-            }
-            Err(e) => debug!(request_id = %route.request_id, error = %e, "reply not delivered"),
-        }
-        Some(reply)
+        self.send_unjournaled(route, reply, started).await
     }
 
     pub(super) async fn answer_status_unjournaled(
         &self,
         route: crate::lease::ports::ReplyRoute,
         req: StatusRequest,
+        started: Instant,
     ) -> Option<Reply> {
-        if route.via != crate::lease::ports::ReplyVia::InBand && !self.admission.first_sighting(&route.request_id) {
+        if route.via != ReplyVia::InBand && !self.admission.first_sighting(&route.request_id) {
             return None;
         }
         let mut rec = new_record(route.clone(), Ask::Status(req.clone()));
         if let Flow::Park = self.answer_status(&mut rec, &req).await {
             return None;
         }
-        let reply = rec.reply?;
-        if matches!(reply, Reply::Error { .. }) && !self.admission.allow_error_reply(&route.requester, now_secs()) {
+        self.send_unjournaled(&route, rec.reply?, started).await
+    }
+
+    /// Send a reply that has no journal record; error replies at a bounded rate per requester. Best effort
+    /// (one attempt): nothing was taken, so nothing is owed.
+    async fn send_unjournaled(
+        &self,
+        route: &crate::lease::ports::ReplyRoute,
+        reply: Reply,
+        started: Instant,
+    ) -> Option<Reply> {
+        let outcome = match &reply {
+            Reply::Error { code, .. } => code.as_str(),
+            Reply::Status { .. } => "status",
+            _ => "other",
+        };
+        if route.via != ReplyVia::InBand
+            && matches!(reply, Reply::Error { .. })
+            && !self.admission.allow_error_reply(&route.requester, now_secs())
+        {
+            self.metrics.outcome("rate_limited");
+            debug!(request_id = %route.request_id, "error reply withheld: requester over its rate");
             return None;
         }
-        match self.ports.replies.send(&route, &reply).await {
-            Ok(()) => self.metrics.outcome(match &reply {
-                Reply::Error { code, .. } => code.as_str(),
-                _ => "status",
-            }),
-            Err(e) => debug!(request_id = %route.request_id, error = %e, "status reply not delivered"),
+        match self.ports.replies.send(route, &reply).await {
+            Ok(()) => {
+                self.metrics.outcome(outcome);
+                self.metrics.observe_reply_latency(started.elapsed().as_secs_f64());
+            }
+            Err(e) => debug!(request_id = %route.request_id, error = %e, "reply not delivered"),
         }
         Some(reply)
     }
