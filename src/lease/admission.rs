@@ -13,6 +13,9 @@ const SEEN_CAPACITY: usize = 16_384;
 /// and a relay write each).
 pub const ERROR_REPLIES_PER_WINDOW: u32 = 10;
 pub const ERROR_WINDOW_SECS: u64 = 60;
+/// Error replies to everyone together per window: keys are free, so a flood from fresh keys is bounded
+/// here rather than per key.
+pub const ERROR_REPLIES_TOTAL_PER_WINDOW: u32 = 600;
 /// Requesters tracked by the error-reply limiter; beyond it new requesters are limited outright until
 /// windows expire (a flood of fresh keys must not grow this map).
 const LIMITER_CAPACITY: usize = 10_000;
@@ -48,6 +51,8 @@ pub struct Admission {
     seen: Mutex<Seen>,
     /// requester → (window start, error replies sent in it)
     errors: Mutex<HashMap<String, (u64, u32)>>,
+    /// (window start, error replies sent in it) over all requesters.
+    all_errors: Mutex<(u64, u32)>,
     inflight: Mutex<HashMap<String, usize>>,
 }
 
@@ -71,7 +76,15 @@ impl Admission {
             *entry = (now, 0);
         }
         entry.1 += 1;
-        entry.1 <= ERROR_REPLIES_PER_WINDOW
+        if entry.1 > ERROR_REPLIES_PER_WINDOW {
+            return false;
+        }
+        let Ok(mut all) = self.all_errors.lock() else { return false };
+        if all.0.saturating_add(ERROR_WINDOW_SECS) <= now {
+            *all = (now, 0);
+        }
+        all.1 += 1;
+        all.1 <= ERROR_REPLIES_TOTAL_PER_WINDOW
     }
 
     /// Take one of the requester's in-flight slots; None when all are taken.
@@ -121,11 +134,10 @@ mod tests {
         assert_eq!(sent as u32, ERROR_REPLIES_PER_WINDOW);
         assert!(a.allow_error_reply("alice", 1000), "others are not affected");
         assert!(a.allow_error_reply("mallory", 1000 + ERROR_WINDOW_SECS), "a new window");
-        // A flood of fresh keys does not grow the map beyond its bound.
-        for i in 0..LIMITER_CAPACITY + 100 {
-            a.allow_error_reply(&format!("k{i}"), 2000);
-        }
+        // A flood of fresh keys neither grows the map beyond its bound nor gets more than the total.
+        let sent = (0..LIMITER_CAPACITY + 100).filter(|i| a.allow_error_reply(&format!("k{i}"), 2000)).count();
         assert!(a.errors.lock().unwrap().len() <= LIMITER_CAPACITY);
+        assert_eq!(sent as u32, ERROR_REPLIES_TOTAL_PER_WINDOW);
     }
 
     #[test]

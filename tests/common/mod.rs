@@ -934,15 +934,35 @@ pub fn strip_ansi(s: &str) -> String {
 /// SOCKS5 CONNECT (domain-name form) to `host:port` through the stack's C tor client; returns the
 /// reply code (0 = connected, 4 = host unreachable, 5 = refused by the far end, 6 = TTL expired …).
 pub fn socks5_connect_code(host: &str, port: u16, timeout: Duration) -> Result<u8> {
+    socks5_open(host, port, None, timeout).map(|(code, _)| code)
+}
+
+/// As [`socks5_connect_code`], keeping the stream. With `isolation`, a SOCKS username: C tor puts streams of
+/// different usernames on different circuits (IsolateSOCKSAuth).
+pub fn socks5_open(
+    host: &str,
+    port: u16,
+    isolation: Option<&str>,
+    timeout: Duration,
+) -> Result<(u8, std::net::TcpStream)> {
     use std::io::Read;
     let socks = format!("127.0.0.1:{}", env("TORSOCKS_TOR_PORT"));
     let mut s = std::net::TcpStream::connect(&socks).with_context(|| format!("SocksPort {socks}"))?;
     s.set_read_timeout(Some(timeout))?;
-    s.write_all(&[5, 1, 0])?;
+    s.write_all(&[5, 1, if isolation.is_some() { 2 } else { 0 }])?;
     let mut buf = [0u8; 2];
     s.read_exact(&mut buf)?;
-    if buf != [5, 0] {
-        bail!("SOCKS method negotiation refused: {buf:?}");
+    match (isolation, buf) {
+        (None, [5, 0]) => {}
+        (Some(user), [5, 2]) => {
+            let mut auth = vec![1, u8::try_from(user.len())?];
+            auth.extend_from_slice(user.as_bytes());
+            auth.extend_from_slice(&[1, b'x']);
+            s.write_all(&auth)?;
+            s.read_exact(&mut buf)?;
+            ensure!(buf[1] == 0, "SOCKS username refused");
+        }
+        _ => bail!("SOCKS method negotiation refused: {buf:?}"),
     }
     let mut req = vec![5, 1, 0, 3, u8::try_from(host.len())?];
     req.extend_from_slice(host.as_bytes());
@@ -950,5 +970,5 @@ pub fn socks5_connect_code(host: &str, port: u16, timeout: Duration) -> Result<u
     s.write_all(&req)?;
     let mut head = [0u8; 4];
     s.read_exact(&mut head).context("SOCKS reply")?;
-    Ok(head[1])
+    Ok((head[1], s))
 }
