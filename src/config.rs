@@ -86,7 +86,8 @@ pub const VARS: &[VarDoc] = &[
     VarDoc {
         name: "PAYGRESS_TIERS",
         default: "basic:500m:512Mi",
-        help: "comma-separated name:cpu:memory[:sats_per_hour]; the first is the default",
+        help: "comma-separated name:cpu:memory[:sats_per_hour[:runtime_class]]; the first is the default; a \
+               RuntimeClass (e.g. gvisor) gives that tier's pods a kernel of their own",
     },
     VarDoc { name: "PAYGRESS_MIN_DURATION_SECONDS", default: "60", help: "shortest lease sold" },
     VarDoc { name: "PAYGRESS_MAX_DURATION_SECONDS", default: "604800", help: "longest lease sold (also caps top-ups)" },
@@ -527,8 +528,8 @@ fn parse_tiers(raw: &str, base_rate: u64) -> Result<Vec<Tier>, String> {
     let mut tiers: Vec<Tier> = Vec::new();
     for item in raw.split(',').map(str::trim).filter(|s| !s.is_empty()) {
         let parts: Vec<&str> = item.split(':').collect();
-        if parts.len() < 3 || parts.len() > 4 {
-            return Err(format!("{item:?}: expected name:cpu:memory[:sats_per_hour]"));
+        if parts.len() < 3 || parts.len() > 5 {
+            return Err(format!("{item:?}: expected name:cpu:memory[:sats_per_hour[:runtime_class]]"));
         }
         let name = parts[0].to_string();
         if !is_dns_label(&name) {
@@ -537,7 +538,7 @@ fn parse_tiers(raw: &str, base_rate: u64) -> Result<Vec<Tier>, String> {
         if !is_quantity(parts[1]) || !is_quantity(parts[2]) {
             return Err(format!("{item:?}: cpu and memory must be Kubernetes quantities like 500m or 1Gi"));
         }
-        let sats_per_hour = match parts.get(3) {
+        let sats_per_hour = match parts.get(3).filter(|r| !r.is_empty()) {
             Some(r) => {
                 r.parse::<u64>().ok().filter(|r| *r > 0).ok_or(format!("{item:?}: rate must be a positive integer"))?
             }
@@ -546,7 +547,16 @@ fn parse_tiers(raw: &str, base_rate: u64) -> Result<Vec<Tier>, String> {
         if tiers.iter().any(|t| t.name == name) {
             return Err(format!("tier {name:?} appears twice"));
         }
-        tiers.push(Tier { name, cpu: parts[1].to_string(), memory: parts[2].to_string(), sats_per_hour });
+        let mut tier = Tier::new(&name, parts[1], parts[2], sats_per_hour);
+        if let Some(rc) = parts.get(4) {
+            // A RuntimeClass name is a DNS subdomain; its pods get their own (user-space) kernel.
+            if rc.is_empty() || rc.len() > 253 || !rc.split('.').all(is_dns_label) {
+                return Err(format!("{item:?}: runtime class must be a RuntimeClass name like gvisor"));
+            }
+            tier.runtime_class = Some(rc.to_string());
+            tier.isolation = "sandbox".into();
+        }
+        tiers.push(tier);
     }
     if tiers.is_empty() {
         return Err("at least one tier is needed".into());
@@ -718,5 +728,15 @@ mod tests {
         assert_eq!(t[1].sats_per_hour, 400);
         assert!(parse_tiers("basic:lots:512Mi", 100).is_err());
         assert!(parse_tiers("a:1:1Gi,a:1:1Gi", 100).is_err());
+    }
+
+    #[test]
+    fn a_tier_may_run_under_a_sandboxing_runtime_class() {
+        let t = parse_tiers("basic:500m:512Mi,isolated:1:1Gi:300:gvisor,cheap:500m:512Mi::runsc.example", 100).unwrap();
+        assert_eq!((t[0].runtime_class.as_deref(), t[0].isolation.as_str()), (None, "container"));
+        assert_eq!((t[1].runtime_class.as_deref(), t[1].isolation.as_str()), (Some("gvisor"), "sandbox"));
+        assert_eq!((t[2].sats_per_hour, t[2].runtime_class.as_deref()), (100, Some("runsc.example")));
+        assert!(parse_tiers("x:1:1Gi:100:Not_A_Name", 100).is_err());
+        assert!(parse_tiers("x:1:1Gi:100:gvisor:extra", 100).is_err());
     }
 }

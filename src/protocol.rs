@@ -214,6 +214,32 @@ pub struct Tier {
     pub cpu: String,
     pub memory: String,
     pub sats_per_hour: u64,
+    /// The RuntimeClass lease pods of this tier run under (e.g. `gvisor`); none: the cluster's default
+    /// runtime (runc), sharing the node's kernel.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime_class: Option<String>,
+    /// What separates a tenant from the node and other tenants: `container` (shared kernel) or `sandbox`
+    /// (a RuntimeClass such as gVisor: its own kernel in user space).
+    #[serde(default = "default_isolation")]
+    pub isolation: String,
+}
+
+fn default_isolation() -> String {
+    "container".into()
+}
+
+impl Tier {
+    /// A tier on the default runtime.
+    pub fn new(name: &str, cpu: &str, memory: &str, sats_per_hour: u64) -> Tier {
+        Tier {
+            name: name.into(),
+            cpu: cpu.into(),
+            memory: memory.into(),
+            sats_per_hour,
+            runtime_class: None,
+            isolation: default_isolation(),
+        }
+    }
 }
 
 /// Content of the kind-38400 offer.

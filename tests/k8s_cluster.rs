@@ -115,7 +115,7 @@ fn plan(lease_id: &str, password: &str, image: &str) -> PodPlan {
         ssh_username: "tester".into(),
         ssh_password: Some(password.into()),
         ssh_public_key: None,
-        tier: Tier { name: "basic".into(), cpu: "100m".into(), memory: "64Mi".into(), sats_per_hour: 100 },
+        tier: Tier::new("basic", "100m", "64Mi", 100),
         ssh_port: SSH_PORT,
         expires_at: now() + 3600,
         requester: "ab".repeat(32),

@@ -80,7 +80,7 @@ async fn require_nak_crypto() {
 fn offer(pk: &str) -> Offer {
     Offer {
         provider_pubkey: pk.to_string(),
-        tiers: vec![Tier { name: "basic".into(), cpu: "500m".into(), memory: "512Mi".into(), sats_per_hour: 100 }],
+        tiers: vec![Tier::new("basic", "500m", "512Mi", 100)],
         default_tier: "basic".into(),
         accepted_mints: vec!["http://127.0.0.1:3338".into()],
         unit: "sat".into(),

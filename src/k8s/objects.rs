@@ -279,6 +279,8 @@ pub fn pod(plan: &PodPlan) -> Pod {
             containers: vec![container],
             // The pod never talks to the API server, and must not be handed a token to do so.
             automount_service_account_token: Some(false),
+            // A sandboxed tier (e.g. gVisor) does not share the node's kernel with its tenant.
+            runtime_class_name: plan.tier.runtime_class.clone(),
             // No env vars advertising every Service of the namespace (other tenants' ssh Services).
             enable_service_links: Some(false),
             // OnFailure: a crash or OOM kill of the leased container restarts it in place (same pod IP, so
@@ -495,7 +497,7 @@ mod tests {
             ssh_username: "alice".into(),
             ssh_password: password.map(String::from),
             ssh_public_key: key.map(String::from),
-            tier: Tier { name: "basic".into(), cpu: "500m".into(), memory: "512Mi".into(), sats_per_hour: 100 },
+            tier: Tier::new("basic", "500m", "512Mi", 100),
             ssh_port: 2222,
             expires_at: 1_900_000_000,
             requester: "ab".repeat(32),
@@ -604,6 +606,14 @@ mod tests {
         assert_eq!(a[ANN_REQUESTER], "ab".repeat(32));
         assert_eq!(l[LABEL_PROVIDER], "0123abcd");
         assert_eq!(a[ANN_REQUEST], "cd".repeat(32));
+    }
+
+    #[test]
+    fn a_sandboxed_tier_names_its_runtime_class() {
+        let mut p = plan(Some("pw"), None);
+        assert_eq!(pod(&p).spec.unwrap().runtime_class_name, None);
+        p.tier.runtime_class = Some("gvisor".into());
+        assert_eq!(pod(&p).spec.unwrap().runtime_class_name.as_deref(), Some("gvisor"));
     }
 
     #[test]

@@ -345,7 +345,7 @@ fn world() -> World {
         default_image: "img:ok".into(),
         image_pull_policy: "IfNotPresent".into(),
         allowed_images: vec!["img:ok".into()],
-        tiers: vec![Tier { name: "basic".into(), cpu: "500m".into(), memory: "512Mi".into(), sats_per_hour: 100 }],
+        tiers: vec![Tier::new("basic", "500m", "512Mi", 100)],
         min_duration_secs: 60,
         max_duration_secs: 86_400,
         ready_timeout: Duration::from_secs(5),
