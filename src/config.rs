@@ -80,8 +80,9 @@ pub const VARS: &[VarDoc] = &[
     },
     VarDoc {
         name: "PAYGRESS_ALLOWED_IMAGES",
-        default: "PAYGRESS_DEFAULT_IMAGE",
-        help: "comma-separated images a request may ask for",
+        default: "PAYGRESS_DEFAULT_IMAGE,docker.io/linuxserver/openssh-server:latest",
+        help: "comma-separated images a request may ask for, compared canonically (`linuxserver/x` is \
+               docker.io/linuxserver/x:latest); REPO:* allows any tag, REPO@* only digests",
     },
     VarDoc {
         name: "PAYGRESS_TIERS",
@@ -301,6 +302,8 @@ pub fn normalize_mint_url(raw: &str) -> Option<String> {
 }
 
 /// The default tier's CPU and memory when PAYGRESS_TIERS is not set.
+/// The image the seed's example request names, in canonical form.
+const SEED_IMAGE: &str = "docker.io/linuxserver/openssh-server:latest";
 const DEFAULT_TIERS: &str = "basic:500m:512Mi";
 
 impl Config {
@@ -379,9 +382,22 @@ impl Config {
         if !matches!(image_pull_policy.as_str(), "IfNotPresent" | "Always" | "Never") {
             p.err("PAYGRESS_IMAGE_PULL_POLICY", format!("{image_pull_policy:?} is not IfNotPresent, Always or Never"));
         }
-        let mut allowed_images = p.list("PAYGRESS_ALLOWED_IMAGES", "");
+        // By default also the seed's own request: `linuxserver/openssh-server:latest` (Docker Hub), the same
+        // image as lscr.io's.
+        let mut allowed_images = p.list("PAYGRESS_ALLOWED_IMAGES", SEED_IMAGE);
         if !allowed_images.contains(&default_image) {
             allowed_images.insert(0, default_image.clone());
+        }
+        for entry in &allowed_images {
+            if crate::lease::image::Allowed::parse(entry).is_none() {
+                p.err(
+                    "PAYGRESS_ALLOWED_IMAGES",
+                    format!("{entry:?} is not an image reference (REPO[:TAG][@DIGEST], REPO:* or REPO@*)"),
+                );
+            }
+        }
+        if crate::lease::image::ImageRef::parse(&default_image).is_none() {
+            p.err("PAYGRESS_DEFAULT_IMAGE", format!("{default_image:?} is not an image reference"));
         }
 
         let base_rate = p.num("PAYMENT_RATE_SATS_PER_HOUR", 100);
@@ -647,7 +663,7 @@ mod tests {
         assert_eq!(c.ssh_port, 2222);
         assert!(c.enable_tor);
         assert_eq!(c.whitelisted_mints, vec!["https://mint.example".to_string()]);
-        assert_eq!(c.allowed_images, vec![c.default_image.clone()]);
+        assert_eq!(c.allowed_images, vec![c.default_image.clone(), SEED_IMAGE.to_string()]);
     }
 
     #[test]

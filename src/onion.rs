@@ -32,7 +32,7 @@ use tor_cell::relaycell::msg::{Connected, End, EndReason};
 use tor_config::load::ConfigResolveOptions;
 use tor_config::sources::MustRead;
 use tor_hscrypto::pk::{HsIdKey, HsIdKeypair};
-use tor_hsservice::config::OnionServiceConfigBuilder;
+use tor_hsservice::config::{OnionServiceConfigBuilder, TokenBucketConfig};
 use tor_hsservice::status::{OnionServiceStatus, OnionServiceStatusStream, State as ServiceState};
 use tor_hsservice::{HsIdKeypairSpecifier, HsNickname, RunningOnionService, StreamRequest};
 use tor_keymgr::KeystoreSelector;
@@ -71,6 +71,10 @@ pub const MAX_STREAMS_PER_SERVICE: usize = 64;
 pub const MAX_STREAMS_TOTAL: usize = 4096;
 /// Streams one rendezvous circuit may hold open (arti's own bound, enforced before a stream reaches us).
 const MAX_STREAMS_PER_CIRCUIT: u32 = 16;
+/// Introductions each intro point passes on per second, and in a burst (C tor's defaults for the same
+/// defence).
+const INTRO_RATE: u32 = 25;
+const INTRO_BURST: u32 = 200;
 /// A forwarded stream with no byte in either direction for this long is closed (SSH clients that want
 /// to idle longer send keepalives: ServerAliveInterval).
 pub const STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(15 * 60);
@@ -488,6 +492,9 @@ impl Enabled {
         let config = OnionServiceConfigBuilder::default()
             .nickname(nickname.clone())
             .max_concurrent_streams_per_circuit(MAX_STREAMS_PER_CIRCUIT)
+            // Asks each introduction point to pass on at most this many introductions (per second, burst),
+            // so an intro flood costs the service bounded work (C tor's HiddenServiceEnableIntroDoSDefense).
+            .rate_limit_at_intro(Some(TokenBucketConfig::new(INTRO_RATE, INTRO_BURST)))
             .build()
             .map_err(|e| launch_err(e.to_string(), false))?;
 

@@ -473,9 +473,21 @@ async fn ending_a_lease_is_conditional_on_the_version_that_was_judged() -> Resul
     let id = unique_id("rv");
     let _cleanup = Cleanup(vec![id.clone()]);
     cluster.ensure_lease_objects(&plan(&id, "pw", "img:1")).await?;
-    let judged = cluster.get_lease(&id).await?.context("lease")?;
-    let update = ExpiryUpdate { expires_at: now() + 7200, topups: vec![], if_version: judged.version.clone() };
-    cluster.set_expiry(&id, &update).await?;
+    // The node agent is still writing the new pod's status: judge it once it runs, and retry the top-up
+    // on 409 as the saga does.
+    cluster.wait_running(&id, RUN_TIMEOUT).await?;
+    let mut judged = cluster.get_lease(&id).await?.context("lease")?;
+    for attempt in 0.. {
+        judged = cluster.get_lease(&id).await?.context("lease")?;
+        let update = ExpiryUpdate { expires_at: now() + 7200, topups: vec![], if_version: judged.version.clone() };
+        match cluster.set_expiry(&id, &update).await {
+            Ok(()) => break,
+            Err(e) if e.kind == FailureKind::Transient && attempt < 10 => {
+                tokio::time::sleep(Duration::from_millis(200)).await
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
     let stale = cluster.delete_lease(&id, judged.version.as_deref()).await;
     ensure!(stale.as_ref().is_err_and(|e| e.kind == FailureKind::Transient), "{stale:?}");
     ensure!(cluster.get_lease(&id).await?.is_some_and(|l| !l.terminating), "the topped-up lease was deleted");

@@ -72,8 +72,11 @@ fn seed_plain_json_request_with_nak_gives_a_lease() -> Result<()> {
     let w = wallet(1000);
     let token = w.send(100)?;
     let user = User::new()?;
-    // Exactly the seed's walkthrough: plain JSON content, no p tag.
-    let id = user.publish(1000, &request_json(&token, "alice"), None)?;
+    // Exactly the seed's walkthrough: plain JSON content, no p tag, and its Docker Hub short image name.
+    let content = format!(
+        r#"{{"cashu_token":"{token}","ssh_username":"alice","pod_image":"linuxserver/openssh-server:latest"}}"#
+    );
+    let id = user.publish(1000, &content, None)?;
     let reply = user.await_reply(&id, &p.pubkey, REPLY_TIMEOUT)?;
     let access = assert_lease(&reply, 100);
     assert_eq!(access["ssh_username"], "alice");
@@ -81,6 +84,9 @@ fn seed_plain_json_request_with_nak_gives_a_lease() -> Result<()> {
     // Labels the reconciler relies on.
     let lease_id = access["lease_id"].as_str().unwrap();
     assert_eq!(pods_of_lease(lease_id)?, 1);
+    // The pod runs the reference that was checked, in its canonical form.
+    let pod = kubectl_json("pod", access["pod_name"].as_str().unwrap())?.expect("the lease's pod");
+    assert_eq!(pod["spec"]["containers"][0]["image"], "docker.io/linuxserver/openssh-server:latest");
     // The token was redeemed: the user can no longer spend it.
     assert!(w.receive(&token).is_err());
     Ok(())

@@ -2,6 +2,7 @@
 //! through the traits in `ports`.
 
 pub mod admission;
+pub mod image;
 pub mod journal;
 pub mod ports;
 pub mod service;

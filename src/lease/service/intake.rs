@@ -194,7 +194,7 @@ impl LeaseService {
             ));
         }
         let image = req.pod_image.as_deref().unwrap_or(&self.settings.default_image);
-        if !self.settings.allowed_images.iter().any(|i| i == image) {
+        if crate::lease::image::admitted(image, &self.settings.allowed_images).is_none() {
             return Err((
                 ErrorCode::ImageNotAllowed,
                 format!("image not allowed; allowed: {}", self.settings.allowed_images.join(", ")),

@@ -267,6 +267,11 @@ impl LeaseService {
         }
     }
 
+    /// The canonical form of an admitted image reference.
+    fn canonical_image(&self, image: &str) -> Option<String> {
+        crate::lease::image::admitted(image, &self.settings.allowed_images)
+    }
+
     fn tier(&self, name: Option<&str>) -> Option<&Tier> {
         match name {
             None => self.settings.tiers.first(),
@@ -358,6 +363,13 @@ impl LeaseService {
             Ask::End { lease_id, reason } => self.decide_end(rec, &lease_id, &reason).await,
             Ask::Create(req) => match self.validate_create(&req) {
                 Err((code, msg)) => self.refuse(rec, code, msg),
+                Ok(()) if req.pod_image.as_deref().is_some_and(|i| Some(i) != self.canonical_image(i).as_deref()) => {
+                    // The pod runs exactly the reference that was checked, in its canonical form.
+                    if let Ask::Create(r) = &mut rec.ask {
+                        r.pod_image = req.pod_image.as_deref().and_then(|i| self.canonical_image(i));
+                    }
+                    Flow::Next
+                }
                 Ok(()) => match self.check_room(rec, &req).await {
                     Some(flow) => flow,
                     None => self.check_token_then_redeem(rec),
