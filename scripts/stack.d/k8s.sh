@@ -42,17 +42,22 @@ _k8s_etcd_version() {
   awk '$1=="go.etcd.io/etcd/server/v3" {print $2; exit}' "$gomod"
 }
 
-# k8s_build_apiserver: wrapper module requiring k8s.io/kubernetes and replacing every staging module
-# (read from that version's own go.mod: the `k8s.io/x => ./staging/src/k8s.io/x` lines) by its v0.X.Y release.
-k8s_build_apiserver() {
-  [ -x "$K8S_APISERVER_BIN" ] && return 0
-  local logf="$LOG_DIR/k8s-build-apiserver.log" src="$K8S_BUILD/src" gomod t0
+# k8s_build_cmds MODNAME CMD...: build the Kubernetes commands k8s.io/kubernetes/cmd/CMD that are missing from
+# $K8S_BUILD/bin, in one `go build`, from a wrapper module ($K8S_BUILD/mod/MODNAME) requiring k8s.io/kubernetes and
+# replacing every staging module (read from that version's own go.mod: the `k8s.io/x => ./staging/src/k8s.io/x`
+# lines) by its v0.X.Y release. All commands share the Go build cache, so a second set compiles only what is new.
+k8s_build_cmds() {
+  local modname="$1"; shift
+  local missing=() c
+  for c in "$@"; do [ -x "$K8S_BUILD/bin/$c" ] || missing+=("$c"); done
+  [ ${#missing[@]} -gt 0 ] || return 0
+  local logf="$LOG_DIR/k8s-build-$modname.log" src="$K8S_BUILD/mod/$modname" gomod t0 peer="${missing[0]}"
   t0=$(date +%s)
-  log "k8s: building kube-apiserver $K8S_VERSION from the Go module proxy (cold: 10-20 min; log $logf)"
+  log "k8s: building ${missing[*]} $K8S_VERSION from the Go module proxy (cold: 10-20 min; log $logf)"
   mkdir -p "$src" "$K8S_BUILD/bin"
-  gomod="$(_k8s_gomod 2>>"$logf")" || fail kube-apiserver "$logf" "cannot download k8s.io/kubernetes@$K8S_VERSION"
+  gomod="$(_k8s_gomod 2>>"$logf")" || fail "$peer" "$logf" "cannot download k8s.io/kubernetes@$K8S_VERSION"
   {
-    echo "module paygress.local/k8s-build/kube-apiserver"
+    echo "module paygress.local/k8s-build/$modname"
     echo
     echo "go $(awk '$1=="go" {print $2; exit}' "$gomod")"
     echo
@@ -64,29 +69,34 @@ k8s_build_apiserver() {
     awk -v v="$K8S_STAGING_VERSION" '$2=="=>" && $3 ~ /^\.\/staging\// {printf "\t%s => %s %s\n", $1, $1, v}' "$gomod"
     echo ")"
   } > "$src/go.mod"
-  # A tools file so `go mod tidy` keeps the kube-apiserver dependency graph.
-  cat > "$src/tools.go" <<'EOF'
-//go:build tools
-
-package tools
-
-import _ "k8s.io/kubernetes/cmd/kube-apiserver"
-EOF
-  # Stamp the version as hack/lib/version.sh does; unstamped, the server reports v0.0.0-master+$Format:%H$, which
+  # A tools file so `go mod tidy` keeps the commands' dependency graphs.
+  {
+    printf '//go:build tools\n\npackage tools\n\nimport (\n'
+    for c in "$@"; do printf '\t_ "k8s.io/kubernetes/cmd/%s"\n' "$c"; done
+    printf ')\n'
+  } > "$src/tools.go"
+  # Stamp the version as hack/lib/version.sh does; unstamped, a command reports v0.0.0-master+$Format:%H$, which
   # `kubectl version` (and any client that parses the server version) rejects.
-  local minor="${K8S_VERSION#v1.}" date ldflags="-s -w" key val
+  local minor="${K8S_VERSION#v1.}" date ldflags="-s -w" key val pkgs=()
   minor="${minor%%.*}"
   date="$(sed -n 's/.*"Time":"\([^"]*\)".*/\1/p' "$GOMODCACHE/cache/download/k8s.io/kubernetes/@v/$K8S_VERSION.info" 2>/dev/null)"
   for kv in "gitVersion=$K8S_VERSION" gitMajor=1 "gitMinor=$minor" gitTreeState=clean "buildDate=${date:-1970-01-01T00:00:00Z}"; do
     key="${kv%%=*}" val="${kv#*=}"
     ldflags+=" -X k8s.io/component-base/version.$key=$val -X k8s.io/client-go/pkg/version.$key=$val"
   done
-  ( cd "$src" && "$K8S_GO" mod tidy && \
-    nice -n 10 "$K8S_GO" build -trimpath -ldflags="$ldflags" -o "$K8S_APISERVER_BIN.tmp" k8s.io/kubernetes/cmd/kube-apiserver ) \
-    >>"$logf" 2>&1 || fail kube-apiserver "$logf" "build of kube-apiserver $K8S_VERSION failed"
-  mv "$K8S_APISERVER_BIN.tmp" "$K8S_APISERVER_BIN"
-  log "k8s: kube-apiserver built in $(( $(date +%s) - t0 ))s"
+  for c in "${missing[@]}"; do pkgs+=("k8s.io/kubernetes/cmd/$c"); done
+  rm -rf "$src/out" && mkdir -p "$src/out"
+  ( cd "$src" && GOWORK=off "$K8S_GO" mod tidy && \
+    GOWORK=off nice -n 10 "$K8S_GO" build -trimpath -ldflags="$ldflags" -o "$src/out/" "${pkgs[@]}" ) \
+    >>"$logf" 2>&1 || fail "$peer" "$logf" "build of ${missing[*]} $K8S_VERSION failed"
+  for c in "${missing[@]}"; do
+    [ -x "$src/out/$c" ] || fail "$c" "$logf" "go build left no binary $src/out/$c"
+    mv "$src/out/$c" "$K8S_BUILD/bin/$c"
+  done
+  log "k8s: ${missing[*]} built in $(( $(date +%s) - t0 ))s"
 }
+
+k8s_build_apiserver() { k8s_build_cmds kube-apiserver kube-apiserver; }
 
 # k8s_build_etcd: go.etcd.io/etcd/server/v3 has relative replace directives (no `go install pkg@v`), so a wrapper.
 k8s_build_etcd() {
