@@ -22,11 +22,19 @@ PORT_TOR_BASE="${PAYGRESS_PORT_TOR_BASE:-25000}"      # tor network uses BASE..B
 PORT_TOR_SOCKS="${PAYGRESS_PORT_TOR_SOCKS:-29050}"    # C tor client SocksPort used by torsocks
 PORT_NODE_AGENT="${PAYGRESS_PORT_NODE_AGENT:-28080}"  # stack-node agent health endpoint
 PORT_KUBELET="${PAYGRESS_PORT_KUBELET:-28250}"        # kubelet API (stack-kubelet, or the real kubelet of `node`)
+# The real node (component `node`): local ports of its components, all on 127.0.0.1.
+PORT_KUBELET_HEALTHZ="${PAYGRESS_PORT_KUBELET_HEALTHZ:-28251}"
+PORT_SCHEDULER="${PAYGRESS_PORT_SCHEDULER:-28252}"
+PORT_CONTROLLER_MANAGER="${PAYGRESS_PORT_CONTROLLER_MANAGER:-28253}"
+PORT_PROXY_HEALTHZ="${PAYGRESS_PORT_PROXY_HEALTHZ:-28254}"
+PORT_PROXY_METRICS="${PAYGRESS_PORT_PROXY_METRICS:-28255}"
+PORT_NODE_REGISTRY="${PAYGRESS_PORT_NODE_REGISTRY:-28256}"  # every registry's only host for the node's containerd
 
 # port_env: the PAYGRESS_PORT_* exports of this instance (for env.sh, so a second instance's env is complete).
 port_env() {
   local v
-  for v in ETCD_CLIENT ETCD_PEER APISERVER RELAY MINT MINT_ALT TOR_BASE TOR_SOCKS NODE_AGENT KUBELET; do
+  for v in ETCD_CLIENT ETCD_PEER APISERVER RELAY MINT MINT_ALT TOR_BASE TOR_SOCKS NODE_AGENT KUBELET \
+      KUBELET_HEALTHZ SCHEDULER CONTROLLER_MANAGER PROXY_HEALTHZ PROXY_METRICS NODE_REGISTRY; do
     local name="PORT_$v"
     echo "export PAYGRESS_PORT_$v='${!name}'"
   done

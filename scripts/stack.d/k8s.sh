@@ -17,6 +17,8 @@ K8S_KUBECONFIG="$K8S_DIR/admin.kubeconfig"
 K8S_NODE_NAME="paygress-node"
 K8S_POD_CIDR="${K8S_POD_CIDR:-127.0.100.0/24}"
 K8S_SERVICE_CIDR="10.96.0.0/16"
+# sim: the simulated node (tools/stack-node + stack-kubelet); real: component `node` (stack.d/node.sh) is the node.
+K8S_NODE_MODE="${PAYGRESS_NODE:-sim}"
 K8S_GO="${K8S_GO:-/usr/local/go/bin/go}"
 K8S_SCRIPTS="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 K8S_REPO="${REPO:-$(cd "$K8S_SCRIPTS/.." && pwd)}"
@@ -197,8 +199,10 @@ k8s_install() {
   k8s_install_kubectl
   k8s_build_etcd
   k8s_build_apiserver
-  k8s_build_kubelet
-  k8s_build_node
+  if [ "$K8S_NODE_MODE" != real ]; then
+    k8s_build_kubelet
+    k8s_build_node
+  fi
 }
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -340,6 +344,18 @@ k8s_up() {
       --profiling=false
       --v=1
   )
+  if [ "$K8S_NODE_MODE" = real ]; then
+    # A real kubelet and controller-manager: the Node authorizer and NodeRestriction for the kubelet's own
+    # credentials, and ServiceAccount admission back on (the controller-manager makes `default` ServiceAccounts
+    # and their tokens).
+    local i
+    for i in "${!args[@]}"; do
+      case "${args[$i]}" in
+        --authorization-mode=*) args[$i]=--authorization-mode=Node,RBAC ;;
+        --disable-admission-plugins=*) args[$i]=--enable-admission-plugins=NodeRestriction ;;
+      esac
+    done
+  fi
   restart_if_changed kube-apiserver "$K8S_APISERVER_BIN" "${args[@]}"
   if ! is_running kube-apiserver; then
     [ -x "$K8S_APISERVER_BIN" ] || fail kube-apiserver "$LOG_DIR/k8s-build-apiserver.log" "kube-apiserver not built at $K8S_APISERVER_BIN (scripts/stack install k8s)"
@@ -347,6 +363,13 @@ k8s_up() {
     start_proc kube-apiserver "$K8S_APISERVER_BIN" "${args[@]}"
   fi
   _k8s_wait_proc kube-apiserver 90 _k8s_api_ready
+
+  if [ "$K8S_NODE_MODE" = real ]; then
+    # The real node replaces the simulated one (stopped if an earlier `up` of this stack dir ran it).
+    stop_proc stack-kubelet
+    stop_proc stack-node
+    return 0
+  fi
 
   # The binary's path holds the hash of its sources: a stack-kubelet of older sources is replaced.
   local kubelet=("$(k8s_kubelet_bin)" --listen "127.0.0.1:$PORT_KUBELET" --apiserver "https://127.0.0.1:$PORT_APISERVER"
@@ -370,6 +393,7 @@ k8s_up() {
 
 k8s_wait() {
   _k8s_wait_proc kube-apiserver 90 _k8s_api_ready
+  [ "$K8S_NODE_MODE" != real ] || return 0
   _k8s_wait_proc stack-node 60 _k8s_node_ready
   _k8s_wait_proc stack-kubelet 30 _k8s_kubelet_ready
 }
@@ -382,8 +406,9 @@ k8s_down() {
 }
 
 k8s_status() {
-  is_running etcd && _k8s_etcd_ready && is_running kube-apiserver && _k8s_api_ready >/dev/null 2>&1 \
-    && is_running stack-node && _k8s_node_ready >/dev/null 2>&1 \
+  is_running etcd && _k8s_etcd_ready && is_running kube-apiserver && _k8s_api_ready >/dev/null 2>&1 || return 1
+  [ "$K8S_NODE_MODE" != real ] || return 0
+  is_running stack-node && _k8s_node_ready >/dev/null 2>&1 \
     && is_running stack-kubelet && _k8s_kubelet_ready >/dev/null 2>&1
 }
 
