@@ -17,8 +17,9 @@ K8S_KUBECONFIG="$K8S_DIR/admin.kubeconfig"
 K8S_NODE_NAME="paygress-node"
 K8S_POD_CIDR="${K8S_POD_CIDR:-127.0.100.0/24}"
 K8S_SERVICE_CIDR="10.96.0.0/16"
-# sim: the simulated node (tools/stack-node + stack-kubelet); real: component `node` (stack.d/node.sh) is the node.
-K8S_NODE_MODE="${PAYGRESS_NODE:-sim}"
+# PAYGRESS_NODE (set by scripts/stack after sourcing the components, so read when used): sim, the simulated node
+# (tools/stack-node + stack-kubelet); real, component `node` (stack.d/node.sh) is the node.
+_k8s_real_node() { [ "${PAYGRESS_NODE:-sim}" = real ]; }
 K8S_GO="${K8S_GO:-/usr/local/go/bin/go}"
 K8S_SCRIPTS="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 K8S_REPO="${REPO:-$(cd "$K8S_SCRIPTS/.." && pwd)}"
@@ -199,7 +200,7 @@ k8s_install() {
   k8s_install_kubectl
   k8s_build_etcd
   k8s_build_apiserver
-  if [ "$K8S_NODE_MODE" != real ]; then
+  if ! _k8s_real_node; then
     k8s_build_kubelet
     k8s_build_node
   fi
@@ -344,7 +345,7 @@ k8s_up() {
       --profiling=false
       --v=1
   )
-  if [ "$K8S_NODE_MODE" = real ]; then
+  if _k8s_real_node; then
     # A real kubelet and controller-manager: the Node authorizer and NodeRestriction for the kubelet's own
     # credentials, and ServiceAccount admission back on (the controller-manager makes `default` ServiceAccounts
     # and their tokens).
@@ -364,7 +365,7 @@ k8s_up() {
   fi
   _k8s_wait_proc kube-apiserver 90 _k8s_api_ready
 
-  if [ "$K8S_NODE_MODE" = real ]; then
+  if _k8s_real_node; then
     # The real node replaces the simulated one (stopped if an earlier `up` of this stack dir ran it).
     stop_proc stack-kubelet
     stop_proc stack-node
@@ -393,7 +394,7 @@ k8s_up() {
 
 k8s_wait() {
   _k8s_wait_proc kube-apiserver 90 _k8s_api_ready
-  [ "$K8S_NODE_MODE" != real ] || return 0
+  ! _k8s_real_node || return 0
   _k8s_wait_proc stack-node 60 _k8s_node_ready
   _k8s_wait_proc stack-kubelet 30 _k8s_kubelet_ready
 }
@@ -407,7 +408,7 @@ k8s_down() {
 
 k8s_status() {
   is_running etcd && _k8s_etcd_ready && is_running kube-apiserver && _k8s_api_ready >/dev/null 2>&1 || return 1
-  [ "$K8S_NODE_MODE" != real ] || return 0
+  ! _k8s_real_node || return 0
   is_running stack-node && _k8s_node_ready >/dev/null 2>&1 \
     && is_running stack-kubelet && _k8s_kubelet_ready >/dev/null 2>&1
 }
