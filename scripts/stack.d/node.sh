@@ -38,7 +38,7 @@ NODE_SYSCTLS=(kernel.panic kernel.panic_on_oops vm.overcommit_memory vm.panic_on
   net.bridge.bridge-nf-call-ip6tables net.ipv4.conf.all.route_localnet net.netfilter.nf_conntrack_max
   net.netfilter.nf_conntrack_tcp_timeout_established net.netfilter.nf_conntrack_tcp_timeout_close_wait)
 # Directories outside the stack dir that the kubelet or containerd create (hard-coded there).
-NODE_HOST_DIRS=(/var/lib/kubelet /var/log/containers /var/log/pods /var/lib/cni /run/containerd /etc/cni /opt/cni
+NODE_HOST_DIRS=(/var/lib/kubelet /var/log/containers /var/log/pods /var/lib/cni /run/containerd /run/netns /etc/cni /opt/cni
   /var/run/kubernetes /etc/kubernetes)
 
 _node_ctr() { ctr -a "$NODE_CTR_SOCK" -n k8s.io "$@"; }
@@ -432,6 +432,12 @@ node_up() {
   _node_kubelet_config
   _node_proxy_config
   local k="$K8S_DIR/pki"
+  # A Node object left by the simulated node of an earlier `up` of this stack dir (its pod CIDR and labels are
+  # wrong for the real one): the kubelet registers anew.
+  if ! is_running kubelet && _node_kubectl get node "$NODE_NAME" -o jsonpath='{.metadata.labels}' 2>/dev/null \
+      | grep -q 'paygress.dev/stack-node'; then
+    _node_kubectl delete node "$NODE_NAME" >>"$LOG_DIR/node.log" 2>&1 || true
+  fi
 
   _node_start kubelet "$NODE_BIN/kubelet" --config="$NODE_DIR/kubelet.yaml" \
     --kubeconfig="$NODE_PKI/kubelet-client.kubeconfig" --root-dir="$NODE_KUBELET_DIR" \
