@@ -512,8 +512,8 @@ _node_iptables_clean() {
       chains="$("$ipt"-save -t "$table" 2>/dev/null | sed -n 's/^:\(\(KUBE-\|CNI-\|'"$NODE_FW_CHAIN"'\)[^ ]*\) .*/\1/p')"
       [ -n "$chains" ] || continue
       # Rules in the built-in chains that jump to ours.
-      "$ipt"-save -t "$table" | grep -E '^-A (INPUT|OUTPUT|FORWARD|PREROUTING|POSTROUTING) .*-j (KUBE-|CNI-|'"$NODE_FW_CHAIN"')' \
-        | sed 's/^-A //' | while read -r rule; do eval "$ipt -w -t $table -D $rule" 2>/dev/null || true; done
+      { "$ipt"-save -t "$table" | grep -E '^-A (INPUT|OUTPUT|FORWARD|PREROUTING|POSTROUTING) .*-j (KUBE-|CNI-|'"$NODE_FW_CHAIN"')' \
+        || true; } | sed 's/^-A //' | while read -r rule; do eval "$ipt -w -t $table -D $rule" 2>/dev/null || true; done
       for c in $chains; do "$ipt" -w -t "$table" -F "$c" 2>/dev/null || true; done
       for c in $chains; do "$ipt" -w -t "$table" -X "$c" 2>/dev/null || true; done
     done
@@ -565,6 +565,8 @@ node_down() {
     done < "$f"
     rm -f "$f"
   fi
+  # No pod sandbox survives a down, so no address stays reserved (the kubelet's next start makes new sandboxes).
+  rm -rf "$NODE_DIR/cni/ipam"
   rm -f "$NODE_DIR/real"
 }
 
