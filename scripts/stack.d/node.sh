@@ -87,6 +87,7 @@ _node_build_pause_image() {
     "$NODE_SRC/oci-pack.sh" "$NODE_SANDBOX_IMAGE" '{"Entrypoint":["/pause"],"User":"65535:65535"}' layer.tar "$out"
   ) >>"$logf" 2>&1 || { rm -rf "$work"; fail node "$logf" "pause image build failed"; }
   rm -rf "$work"
+  find "$NODE_IMAGES" -maxdepth 1 -name 'pause-*.oci.tar' ! -path "$out" -delete   # older recipes
 }
 
 # The SSH image: a Debian minbase rootfs (mmdebstrap) with OpenSSH and the linuxserver-compatible /init.
@@ -117,6 +118,7 @@ _node_build_ssh_image() {
       "$work/rootfs.tar" "$out"
   ) >>"$logf" 2>&1 || { rm -rf "$work"; fail node "$logf" "SSH image build failed"; }
   rm -rf "$work"
+  find "$NODE_IMAGES" -maxdepth 1 -name 'openssh-server-*.oci.tar' ! -path "$out" -delete   # older recipes
   log "node: $NODE_SSH_IMAGE built in $(( $(date +%s) - t0 ))s"
 }
 
