@@ -32,6 +32,8 @@ NODE_SUITE="bookworm"
 NODE_SSH_PACKAGES="openssh-server,openssh-sftp-server,bash,coreutils,sudo,passwd,util-linux,procps,iproute2,ca-certificates"
 NODE_APT_PACKAGES=(containerd runc containernetworking-plugins mmdebstrap docker.io iproute2 iptables)
 NODE_FW_CHAIN="PAYGRESS-NODE-FWD"
+NODE_REGISTRY_VERSION="${NODE_REGISTRY_VERSION:-v3.1.2}"   # github.com/distribution/distribution/v3 (CNCF Distribution)
+NODE_REGISTRY_BIN="$BUILD_DIR/registry-$NODE_REGISTRY_VERSION/bin/registry"
 # Sysctls the kubelet (setupKernelTunables), the CNI bridge plugin (ip_forward) and kube-proxy may change.
 NODE_SYSCTLS=(kernel.panic kernel.panic_on_oops vm.overcommit_memory vm.panic_on_oom kernel.keys.root_maxkeys
   kernel.keys.root_maxbytes net.ipv4.ip_forward net.ipv4.conf.all.forwarding net.bridge.bridge-nf-call-iptables
@@ -122,10 +124,25 @@ _node_build_ssh_image() {
   log "node: $NODE_SSH_IMAGE built in $(( $(date +%s) - t0 ))s"
 }
 
+# The local registry: CNCF Distribution's `registry`, built from the Go module proxy (no replace directives, so a
+# plain `go install …@version`).
+_node_build_registry() {
+  [ -x "$NODE_REGISTRY_BIN" ] && return 0
+  local logf="$LOG_DIR/node-build-registry.log" t0
+  t0=$(date +%s)
+  log "node: building the registry (distribution $NODE_REGISTRY_VERSION) from the Go module proxy (log $logf)"
+  mkdir -p "$(dirname "$NODE_REGISTRY_BIN")"
+  ( cd "$(dirname "$NODE_REGISTRY_BIN")" && GOWORK=off GOBIN="$(dirname "$NODE_REGISTRY_BIN")" nice -n 10 "$K8S_GO" install \
+      -trimpath -ldflags='-s -w' "github.com/distribution/distribution/v3/cmd/registry@$NODE_REGISTRY_VERSION" ) \
+    >>"$logf" 2>&1 || fail registry "$logf" "build of the registry failed"
+  log "node: registry built in $(( $(date +%s) - t0 ))s"
+}
+
 node_install() {
   [ "$(id -u)" = 0 ] || fail node "$LOG_DIR/node-build-apt.log" "the real node needs root"
   _node_apt
   k8s_build_cmds node kubelet kube-scheduler kube-controller-manager kube-proxy
+  _node_build_registry
   _node_build_pause_image
   _node_build_ssh_image
 }
@@ -194,11 +211,12 @@ EOF
 _node_containerd_config() {
   local d="$NODE_CTR_DIR" r
   mkdir -p "$d/root" "$d/state" "$d/opt" "$d/runc" "$d/certs.d"
-  # No pull ever leaves the machine: every registry's only host is a loopback port where nothing listens (a local
-  # registry may take it later), so a pull of an image not loaded fails at once instead of going out.
+  # No pull ever leaves the machine: every registry's only host is the stack's own registry on loopback (`server`
+  # replaces the upstream, with no fallback to it), which holds every image loaded onto the node under its own
+  # name, so `imagePullPolicy: Always` pulls for real and an image never loaded fails at once.
   for r in _default docker.io registry.k8s.io lscr.io ghcr.io quay.io gcr.io; do
     mkdir -p "$d/certs.d/$r"
-    printf 'server = "http://127.0.0.1:%s"\n\n[host."http://127.0.0.1:%s"]\n  capabilities = ["pull", "resolve"]\n' \
+    printf 'server = "http://127.0.0.1:%s"\n\n[host."http://127.0.0.1:%s"]\n  capabilities = ["pull", "resolve", "push"]\n' \
       "$PORT_NODE_REGISTRY" "$PORT_NODE_REGISTRY" > "$d/certs.d/$r/hosts.toml"
   done
   cat > "$d/config.toml" <<EOF
@@ -247,15 +265,45 @@ oom_score = 0
 EOF
 }
 
-# _node_import ARCHIVE NAME: import an image archive into the node's containerd unless this very archive was.
+# _node_push NAME: push an image of the node's containerd to the stack's registry, under its own name.
+_node_push() {
+  _node_ctr images push --plain-http --hosts-dir "$NODE_CTR_DIR/certs.d" "$1" >>"$LOG_DIR/node-images.log" 2>&1 \
+    || fail registry "$LOG_DIR/node-images.log" "ctr images push $1 to the stack's registry failed"
+}
+
+# _node_import ARCHIVE NAME: import an image archive into the node's containerd and push it to the stack's registry,
+# unless this very archive was.
 _node_import() {
   local archive="$1" name="$2" mark
-  mark="$NODE_CTR_DIR/imported/$(basename "$archive")"
+  mark="$NODE_DIR/registry/loaded/$(basename "$archive")"
   [ -f "$mark" ] && _node_ctr images ls -q | grep -qxF "$name" && return 0
   _node_ctr images import "$archive" >>"$LOG_DIR/node-images.log" 2>&1 \
     || fail containerd "$LOG_DIR/node-images.log" "ctr images import $archive failed"
+  _node_push "$name"
   mkdir -p "$(dirname "$mark")" && touch "$mark"
 }
+
+_node_registry_config() {
+  mkdir -p "$NODE_DIR/registry/data"
+  cat > "$NODE_DIR/registry/config.yml" <<EOF
+version: 0.1
+log:
+  level: warn
+  accesslog:
+    disabled: true
+storage:
+  filesystem:
+    rootdirectory: $NODE_DIR/registry/data
+  delete:
+    enabled: true
+  maintenance:
+    uploadpurging:
+      enabled: false
+http:
+  addr: 127.0.0.1:$PORT_NODE_REGISTRY
+EOF
+}
+_node_registry_ready() { curl -sf -m 2 "http://127.0.0.1:$PORT_NODE_REGISTRY/v2/"; }
 
 # Certificates from the stack CA (k8s.sh's PKI): one client certificate per component, the kubelet's serving one.
 _node_cert() {
@@ -423,6 +471,10 @@ node_up() {
   _node_bridge_up
   _node_cni_config
 
+  _node_registry_config
+  _node_start registry "$NODE_REGISTRY_BIN" serve "$NODE_DIR/registry/config.yml"
+  _k8s_wait_proc registry 30 _node_registry_ready
+
   _node_containerd_config
   _node_start containerd /usr/bin/containerd --config "$NODE_CTR_DIR/config.toml"
   _k8s_wait_proc containerd 30 _node_ctr_ready
@@ -537,6 +589,7 @@ node_down() {
     for c in $(_node_ctr containers ls -q 2>/dev/null); do _node_ctr containers delete "$c" >/dev/null 2>&1 || true; done
   fi
   stop_proc containerd
+  stop_proc registry
   # Shims left behind (containerd-shim-runc-v2 of our namespace, parented to init once containerd exits).
   local pid
   for pid in $(pgrep -f "containerd-shim-runc-v2 -namespace k8s.io -id .* -address $NODE_CTR_SOCK" 2>/dev/null); do
@@ -573,7 +626,8 @@ node_down() {
 }
 
 node_status() {
-  is_running containerd && _node_ctr_ready >/dev/null 2>&1 && is_running kubelet && _node_kubelet_ready >/dev/null 2>&1 \
+  is_running registry && _node_registry_ready >/dev/null 2>&1 \
+    && is_running containerd && _node_ctr_ready >/dev/null 2>&1 && is_running kubelet && _node_kubelet_ready >/dev/null 2>&1 \
     && is_running kube-scheduler && is_running kube-controller-manager && is_running kube-proxy \
     && _node_registered_ready >/dev/null 2>&1
 }
