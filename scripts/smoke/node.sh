@@ -9,8 +9,10 @@
 #  3. A ClusterIP Service (kube-proxy): SSH from the host to the ClusterIP, a banner from another pod through it;
 #     `kubectl port-forward svc/…` and SSH through it.
 #  4. A container killed from outside restarts in place (same pod, same IP, restartCount 1).
-#  5. A Deployment becomes available; deleting it removes its ReplicaSet and pods (garbage collector); the
-#     namespace is deleted to the end (namespace controller).
+#  5. A Deployment becomes available; deleting it removes its ReplicaSet and pods (garbage collector).
+#  6. Images: `docker build` on the stack's engine (FROM the SSH image, pulled from the stack's registry), then
+#     `scripts/stack image load`; a pod with imagePullPolicy Always runs it (pulled from the stack's registry); an
+#     image never loaded fails to pull. The namespace is deleted to the end (namespace controller).
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=scripts/lib.sh
@@ -138,7 +140,7 @@ kubectl -n "$NS" wait --for=condition=Ready pod/lease --timeout=60s >/dev/null |
   || fail kubelet "$KLOG" "restart not in place"
 took
 
-step "5. Deployment → ReplicaSet → pods; garbage collection; namespace deletion"
+step "5. Deployment → ReplicaSet → pods; garbage collection"
 kubectl -n "$NS" create deployment web --image=lscr.io/linuxserver/openssh-server:latest --replicas=2 --dry-run=client -o json \
   | jq '.spec.template.spec.containers[0].imagePullPolicy = "IfNotPresent"' | kubectl -n "$NS" apply -f - >/dev/null
 kubectl -n "$NS" wait --for=condition=Available deploy/web --timeout=90s >/dev/null \
@@ -149,6 +151,27 @@ for _ in $(seq 1 60); do
 done
 [ -z "$(kubectl -n "$NS" get rs,pods -l app=web -o name)" ] \
   || fail kube-controller-manager "$LOG_DIR/kube-controller-manager.log" "ReplicaSet/pods not collected"
+took
+
+step "6. docker build, scripts/stack image load, a pod pulls it; an unknown image does not pull"
+tag="smoke-node-$RANDOM"
+mkdir -p "$TMP/ctx"
+printf 'FROM 127.0.0.1:%s/linuxserver/openssh-server:latest\nRUN echo %s > /smoke-mark\n' "$PORT_NODE_REGISTRY" "$tag" > "$TMP/ctx/Dockerfile"
+DOCKER_BUILDKIT=0 docker build -q -t "$tag:v1" "$TMP/ctx" >"$TMP/build.log" 2>&1 || fail dockerd "$TMP/build.log" "docker build failed"
+"$HERE/../stack" image load "$tag:v1" || fail registry "$LOG_DIR/node-images.log" "scripts/stack image load failed"
+docker rmi "$tag:v1" >/dev/null 2>&1 || true
+kubectl -n "$NS" run built --image="$tag:v1" --image-pull-policy=Always --restart=Never --command -- cat /smoke-mark >/dev/null
+for _ in $(seq 1 60); do
+  [ "$(kubectl -n "$NS" get pod built -o jsonpath='{.status.phase}')" = Succeeded ] && break; sleep 0.5
+done
+[ "$(kubectl -n "$NS" logs built)" = "$tag" ] || fail kubelet "$KLOG" "the loaded image did not run"
+kubectl -n "$NS" run nothere --image=docker.io/library/not-loaded-anywhere:1 --restart=Never >/dev/null
+for _ in $(seq 1 40); do
+  reason="$(kubectl -n "$NS" get pod nothere -o jsonpath='{.status.containerStatuses[0].state.waiting.reason}')"
+  [[ "$reason" == ErrImagePull || "$reason" == ImagePullBackOff ]] && break; sleep 0.5
+done
+[[ "$reason" == ErrImagePull || "$reason" == ImagePullBackOff ]] || fail kubelet "$KLOG" "an unknown image: $reason"
+ctr -a "$CONTAINERD_ADDRESS" -n k8s.io images rm "docker.io/library/$tag:v1" >/dev/null 2>&1 || true
 kubectl delete ns "$NS" --timeout=90s >/dev/null || fail kube-controller-manager "$LOG_DIR/kube-controller-manager.log" "namespace not deleted"
 took
 say "all passed"

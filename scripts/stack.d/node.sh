@@ -41,7 +41,9 @@ NODE_SYSCTLS=(kernel.panic kernel.panic_on_oops vm.overcommit_memory vm.panic_on
   net.netfilter.nf_conntrack_tcp_timeout_established net.netfilter.nf_conntrack_tcp_timeout_close_wait)
 # Directories outside the stack dir that the kubelet or containerd create (hard-coded there).
 NODE_HOST_DIRS=(/var/lib/kubelet /var/log/containers /var/log/pods /var/lib/cni /run/containerd /run/netns /etc/cni /opt/cni
-  /var/run/kubernetes /etc/kubernetes)
+  /var/run/kubernetes /etc/kubernetes /etc/docker/key.json /run/docker /var/lib/docker)
+NODE_DOCKER_DIR="$NODE_DIR/docker"
+NODE_DOCKER_HOST="unix://$NODE_DOCKER_DIR/docker.sock"
 
 _node_ctr() { ctr -a "$NODE_CTR_SOCK" -n k8s.io "$@"; }
 
@@ -447,6 +449,7 @@ EOF
 }
 
 _node_ctr_ready() { _node_ctr version; }
+_node_docker_ready() { DOCKER_HOST="$NODE_DOCKER_HOST" docker version; }
 _node_kubelet_ready() { curl -sf -m 2 "http://127.0.0.1:$PORT_KUBELET_HEALTHZ/healthz"; }
 _node_registered_ready() {
   _node_kubectl get node "$NODE_NAME" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}' | grep -qx True
@@ -480,6 +483,16 @@ node_up() {
   _k8s_wait_proc containerd 30 _node_ctr_ready
   _node_import "$(_node_pause_archive)" "$NODE_SANDBOX_IMAGE"
   _node_import "$(_node_ssh_archive)" "$NODE_SSH_IMAGE"
+
+  # A Docker engine for `docker build` and `scripts/stack image load` (DOCKER_HOST in env), on the node's
+  # containerd (namespace moby). No network of its own: no docker0, no iptables rules, no ip_forward, no masquerade
+  # (build steps run with loopback only, as nothing outside is reachable anyway). It pulls from the stack's registry
+  # as 127.0.0.1:PORT_NODE_REGISTRY/NAME (loopback registries need no TLS).
+  mkdir -p "$NODE_DOCKER_DIR"
+  _node_start dockerd /usr/sbin/dockerd -H "$NODE_DOCKER_HOST" --data-root "$NODE_DOCKER_DIR/data" \
+    --exec-root "$NODE_DOCKER_DIR/exec" --pidfile "$NODE_DOCKER_DIR/dockerd.pid" --containerd "$NODE_CTR_SOCK" \
+    --bridge=none --iptables=false --ip6tables=false --ip-forward=false --ip-masq=false \
+    --storage-driver=overlay2 --log-level=warn
 
   _node_pki
   _node_rbac
@@ -521,6 +534,7 @@ node_up() {
 }
 
 node_wait() {
+  _k8s_wait_proc dockerd 30 _node_docker_ready
   _k8s_wait_proc kubelet 60 _node_kubelet_ready
   _k8s_wait_proc kube-scheduler 60 _node_scheduler_ready
   _k8s_wait_proc kube-controller-manager 60 _node_cm_ready
@@ -576,7 +590,7 @@ _node_iptables_clean() {
 
 node_down() {
   local name
-  for name in kube-proxy kube-controller-manager kube-scheduler kubelet; do stop_proc "$name"; done
+  for name in kube-proxy kube-controller-manager kube-scheduler kubelet dockerd; do stop_proc "$name"; done
   # Pods' containers: stop and remove every sandbox (CNI DEL included) while containerd still runs.
   if is_running containerd; then
     if command -v crictl >/dev/null 2>&1; then
@@ -604,7 +618,7 @@ node_down() {
   _node_iptables_clean
   # Mounts: the kubelet's (its root dir bind-mounted onto itself, pod volumes), containerd's (rootfs overlays,
   # sandbox shm), netns bind mounts under /run/netns.
-  _node_unmount_all "$NODE_KUBELET_DIR" "$NODE_CTR_DIR" /var/lib/kubelet /run/containerd
+  _node_unmount_all "$NODE_KUBELET_DIR" "$NODE_CTR_DIR" "$NODE_DOCKER_DIR" /var/lib/kubelet /run/containerd /run/docker
   awk '$2 ~ "^/run/netns/cni-" {print $2}' /proc/self/mounts | while read -r m; do umount "$m" 2>/dev/null || true; rm -f "$m"; done
   # cgroups the kubelet made (kubepods, and its QoS children) in every hierarchy.
   local cg
@@ -626,14 +640,48 @@ node_down() {
 }
 
 node_status() {
-  is_running registry && _node_registry_ready >/dev/null 2>&1 \
+  is_running registry && _node_registry_ready >/dev/null 2>&1 && is_running dockerd \
     && is_running containerd && _node_ctr_ready >/dev/null 2>&1 && is_running kubelet && _node_kubelet_ready >/dev/null 2>&1 \
     && is_running kube-scheduler && is_running kube-controller-manager && is_running kube-proxy \
     && _node_registered_ready >/dev/null 2>&1
 }
 
+# _node_ref IMAGE: the fully qualified reference (docker.io/library/x:latest for x) and the registry path of it.
+_node_ref() {
+  local ref="$1" host path
+  [[ "$ref" == *@* || "${ref##*/}" == *:* ]] || ref="$ref:latest"
+  host="${ref%%/*}"
+  if [[ "$ref" != */* ]] || [[ "$host" != *.* && "$host" != *:* && "$host" != localhost ]]; then
+    host=docker.io; path="$ref"
+    [[ "$path" == */* ]] || path="library/$path"
+  else
+    path="${ref#*/}"
+  fi
+  echo "$host/$path $path"
+}
+
+# node_image_load IMAGE...: like `minikube image load`: an image of the stack's Docker engine goes to the stack's
+# registry under its own name (so the node pulls it, whatever the pull policy) and into the node's containerd
+# (so a pod with IfNotPresent gets this image, not an older one of the same name).
+node_image_load() {
+  local image full path logf="$LOG_DIR/node-images.log"
+  [ $# -gt 0 ] || { echo "usage: scripts/stack image load IMAGE..." >&2; return 2; }
+  is_running dockerd && is_running containerd && is_running registry \
+    || fail node "$LOG_DIR/node.log" "the node is not up (scripts/stack up k8s node)"
+  for image in "$@"; do
+    read -r full path < <(_node_ref "$image")
+    log "node: loading $image as $full"
+    { DOCKER_HOST="$NODE_DOCKER_HOST" docker tag "$image" "127.0.0.1:$PORT_NODE_REGISTRY/$path" &&
+      DOCKER_HOST="$NODE_DOCKER_HOST" docker push "127.0.0.1:$PORT_NODE_REGISTRY/$path" &&
+      DOCKER_HOST="$NODE_DOCKER_HOST" docker rmi "127.0.0.1:$PORT_NODE_REGISTRY/$path" &&
+      _node_ctr images pull --plain-http --hosts-dir "$NODE_CTR_DIR/certs.d" "$full"
+    } >>"$logf" 2>&1 || fail node "$logf" "image load $image failed"
+  done
+}
+
 node_env() {
   echo "export PAYGRESS_NODE=real"
+  echo "export DOCKER_HOST='$NODE_DOCKER_HOST'"
   echo "export CONTAINERD_ADDRESS='$NODE_CTR_SOCK'"
   echo "export CONTAINERD_NAMESPACE=k8s.io"
 }
