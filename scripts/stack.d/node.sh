@@ -162,6 +162,8 @@ _node_machine_record() {
       [ -e "/proc/sys/${s//./\/}" ] && echo "sysctl $s $(sysctl -n "$s")"
     done
     for d in "${NODE_HOST_DIRS[@]}"; do [ -e "$d" ] || echo "dir $d"; done
+    # dockerd's parent cgroup (the kubelet's kubepods is always ours).
+    [ -e /sys/fs/cgroup/memory/docker ] || [ -e /sys/fs/cgroup/docker ] || echo "cgroup docker"
   } > "$f.tmp"
   mv "$f.tmp" "$f"
 }
@@ -620,10 +622,13 @@ node_down() {
   # sandbox shm), netns bind mounts under /run/netns.
   _node_unmount_all "$NODE_KUBELET_DIR" "$NODE_CTR_DIR" "$NODE_DOCKER_DIR" /var/lib/kubelet /run/containerd /run/docker
   awk '$2 ~ "^/run/netns/cni-" {print $2}' /proc/self/mounts | while read -r m; do umount "$m" 2>/dev/null || true; rm -f "$m"; done
-  # cgroups the kubelet made (kubepods, and its QoS children) in every hierarchy.
-  local cg
-  for cg in /sys/fs/cgroup/*/kubepods /sys/fs/cgroup/kubepods /sys/fs/cgroup/unified/kubepods; do
-    [ -d "$cg" ] && find "$cg" -depth -type d -exec rmdir {} \; 2>/dev/null
+  # cgroups the kubelet made (kubepods, and its QoS children) in every hierarchy, and dockerd's if it made it.
+  local cg cgs=(kubepods)
+  grep -qx 'cgroup docker' "$NODE_DIR/machine.saved" 2>/dev/null && cgs+=(docker)
+  for name in "${cgs[@]}"; do
+    for cg in /sys/fs/cgroup/*/"$name" /sys/fs/cgroup/"$name"; do
+      [ -d "$cg" ] && find "$cg" -depth -type d -exec rmdir {} \; 2>/dev/null
+    done
   done
   _node_restore_sysctls
   # Directories outside the stack dir that did not exist before the first up.
