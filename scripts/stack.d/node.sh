@@ -47,6 +47,16 @@ NODE_DOCKER_HOST="unix://$NODE_DOCKER_DIR/docker.sock"
 
 _node_ctr() { ctr -a "$NODE_CTR_SOCK" -n k8s.io "$@"; }
 
+# _node_config PROC FILE < CONTENT: write FILE; if it changed while PROC runs, stop PROC so that up restarts it with
+# the new file (restart_if_changed sees only command lines). Containers outlive a containerd restart.
+_node_config() {
+  local proc="$1" file="$2"
+  cat > "$file.new"
+  if [ -f "$file" ] && cmp -s "$file" "$file.new"; then rm -f "$file.new"; return 0; fi
+  if [ -f "$file" ] && is_running "$proc"; then log "node: $(basename "$file") changed, restarting $proc"; stop_proc "$proc"; fi
+  mv "$file.new" "$file"
+}
+
 # ---------------------------------------------------------------------------------------------------------------
 # install
 
@@ -223,7 +233,7 @@ _node_containerd_config() {
     printf 'server = "http://127.0.0.1:%s"\n\n[host."http://127.0.0.1:%s"]\n  capabilities = ["pull", "resolve", "push"]\n' \
       "$PORT_NODE_REGISTRY" "$PORT_NODE_REGISTRY" > "$d/certs.d/$r/hosts.toml"
   done
-  cat > "$d/config.toml" <<EOF
+  _node_config containerd "$d/config.toml" <<EOF
 version = 2
 root = "$d/root"
 state = "$d/state"
@@ -289,7 +299,7 @@ _node_import() {
 
 _node_registry_config() {
   mkdir -p "$NODE_DIR/registry/data"
-  cat > "$NODE_DIR/registry/config.yml" <<EOF
+  _node_config registry "$NODE_DIR/registry/config.yml" <<EOF
 version: 0.1
 log:
   level: warn
@@ -366,7 +376,7 @@ _node_kubelet_config() {
   mkdir -p "$NODE_KUBELET_DIR" "$NODE_DIR/pod-logs"
   # Like kind's: image GC never removes an image (they cannot be pulled again here), disk-pressure eviction off;
   # resolvConf empty (pods get no resolver of the host's: nothing leaves the machine), no cluster DNS yet.
-  cat > "$NODE_DIR/kubelet.yaml" <<EOF
+  _node_config kubelet "$NODE_DIR/kubelet.yaml" <<EOF
 apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
 address: $NODE_IP
@@ -405,7 +415,7 @@ EOF
 }
 
 _node_proxy_config() {
-  cat > "$NODE_DIR/kube-proxy.yaml" <<EOF
+  _node_config kube-proxy "$NODE_DIR/kube-proxy.yaml" <<EOF
 apiVersion: kubeproxy.config.k8s.io/v1alpha1
 kind: KubeProxyConfiguration
 clientConnection:
