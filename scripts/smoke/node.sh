@@ -12,7 +12,10 @@
 #  5. A Deployment becomes available; deleting it removes its ReplicaSet and pods (garbage collector).
 #  6. Images: `docker build` on the stack's engine (FROM the SSH image, pulled from the stack's registry), then
 #     `scripts/stack image load`; a pod with imagePullPolicy Always runs it (pulled from the stack's registry); an
-#     image never loaded fails to pull. The namespace is deleted to the end (namespace controller).
+#     image never loaded fails to pull.
+#  7. A PVC without a class binds to a volume of the default StorageClass; a non-root pod with fsGroup writes to it
+#     and the kubelet applied the fsGroup (group-owned, setgid). The namespace is deleted to the end (namespace
+#     controller).
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=scripts/lib.sh
@@ -172,6 +175,36 @@ for _ in $(seq 1 40); do
 done
 [[ "$reason" == ErrImagePull || "$reason" == ImagePullBackOff ]] || fail kubelet "$KLOG" "an unknown image: $reason"
 ctr -a "$CONTAINERD_ADDRESS" -n k8s.io images rm "docker.io/library/$tag:v1" >/dev/null 2>&1 || true
+took
+
+step "7. a PVC binds (default StorageClass); fsGroup applied; namespace deletion"
+kubectl -n "$NS" apply -f - >/dev/null <<'EOF'
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {name: state}
+spec:
+  accessModes: ["ReadWriteOnce"]
+  resources: {requests: {storage: 1Gi}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: writer}
+spec:
+  restartPolicy: Never
+  securityContext: {runAsUser: 65532, runAsGroup: 65532, fsGroup: 65532, runAsNonRoot: true}
+  containers:
+  - name: c
+    image: lscr.io/linuxserver/openssh-server:latest
+    imagePullPolicy: IfNotPresent
+    command: [bash, -c, 'echo ok > /state/x && stat -c "%a %g" /state']
+    volumeMounts: [{name: s, mountPath: /state}]
+  volumes: [{name: s, persistentVolumeClaim: {claimName: state}}]
+EOF
+for _ in $(seq 1 60); do
+  [ "$(kubectl -n "$NS" get pod writer -o jsonpath='{.status.phase}')" = Succeeded ] && break; sleep 0.5
+done
+[ "$(kubectl -n "$NS" get pvc state -o jsonpath='{.status.phase}')" = Bound ] || fail kubelet "$KLOG" "PVC not Bound"
+[ "$(kubectl -n "$NS" logs writer)" = "2775 65532" ] || fail kubelet "$KLOG" "fsGroup not applied: $(kubectl -n "$NS" logs writer)"
 kubectl delete ns "$NS" --timeout=90s >/dev/null || fail kube-controller-manager "$LOG_DIR/kube-controller-manager.log" "namespace not deleted"
 took
 say "all passed"

@@ -43,6 +43,7 @@ NODE_SYSCTLS=(kernel.panic kernel.panic_on_oops vm.overcommit_memory vm.panic_on
 NODE_HOST_DIRS=(/var/lib/kubelet /var/log/containers /var/log/pods /var/lib/cni /run/containerd /run/netns /etc/cni /opt/cni
   /var/run/kubernetes /etc/kubernetes /etc/docker/key.json /run/docker /var/lib/docker)
 NODE_DOCKER_DIR="$NODE_DIR/docker"
+NODE_PVS="${PAYGRESS_NODE_PVS:-4}"                  # local PersistentVolumes kept available for PVCs
 NODE_DOCKER_HOST="unix://$NODE_DOCKER_DIR/docker.sock"
 
 _node_ctr() { ctr -a "$NODE_CTR_SOCK" -n k8s.io "$@"; }
@@ -460,6 +461,55 @@ subjects:
 EOF
 }
 
+# Storage: the default StorageClass `standard` and a pool of `local` PersistentVolumes (directories under
+# <stack>/node/pv, node affinity to this node), so a PVC without a class (the manifest's) binds when its pod is
+# scheduled, and the kubelet applies the pod's fsGroup to it as on a cloud disk (a hostPath volume gets no fsGroup).
+# Kept at NODE_PVS available volumes: a Released one (its claim deleted) is wiped and made Available again at up.
+_node_storage() {
+  local i pv dir logf="$LOG_DIR/node.log"
+  _node_kubectl apply -f - >>"$logf" 2>&1 <<EOF || fail node "$logf" "StorageClass standard"
+apiVersion: storage.k8s.io/v1
+kind: StorageClass
+metadata:
+  name: standard
+  annotations:
+    storageclass.kubernetes.io/is-default-class: "true"
+provisioner: kubernetes.io/no-provisioner
+volumeBindingMode: WaitForFirstConsumer
+reclaimPolicy: Retain
+EOF
+  for i in $(seq 0 $(( NODE_PVS - 1 ))); do
+    pv="paygress-local-$i" dir="$NODE_DIR/pv/$i"
+    if [ "$(_node_kubectl get pv "$pv" -o jsonpath='{.status.phase}' 2>/dev/null)" = Released ]; then
+      log "node: recycling Released volume $pv"
+      find "$dir" -mindepth 1 -delete 2>/dev/null || true
+      chown root:root "$dir" && chmod 0755 "$dir"
+      _node_kubectl patch pv "$pv" --type=json -p '[{"op":"remove","path":"/spec/claimRef"}]' >>"$logf" 2>&1 || true
+    fi
+    mkdir -p "$dir"
+    _node_kubectl get pv "$pv" >/dev/null 2>&1 && continue
+    _node_kubectl apply -f - >>"$logf" 2>&1 <<EOF || fail node "$logf" "PersistentVolume $pv"
+apiVersion: v1
+kind: PersistentVolume
+metadata:
+  name: $pv
+  labels: {paygress.dev/stack-volume: "true"}
+spec:
+  capacity: {storage: 10Gi}
+  accessModes: [ReadWriteOnce]
+  persistentVolumeReclaimPolicy: Retain
+  storageClassName: standard
+  volumeMode: Filesystem
+  local: {path: $dir}
+  nodeAffinity:
+    required:
+      nodeSelectorTerms:
+      - matchExpressions:
+        - {key: kubernetes.io/hostname, operator: In, values: [$NODE_NAME]}
+EOF
+  done
+}
+
 _node_ctr_ready() { _node_ctr version; }
 _node_docker_ready() { DOCKER_HOST="$NODE_DOCKER_HOST" docker version; }
 _node_kubelet_ready() { curl -sf -m 2 "http://127.0.0.1:$PORT_KUBELET_HEALTHZ/healthz"; }
@@ -508,6 +558,7 @@ node_up() {
 
   _node_pki
   _node_rbac
+  _node_storage
   _node_kubelet_config
   _node_proxy_config
   local k="$K8S_DIR/pki"
