@@ -7,7 +7,8 @@
 #     but the five the image's init needs) runs as a real container with an IP on the bridge; `kubectl logs`,
 #     `exec`, the ServiceAccount token volume; SSH with the password into it (a wrong one refused), bash is the shell.
 #  3. A ClusterIP Service (kube-proxy): SSH from the host to the ClusterIP, a banner from another pod through it;
-#     `kubectl port-forward svc/…` and SSH through it.
+#     `kubectl port-forward svc/…` and SSH through it; the API server through the `kubernetes` Service from a pod
+#     (KUBERNETES_SERVICE_HOST) and, with a ServiceAccount token, from the host.
 #  4. A container killed from outside restarts in place (same pod, same IP, restartCount 1).
 #  5. A Deployment becomes available; deleting it removes its ReplicaSet and pods (garbage collector).
 #  6. Images: `docker build` on the stack's engine (FROM the SSH image, pulled from the stack's registry), then
@@ -130,6 +131,12 @@ for _ in $(seq 1 20); do tcp_open "$pf_port" && break; sleep 0.5; done
 [ "$(sshpass -p hunter2 ssh "${SSH_OPTS[@]}" -p "$pf_port" bob@127.0.0.1 hostname)" = lease ] \
   || fail kubelet "$TMP/pf.log" "SSH through kubectl port-forward svc/lease-ssh failed"
 kill "$PF_PID"; PF_PID=""
+kubectl -n "$NS" exec client -- bash -c 'exec 3<>"/dev/tcp/$KUBERNETES_SERVICE_HOST/$KUBERNETES_SERVICE_PORT"' \
+  || fail kube-proxy "$LOG_DIR/kube-proxy.log" "pod to the kubernetes Service: no connection"
+kapi="$(kubectl -n default get svc kubernetes -o jsonpath='{.spec.clusterIP}')"
+kubectl --kubeconfig=/dev/null --server="https://$kapi:443" --certificate-authority="$STACK_DIR/k8s/pki/ca.crt" \
+  --token="$(kubectl -n "$NS" create token default)" auth whoami -o jsonpath='{.status.userInfo.username}' \
+  | grep -qx "system:serviceaccount:$NS:default" || fail kube-apiserver "$LOG_DIR/kube-apiserver.log" "ServiceAccount token via $kapi"
 took
 
 step "4. a killed container restarts in place"

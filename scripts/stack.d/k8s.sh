@@ -20,6 +20,9 @@ K8S_SERVICE_CIDR="10.96.0.0/16"
 # PAYGRESS_NODE (set by scripts/stack after sourcing the components, so read when used): sim, the simulated node
 # (tools/stack-node + stack-kubelet); real, component `node` (stack.d/node.sh) is the node.
 _k8s_real_node() { [ "${PAYGRESS_NODE:-sim}" = real ]; }
+# Where the API server listens: loopback; with the real node the node's bridge address (stack.d/node.sh), which the
+# host and pods both reach (pods through the `kubernetes` Service, 10.96.0.1:443, kube-proxy's DNAT).
+_k8s_api_host() { if _k8s_real_node; then echo "${PAYGRESS_NODE_IP:-198.18.0.1}"; else echo 127.0.0.1; fi; }
 K8S_GO="${K8S_GO:-/usr/local/go/bin/go}"
 K8S_SCRIPTS="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 K8S_REPO="${REPO:-$(cd "$K8S_SCRIPTS/.." && pwd)}"
@@ -252,6 +255,17 @@ _k8s_pki_kubelet() {
   touch "$d/.kubelet-done"
 }
 
+# _k8s_pki_api_ip IP: the API server's certificate names IP too (re-signed with the same key if not).
+_k8s_pki_api_ip() {
+  local d="$K8S_DIR/pki" ip="$1" logf="$LOG_DIR/k8s-pki.log"
+  grep -q "IP Address:$ip\b" <<<"$(openssl x509 -in "$d/apiserver.crt" -noout -text 2>/dev/null)" && return 0
+  ( cd "$d" &&
+    printf 'subjectAltName=IP:127.0.0.1,IP:%s,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,IP:10.96.0.1\nextendedKeyUsage=serverAuth\n' "$ip" > apiserver.ext &&
+    openssl x509 -req -in apiserver.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 3650 \
+      -extfile apiserver.ext -out apiserver.crt.tmp && mv apiserver.crt.tmp apiserver.crt
+  ) >>"$logf" 2>&1 || fail k8s "$logf" "re-signing the API server certificate for $ip failed"
+}
+
 _k8s_kubeconfig() {
   local d="$K8S_DIR/pki" token
   token="$(cut -d, -f1 "$d/tokens.csv")"
@@ -261,7 +275,7 @@ kind: Config
 clusters:
 - name: paygress
   cluster:
-    server: https://127.0.0.1:$PORT_APISERVER
+    server: https://$(_k8s_api_host):$PORT_APISERVER
     certificate-authority-data: $(base64 -w0 < "$d/ca.crt")
 users:
 - name: admin
@@ -305,8 +319,13 @@ k8s_up() {
   mkdir -p "$K8S_DIR"
   _k8s_pki
   _k8s_pki_kubelet
+  local d="$K8S_DIR/pki" api_host; api_host="$(_k8s_api_host)"
+  if _k8s_real_node; then
+    # The API server listens on the node's bridge: it must exist first.
+    node_network_up
+    _k8s_pki_api_ip "$api_host"
+  fi
   _k8s_kubeconfig
-  local d="$K8S_DIR/pki"
 
   if ! is_running etcd; then
     [ -x "$etcd_bin" ] || fail etcd "$LOG_DIR/k8s-build-etcd.log" "etcd not built at $etcd_bin (scripts/stack install k8s)"
@@ -349,18 +368,24 @@ k8s_up() {
     # A real kubelet and controller-manager: the Node authorizer and NodeRestriction for the kubelet's own
     # credentials, and ServiceAccount admission back on (the controller-manager makes `default` ServiceAccounts
     # and their tokens).
+    # On the bridge address, with the default endpoint reconciler: the `kubernetes` Service's endpoint is
+    # $api_host:PORT_APISERVER, so pods reach the API server at 10.96.0.1:443 (KUBERNETES_SERVICE_HOST).
     local i
     for i in "${!args[@]}"; do
       case "${args[$i]}" in
         --authorization-mode=*) args[$i]=--authorization-mode=Node,RBAC ;;
         --disable-admission-plugins=*) args[$i]=--enable-admission-plugins=NodeRestriction ;;
+        --bind-address=*) args[$i]="--bind-address=$api_host" ;;
+        --advertise-address=*) args[$i]="--advertise-address=$api_host" ;;
+        --endpoint-reconciler-type=*) unset "args[$i]" ;;
       esac
     done
+    args=("${args[@]}")
   fi
   restart_if_changed kube-apiserver "$K8S_APISERVER_BIN" "${args[@]}"
   if ! is_running kube-apiserver; then
     [ -x "$K8S_APISERVER_BIN" ] || fail kube-apiserver "$LOG_DIR/k8s-build-apiserver.log" "kube-apiserver not built at $K8S_APISERVER_BIN (scripts/stack install k8s)"
-    tcp_open "$PORT_APISERVER" && fail kube-apiserver "$LOG_DIR/kube-apiserver.log" "port $PORT_APISERVER is taken by an unrecorded process"
+    tcp_open "$PORT_APISERVER" "$api_host" && fail kube-apiserver "$LOG_DIR/kube-apiserver.log" "port $PORT_APISERVER is taken by an unrecorded process"
     start_proc kube-apiserver "$K8S_APISERVER_BIN" "${args[@]}"
   fi
   _k8s_wait_proc kube-apiserver 90 _k8s_api_ready

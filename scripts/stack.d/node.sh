@@ -179,11 +179,15 @@ _node_machine_record() {
   mv "$f.tmp" "$f"
 }
 
-_node_bridge_up() {
+# node_network_up: the bridge (with the node's address) and the forward guard. Also called by k8s_up, whose API
+# server listens on the bridge address when the real node runs.
+node_network_up() {
+  _node_machine_record
   if ! ip link show "$NODE_BRIDGE" >/dev/null 2>&1; then
     ip link add "$NODE_BRIDGE" type bridge || fail node "$LOG_DIR/node.log" "cannot create bridge $NODE_BRIDGE"
   fi
-  ip addr show dev "$NODE_BRIDGE" | grep -q "inet $NODE_IP/" || ip addr add "$NODE_IP/${NODE_NET#*/}" dev "$NODE_BRIDGE"
+  local addrs; addrs="$(ip -4 -o addr show dev "$NODE_BRIDGE")"   # (not piped into grep -q: SIGPIPE under pipefail)
+  [[ "$addrs" == *"inet $NODE_IP/"* ]] || ip addr add "$NODE_IP/${NODE_NET#*/}" dev "$NODE_BRIDGE"
   ip link set "$NODE_BRIDGE" up
   # Traffic through the bridge stays on the machine: what a pod sends is forwarded only back into the bridge
   # (pod to pod, and pod to a service's pod after kube-proxy's DNAT); nothing is forwarded into the bridge from
@@ -291,7 +295,7 @@ _node_push() {
 _node_import() {
   local archive="$1" name="$2" mark
   mark="$NODE_DIR/registry/loaded/$(basename "$archive")"
-  [ -f "$mark" ] && _node_ctr images ls -q | grep -qxF "$name" && return 0
+  [ -f "$mark" ] && grep -qxF "$name" <<<"$(_node_ctr images ls -q)" && return 0
   _node_ctr images import "$archive" >>"$LOG_DIR/node-images.log" 2>&1 \
     || fail containerd "$LOG_DIR/node-images.log" "ctr images import $archive failed"
   _node_push "$name"
@@ -334,14 +338,15 @@ _node_cert() {
 
 # _node_kubeconfig NAME: a kubeconfig for the API server with NAME's client certificate.
 _node_kubeconfig() {
-  local name="$1" k="$K8S_DIR/pki"
-  cat > "$NODE_PKI/$name.kubeconfig" <<EOF
+  local name="$1" k="$K8S_DIR/pki" proc="$1"
+  [ "$name" != kubelet-client ] || proc=kubelet
+  _node_config "$proc" "$NODE_PKI/$name.kubeconfig" <<EOF
 apiVersion: v1
 kind: Config
 clusters:
 - name: paygress
   cluster:
-    server: https://127.0.0.1:$PORT_APISERVER
+    server: https://$(_k8s_api_host):$PORT_APISERVER
     certificate-authority: $k/ca.crt
 users:
 - name: $name
@@ -533,7 +538,7 @@ node_up() {
   [ "$(id -u)" = 0 ] || fail node "$LOG_DIR/node.log" "the real node needs root"
   mkdir -p "$NODE_DIR"
   _node_machine_record
-  _node_bridge_up
+  node_network_up
   _node_cni_config
 
   _node_registry_config
