@@ -1,7 +1,9 @@
 # scripts/stack.d/k8s.sh — Kubernetes API of the local stack: etcd + kube-apiserver (built from the Go module
 # proxy) + the stack-node agent (tools/stack-node) that binds pods and runs them on loopback IPs + stack-kubelet
 # (stack.d/stack-kubelet, the kubelet's own port-forward code) so that `kubectl port-forward` works.
-# No controller-manager and no scheduler run. Sourced by scripts/stack (after scripts/lib.sh).
+# No controller-manager and no scheduler run. With PAYGRESS_NODE=real (`scripts/stack up k8s node`) the real node of
+# stack.d/node.sh replaces stack-node and stack-kubelet, and the API server listens on the node's bridge address.
+# Sourced by scripts/stack (after scripts/lib.sh).
 # Functions: k8s_install k8s_up k8s_wait k8s_down k8s_status k8s_env.
 # Measured on 2 cores with other builds running: cold build etcd 137 s, kube-apiserver 480 s (module downloads
 # included); warm install ~0.3-2 s; up+wait ~3 s (existing state), ~5 s (fresh state dir, PKI generated).

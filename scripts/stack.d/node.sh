@@ -1,15 +1,18 @@
-# scripts/stack.d/node.sh — a real single-node Kubernetes beside the stack's API server (component `node`):
-# containerd + runc (Debian), a CNI bridge network for pods in 198.18.0.0/15 (RFC 2544), kubelet, kube-scheduler,
-# kube-controller-manager and kube-proxy v1.36.3 (built from the Go module proxy like kube-apiserver), and the
-# images that cannot be pulled here, made locally: the pod sandbox (pause) and a stand-in for
-# lscr.io/linuxserver/openssh-server:latest (Debian's OpenSSH, same interface). It replaces tools/stack-node and
-# stack-kubelet: with `node` selected (PAYGRESS_NODE=real), k8s.sh runs neither.
+# scripts/stack.d/node.sh — a real single-node Kubernetes beside the stack's API server (component `node`, named
+# explicitly: `scripts/stack up k8s node`): containerd + runc (Debian), a CNI bridge network for pods in
+# 198.18.0.0/15 (RFC 2544; no masquerade, no route off the machine), kubelet, kube-scheduler,
+# kube-controller-manager and kube-proxy v1.36.3 (built from the Go module proxy like kube-apiserver), a local
+# registry (CNCF Distribution) that is every registry's only host for containerd, dockerd on the node's containerd
+# (DOCKER_HOST; `scripts/stack image load`), a default StorageClass with local volumes, and the images that cannot
+# be pulled here, made locally: the pod sandbox (pause) and a stand-in for lscr.io/linuxserver/openssh-server:latest
+# (Debian's OpenSSH, same interface). It replaces tools/stack-node and stack-kubelet: with the real node
+# (PAYGRESS_NODE=real) k8s.sh runs neither, and its API server listens on the bridge address so pods reach it.
 # Sourced by scripts/stack after lib.sh and k8s.sh. Functions: node_install node_up node_wait node_down node_status
-# node_env. Needs root (bridge, iptables, mounts, cgroups). Everything it changes on the machine is recorded at up
-# and undone by node_down: see _node_machine_* and docs/stack.md.
-# Traps (see docs/stack.md): root lacks CAP_SYS_RESOURCE here, so containerd needs restrict_oom_score_adj; cgroup v1
+# node_env, and node_network_up (used by k8s_up), node_image_load (`scripts/stack image load`). Needs root.
+# Everything it changes on the machine is recorded at up (_node_machine_record) and undone by node_down: see
+# docs/stack.md. Traps: root lacks CAP_SYS_RESOURCE here, so containerd needs restrict_oom_score_adj; cgroup v1
 # needs the kubelet's failCgroupV1: false; the kubelet refuses a loopback node IP, so the node's address is the
-# bridge's.
+# bridge's; only one real node per machine (bridge, sysctls, /var/log/containers are machine-wide).
 
 NODE_DIR="$STACK_DIR/node"
 NODE_SRC="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/node"
