@@ -185,6 +185,10 @@ _node_machine_record() {
 # node_network_up: the bridge (with the node's address) and the forward guard. Also called by k8s_up, whose API
 # server listens on the bridge address when the real node runs.
 node_network_up() {
+  # One real node per machine: a bridge of that name that this stack dir did not record is another's.
+  if [ ! -f "$NODE_DIR/machine.saved" ] && ip link show "$NODE_BRIDGE" >/dev/null 2>&1; then
+    fail node "$LOG_DIR/node.log" "bridge $NODE_BRIDGE exists but this stack dir ($STACK_DIR) did not make it: another stack's real node runs (one per machine), or one was left without \`scripts/stack down\`"
+  fi
   _node_machine_record
   if ! ip link show "$NODE_BRIDGE" >/dev/null 2>&1; then
     ip link add "$NODE_BRIDGE" type bridge || fail node "$LOG_DIR/node.log" "cannot create bridge $NODE_BRIDGE"
