@@ -311,6 +311,7 @@ _node_import() {
 
 _node_registry_config() {
   mkdir -p "$NODE_DIR/registry/data"
+  [ -s "$NODE_DIR/registry/http.secret" ] || { openssl rand -hex 32 > "$NODE_DIR/registry/http.secret"; chmod 600 "$NODE_DIR/registry/http.secret"; }
   _node_config registry "$NODE_DIR/registry/config.yml" <<EOF
 version: 0.1
 log:
@@ -327,6 +328,7 @@ storage:
       enabled: false
 http:
   addr: 127.0.0.1:$PORT_NODE_REGISTRY
+  secret: $(cat "$NODE_DIR/registry/http.secret")
 EOF
 }
 _node_registry_ready() { curl -sf -m 2 "http://127.0.0.1:$PORT_NODE_REGISTRY/v2/"; }
@@ -549,7 +551,9 @@ node_up() {
   _node_cni_config
 
   _node_registry_config
-  _node_start registry "$NODE_REGISTRY_BIN" serve "$NODE_DIR/registry/config.yml"
+  # Its OpenTelemetry exporter would otherwise post traces to localhost:4318 every few seconds.
+  OTEL_TRACES_EXPORTER=none OTEL_SDK_DISABLED=true \
+    _node_start registry "$NODE_REGISTRY_BIN" serve "$NODE_DIR/registry/config.yml"
   _k8s_wait_proc registry 30 _node_registry_ready
 
   _node_containerd_config
