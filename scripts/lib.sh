@@ -10,17 +10,35 @@ PID_DIR="$STACK_DIR/pids"
 LOG_DIR="$STACK_DIR/logs"
 mkdir -p "$STACK_DIR" "$BUILD_DIR" "$PID_DIR" "$LOG_DIR"
 
-# Fixed loopback ports, one table so components never collide.
-PORT_ETCD_CLIENT=23790
-PORT_ETCD_PEER=23800
-PORT_APISERVER=26443
-PORT_RELAY=27777
-PORT_MINT=23338
-PORT_MINT_ALT=23339
-PORT_TOR_BASE=25000        # tor network uses 25000..25099 (authorities, relays, exit, client)
-PORT_TOR_SOCKS=29050       # C tor client SocksPort used by torsocks
-PORT_NODE_AGENT=28080      # stack-node agent health endpoint
-PORT_KUBELET=28250         # stack-kubelet: the kubelet API's port-forward (kube-apiserver → node)
+# Fixed loopback ports, one table so components never collide. Each can be moved from the environment
+# (PAYGRESS_PORT_APISERVER=36443 …) to run a second stack instance beside the first (with its own PAYGRESS_STACK_DIR).
+PORT_ETCD_CLIENT="${PAYGRESS_PORT_ETCD_CLIENT:-23790}"
+PORT_ETCD_PEER="${PAYGRESS_PORT_ETCD_PEER:-23800}"
+PORT_APISERVER="${PAYGRESS_PORT_APISERVER:-26443}"
+PORT_RELAY="${PAYGRESS_PORT_RELAY:-27777}"
+PORT_MINT="${PAYGRESS_PORT_MINT:-23338}"
+PORT_MINT_ALT="${PAYGRESS_PORT_MINT_ALT:-23339}"
+PORT_TOR_BASE="${PAYGRESS_PORT_TOR_BASE:-25000}"      # tor network uses BASE..BASE+99 (authorities, relays, exit, client)
+PORT_TOR_SOCKS="${PAYGRESS_PORT_TOR_SOCKS:-29050}"    # C tor client SocksPort used by torsocks
+PORT_NODE_AGENT="${PAYGRESS_PORT_NODE_AGENT:-28080}"  # stack-node agent health endpoint
+PORT_KUBELET="${PAYGRESS_PORT_KUBELET:-28250}"        # kubelet API (stack-kubelet, or the real kubelet of `node`)
+# The real node (component `node`): local ports of its components, all on 127.0.0.1.
+PORT_KUBELET_HEALTHZ="${PAYGRESS_PORT_KUBELET_HEALTHZ:-28251}"
+PORT_SCHEDULER="${PAYGRESS_PORT_SCHEDULER:-28252}"
+PORT_CONTROLLER_MANAGER="${PAYGRESS_PORT_CONTROLLER_MANAGER:-28253}"
+PORT_PROXY_HEALTHZ="${PAYGRESS_PORT_PROXY_HEALTHZ:-28254}"
+PORT_PROXY_METRICS="${PAYGRESS_PORT_PROXY_METRICS:-28255}"
+PORT_NODE_REGISTRY="${PAYGRESS_PORT_NODE_REGISTRY:-28256}"  # every registry's only host for the node's containerd
+
+# port_env: the PAYGRESS_PORT_* exports of this instance (for env.sh, so a second instance's env is complete).
+port_env() {
+  local v
+  for v in ETCD_CLIENT ETCD_PEER APISERVER RELAY MINT MINT_ALT TOR_BASE TOR_SOCKS NODE_AGENT KUBELET \
+      KUBELET_HEALTHZ SCHEDULER CONTROLLER_MANAGER PROXY_HEALTHZ PROXY_METRICS NODE_REGISTRY; do
+    local name="PORT_$v"
+    echo "export PAYGRESS_PORT_$v='${!name}'"
+  done
+}
 
 log() { printf '[stack %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 

@@ -99,7 +99,12 @@ EOF
   kubectl -n "$NS" wait --for=jsonpath='{.status.phase}'=Running "pod/$POD" --timeout=60s >/dev/null 2>"$TMP/err" \
     || fail stack-node "$NODE_LOG" "pod $NS/$POD not Running after 60s: $(cat "$TMP/err"); status: $(kubectl -n "$NS" get pod "$POD" -o jsonpath='{.spec.nodeName} {.status}' 2>&1)"
   ip="$(kubectl -n "$NS" get pod "$POD" -o jsonpath='{.status.podIP}')"
-  [[ "$ip" =~ ^127\.[0-9]+\.[0-9]+\.[0-9]+$ ]] || fail stack-node "$NODE_LOG" "pod IP '$ip' is not inside 127.0.0.0/8"
+  if [ "${PAYGRESS_NODE:-sim}" = real ]; then
+    # The real node (stack.d/node.sh): pods on its bridge, in 198.18.0.0/15.
+    [[ "$ip" =~ ^198\.1[89]\.[0-9]+\.[0-9]+$ ]] || fail kubelet "$LOG_DIR/kubelet.log" "pod IP '$ip' is not inside 198.18.0.0/15"
+  else
+    [[ "$ip" =~ ^127\.[0-9]+\.[0-9]+\.[0-9]+$ ]] || fail stack-node "$NODE_LOG" "pod IP '$ip' is not inside 127.0.0.0/8"
+  fi
   say "   pod Running on $(kubectl -n "$NS" get pod "$POD" -o jsonpath='{.spec.nodeName}') with IP $ip"
 
   deadline=$(( $(date +%s) + 30 ))

@@ -1,7 +1,9 @@
 # scripts/stack.d/k8s.sh — Kubernetes API of the local stack: etcd + kube-apiserver (built from the Go module
 # proxy) + the stack-node agent (tools/stack-node) that binds pods and runs them on loopback IPs + stack-kubelet
 # (stack.d/stack-kubelet, the kubelet's own port-forward code) so that `kubectl port-forward` works.
-# No controller-manager and no scheduler run. Sourced by scripts/stack (after scripts/lib.sh).
+# No controller-manager and no scheduler run. With PAYGRESS_NODE=real (`scripts/stack up k8s node`) the real node of
+# stack.d/node.sh replaces stack-node and stack-kubelet, and the API server listens on the node's bridge address.
+# Sourced by scripts/stack (after scripts/lib.sh).
 # Functions: k8s_install k8s_up k8s_wait k8s_down k8s_status k8s_env.
 # Measured on 2 cores with other builds running: cold build etcd 137 s, kube-apiserver 480 s (module downloads
 # included); warm install ~0.3-2 s; up+wait ~3 s (existing state), ~5 s (fresh state dir, PKI generated).
@@ -17,6 +19,12 @@ K8S_KUBECONFIG="$K8S_DIR/admin.kubeconfig"
 K8S_NODE_NAME="paygress-node"
 K8S_POD_CIDR="${K8S_POD_CIDR:-127.0.100.0/24}"
 K8S_SERVICE_CIDR="10.96.0.0/16"
+# PAYGRESS_NODE (set by scripts/stack after sourcing the components, so read when used): sim, the simulated node
+# (tools/stack-node + stack-kubelet); real, component `node` (stack.d/node.sh) is the node.
+_k8s_real_node() { [ "${PAYGRESS_NODE:-sim}" = real ]; }
+# Where the API server listens: loopback; with the real node the node's bridge address (stack.d/node.sh), which the
+# host and pods both reach (pods through the `kubernetes` Service, 10.96.0.1:443, kube-proxy's DNAT).
+_k8s_api_host() { if _k8s_real_node; then echo "${PAYGRESS_NODE_IP:-198.18.0.1}"; else echo 127.0.0.1; fi; }
 K8S_GO="${K8S_GO:-/usr/local/go/bin/go}"
 K8S_SCRIPTS="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 K8S_REPO="${REPO:-$(cd "$K8S_SCRIPTS/.." && pwd)}"
@@ -42,17 +50,22 @@ _k8s_etcd_version() {
   awk '$1=="go.etcd.io/etcd/server/v3" {print $2; exit}' "$gomod"
 }
 
-# k8s_build_apiserver: wrapper module requiring k8s.io/kubernetes and replacing every staging module
-# (read from that version's own go.mod: the `k8s.io/x => ./staging/src/k8s.io/x` lines) by its v0.X.Y release.
-k8s_build_apiserver() {
-  [ -x "$K8S_APISERVER_BIN" ] && return 0
-  local logf="$LOG_DIR/k8s-build-apiserver.log" src="$K8S_BUILD/src" gomod t0
+# k8s_build_cmds MODNAME CMD...: build the Kubernetes commands k8s.io/kubernetes/cmd/CMD that are missing from
+# $K8S_BUILD/bin, in one `go build`, from a wrapper module ($K8S_BUILD/mod/MODNAME) requiring k8s.io/kubernetes and
+# replacing every staging module (read from that version's own go.mod: the `k8s.io/x => ./staging/src/k8s.io/x`
+# lines) by its v0.X.Y release. All commands share the Go build cache, so a second set compiles only what is new.
+k8s_build_cmds() {
+  local modname="$1"; shift
+  local missing=() c
+  for c in "$@"; do [ -x "$K8S_BUILD/bin/$c" ] || missing+=("$c"); done
+  [ ${#missing[@]} -gt 0 ] || return 0
+  local logf="$LOG_DIR/k8s-build-$modname.log" src="$K8S_BUILD/mod/$modname" gomod t0 peer="${missing[0]}"
   t0=$(date +%s)
-  log "k8s: building kube-apiserver $K8S_VERSION from the Go module proxy (cold: 10-20 min; log $logf)"
+  log "k8s: building ${missing[*]} $K8S_VERSION from the Go module proxy (cold: 10-20 min; log $logf)"
   mkdir -p "$src" "$K8S_BUILD/bin"
-  gomod="$(_k8s_gomod 2>>"$logf")" || fail kube-apiserver "$logf" "cannot download k8s.io/kubernetes@$K8S_VERSION"
+  gomod="$(_k8s_gomod 2>>"$logf")" || fail "$peer" "$logf" "cannot download k8s.io/kubernetes@$K8S_VERSION"
   {
-    echo "module paygress.local/k8s-build/kube-apiserver"
+    echo "module paygress.local/k8s-build/$modname"
     echo
     echo "go $(awk '$1=="go" {print $2; exit}' "$gomod")"
     echo
@@ -64,29 +77,34 @@ k8s_build_apiserver() {
     awk -v v="$K8S_STAGING_VERSION" '$2=="=>" && $3 ~ /^\.\/staging\// {printf "\t%s => %s %s\n", $1, $1, v}' "$gomod"
     echo ")"
   } > "$src/go.mod"
-  # A tools file so `go mod tidy` keeps the kube-apiserver dependency graph.
-  cat > "$src/tools.go" <<'EOF'
-//go:build tools
-
-package tools
-
-import _ "k8s.io/kubernetes/cmd/kube-apiserver"
-EOF
-  # Stamp the version as hack/lib/version.sh does; unstamped, the server reports v0.0.0-master+$Format:%H$, which
+  # A tools file so `go mod tidy` keeps the commands' dependency graphs.
+  {
+    printf '//go:build tools\n\npackage tools\n\nimport (\n'
+    for c in "$@"; do printf '\t_ "k8s.io/kubernetes/cmd/%s"\n' "$c"; done
+    printf ')\n'
+  } > "$src/tools.go"
+  # Stamp the version as hack/lib/version.sh does; unstamped, a command reports v0.0.0-master+$Format:%H$, which
   # `kubectl version` (and any client that parses the server version) rejects.
-  local minor="${K8S_VERSION#v1.}" date ldflags="-s -w" key val
+  local minor="${K8S_VERSION#v1.}" date ldflags="-s -w" key val pkgs=()
   minor="${minor%%.*}"
   date="$(sed -n 's/.*"Time":"\([^"]*\)".*/\1/p' "$GOMODCACHE/cache/download/k8s.io/kubernetes/@v/$K8S_VERSION.info" 2>/dev/null)"
   for kv in "gitVersion=$K8S_VERSION" gitMajor=1 "gitMinor=$minor" gitTreeState=clean "buildDate=${date:-1970-01-01T00:00:00Z}"; do
     key="${kv%%=*}" val="${kv#*=}"
     ldflags+=" -X k8s.io/component-base/version.$key=$val -X k8s.io/client-go/pkg/version.$key=$val"
   done
-  ( cd "$src" && "$K8S_GO" mod tidy && \
-    nice -n 10 "$K8S_GO" build -trimpath -ldflags="$ldflags" -o "$K8S_APISERVER_BIN.tmp" k8s.io/kubernetes/cmd/kube-apiserver ) \
-    >>"$logf" 2>&1 || fail kube-apiserver "$logf" "build of kube-apiserver $K8S_VERSION failed"
-  mv "$K8S_APISERVER_BIN.tmp" "$K8S_APISERVER_BIN"
-  log "k8s: kube-apiserver built in $(( $(date +%s) - t0 ))s"
+  for c in "${missing[@]}"; do pkgs+=("k8s.io/kubernetes/cmd/$c"); done
+  rm -rf "$src/out" && mkdir -p "$src/out"
+  ( cd "$src" && GOWORK=off "$K8S_GO" mod tidy && \
+    GOWORK=off nice -n 10 "$K8S_GO" build -trimpath -ldflags="$ldflags" -o "$src/out/" "${pkgs[@]}" ) \
+    >>"$logf" 2>&1 || fail "$peer" "$logf" "build of ${missing[*]} $K8S_VERSION failed"
+  for c in "${missing[@]}"; do
+    [ -x "$src/out/$c" ] || fail "$c" "$logf" "go build left no binary $src/out/$c"
+    mv "$src/out/$c" "$K8S_BUILD/bin/$c"
+  done
+  log "k8s: ${missing[*]} built in $(( $(date +%s) - t0 ))s"
 }
+
+k8s_build_apiserver() { k8s_build_cmds kube-apiserver kube-apiserver; }
 
 # k8s_build_etcd: go.etcd.io/etcd/server/v3 has relative replace directives (no `go install pkg@v`), so a wrapper.
 k8s_build_etcd() {
@@ -187,8 +205,10 @@ k8s_install() {
   k8s_install_kubectl
   k8s_build_etcd
   k8s_build_apiserver
-  k8s_build_kubelet
-  k8s_build_node
+  if ! _k8s_real_node; then
+    k8s_build_kubelet
+    k8s_build_node
+  fi
 }
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -237,6 +257,17 @@ _k8s_pki_kubelet() {
   touch "$d/.kubelet-done"
 }
 
+# _k8s_pki_api_ip IP: the API server's certificate names IP too (re-signed with the same key if not).
+_k8s_pki_api_ip() {
+  local d="$K8S_DIR/pki" ip="$1" logf="$LOG_DIR/k8s-pki.log"
+  grep -q "IP Address:$ip\b" <<<"$(openssl x509 -in "$d/apiserver.crt" -noout -text 2>/dev/null)" && return 0
+  ( cd "$d" &&
+    printf 'subjectAltName=IP:127.0.0.1,IP:%s,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,IP:10.96.0.1\nextendedKeyUsage=serverAuth\n' "$ip" > apiserver.ext &&
+    openssl x509 -req -in apiserver.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 3650 \
+      -extfile apiserver.ext -out apiserver.crt.tmp && mv apiserver.crt.tmp apiserver.crt
+  ) >>"$logf" 2>&1 || fail k8s "$logf" "re-signing the API server certificate for $ip failed"
+}
+
 _k8s_kubeconfig() {
   local d="$K8S_DIR/pki" token
   token="$(cut -d, -f1 "$d/tokens.csv")"
@@ -246,7 +277,7 @@ kind: Config
 clusters:
 - name: paygress
   cluster:
-    server: https://127.0.0.1:$PORT_APISERVER
+    server: https://$(_k8s_api_host):$PORT_APISERVER
     certificate-authority-data: $(base64 -w0 < "$d/ca.crt")
 users:
 - name: admin
@@ -290,8 +321,13 @@ k8s_up() {
   mkdir -p "$K8S_DIR"
   _k8s_pki
   _k8s_pki_kubelet
+  local d="$K8S_DIR/pki" api_host; api_host="$(_k8s_api_host)"
+  if _k8s_real_node; then
+    # The API server listens on the node's bridge: it must exist first.
+    node_network_up
+    _k8s_pki_api_ip "$api_host"
+  fi
   _k8s_kubeconfig
-  local d="$K8S_DIR/pki"
 
   if ! is_running etcd; then
     [ -x "$etcd_bin" ] || fail etcd "$LOG_DIR/k8s-build-etcd.log" "etcd not built at $etcd_bin (scripts/stack install k8s)"
@@ -330,13 +366,38 @@ k8s_up() {
       --profiling=false
       --v=1
   )
+  if _k8s_real_node; then
+    # A real kubelet and controller-manager: the Node authorizer and NodeRestriction for the kubelet's own
+    # credentials, and ServiceAccount admission back on (the controller-manager makes `default` ServiceAccounts
+    # and their tokens).
+    # On the bridge address, with the default endpoint reconciler: the `kubernetes` Service's endpoint is
+    # $api_host:PORT_APISERVER, so pods reach the API server at 10.96.0.1:443 (KUBERNETES_SERVICE_HOST).
+    local i
+    for i in "${!args[@]}"; do
+      case "${args[$i]}" in
+        --authorization-mode=*) args[$i]=--authorization-mode=Node,RBAC ;;
+        --disable-admission-plugins=*) args[$i]=--enable-admission-plugins=NodeRestriction ;;
+        --bind-address=*) args[$i]="--bind-address=$api_host" ;;
+        --advertise-address=*) args[$i]="--advertise-address=$api_host" ;;
+        --endpoint-reconciler-type=*) unset "args[$i]" ;;
+      esac
+    done
+    args=("${args[@]}")
+  fi
   restart_if_changed kube-apiserver "$K8S_APISERVER_BIN" "${args[@]}"
   if ! is_running kube-apiserver; then
     [ -x "$K8S_APISERVER_BIN" ] || fail kube-apiserver "$LOG_DIR/k8s-build-apiserver.log" "kube-apiserver not built at $K8S_APISERVER_BIN (scripts/stack install k8s)"
-    tcp_open "$PORT_APISERVER" && fail kube-apiserver "$LOG_DIR/kube-apiserver.log" "port $PORT_APISERVER is taken by an unrecorded process"
+    tcp_open "$PORT_APISERVER" "$api_host" && fail kube-apiserver "$LOG_DIR/kube-apiserver.log" "port $PORT_APISERVER is taken by an unrecorded process"
     start_proc kube-apiserver "$K8S_APISERVER_BIN" "${args[@]}"
   fi
   _k8s_wait_proc kube-apiserver 90 _k8s_api_ready
+
+  if _k8s_real_node; then
+    # The real node replaces the simulated one (stopped if an earlier `up` of this stack dir ran it).
+    stop_proc stack-kubelet
+    stop_proc stack-node
+    return 0
+  fi
 
   # The binary's path holds the hash of its sources: a stack-kubelet of older sources is replaced.
   local kubelet=("$(k8s_kubelet_bin)" --listen "127.0.0.1:$PORT_KUBELET" --apiserver "https://127.0.0.1:$PORT_APISERVER"
@@ -360,6 +421,7 @@ k8s_up() {
 
 k8s_wait() {
   _k8s_wait_proc kube-apiserver 90 _k8s_api_ready
+  ! _k8s_real_node || return 0
   _k8s_wait_proc stack-node 60 _k8s_node_ready
   _k8s_wait_proc stack-kubelet 30 _k8s_kubelet_ready
 }
@@ -372,8 +434,9 @@ k8s_down() {
 }
 
 k8s_status() {
-  is_running etcd && _k8s_etcd_ready && is_running kube-apiserver && _k8s_api_ready >/dev/null 2>&1 \
-    && is_running stack-node && _k8s_node_ready >/dev/null 2>&1 \
+  is_running etcd && _k8s_etcd_ready && is_running kube-apiserver && _k8s_api_ready >/dev/null 2>&1 || return 1
+  ! _k8s_real_node || return 0
+  is_running stack-node && _k8s_node_ready >/dev/null 2>&1 \
     && is_running stack-kubelet && _k8s_kubelet_ready >/dev/null 2>&1
 }
 

@@ -1,0 +1,217 @@
+#!/usr/bin/env bash
+# Smoke test of the real node (component `node`: kubelet + containerd + CNI bridge + scheduler + controller-manager
+# + kube-proxy). Runs with the env of `scripts/stack env` sourced; skipped (exit 0) when the stack runs the
+# simulated node (PAYGRESS_NODE != real). Cleans up what it creates.
+#  1. The node is Ready, kubelet v1.36.3 on containerd; a new namespace gets its `default` ServiceAccount.
+#  2. A pod shaped like a lease (linuxserver env, password from a Secret, Guaranteed QoS, all capabilities dropped
+#     but the five the image's init needs) runs as a real container with an IP on the bridge; `kubectl logs`,
+#     `exec`, the ServiceAccount token volume; SSH with the password into it (a wrong one refused), bash is the shell.
+#  3. A ClusterIP Service (kube-proxy): SSH from the host to the ClusterIP, a banner from another pod through it;
+#     `kubectl port-forward svc/…` and SSH through it; the API server through the `kubernetes` Service from a pod
+#     (KUBERNETES_SERVICE_HOST) and, with a ServiceAccount token, from the host.
+#  4. A container killed from outside restarts in place (same pod, same IP, restartCount 1).
+#  5. A Deployment becomes available; deleting it removes its ReplicaSet and pods (garbage collector).
+#  6. Images: `docker build` on the stack's engine (FROM the SSH image, pulled from the stack's registry), then
+#     `scripts/stack image load`; a pod with imagePullPolicy Always runs it (pulled from the stack's registry); an
+#     image never loaded fails to pull.
+#  7. A PVC without a class binds to a volume of the default StorageClass; a non-root pod with fsGroup writes to it
+#     and the kubelet applied the fsGroup (group-owned, setgid). The namespace is deleted to the end (namespace
+#     controller).
+set -euo pipefail
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=scripts/lib.sh
+. "$HERE/../lib.sh"
+
+say() { printf '[smoke node] %s\n' "$*" >&2; }
+if [ "${PAYGRESS_NODE:-sim}" != real ]; then say "skipped: the stack runs the simulated node"; exit 0; fi
+
+NS=smoke-node
+KLOG="$LOG_DIR/kubelet.log"
+TMP="$(mktemp -d)"
+SSH_OPTS=(-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o ConnectTimeout=5 -o LogLevel=ERROR)
+PF_PID=""
+cleanup() {
+  local rc=$?
+  [ -z "$PF_PID" ] || kill "$PF_PID" 2>/dev/null || true
+  kubectl delete ns "$NS" --wait=false >/dev/null 2>&1 || true
+  rm -rf "$TMP"
+  exit $rc
+}
+trap cleanup EXIT
+step() { say "$*"; T0=$(date +%s.%N); }
+took() { awk -v a="$T0" -v b="$(date +%s.%N)" 'BEGIN {printf "[smoke node]   ok (%.1fs)\n", b - a}' >&2; }
+
+step "1. node Ready, kubelet and runtime versions; namespace gets its default ServiceAccount"
+kubectl wait --for=condition=Ready node --all --timeout=60s >/dev/null || fail kubelet "$KLOG" "node not Ready"
+info="$(kubectl get node -o jsonpath='{.items[0].status.nodeInfo.kubeletVersion} {.items[0].status.nodeInfo.containerRuntimeVersion}')"
+[[ "$info" == "v1.36.3 containerd://"* ]] || fail kubelet "$KLOG" "unexpected node info: $info"
+kubectl delete ns "$NS" --wait=true --timeout=60s >/dev/null 2>&1 || true
+kubectl create ns "$NS" >/dev/null
+for _ in $(seq 1 40); do kubectl -n "$NS" get sa default >/dev/null 2>&1 && break; sleep 0.5; done
+kubectl -n "$NS" get sa default >/dev/null || fail kube-controller-manager "$LOG_DIR/kube-controller-manager.log" "no default ServiceAccount"
+took
+
+step "2. a lease-shaped pod runs as a real container; logs, exec, token volume, SSH"
+kubectl -n "$NS" apply -f - >/dev/null <<'EOF'
+apiVersion: v1
+kind: Secret
+metadata: {name: lease-auth}
+stringData: {password: hunter2}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: lease, labels: {app: lease}}
+spec:
+  containers:
+  - name: ssh
+    image: lscr.io/linuxserver/openssh-server:latest
+    imagePullPolicy: IfNotPresent
+    env:
+    - {name: PUID, value: "1000"}
+    - {name: PGID, value: "1000"}
+    - {name: TZ, value: UTC}
+    - {name: USER_NAME, value: bob}
+    - name: USER_PASSWORD
+      valueFrom: {secretKeyRef: {name: lease-auth, key: password, optional: false}}
+    - {name: PASSWORD_ACCESS, value: "true"}
+    ports: [{name: ssh, containerPort: 2222, protocol: TCP}]
+    resources:
+      requests: {cpu: 100m, memory: 128Mi}
+      limits: {cpu: 100m, memory: 128Mi}
+    readinessProbe: {tcpSocket: {port: 2222}, periodSeconds: 2}
+    securityContext:
+      allowPrivilegeEscalation: false
+      privileged: false
+      capabilities: {drop: [ALL], add: [CHOWN, DAC_OVERRIDE, FOWNER, SETGID, SETUID]}
+      seccompProfile: {type: RuntimeDefault}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: lease-ssh}
+spec:
+  selector: {app: lease}
+  ports: [{port: 2222, targetPort: 2222}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client}
+spec:
+  containers:
+  - name: c
+    image: lscr.io/linuxserver/openssh-server:latest
+    imagePullPolicy: IfNotPresent
+EOF
+kubectl -n "$NS" wait --for=condition=Ready pod/lease pod/client --timeout=90s >/dev/null \
+  || { kubectl -n "$NS" describe pod lease | tail -20 >&2; fail kubelet "$KLOG" "pods not Ready"; }
+ip="$(kubectl -n "$NS" get pod lease -o jsonpath='{.status.podIP}')"
+[[ "$ip" == 198.18.* ]] || fail kubelet "$KLOG" "pod IP $ip not on the bridge"
+[[ "$(kubectl -n "$NS" get pod lease -o jsonpath='{.status.containerStatuses[0].containerID}')" == containerd://* ]] \
+  || fail kubelet "$KLOG" "no containerd container ID"
+[ "$(kubectl -n "$NS" get pod lease -o jsonpath='{.status.qosClass}')" = Guaranteed ] || fail kubelet "$KLOG" "not Guaranteed"
+kubectl -n "$NS" logs lease | grep -q 'starting sshd on port 2222 as bob' || fail kubelet "$KLOG" "kubectl logs: no init line"
+[ "$(kubectl -n "$NS" exec lease -- cat /proc/1/comm)" = sshd ] || fail kubelet "$KLOG" "kubectl exec: PID 1 is not sshd"
+kubectl -n "$NS" exec lease -- test -s /var/run/secrets/kubernetes.io/serviceaccount/token \
+  || fail kubelet "$KLOG" "no ServiceAccount token in the pod"
+out="$(sshpass -p hunter2 ssh "${SSH_OPTS[@]}" -p 2222 "bob@$ip" 'echo "$(id -un) $SHELL $(id -u)"')" \
+  || fail kubelet "$KLOG" "SSH with the password into $ip failed"
+[ "$out" = "bob /bin/bash 1000" ] || fail kubelet "$KLOG" "SSH session: $out"
+if sshpass -p wrong ssh "${SSH_OPTS[@]}" -p 2222 "bob@$ip" true 2>/dev/null; then fail kubelet "$KLOG" "a wrong password logged in"; fi
+took
+
+step "3. ClusterIP (kube-proxy) from the host and from a pod; kubectl port-forward svc"
+cip="$(kubectl -n "$NS" get svc lease-ssh -o jsonpath='{.spec.clusterIP}')"
+for _ in $(seq 1 20); do tcp_open 2222 "$cip" && break; sleep 0.5; done
+[ "$(sshpass -p hunter2 ssh "${SSH_OPTS[@]}" -p 2222 "bob@$cip" hostname)" = lease ] \
+  || fail kube-proxy "$LOG_DIR/kube-proxy.log" "SSH to ClusterIP $cip failed"
+kubectl -n "$NS" exec client -- bash -c "exec 3<>/dev/tcp/$cip/2222 && head -c 7 <&3" | grep -q '^SSH-2.0' \
+  || fail kube-proxy "$LOG_DIR/kube-proxy.log" "pod to ClusterIP $cip: no SSH banner"
+pf_port=$(( PORT_KUBELET + 100 + RANDOM % 400 ))
+kubectl -n "$NS" port-forward svc/lease-ssh "$pf_port:2222" >"$TMP/pf.log" 2>&1 & PF_PID=$!
+for _ in $(seq 1 20); do tcp_open "$pf_port" && break; sleep 0.5; done
+[ "$(sshpass -p hunter2 ssh "${SSH_OPTS[@]}" -p "$pf_port" bob@127.0.0.1 hostname)" = lease ] \
+  || fail kubelet "$TMP/pf.log" "SSH through kubectl port-forward svc/lease-ssh failed"
+kill "$PF_PID"; PF_PID=""
+kubectl -n "$NS" exec client -- bash -c 'exec 3<>"/dev/tcp/$KUBERNETES_SERVICE_HOST/$KUBERNETES_SERVICE_PORT"' \
+  || fail kube-proxy "$LOG_DIR/kube-proxy.log" "pod to the kubernetes Service: no connection"
+kapi="$(kubectl -n default get svc kubernetes -o jsonpath='{.spec.clusterIP}')"
+kubectl --kubeconfig=/dev/null --server="https://$kapi:443" --certificate-authority="$STACK_DIR/k8s/pki/ca.crt" \
+  --token="$(kubectl -n "$NS" create token default)" auth whoami -o jsonpath='{.status.userInfo.username}' \
+  | grep -qx "system:serviceaccount:$NS:default" || fail kube-apiserver "$LOG_DIR/kube-apiserver.log" "ServiceAccount token via $kapi"
+took
+
+step "4. a killed container restarts in place"
+cid="$(kubectl -n "$NS" get pod lease -o jsonpath='{.status.containerStatuses[0].containerID}')"
+ctr -a "$CONTAINERD_ADDRESS" -n k8s.io tasks kill -s SIGKILL "${cid#containerd://}" >/dev/null
+for _ in $(seq 1 40); do
+  [ "$(kubectl -n "$NS" get pod lease -o jsonpath='{.status.containerStatuses[0].restartCount}')" = 1 ] && break; sleep 0.5
+done
+kubectl -n "$NS" wait --for=condition=Ready pod/lease --timeout=60s >/dev/null || fail kubelet "$KLOG" "no restart after a kill"
+[ "$(kubectl -n "$NS" get pod lease -o jsonpath='{.status.podIP} {.status.containerStatuses[0].restartCount}')" = "$ip 1" ] \
+  || fail kubelet "$KLOG" "restart not in place"
+took
+
+step "5. Deployment → ReplicaSet → pods; garbage collection"
+kubectl -n "$NS" create deployment web --image=lscr.io/linuxserver/openssh-server:latest --replicas=2 --dry-run=client -o json \
+  | jq '.spec.template.spec.containers[0].imagePullPolicy = "IfNotPresent"' | kubectl -n "$NS" apply -f - >/dev/null
+kubectl -n "$NS" wait --for=condition=Available deploy/web --timeout=90s >/dev/null \
+  || fail kube-controller-manager "$LOG_DIR/kube-controller-manager.log" "Deployment not available"
+kubectl -n "$NS" delete deploy web --cascade=background >/dev/null
+for _ in $(seq 1 60); do
+  [ -z "$(kubectl -n "$NS" get rs,pods -l app=web -o name)" ] && break; sleep 1
+done
+[ -z "$(kubectl -n "$NS" get rs,pods -l app=web -o name)" ] \
+  || fail kube-controller-manager "$LOG_DIR/kube-controller-manager.log" "ReplicaSet/pods not collected"
+took
+
+step "6. docker build, scripts/stack image load, a pod pulls it; an unknown image does not pull"
+tag="smoke-node-$RANDOM"
+mkdir -p "$TMP/ctx"
+printf 'FROM 127.0.0.1:%s/linuxserver/openssh-server:latest\nRUN echo %s > /smoke-mark\n' "$PORT_NODE_REGISTRY" "$tag" > "$TMP/ctx/Dockerfile"
+DOCKER_BUILDKIT=0 docker build -q -t "$tag:v1" "$TMP/ctx" >"$TMP/build.log" 2>&1 || fail dockerd "$TMP/build.log" "docker build failed"
+"$HERE/../stack" image load "$tag:v1" || fail registry "$LOG_DIR/node-images.log" "scripts/stack image load failed"
+docker rmi "$tag:v1" >/dev/null 2>&1 || true
+kubectl -n "$NS" run built --image="$tag:v1" --image-pull-policy=Always --restart=Never --command -- cat /smoke-mark >/dev/null
+for _ in $(seq 1 60); do
+  [ "$(kubectl -n "$NS" get pod built -o jsonpath='{.status.phase}')" = Succeeded ] && break; sleep 0.5
+done
+[ "$(kubectl -n "$NS" logs built)" = "$tag" ] || fail kubelet "$KLOG" "the loaded image did not run"
+kubectl -n "$NS" run nothere --image=docker.io/library/not-loaded-anywhere:1 --restart=Never >/dev/null
+for _ in $(seq 1 40); do
+  reason="$(kubectl -n "$NS" get pod nothere -o jsonpath='{.status.containerStatuses[0].state.waiting.reason}')"
+  [[ "$reason" == ErrImagePull || "$reason" == ImagePullBackOff ]] && break; sleep 0.5
+done
+[[ "$reason" == ErrImagePull || "$reason" == ImagePullBackOff ]] || fail kubelet "$KLOG" "an unknown image: $reason"
+ctr -a "$CONTAINERD_ADDRESS" -n k8s.io images rm "docker.io/library/$tag:v1" >/dev/null 2>&1 || true
+took
+
+step "7. a PVC binds (default StorageClass); fsGroup applied; namespace deletion"
+kubectl -n "$NS" apply -f - >/dev/null <<'EOF'
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {name: state}
+spec:
+  accessModes: ["ReadWriteOnce"]
+  resources: {requests: {storage: 1Gi}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: writer}
+spec:
+  restartPolicy: Never
+  securityContext: {runAsUser: 65532, runAsGroup: 65532, fsGroup: 65532, runAsNonRoot: true}
+  containers:
+  - name: c
+    image: lscr.io/linuxserver/openssh-server:latest
+    imagePullPolicy: IfNotPresent
+    command: [bash, -c, 'echo ok > /state/x && stat -c "%a %g" /state']
+    volumeMounts: [{name: s, mountPath: /state}]
+  volumes: [{name: s, persistentVolumeClaim: {claimName: state}}]
+EOF
+for _ in $(seq 1 60); do
+  [ "$(kubectl -n "$NS" get pod writer -o jsonpath='{.status.phase}')" = Succeeded ] && break; sleep 0.5
+done
+[ "$(kubectl -n "$NS" get pvc state -o jsonpath='{.status.phase}')" = Bound ] || fail kubelet "$KLOG" "PVC not Bound"
+[ "$(kubectl -n "$NS" logs writer)" = "2775 65532" ] || fail kubelet "$KLOG" "fsGroup not applied: $(kubectl -n "$NS" logs writer)"
+kubectl delete ns "$NS" --timeout=90s >/dev/null || fail kube-controller-manager "$LOG_DIR/kube-controller-manager.log" "namespace not deleted"
+took
+say "all passed"

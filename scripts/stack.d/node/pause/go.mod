@@ -1,0 +1,3 @@
+module paygress.local/stack/pause
+
+go 1.22
