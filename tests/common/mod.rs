@@ -66,6 +66,11 @@ pub fn kubectl(args: &[&str]) -> Result<String> {
     run(Command::new("kubectl").args(args))
 }
 
+/// kubectl as admin of the cluster whose kubeconfig is `admin` (e.g. the real node's, beside the stack's).
+pub fn kubectl_at(admin: &Path, args: &[&str]) -> Result<String> {
+    run(Command::new("kubectl").arg("--kubeconfig").arg(admin).args(args))
+}
+
 // ---------------------------------------------------------------- Kubernetes as the provider sees it
 
 /// Applies k8s/sidecar-service.yaml as admin (once per test process) and returns a kubeconfig for the
@@ -76,7 +81,13 @@ pub fn provider_kubeconfig() -> PathBuf {
 }
 
 fn make_provider_kubeconfig() -> Result<PathBuf> {
-    env("KUBECONFIG");
+    provider_kubeconfig_for(Path::new(&env("KUBECONFIG")), "stack")
+}
+
+/// Apply k8s/sidecar-service.yaml as the admin of `admin`'s cluster and return a kubeconfig of the
+/// provider's ServiceAccount there (`tag` names the file).
+pub fn provider_kubeconfig_for(admin: &Path, tag: &str) -> Result<PathBuf> {
+    let kubectl = |args: &[&str]| kubectl_at(admin, args);
     let manifest = repo_root().join("k8s/sidecar-service.yaml");
     kubectl(&["apply", "-f", manifest.to_str().ok_or(anyhow!("path"))?])?;
     let token = kubectl(&["-n", "ingress-system", "create", "token", "paygress", "--duration", "6h"])?;
@@ -91,7 +102,7 @@ fn make_provider_kubeconfig() -> Result<PathBuf> {
     ])?;
     let dir = std::env::temp_dir().join(format!("paygress-sa-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    let path = dir.join("kubeconfig");
+    let path = dir.join(format!("kubeconfig-{tag}"));
     let cfg = format!(
         "apiVersion: v1\nkind: Config\nclusters:\n- name: stack\n  cluster:\n    server: {server}\n    certificate-authority-data: {ca}\n\
          users:\n- name: paygress\n  user:\n    token: {token}\ncontexts:\n- name: paygress\n  context:\n    cluster: stack\n    user: paygress\n    namespace: user-workloads\n\
@@ -356,6 +367,8 @@ pub struct ProviderOptions {
     pub extra_env: Vec<(String, String)>,
     /// Reuse a state dir (restarts); a fresh one when None.
     pub state_dir: Option<PathBuf>,
+    /// The provider's kubeconfig; the stack's, as the manifest's ServiceAccount, when None.
+    pub kubeconfig: Option<PathBuf>,
 }
 
 pub struct Provider {
@@ -516,7 +529,7 @@ impl Provider {
             .env("NOSTR_RELAYS", env("NOSTR_RELAYS"))
             .env("NOSTR_PRIVATE_KEY", &sec)
             .env("WHITELISTED_MINTS", env("CASHU_MINT_URL"))
-            .env("KUBECONFIG", provider_kubeconfig())
+            .env("KUBECONFIG", opts.kubeconfig.clone().unwrap_or_else(provider_kubeconfig))
             .env("POD_NAMESPACE", "user-workloads")
             .env("PAYMENT_RATE_SATS_PER_HOUR", "100")
             .env("PAYGRESS_STATE_DIR", &state_dir)
