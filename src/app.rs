@@ -44,6 +44,8 @@ pub fn offer(cfg: &Config, provider_pubkey: &str, p2pk_pubkey: &str) -> Offer {
         reply_kind: protocol::KIND_REPLY,
         topup_kind: protocol::KIND_TOPUP,
         status_kind: protocol::KIND_STATUS,
+        release_kind: protocol::KIND_RELEASE,
+        release_rule: protocol::RELEASE_RULE.into(),
     }
 }
 
@@ -212,7 +214,8 @@ async fn dispatch(
     free: Arc<Semaphore>,
 ) {
     while let Some(incoming) = rx.recv().await {
-        let paid = matches!(incoming, Incoming::Create { .. } | Incoming::TopUp { .. });
+        // Release moves money too (a refund): it takes a paid request's worker.
+        let paid = matches!(incoming, Incoming::Create { .. } | Incoming::TopUp { .. } | Incoming::Release { .. });
         let permit = if paid {
             let Ok(p) = workers.clone().acquire_owned().await else { break };
             p

@@ -13,6 +13,8 @@ pub const KIND_REPLY: u16 = 1001;
 pub const KIND_TOPUP: u16 = 1002;
 /// Status query of the requester's own lease.
 pub const KIND_STATUS: u16 = 1003;
+/// Early release of the requester's own lease: it ends at once and its unused whole minutes come back.
+pub const KIND_RELEASE: u16 = 1004;
 /// Provider offer: addressable (NIP-01 30000..39999), a number no NIP claims (38383 is NIP-69's).
 pub const KIND_OFFER: u16 = 38_400;
 /// The `d` tag of the provider's one offer event.
@@ -47,6 +49,13 @@ pub struct TopUpRequest {
 /// Body of a kind-1003 status query.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct StatusRequest {
+    #[serde(alias = "lease_id", alias = "pod_name")]
+    pub lease: String,
+}
+
+/// Body of a kind-1004 release: the requester's own lease, ended now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ReleaseRequest {
     #[serde(alias = "lease_id", alias = "pod_name")]
     pub lease: String,
 }
@@ -190,6 +199,17 @@ pub enum Reply {
         request_id: String,
         lease: LeaseStatus,
     },
+    /// The lease was released early by its owner: it is gone, and its unused whole minutes come back.
+    Released {
+        request_id: String,
+        lease_id: String,
+        /// Whole minutes that were left.
+        unused_minutes: u64,
+        /// Their price at the rate paid: the refund's face value.
+        amount_sats: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        refund_token: Option<String>,
+    },
     Error {
         request_id: String,
         code: ErrorCode,
@@ -263,7 +283,17 @@ pub struct Offer {
     pub reply_kind: u16,
     pub topup_kind: u16,
     pub status_kind: u16,
+    /// Kind of an early release (absent in offers of older providers).
+    #[serde(default)]
+    pub release_kind: u16,
+    /// The rule of an early release, for people: what comes back.
+    #[serde(default)]
+    pub release_rule: String,
 }
+
+/// What an offer says of an early release.
+pub const RELEASE_RULE: &str = "release a lease early (kind 1004, or DELETE /v1/leases/{id}): it ends at once and \
+its unused whole minutes come back as a Cashu token, priced at the rate paid, from the mint paid";
 
 #[cfg(test)]
 mod tests {

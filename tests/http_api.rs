@@ -285,6 +285,19 @@ fn every_endpoint_end_to_end_and_no_secret_in_the_debug_log() -> Result<()> {
     assert!(!out.status.success(), "without the admin token the locked wallet cannot be reached");
     assert!(String::from_utf8_lossy(&out.stderr).contains("PAYGRESS_ADMIN_TOKEN"));
 
+    // --- early release: only the owner, once; the unused whole minutes come back
+    let release = format!("/v1/leases/{lease_id}");
+    assert_error(&http("DELETE", &url(&release), &[("Authorization", &stranger)], None)?, 404, "lease_not_found");
+    let r = http("DELETE", &url(&release), &[("Authorization", &auth), ("Idempotency-Key", "rel-1")], None)?;
+    assert_eq!(r.status, 200, "{r:?}");
+    let released = r.json();
+    assert_eq!(released["status"], "released", "{released}");
+    if let Some(t) = released["refund_token"].as_str() {
+        w.receive(&secrets.add(t))?;
+    }
+    let again = http("DELETE", &url(&release), &[("Authorization", &auth), ("Idempotency-Key", "rel-1")], None)?;
+    assert_eq!(again.json(), released, "a retry is answered with the same release");
+
     // --- SIGTERM: the listener stops accepting, the request in flight still gets its lease
     let drain_token = secrets.add(&w.send(20)?);
     let redeemed_before = p.log_text().matches("token redeemed").count();

@@ -95,6 +95,8 @@ fn offer(pk: &str) -> Offer {
         reply_kind: 1001,
         topup_kind: 1002,
         status_kind: 1003,
+        release_kind: 1004,
+        release_rule: paygress::protocol::RELEASE_RULE.into(),
     }
 }
 

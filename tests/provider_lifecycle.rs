@@ -346,3 +346,34 @@ fn an_evicted_lease_is_ended_early_with_a_refund_of_its_unused_minutes() -> Resu
     assert!(gone.is_ok(), "left behind: {:?}", all_lease_objects(&lease_id));
     Ok(())
 }
+
+/// The owner releases a lease early (kind 1004): it goes at once, and its unused whole minutes come back as a
+/// token at the rate paid; nobody else can release it.
+#[test]
+fn the_owner_releases_a_lease_early_and_gets_its_unused_minutes_back() -> Result<()> {
+    let p = provider();
+    let w = wallet(700);
+    let (user, stranger) = (User::new()?, User::new()?);
+    let token = w.send(600)?;
+    let id = user.publish_nip44(1000, &request_json(&token, "release"), &p.pubkey)?;
+    let reply = user.await_reply(&id, &p.pubkey, REPLY_TIMEOUT)?;
+    assert_eq!(reply["status"], "ok", "{reply}");
+    let lease_id = reply["access"]["lease_id"].as_str().unwrap_or_default().to_string();
+    let body = serde_json::json!({ "lease": lease_id }).to_string();
+    let theirs = stranger.publish_nip44(1004, &body, &p.pubkey)?;
+    let refused = stranger.await_reply(&theirs, &p.pubkey, REPLY_TIMEOUT)?;
+    assert_eq!(refused["code"], "lease_not_found", "{refused}");
+    let before = w.balance()?;
+    let rid = user.publish_nip44(1004, &body, &p.pubkey)?;
+    let released = user.await_reply(&rid, &p.pubkey, REPLY_TIMEOUT)?;
+    assert_eq!(released["status"], "released", "{released}");
+    w.receive(released["refund_token"].as_str().unwrap_or_default())?;
+    let back = w.balance()? - before;
+    assert_eq!(back, released["amount_sats"].as_u64().unwrap_or(0), "{released}");
+    assert!((480..=600).contains(&back) && back % 60 == 0, "refunded {back} sat: {released}");
+    let gone = wait_until("the released lease's objects to go", Duration::from_secs(30), || {
+        all_lease_objects(&lease_id).ok().filter(|o| o.is_empty())
+    });
+    assert!(gone.is_ok(), "left behind: {:?}", all_lease_objects(&lease_id));
+    Ok(())
+}

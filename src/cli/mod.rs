@@ -18,7 +18,10 @@ use clap::{Args, Parser, Subcommand};
 use nostr_sdk::prelude::{Keys, PublicKey, ToBech32};
 
 use crate::config::normalize_mint_url;
-use crate::protocol::{LeaseRequest, Reply, StatusRequest, TopUpRequest, KIND_REQUEST, KIND_STATUS, KIND_TOPUP};
+use crate::protocol::{
+    LeaseRequest, ReleaseRequest, Reply, StatusRequest, TopUpRequest, KIND_RELEASE, KIND_REQUEST, KIND_STATUS,
+    KIND_TOPUP,
+};
 use home::{Home, LeaseRecord};
 use wallet::CliWallet;
 
@@ -71,6 +74,12 @@ enum Cmd {
     },
     /// Ask the provider about a lease.
     Status {
+        lease: String,
+        #[command(flatten)]
+        io: IoArgs,
+    },
+    /// End a lease now: its unused whole minutes come back into the wallet.
+    Release {
         lease: String,
         #[command(flatten)]
         io: IoArgs,
@@ -240,6 +249,12 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let rec = home.find_lease(lease)?;
             let relays = relays(&rec.relays);
             status(&home, &keys, &relays, rec, io).await
+        }
+        Cmd::Release { lease, io } => {
+            let keys = home.keys(cli.key.as_deref())?;
+            let rec = home.find_lease(lease)?;
+            let relays = relays(&rec.relays);
+            release(&home, &keys, &relays, rec, io).await
         }
         Cmd::Leases { json } => {
             let all = home.leases()?;
@@ -435,7 +450,7 @@ async fn receive_change(home: &Home, change: Option<&str>) {
     let Some(token) = change else { return };
     match CliWallet::open(&home.wallet_dir()) {
         Ok(w) => match w.receive(token).await {
-            Ok(n) => eprintln!("{n} sat paid beyond the longest lease came back into the wallet"),
+            Ok(n) => eprintln!("{n} sat came back into the wallet"),
             Err(e) => {
                 eprintln!("the provider returned change, but the wallet could not take it ({e}); the token:");
                 println!("{token}");
@@ -674,6 +689,36 @@ async fn status(home: &Home, keys: &Keys, relays: &[String], mut rec: LeaseRecor
         }
         Reply::Error { .. } => Err(refused(&reply).map(anyhow::Error::from).unwrap_or_else(|| anyhow!("refused"))),
         other => bail!("unexpected reply to a status query: {}", serde_json::to_string(other)?),
+    }
+}
+
+async fn release(home: &Home, keys: &Keys, relays: &[String], mut rec: LeaseRecord, io: &IoArgs) -> Result<ExitCode> {
+    let provider = relay::parse_pubkey(&rec.provider)?;
+    let client = relay::connect(keys, relays, RELAY_CONNECT).await?;
+    let res = async {
+        let body = ReleaseRequest { lease: rec.lease_id.clone() };
+        let out = relay::build_request(keys, &provider, KIND_RELEASE, &serde_json::to_string(&body)?, io.nip17).await?;
+        relay::exchange(&client, keys, &provider, &out, Duration::from_secs(io.timeout), io.json).await
+    }
+    .await;
+    client.shutdown().await;
+    let reply = res?;
+    if io.json {
+        println!("{}", serde_json::to_string_pretty(&reply)?);
+    }
+    match &reply {
+        Reply::Released { lease_id, unused_minutes, refund_token, .. } => {
+            receive_change(home, refund_token.as_deref()).await;
+            rec.expires_at = crate::lease::service::now_secs();
+            rec.access.expires_at = rec.expires_at;
+            home.save_lease(&rec)?;
+            if !io.json {
+                println!("lease {lease_id} released; {unused_minutes} unused minutes refunded");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Reply::Error { .. } => Err(refused(&reply).map(anyhow::Error::from).unwrap_or_else(|| anyhow!("refused"))),
+        other => bail!("unexpected reply to a release: {}", serde_json::to_string(other)?),
     }
 }
 

@@ -35,7 +35,7 @@ use crate::lease::service::price_of;
 use crate::lease::{Incoming, LeaseService};
 use crate::metrics::Metrics;
 use crate::protocol::{
-    ErrorCode, LeaseAccess, LeaseRequest, LeaseStatus, Offer, Reply, StatusRequest, Tier, TopUpRequest,
+    ErrorCode, LeaseAccess, LeaseRequest, LeaseStatus, Offer, ReleaseRequest, Reply, StatusRequest, Tier, TopUpRequest,
     MAX_CONTENT_BYTES,
 };
 
@@ -97,7 +97,7 @@ pub fn router(health: HealthState, api: Option<Arc<Api>>, admin: Option<Arc<Admi
         r = r.merge(
             Router::new()
                 .route("/v1/leases", post(create_lease))
-                .route("/v1/leases/{id}", get(lease_status))
+                .route("/v1/leases/{id}", get(lease_status).delete(release_lease))
                 .route("/v1/leases/{id}/topup", post(topup_lease))
                 .route("/v1/offer", get(get_offer))
                 .route("/auth", get(auth_get).post(auth_post))
@@ -557,6 +557,38 @@ async fn lease_status(State(api): State<Arc<Api>>, Path(id): Path<String>, heade
     }
 }
 
+#[utoipa::path(delete, path = "/v1/leases/{id}", tag = "leases",
+    params(("id" = String, Path, description = "Lease id or pod name"),
+        ("Idempotency-Key" = Option<String>, Header, description = "Makes retries safe: refunded once")),
+    security(("lease_secret" = [])),
+    responses(
+        (status = 200, body = Reply, description = "`released`: the lease is gone; refund_token holds its unused whole minutes"),
+        (status = 401, body = ErrorBody, description = "No bearer secret"),
+        (status = 404, body = ErrorBody, description = "lease_not_found: no such lease, or not this secret's"),
+        (status = 410, body = ErrorBody, description = "lease_expired: it has already ended"),
+    ))]
+async fn release_lease(State(api): State<Arc<Api>>, Path(id): Path<String>, headers: HeaderMap) -> Response {
+    let Some(secret) = bearer(&headers) else {
+        return api.refuse(ApiError::unauthorized("lease_secret"));
+    };
+    let key = match idempotency_key(&headers) {
+        Ok(k) => k,
+        Err(e) => return api.refuse(e),
+    };
+    if !plausible_lease(&id) {
+        return api.refuse(ApiError::code(ErrorCode::LeaseNotFound, "no such lease of yours"));
+    }
+    let requester = requester_of(secret);
+    let (key, generated) = key_or_generated(key);
+    let request_id = request_id("release", Some(&key), &[id.as_bytes(), requester.as_bytes()]);
+    let route = ReplyRoute { request_id, requester, via: ReplyVia::InBand };
+    let resp = match api.run(Incoming::Release { route, request: ReleaseRequest { lease: id } }).await {
+        Ok(reply) => api.answer(reply, None),
+        Err(e) => e.into_response(),
+    };
+    with_generated_key(resp, generated.then_some(key.as_str()))
+}
+
 #[utoipa::path(post, path = "/v1/leases/{id}/topup", tag = "leases", request_body = TopUpBody,
     params(("id" = String, Path, description = "Lease id or pod name"),
         ("Idempotency-Key" = Option<String>, Header, description = "Makes retries safe")),
@@ -978,7 +1010,7 @@ impl utoipa::Modify for SecuritySchemes {
                        with the protocol's stable codes. Tokens in URLs leak into proxies' logs: prefer POST /auth."
     ),
     paths(
-        create_lease, lease_status, topup_lease, get_offer, auth_get, auth_post, admin_balance, admin_send,
+        create_lease, lease_status, release_lease, topup_lease, get_offer, auth_get, auth_post, admin_balance, admin_send,
         healthz, readyz, metrics
     ),
     components(schemas(

@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::ports::{PortResult, ReplyRoute};
-use crate::protocol::{LeaseAccess, LeaseRequest, Reply, StatusRequest, TopUpRequest};
+use crate::protocol::{LeaseAccess, LeaseRequest, ReleaseRequest, Reply, StatusRequest, TopUpRequest};
 
 /// What the requester asked for.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -17,6 +17,8 @@ pub enum Ask {
         lease_id: String,
         reason: String,
     },
+    /// The owner ends a lease early: the unused whole minutes go back.
+    Release(ReleaseRequest),
     /// Unusable input; only an error reply is owed.
     Invalid,
 }
@@ -26,7 +28,7 @@ impl Ask {
         match self {
             Ask::Create(r) => &r.cashu_token,
             Ask::TopUp(r) => &r.cashu_token,
-            Ask::Status(_) | Ask::End { .. } | Ask::Invalid => "",
+            Ask::Status(_) | Ask::End { .. } | Ask::Release(_) | Ask::Invalid => "",
         }
     }
     /// The same ask with the token removed, once it can no longer be needed.
@@ -35,7 +37,7 @@ impl Ask {
         match &mut a {
             Ask::Create(r) => r.cashu_token.clear(),
             Ask::TopUp(r) => r.cashu_token.clear(),
-            Ask::Status(_) | Ask::End { .. } | Ask::Invalid => {}
+            Ask::Status(_) | Ask::End { .. } | Ask::Release(_) | Ask::Invalid => {}
         }
         a
     }
@@ -95,6 +97,9 @@ pub struct SagaRecord {
     /// The pod's resourceVersion an early end was computed from (the delete's precondition).
     #[serde(default)]
     pub pod_version: Option<String>,
+    /// Whole minutes an early end leaves unused (what `amount` refunds).
+    #[serde(default)]
+    pub unused_minutes: Option<u64>,
     /// Generated once and kept, so a resumed saga gives the pod the same password it was created with.
     pub ssh_password: Option<String>,
     pub access: Option<LeaseAccess>,
@@ -120,6 +125,7 @@ impl SagaRecord {
             lease_id: None,
             expires_at: None,
             pod_version: None,
+            unused_minutes: None,
             ssh_password: None,
             access: None,
             failure: None,
@@ -157,7 +163,9 @@ fn reply_has_secrets(reply: &Reply) -> bool {
         Reply::Ok { access, refund_token, .. } => {
             access.ssh_password.is_some() || access.onion_address.is_some() || refund_token.is_some()
         }
-        Reply::Extended { refund_token, .. } | Reply::Error { refund_token, .. } => refund_token.is_some(),
+        Reply::Extended { refund_token, .. }
+        | Reply::Error { refund_token, .. }
+        | Reply::Released { refund_token, .. } => refund_token.is_some(),
         Reply::Status { .. } => false,
     }
 }
@@ -170,7 +178,9 @@ fn redact_reply(reply: &mut Reply) {
             access.tor_ssh_command = None;
             *refund_token = None;
         }
-        Reply::Extended { refund_token, .. } | Reply::Error { refund_token, .. } => *refund_token = None,
+        Reply::Extended { refund_token, .. }
+        | Reply::Error { refund_token, .. }
+        | Reply::Released { refund_token, .. } => *refund_token = None,
         Reply::Status { .. } => {}
     }
 }

@@ -11,7 +11,7 @@ pub use service::{LeaseService, LeaseSettings, Ports};
 
 use ports::ReplyRoute;
 
-use crate::protocol::{ErrorCode, LeaseRequest, StatusRequest, TopUpRequest};
+use crate::protocol::{ErrorCode, LeaseRequest, ReleaseRequest, StatusRequest, TopUpRequest};
 
 /// A decoded request, as a front end (Nostr or HTTP) hands it to the lease logic.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,6 +28,11 @@ pub enum Incoming {
         route: ReplyRoute,
         request: StatusRequest,
     },
+    /// The owner ends the lease early; unused whole minutes are refunded.
+    Release {
+        route: ReplyRoute,
+        request: ReleaseRequest,
+    },
     /// Addressed to us but unusable (garbage, oversize, undecryptable): answered with `code`, nothing else.
     Invalid {
         route: ReplyRoute,
@@ -42,6 +47,7 @@ impl Incoming {
             Incoming::Create { route, .. }
             | Incoming::TopUp { route, .. }
             | Incoming::Status { route, .. }
+            | Incoming::Release { route, .. }
             | Incoming::Invalid { route, .. } => route,
         }
     }

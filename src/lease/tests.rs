@@ -894,3 +894,60 @@ async fn an_early_end_cut_after_its_delete_still_refunds_once() {
     wait_done(&w, &format!("end:{id}")).await;
     assert_eq!(*w.payment.refunds.lock().unwrap(), vec![20]);
 }
+
+fn release(id: &str, lease_id: &str, who: &str) -> Incoming {
+    Incoming::Release { route: route(id, who), request: crate::protocol::ReleaseRequest { lease: lease_id.into() } }
+}
+
+#[tokio::test]
+async fn the_owner_releases_a_lease_and_gets_its_unused_minutes_back_once() {
+    let w = world();
+    w.svc.handle(create("e1", "tok:http:mint.test:100:a")).await;
+    let id = w.cluster.leases.lock().unwrap().keys().next().unwrap().clone();
+    // 30 whole minutes left of a 100 sat/h lease: 50 sat.
+    w.cluster.leases.lock().unwrap().get_mut(&id).unwrap().expires_at = now_secs() + 30 * 60 + 30;
+    let stranger = w.svc.handle(release("r0", &id, "mallory-pk")).await.unwrap();
+    assert_eq!(error_code(&stranger), Some(ErrorCode::LeaseNotFound));
+    assert_eq!(w.cluster.leases.lock().unwrap().len(), 1, "a stranger cannot end it");
+
+    let reply = w.svc.handle(release("r1", &id, "alice-pk")).await.unwrap();
+    let Reply::Released { lease_id, unused_minutes, amount_sats, refund_token, .. } = &reply else {
+        panic!("{reply:?}")
+    };
+    assert_eq!((lease_id.as_str(), *unused_minutes, *amount_sats), (id.as_str(), 30, 50));
+    assert_eq!(refund_token.as_deref(), Some("refund:50"));
+    assert!(w.cluster.leases.lock().unwrap().is_empty());
+    assert_eq!(w.onion.running(), 0);
+    // The same release again (a relay's replay, a retry): answered, never paid twice.
+    w.svc.handle(release("r1", &id, "alice-pk")).await;
+    let again = w.svc.handle(release("r2", &id, "alice-pk")).await.unwrap();
+    assert_eq!(error_code(&again), Some(ErrorCode::LeaseNotFound));
+    assert_eq!(*w.payment.refunds.lock().unwrap(), vec![50]);
+}
+
+#[tokio::test]
+async fn a_release_cut_after_its_delete_still_refunds_once() {
+    let w = world();
+    w.svc.handle(create("e1", "tok:http:mint.test:100:a")).await;
+    let id = w.cluster.leases.lock().unwrap().keys().next().unwrap().clone();
+    // What a crash right after the delete leaves: the release decided in Ending, the lease gone.
+    let mut rec = SagaRecord::new(
+        route("r1", "alice-pk"),
+        super::journal::Ask::Release(crate::protocol::ReleaseRequest { lease: id.clone() }),
+        now_secs(),
+    );
+    rec.step = Step::Ending;
+    rec.lease_id = Some(id.clone());
+    rec.amount = Some(25);
+    rec.unused_minutes = Some(15);
+    rec.mint_url = Some(MINT.into());
+    w.journal.put(&rec).unwrap();
+    w.cluster.leases.lock().unwrap().clear();
+    w.svc.resume_unfinished().await;
+    let done = wait_done(&w, "r1").await;
+    assert!(matches!(done.reply, Some(Reply::Released { unused_minutes: 15, amount_sats: 25, .. })), "{done:?}");
+    let (_, sent) = w.replies.sent.lock().unwrap().last().cloned().unwrap();
+    assert!(matches!(sent, Reply::Released { refund_token: Some(ref t), .. } if t == "refund:25"));
+    w.svc.resume_unfinished().await;
+    assert_eq!(*w.payment.refunds.lock().unwrap(), vec![25], "paid once");
+}

@@ -14,7 +14,8 @@ use serde::de::DeserializeOwned;
 use crate::lease::ports::{ReplyRoute, ReplyVia};
 use crate::lease::Incoming;
 use crate::protocol::{
-    ErrorCode, LeaseRequest, StatusRequest, TopUpRequest, KIND_REQUEST, KIND_STATUS, KIND_TOPUP, MAX_CONTENT_BYTES,
+    ErrorCode, LeaseRequest, ReleaseRequest, StatusRequest, TopUpRequest, KIND_RELEASE, KIND_REQUEST, KIND_STATUS,
+    KIND_TOPUP, MAX_CONTENT_BYTES,
 };
 
 /// NIP-59 gift wrap.
@@ -222,6 +223,8 @@ fn request_from_json(kind: u16, json: &str, route: ReplyRoute, transport: Transp
             .map(|request| Incoming::Create { route: route.clone(), request }),
         KIND_TOPUP => parse::<TopUpRequest>(json, "top-up request")
             .map(|request| Incoming::TopUp { route: route.clone(), request }),
+        KIND_RELEASE => parse::<ReleaseRequest>(json, "release request")
+            .map(|request| Incoming::Release { route: route.clone(), request }),
         KIND_STATUS => parse::<StatusRequest>(json, "status request")
             .map(|request| Incoming::Status { route: route.clone(), request }),
         // Callers only pass request kinds.
@@ -265,7 +268,7 @@ fn invalid(route: ReplyRoute, code: ErrorCode, message: String) -> Decoded {
 }
 
 fn is_request_kind(kind: u16) -> bool {
-    matches!(kind, KIND_REQUEST | KIND_TOPUP | KIND_STATUS)
+    matches!(kind, KIND_REQUEST | KIND_TOPUP | KIND_STATUS | KIND_RELEASE)
 }
 
 /// Whether any `p` tag names `pk` (raw comparison: tolerant of extra tag fields such as relay hints).

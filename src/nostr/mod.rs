@@ -27,7 +27,9 @@ pub use keys::load_keys;
 
 use crate::lease::ports::{FailureKind, PortError, PortResult, ReplyPort, ReplyRoute, ReplyVia};
 use crate::lease::Incoming;
-use crate::protocol::{Offer, Reply, KIND_OFFER, KIND_REPLY, KIND_REQUEST, KIND_STATUS, KIND_TOPUP, OFFER_D_TAG};
+use crate::protocol::{
+    Offer, Reply, KIND_OFFER, KIND_RELEASE, KIND_REPLY, KIND_REQUEST, KIND_STATUS, KIND_TOPUP, OFFER_D_TAG,
+};
 
 /// Errors of the Nostr adapter. Messages carry context but never key material or request content.
 #[derive(Debug, thiserror::Error)]
@@ -209,7 +211,7 @@ impl NostrFrontend {
             (
                 SUB_ADDRESSED,
                 Filter::new()
-                    .kinds([decode::kind(KIND_TOPUP), decode::kind(KIND_STATUS)])
+                    .kinds([decode::kind(KIND_TOPUP), decode::kind(KIND_STATUS), decode::kind(KIND_RELEASE)])
                     .pubkey(us)
                     .since(since_requests),
             ),
@@ -297,6 +299,7 @@ impl NostrFrontend {
                     Incoming::Create { .. } => "create",
                     Incoming::TopUp { .. } => "topup",
                     Incoming::Status { .. } => "status",
+                    Incoming::Release { .. } => "release",
                     Incoming::Invalid { .. } => "invalid",
                 };
                 tracing::info!(

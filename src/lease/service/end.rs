@@ -41,16 +41,7 @@ impl LeaseService {
                 return Flow::Next;
             }
         };
-        let now = now_secs();
-        let unused_minutes = lease.expires_at.unwrap_or(now).saturating_sub(now) / 60;
-        let rate =
-            lease.rate_sats_per_hour.or_else(|| self.tier(lease.tier.as_deref()).map(|t| t.sats_per_hour)).unwrap_or(0);
-        let amount = unused_minutes.saturating_mul(rate) / 60;
-        rec.lease_id = Some(lease_id.to_string());
-        rec.expires_at = lease.expires_at;
-        rec.amount = Some(amount);
-        rec.mint_url = lease.mint_url.clone();
-        rec.pod_version = lease.version.clone();
+        let (unused_minutes, amount) = self.plan_end(rec, &lease);
         rec.failure = Some((
             ErrorCode::LeaseEnded,
             format!(
@@ -61,6 +52,38 @@ impl LeaseService {
         info!(lease_id, unused_minutes, amount, "ending a failed lease early");
         rec.step = Step::Ending;
         Flow::Next
+    }
+
+    /// Step Received of a release: the owner's live lease, and what its unused whole minutes are worth.
+    pub(super) async fn decide_release(&self, rec: &mut SagaRecord, name: &str) -> Flow {
+        let lease = match self.find_owned_lease(rec, name).await {
+            Ok(l) => l,
+            Err(flow) => return flow,
+        };
+        if lease.terminating || lease.expires_at.is_none_or(|e| e <= now_secs()) {
+            return self.refuse(rec, ErrorCode::LeaseExpired, "the lease has already ended");
+        }
+        let (unused_minutes, amount) = self.plan_end(rec, &lease);
+        info!(lease_id = %lease.lease_id, unused_minutes, amount, "lease released by its owner");
+        rec.step = Step::Ending;
+        Flow::Next
+    }
+
+    /// Record what ending `lease` now returns: its unused whole minutes at the rate paid, from the mint
+    /// paid, and the pod version this was judged on.
+    fn plan_end(&self, rec: &mut SagaRecord, lease: &ClusterLease) -> (u64, u64) {
+        let now = now_secs();
+        let unused_minutes = lease.expires_at.unwrap_or(now).saturating_sub(now) / 60;
+        let rate =
+            lease.rate_sats_per_hour.or_else(|| self.tier(lease.tier.as_deref()).map(|t| t.sats_per_hour)).unwrap_or(0);
+        let amount = unused_minutes.saturating_mul(rate) / 60;
+        rec.lease_id = Some(lease.lease_id.clone());
+        rec.expires_at = lease.expires_at;
+        rec.amount = Some(amount);
+        rec.unused_minutes = Some(unused_minutes);
+        rec.mint_url = lease.mint_url.clone();
+        rec.pod_version = lease.version.clone();
+        (unused_minutes, amount)
     }
 
     /// Step Ending: delete the lease under the version the refund was computed from, then refund.

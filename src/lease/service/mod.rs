@@ -361,6 +361,7 @@ impl LeaseService {
             Ask::Invalid => Flow::Next, // reply already set by `handle`
             Ask::Status(req) => self.answer_status(rec, &req).await,
             Ask::End { lease_id, reason } => self.decide_end(rec, &lease_id, &reason).await,
+            Ask::Release(req) => self.decide_release(rec, &req.lease).await,
             Ask::Create(req) => match self.validate_create(&req) {
                 Err((code, msg)) => self.refuse(rec, code, msg),
                 Ok(()) if req.pod_image.as_deref().is_some_and(|i| Some(i) != self.canonical_image(i).as_deref()) => {

@@ -8,9 +8,19 @@ impl LeaseService {
         let (code, message) = rec.failure.clone().unwrap_or((ErrorCode::Internal, "failed".into()));
         let amount = rec.amount.unwrap_or(0);
         let Some(mint) = rec.mint_url.clone().filter(|m| !m.is_empty() && amount > 0) else {
+            if matches!(rec.ask, Ask::Release(_)) {
+                let reply = self.released(rec, None);
+                return self.finish_with(rec, reply);
+            }
             return self.refuse(rec, code, message);
         };
         match self.retry(|| self.ports.payment.refund(&mint, amount, &rec.request_id)).await {
+            Ok(token) if matches!(rec.ask, Ask::Release(_)) => {
+                info!(amount, "release refunded");
+                self.metrics.sats_refunded.fetch_add(amount, Ordering::Relaxed);
+                let reply = self.released(rec, Some(token));
+                self.finish_with(rec, reply)
+            }
             Ok(token) => {
                 info!(amount, "refund token minted");
                 self.metrics.sats_refunded.fetch_add(amount, Ordering::Relaxed);
@@ -37,6 +47,18 @@ impl LeaseService {
         }
     }
 
+    /// The answer to a release, with its refund (none when nothing was left to refund).
+    fn released(&self, rec: &SagaRecord, refund_token: Option<String>) -> Reply {
+        let amount = rec.amount.unwrap_or(0);
+        Reply::Released {
+            request_id: rec.request_id.clone(),
+            lease_id: rec.lease_id.clone().unwrap_or_default(),
+            unused_minutes: rec.unused_minutes.unwrap_or(0),
+            amount_sats: if refund_token.is_some() { amount } else { 0 },
+            refund_token,
+        }
+    }
+
     // Step: deliver the final reply.
     pub(super) async fn step_replying(&self, rec: &mut SagaRecord) -> Flow {
         let Some(reply) = rec.reply.clone() else {
@@ -49,6 +71,7 @@ impl LeaseService {
                     Reply::Ok { .. } => "ok",
                     Reply::Extended { .. } => "extended",
                     Reply::Status { .. } => "status",
+                    Reply::Released { .. } => "released",
                     Reply::Error { code, .. } => code.as_str(),
                 };
                 self.metrics.outcome(outcome);
