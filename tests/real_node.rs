@@ -75,6 +75,9 @@ fn a_lease_is_a_real_container_that_restarts_in_place_and_goes_at_expiry() -> Re
     assert_eq!(who.split_whitespace().collect::<Vec<_>>(), ["realuser", "/bin/bash"], "{who}");
     let logs = kubectl_at(&admin(), &["-n", NS, "logs", &pod_name])?;
     assert!(!logs.contains(&password), "the password reached the container's log");
+    // The lease, seen from inside: its expiry where a shell (or a login banner) reads it.
+    let inside = ssh_password(&ip, 2222, "realuser", &password, "cat /etc/paygress/lease/expires-at", None)?;
+    assert_eq!(inside.trim(), access["expires_at"].to_string(), "expiry inside the pod");
 
     // The tenant's container crashes: it restarts in place (same pod, same IP), and the lease goes on.
     run(Command::new("ctr").args([
@@ -99,8 +102,19 @@ fn a_lease_is_a_real_container_that_restarts_in_place_and_goes_at_expiry() -> Re
     })?;
     assert_eq!(again.trim(), "ok");
 
+    // A top-up moves the expiry the tenant reads inside (the kubelet refreshes the downward-API volume).
+    let top = w.send(20)?;
+    let body = serde_json::json!({ "cashu_token": top, "lease": access["lease_id"] }).to_string();
+    let tid = user.publish_nip44(1002, &body, &p.pubkey)?;
+    let extended = user.await_reply(&tid, &p.pubkey, REPLY_TIMEOUT)?;
+    assert_eq!(extended["status"], "extended", "{extended}");
+    let expires_at = extended["expires_at"].as_u64().context("new expiry")?;
+    wait_until("the new expiry inside the pod", Duration::from_secs(90), || {
+        let now = ssh_password(&ip, 2222, "realuser", &password, "cat /etc/paygress/lease/expires-at", None).ok()?;
+        (now.trim() == expires_at.to_string()).then_some(())
+    })?;
+
     // At expiry the provider deletes the pod, and the container goes with it.
-    let expires_at = access["expires_at"].as_u64().context("expiry")?;
     let wait = Duration::from_secs(expires_at.saturating_sub(now_secs()) + 60);
     wait_until("the lease's pod to go at expiry", wait, || pod_json(&pod_name).ok().flatten().is_none().then_some(()))?;
     let current = restarted["status"]["containerStatuses"][0]["containerID"].as_str().unwrap_or_default();

@@ -5,9 +5,9 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, Pod, PodSecurityContext, PodSpec, Probe,
-    ResourceRequirements, SeccompProfile, Secret, SecretKeySelector, SecurityContext, Service, ServicePort,
-    ServiceSpec, TCPSocketAction,
+    Capabilities, Container, ContainerPort, DownwardAPIVolumeFile, DownwardAPIVolumeSource, EnvVar, EnvVarSource,
+    ObjectFieldSelector, Pod, PodSecurityContext, PodSpec, Probe, ResourceRequirements, SeccompProfile, Secret,
+    SecretKeySelector, SecurityContext, Service, ServicePort, ServiceSpec, TCPSocketAction, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
@@ -50,6 +50,10 @@ pub const PASSWORD_KEY: &str = "password";
 pub const ONION_KEY: &str = "hs_ed25519_secret_key";
 
 pub const CONTAINER_NAME: &str = "ssh";
+/// Where a tenant reads its lease from inside the pod (a downward-API volume of the pod's annotations, kept
+/// current by the kubelet when a top-up moves the expiry): `expires-at` (unix seconds), `lease-id`, `tier`.
+pub const LEASE_INFO_DIR: &str = "/etc/paygress/lease";
+const LEASE_INFO_VOLUME: &str = "paygress-lease";
 pub const PORT_NAME: &str = "ssh";
 
 pub use crate::lease::ports::{provider_id, requester_label};
@@ -251,6 +255,12 @@ pub fn pod(plan: &PodPlan) -> Pod {
             limits: Some(quantities),
             ..Default::default()
         }),
+        volume_mounts: Some(vec![VolumeMount {
+            name: LEASE_INFO_VOLUME.into(),
+            mount_path: LEASE_INFO_DIR.into(),
+            read_only: Some(true),
+            ..Default::default()
+        }]),
         readiness_probe: Some(Probe {
             tcp_socket: Some(TCPSocketAction { port: IntOrString::Int(port), host: None }),
             period_seconds: Some(2),
@@ -281,6 +291,7 @@ pub fn pod(plan: &PodPlan) -> Pod {
             automount_service_account_token: Some(false),
             // A sandboxed tier (e.g. gVisor) does not share the node's kernel with its tenant.
             runtime_class_name: plan.tier.runtime_class.clone(),
+            volumes: Some(vec![lease_info_volume()]),
             // No env vars advertising every Service of the namespace (other tenants' ssh Services).
             enable_service_links: Some(false),
             // OnFailure: a crash or OOM kill of the leased container restarts it in place (same pod IP, so
@@ -297,6 +308,28 @@ pub fn pod(plan: &PodPlan) -> Pod {
             ..Default::default()
         }),
         status: None,
+    }
+}
+
+/// The lease as its tenant sees it: the pod's own annotations and labels, no API access needed (no token,
+/// no exec rights for anyone). No secret is among them.
+fn lease_info_volume() -> Volume {
+    let field = |path: &str, field_path: &str| DownwardAPIVolumeFile {
+        path: path.into(),
+        field_ref: Some(ObjectFieldSelector { field_path: field_path.into(), api_version: None }),
+        ..Default::default()
+    };
+    Volume {
+        name: LEASE_INFO_VOLUME.into(),
+        downward_api: Some(DownwardAPIVolumeSource {
+            items: Some(vec![
+                field("expires-at", &format!("metadata.annotations['{ANN_EXPIRES_AT}']")),
+                field("tier", &format!("metadata.annotations['{ANN_TIER}']")),
+                field("lease-id", &format!("metadata.labels['{LABEL_LEASE}']")),
+            ]),
+            ..Default::default()
+        }),
+        ..Default::default()
     }
 }
 
@@ -592,6 +625,12 @@ mod tests {
         assert_eq!(res.limits.as_ref().unwrap()["ephemeral-storage"].0, LEASE_EPHEMERAL_STORAGE);
         assert_eq!(c.ports.as_ref().unwrap()[0].container_port, 2222);
         assert_eq!(c.ports.as_ref().unwrap()[0].name.as_deref(), Some("ssh"));
+        let mount = &c.volume_mounts.as_ref().unwrap()[0];
+        assert_eq!((mount.mount_path.as_str(), mount.read_only), (LEASE_INFO_DIR, Some(true)));
+        let vol = &spec.volumes.as_ref().unwrap()[0];
+        let items = vol.downward_api.as_ref().unwrap().items.as_ref().unwrap();
+        assert!(items.iter().any(|i| i.path == "expires-at"
+            && i.field_ref.as_ref().unwrap().field_path == "metadata.annotations['paygress.io/expires-at']"));
         let probe = c.readiness_probe.as_ref().unwrap().tcp_socket.as_ref().unwrap();
         assert_eq!(probe.port, IntOrString::Int(2222));
 
