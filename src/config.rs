@@ -74,6 +74,11 @@ pub const VARS: &[VarDoc] = &[
         help: "live leases one key may hold at once (more are refused before payment)",
     },
     VarDoc {
+        name: "PAYGRESS_EXPIRY_NOTICES",
+        default: "600,60",
+        help: "seconds before a lease ends at which its owner gets an encrypted notice (empty: none)",
+    },
+    VarDoc {
         name: "PAYGRESS_IMAGE_PULL_POLICY",
         default: "IfNotPresent",
         help: "lease pods' imagePullPolicy: IfNotPresent, Always or Never",
@@ -245,6 +250,8 @@ pub struct Config {
     /// Lease pods' imagePullPolicy.
     pub image_pull_policy: String,
     pub max_leases_per_requester: usize,
+    /// Seconds before a lease's end at which its owner is told, ascending.
+    pub expiry_notices: Vec<u64>,
     pub allowed_images: Vec<String>,
     pub tiers: Vec<Tier>,
     pub min_duration_secs: u64,
@@ -378,6 +385,17 @@ impl Config {
         if max_leases_per_requester == 0 {
             p.err("PAYGRESS_MAX_LEASES_PER_REQUESTER", "must be at least 1".into());
         }
+        let mut expiry_notices = Vec::new();
+        let notices_raw =
+            env.get("PAYGRESS_EXPIRY_NOTICES").map(|v| v.trim().to_string()).unwrap_or_else(|| "600,60".into());
+        for item in notices_raw.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            match item.parse::<u64>() {
+                Ok(n) if n > 0 => expiry_notices.push(n),
+                _ => p.err("PAYGRESS_EXPIRY_NOTICES", format!("{item:?} is not a positive number of seconds")),
+            }
+        }
+        expiry_notices.sort_unstable();
+        expiry_notices.dedup();
         let image_pull_policy = p.str("PAYGRESS_IMAGE_PULL_POLICY", "IfNotPresent");
         if !matches!(image_pull_policy.as_str(), "IfNotPresent" | "Always" | "Never") {
             p.err("PAYGRESS_IMAGE_PULL_POLICY", format!("{image_pull_policy:?} is not IfNotPresent, Always or Never"));
@@ -497,6 +515,7 @@ impl Config {
             default_image,
             image_pull_policy,
             max_leases_per_requester,
+            expiry_notices,
             allowed_images,
             tiers,
             min_duration_secs,

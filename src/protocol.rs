@@ -199,6 +199,18 @@ pub enum Reply {
         request_id: String,
         lease: LeaseStatus,
     },
+    /// The lease ends soon (sent once per lease and threshold, e.g. 10 and 1 minutes before its end).
+    Notice {
+        /// The request that bought the lease (the event's `e` tag names it too).
+        request_id: String,
+        lease_id: String,
+        expires_at: u64,
+        seconds_left: u64,
+        /// The price of an hour more, at the rate paid.
+        sats_per_hour: u64,
+        /// The exact command that extends the lease by an hour.
+        topup_command: String,
+    },
     /// The lease was released early by its owner: it is gone, and its unused whole minutes come back.
     Released {
         request_id: String,

@@ -382,3 +382,76 @@ fn fake_host_key(dir: &Path) -> Result<(String, String)> {
     let b64 = pubkey.split_whitespace().nth(1).ok_or(anyhow!("bad key"))?.to_string();
     Ok((pubkey, b64))
 }
+
+/// `watch` prints the expiry notice of a lease bought with the CLI; `release` ends another early and puts its
+/// unused whole minutes back into the CLI's wallet.
+#[test]
+fn watch_shows_the_expiry_notice_and_release_refunds_into_the_wallet() -> Result<()> {
+    let extra = [
+        ("PAYGRESS_MIN_DURATION_SECONDS", "10"),
+        ("PAYMENT_RATE_SATS_PER_HOUR", "3600"),
+        ("PAYGRESS_RECONCILE_INTERVAL_SECONDS", "1"),
+        ("PAYGRESS_EXPIRY_NOTICES", "20"),
+    ];
+    let p = Provider::start(ProviderOptions {
+        extra_env: extra.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        ..Default::default()
+    })?;
+    p.wait_ready(std::time::Duration::from_secs(60))?;
+    let cli = Cli::new();
+    let mint = env("CASHU_MINT_URL");
+    cli.run(&["wallet", "fund", "--amount", "300", "--mint", &mint])?.ok()?;
+    let balance = |cli: &Cli| -> Result<u64> {
+        let b = cli.run(&["wallet", "balance", "--json"])?.ok()?.json()?;
+        Ok(b.as_object().map(|m| m.values().filter_map(Value::as_u64).sum()).unwrap_or(0))
+    };
+
+    // A lease of 150 s, released at once: 2 whole minutes (120 sat) come back.
+    let out = cli
+        .run(&[
+            "request",
+            "--provider",
+            &p.pubkey,
+            "--amount",
+            "150",
+            "--mint",
+            &mint,
+            "--json",
+            "--timeout",
+            REPLY_TIMEOUT,
+        ])?
+        .ok()?;
+    let long = out.json()?["access"]["lease_id"].as_str().unwrap_or_default().to_string();
+    let before = balance(&cli)?;
+    let released = cli.run(&["release", &long, "--json", "--timeout", REPLY_TIMEOUT])?.ok()?;
+    let r = released.json()?;
+    assert_eq!(r["status"], "released", "{r}");
+    assert_eq!(r["unused_minutes"], 2, "{r}");
+    assert_eq!(balance(&cli)? - before, 120, "the refund is in the wallet: {}", released.stderr);
+
+    // A lease of 30 s: its notice comes 20 s before the end, and `watch` prints it.
+    let out = cli
+        .run(&[
+            "request",
+            "--provider",
+            &p.pubkey,
+            "--amount",
+            "30",
+            "--mint",
+            &mint,
+            "--json",
+            "--timeout",
+            REPLY_TIMEOUT,
+        ])?
+        .ok()?;
+    let short = out.json()?["access"]["lease_id"].as_str().unwrap_or_default().to_string();
+    let watched = cli.run(&["watch", "--timeout", "30", "--json"])?.ok()?;
+    let notice = watched
+        .stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|v| v["status"] == "notice" && v["lease_id"] == short.as_str())
+        .ok_or_else(|| anyhow!("no notice for {short}: {}\n{}", watched.stdout, watched.stderr))?;
+    assert!(notice["topup_command"].as_str().is_some_and(|c| c.contains(&short)), "{notice}");
+    Ok(())
+}

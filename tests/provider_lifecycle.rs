@@ -377,3 +377,39 @@ fn the_owner_releases_a_lease_early_and_gets_its_unused_minutes_back() -> Result
     assert!(gone.is_ok(), "left behind: {:?}", all_lease_objects(&lease_id));
     Ok(())
 }
+
+/// Shortly before a lease ends its owner gets one encrypted notice (kind 1001, tagged with the request that
+/// bought it): time left, the price of an hour, the exact top-up command.
+#[test]
+fn the_owner_is_told_once_before_the_lease_ends() -> Result<()> {
+    let extra = [
+        ("PAYGRESS_MIN_DURATION_SECONDS", "10"),
+        ("PAYMENT_RATE_SATS_PER_HOUR", "3600"),
+        ("PAYGRESS_RECONCILE_INTERVAL_SECONDS", "1"),
+        ("PAYGRESS_EXPIRY_NOTICES", "20"),
+    ];
+    let p = Provider::start(ProviderOptions {
+        extra_env: extra.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        ..Default::default()
+    })?;
+    p.wait_ready(Duration::from_secs(60))?;
+    let w = wallet(100);
+    let user = User::new()?;
+    let token = w.send(40)?;
+    let id = user.publish_nip44(1000, &request_json(&token, "noticed"), &p.pubkey)?;
+    let reply = user.await_reply_where(&id, &p.pubkey, REPLY_TIMEOUT, |v| v["status"] == "ok")?;
+    let lease_id = reply["access"]["lease_id"].as_str().unwrap_or_default().to_string();
+    let notice = user.await_reply_where(&id, &p.pubkey, Duration::from_secs(60), |v| v["status"] == "notice")?;
+    assert_eq!(notice["lease_id"], lease_id.as_str(), "{notice}");
+    assert_eq!(notice["sats_per_hour"], 3600, "{notice}");
+    assert!(notice["seconds_left"].as_u64().is_some_and(|s| s <= 20), "{notice}");
+    assert!(notice["topup_command"]
+        .as_str()
+        .is_some_and(|c| c.starts_with(&format!("paygress-cli topup {lease_id} "))));
+    // Once: after the lease ended, the request has its reply and exactly one notice.
+    wait_until("the lease to end", Duration::from_secs(60), || {
+        all_lease_objects(&lease_id).ok().filter(|o| o.is_empty())
+    })?;
+    assert_eq!(user.count_replies(&id, &p.pubkey)?, 2, "one reply and one notice");
+    Ok(())
+}

@@ -84,6 +84,18 @@ enum Cmd {
         #[command(flatten)]
         io: IoArgs,
     },
+    /// Print what providers send about your leases as it arrives: expiry notices (with the top-up
+    /// command) and early ends.
+    Watch {
+        /// Also show messages of this many seconds back.
+        #[arg(long, default_value_t = 3600)]
+        since: u64,
+        /// Stop after this many seconds (0: run until interrupted).
+        #[arg(long, default_value_t = 0)]
+        timeout: u64,
+        #[arg(long)]
+        json: bool,
+    },
     /// Leases saved in the data dir.
     Leases {
         #[arg(long)]
@@ -255,6 +267,41 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let rec = home.find_lease(lease)?;
             let relays = relays(&rec.relays);
             release(&home, &keys, &relays, rec, io).await
+        }
+        Cmd::Watch { since, timeout, json } => {
+            let keys = home.keys(cli.key.as_deref())?;
+            let saved = home.leases()?;
+            let mut providers: Vec<nostr_sdk::prelude::PublicKey> =
+                saved.iter().filter_map(|l| relay::parse_pubkey(&l.provider).ok()).collect();
+            providers.sort();
+            providers.dedup();
+            if providers.is_empty() {
+                bail!("no saved leases: nothing to watch");
+            }
+            let mut all_relays: Vec<String> = saved.iter().flat_map(|l| relays(&l.relays)).collect();
+            all_relays.sort();
+            all_relays.dedup();
+            let client = relay::connect(&keys, &all_relays, RELAY_CONNECT).await?;
+            let until = (*timeout > 0).then(|| Duration::from_secs(*timeout));
+            let json = *json;
+            relay::watch(&client, &keys, &providers, Duration::from_secs(*since), until, |_, reply| {
+                if json {
+                    println!("{}", serde_json::to_string(reply).unwrap_or_default());
+                    return;
+                }
+                match reply {
+                    Reply::Notice { lease_id, seconds_left, expires_at, sats_per_hour, topup_command, .. } => println!(
+                        "lease {lease_id} ends in {} (at {}); an hour more costs {sats_per_hour} sat: {topup_command}",
+                        span(*seconds_left),
+                        when(*expires_at)
+                    ),
+                    Reply::Error { code, message, .. } => println!("{code}: {message}"),
+                    _ => {}
+                }
+            })
+            .await?;
+            client.shutdown().await;
+            Ok(ExitCode::SUCCESS)
         }
         Cmd::Leases { json } => {
             let all = home.leases()?;

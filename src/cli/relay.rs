@@ -184,8 +184,89 @@ pub async fn exchange(
     }
 }
 
-/// The reply to `request_id` from `provider` inside `event`, if it is one.
+/// Messages providers send about leases after their reply (expiry notices, early ends), from the last
+/// `since` on, printed by `on_message` as they arrive, until `until` (None: forever).
+pub async fn watch(
+    client: &Client,
+    keys: &Keys,
+    providers: &[PublicKey],
+    since: Duration,
+    until: Option<Duration>,
+    mut on_message: impl FnMut(&PublicKey, &Reply),
+) -> Result<()> {
+    let me = keys.public_key();
+    let mut notifications = client.notifications();
+    let direct = Filter::new()
+        .kind(Kind::from(KIND_REPLY))
+        .authors(providers.iter().copied())
+        .pubkey(me)
+        .since(Timestamp::now() - since);
+    // NIP-59 back-dates wraps by up to 2 days.
+    let wrapped = Filter::new()
+        .kind(Kind::from(KIND_GIFT_WRAP))
+        .pubkey(me)
+        .since(Timestamp::now() - since - Duration::from_secs(2 * 86400));
+    for f in [direct, wrapped] {
+        client.subscribe(f, None).await.map_err(|e| anyhow!("subscribing: {e}"))?;
+    }
+    let deadline = until.map(|u| tokio::time::Instant::now() + u);
+    let mut seen = std::collections::HashSet::new();
+    loop {
+        let next = async {
+            match deadline {
+                Some(d) => tokio::time::timeout_at(d, notifications.recv()).await.ok(),
+                None => Some(notifications.recv().await),
+            }
+        };
+        let Some(n) = next.await else { return Ok(()) };
+        match n {
+            Ok(RelayPoolNotification::Event { event, .. }) => {
+                if !seen.insert(event.id) {
+                    continue;
+                }
+                for provider in providers {
+                    if let Some(reply) = open_message(keys, provider, &event).await {
+                        if matches!(reply, Reply::Notice { .. } | Reply::Error { .. }) {
+                            on_message(provider, &reply);
+                        }
+                    }
+                }
+            }
+            Ok(RelayPoolNotification::Shutdown) => return Ok(()),
+            Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return Ok(()),
+        }
+    }
+}
+
+/// Any kind-1001 message from `provider` to us in `event` (NIP-44, or a gift wrap whose seal it signed).
+async fn open_message(keys: &Keys, provider: &PublicKey, event: &Event) -> Option<Reply> {
+    match event.kind.as_u16() {
+        KIND_REPLY if event.pubkey == *provider && event.verify().is_ok() => {
+            let plain = nip44::decrypt(keys.secret_key(), provider, &event.content).ok()?;
+            serde_json::from_str(&plain).ok()
+        }
+        KIND_GIFT_WRAP => {
+            let gift = UnwrappedGift::from_gift_wrap(keys, event).await.ok()?;
+            (gift.sender == *provider && gift.rumor.kind.as_u16() == KIND_REPLY)
+                .then(|| serde_json::from_str(&gift.rumor.content).ok())?
+        }
+        _ => None,
+    }
+}
+
+/// The reply to `request_id` from `provider` inside `event`, if it is one. Later messages tagged with the
+/// same request (expiry notices, an early end) are not the reply.
 async fn open_reply(keys: &Keys, provider: &PublicKey, request_id: &EventId, event: &Event) -> Option<Reply> {
+    let reply = open_reply_any(keys, provider, request_id, event).await?;
+    match &reply {
+        Reply::Notice { .. } => None,
+        Reply::Error { code, .. } if *code == crate::protocol::ErrorCode::LeaseEnded => None,
+        _ => Some(reply),
+    }
+}
+
+async fn open_reply_any(keys: &Keys, provider: &PublicKey, request_id: &EventId, event: &Event) -> Option<Reply> {
     let answers = |tags: &nostr_sdk::prelude::Tags| {
         tags.iter().any(|t| {
             let s = t.as_slice();

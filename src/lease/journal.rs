@@ -19,6 +19,10 @@ pub enum Ask {
     },
     /// The owner ends a lease early: the unused whole minutes go back.
     Release(ReleaseRequest),
+    /// A notice to the owner that the lease ends soon (the record makes it once per lease, threshold and expiry).
+    Notice {
+        lease_id: String,
+    },
     /// Unusable input; only an error reply is owed.
     Invalid,
 }
@@ -28,7 +32,7 @@ impl Ask {
         match self {
             Ask::Create(r) => &r.cashu_token,
             Ask::TopUp(r) => &r.cashu_token,
-            Ask::Status(_) | Ask::End { .. } | Ask::Release(_) | Ask::Invalid => "",
+            Ask::Status(_) | Ask::End { .. } | Ask::Release(_) | Ask::Notice { .. } | Ask::Invalid => "",
         }
     }
     /// The same ask with the token removed, once it can no longer be needed.
@@ -37,7 +41,7 @@ impl Ask {
         match &mut a {
             Ask::Create(r) => r.cashu_token.clear(),
             Ask::TopUp(r) => r.cashu_token.clear(),
-            Ask::Status(_) | Ask::End { .. } | Ask::Release(_) | Ask::Invalid => {}
+            Ask::Status(_) | Ask::End { .. } | Ask::Release(_) | Ask::Notice { .. } | Ask::Invalid => {}
         }
         a
     }
@@ -166,7 +170,7 @@ fn reply_has_secrets(reply: &Reply) -> bool {
         Reply::Extended { refund_token, .. }
         | Reply::Error { refund_token, .. }
         | Reply::Released { refund_token, .. } => refund_token.is_some(),
-        Reply::Status { .. } => false,
+        Reply::Status { .. } | Reply::Notice { .. } => false,
     }
 }
 
@@ -181,7 +185,7 @@ fn redact_reply(reply: &mut Reply) {
         Reply::Extended { refund_token, .. }
         | Reply::Error { refund_token, .. }
         | Reply::Released { refund_token, .. } => *refund_token = None,
-        Reply::Status { .. } => {}
+        Reply::Status { .. } | Reply::Notice { .. } => {}
     }
 }
 

@@ -334,12 +334,16 @@ struct World {
 }
 
 fn world() -> World {
+    world_with(|_| {})
+}
+
+fn world_with(tune: impl FnOnce(&mut LeaseSettings)) -> World {
     let payment = Arc::new(FakePayment::default());
     let cluster = Arc::new(FakeCluster::default());
     let onion = Arc::new(FakeOnion::default());
     let replies = Arc::new(FakeReplies::default());
     let journal = Arc::new(MemJournal::default());
-    let settings = LeaseSettings {
+    let mut settings = LeaseSettings {
         namespace: "user-workloads".into(),
         ssh_port: 2222,
         default_image: "img:ok".into(),
@@ -355,7 +359,9 @@ fn world() -> World {
         lease_id_key: [9; 32],
         provider_id: "0123abcd".into(),
         max_leases_per_requester: 3,
+        notice_thresholds: vec![],
     };
+    tune(&mut settings);
     let ports = Ports {
         payment: payment.clone(),
         cluster: cluster.clone(),
@@ -950,4 +956,51 @@ async fn a_release_cut_after_its_delete_still_refunds_once() {
     assert!(matches!(sent, Reply::Released { refund_token: Some(ref t), .. } if t == "refund:25"));
     w.svc.resume_unfinished().await;
     assert_eq!(*w.payment.refunds.lock().unwrap(), vec![25], "paid once");
+}
+
+#[tokio::test]
+async fn an_expiry_notice_goes_once_per_threshold_and_not_after_a_top_up_past_it() {
+    let w = world_with(|s| s.notice_thresholds = vec![60, 600]);
+    w.svc.handle(create("e1", "tok:http:mint.test:100:a")).await;
+    let id = w.cluster.leases.lock().unwrap().keys().next().unwrap().clone();
+    let notices = |w: &World| {
+        w.replies
+            .sent
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, r)| matches!(r, Reply::Notice { .. }))
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    // Plenty of time left: nothing.
+    w.svc.reconcile_once().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    assert!(notices(&w).is_empty());
+    // Under 10 minutes: one notice, however many passes (and restarts: the journal remembers it).
+    w.cluster.leases.lock().unwrap().get_mut(&id).unwrap().expires_at = now_secs() + 500;
+    for _ in 0..3 {
+        w.svc.reconcile_once().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    let sent = notices(&w);
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    let (route, Reply::Notice { lease_id, seconds_left, sats_per_hour, topup_command, .. }) = &sent[0] else {
+        panic!()
+    };
+    assert_eq!((route.request_id.as_str(), route.requester.as_str()), ("e1", "alice-pk"));
+    assert_eq!((lease_id.as_str(), *sats_per_hour), (id.as_str(), 100));
+    assert!((495..=500).contains(seconds_left), "{seconds_left}");
+    assert_eq!(*topup_command, format!("paygress-cli topup {id} --amount 100 --mint {MINT}"));
+    // Topped up past both thresholds: nothing more.
+    w.cluster.leases.lock().unwrap().get_mut(&id).unwrap().expires_at = now_secs() + 7200;
+    w.svc.reconcile_once().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    assert_eq!(notices(&w).len(), 1);
+    // The last minute: the second notice.
+    w.cluster.leases.lock().unwrap().get_mut(&id).unwrap().expires_at = now_secs() + 45;
+    w.svc.reconcile_once().await.unwrap();
+    w.svc.reconcile_once().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    assert_eq!(notices(&w).len(), 2);
 }

@@ -21,6 +21,7 @@ use crate::lease::Incoming;
 
 mod end;
 mod intake;
+mod notice;
 mod provision;
 mod reconcile;
 mod redeem;
@@ -54,6 +55,8 @@ pub struct LeaseSettings {
     pub provider_id: String,
     /// Live leases one requester may hold at once.
     pub max_leases_per_requester: usize,
+    /// Seconds before a lease's end at which its owner is told (e.g. 600 and 60).
+    pub notice_thresholds: Vec<u64>,
 }
 
 impl From<&Config> for LeaseSettings {
@@ -74,6 +77,7 @@ impl From<&Config> for LeaseSettings {
             lease_id_key: [0; 32],
             provider_id: String::new(),
             max_leases_per_requester: c.max_leases_per_requester,
+            notice_thresholds: c.expiry_notices.clone(),
         }
     }
 }
@@ -358,7 +362,7 @@ impl LeaseService {
     // Step: validate input, check the token offline, claim it. Nothing is redeemed on any failure here.
     async fn step_received(&self, rec: &mut SagaRecord) -> Flow {
         match rec.ask.clone() {
-            Ask::Invalid => Flow::Next, // reply already set by `handle`
+            Ask::Invalid | Ask::Notice { .. } => Flow::Next, // reply already set when the record was made
             Ask::Status(req) => self.answer_status(rec, &req).await,
             Ask::End { lease_id, reason } => self.decide_end(rec, &lease_id, &reason).await,
             Ask::Release(req) => self.decide_release(rec, &req.lease).await,

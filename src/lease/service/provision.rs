@@ -39,7 +39,7 @@ impl LeaseService {
                 Flow::Next
             }
             Ask::TopUp(_) => self.extend(rec, amount).await,
-            Ask::Status(_) | Ask::End { .. } | Ask::Release(_) | Ask::Invalid => {
+            Ask::Status(_) | Ask::End { .. } | Ask::Release(_) | Ask::Notice { .. } | Ask::Invalid => {
                 self.refuse(rec, ErrorCode::Internal, "nothing to redeem for")
             }
         }

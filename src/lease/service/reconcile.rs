@@ -57,6 +57,7 @@ impl LeaseService {
         let mut live = 0u64;
         let mut restore = Vec::new();
         let mut failed = Vec::new();
+        let mut notices = Vec::new();
         // Expiries first, all of them: restoring onion services below can take a while (each launch waits
         // for its descriptor) and must never hold up ending a lease.
         for lease in &leases {
@@ -84,9 +85,18 @@ impl LeaseService {
                 continue;
             }
             live += 1;
+            if let Some(notice) = self.notice_due(lease, now) {
+                notices.push(notice);
+            }
             if let Some(endpoint) = lease.ssh_endpoint {
                 restore.push((lease.lease_id.clone(), endpoint));
             }
+        }
+        for notice in notices {
+            let this = Arc::clone(self);
+            tokio::spawn(async move {
+                this.start(notice).await;
+            });
         }
         for lease in failed {
             let this = Arc::clone(self);

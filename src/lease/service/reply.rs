@@ -72,6 +72,7 @@ impl LeaseService {
                     Reply::Extended { .. } => "extended",
                     Reply::Status { .. } => "status",
                     Reply::Released { .. } => "released",
+                    Reply::Notice { .. } => "notice",
                     Reply::Error { code, .. } => code.as_str(),
                 };
                 self.metrics.outcome(outcome);
