@@ -22,6 +22,8 @@ const INCOMING_QUEUE: usize = 1024;
 /// Workers for requests that pay nothing (status, invalid requests).
 const FREE_WORKERS: usize = 4;
 const PRUNE_INTERVAL: Duration = Duration::from_secs(600);
+/// How often the offer's capacity is recomputed.
+const CAPACITY_INTERVAL: Duration = Duration::from_secs(10);
 /// How long SIGTERM waits for requests in flight before exiting (their sagas resume on restart anyway).
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -46,6 +48,7 @@ pub fn offer(cfg: &Config, provider_pubkey: &str, p2pk_pubkey: &str) -> Offer {
         status_kind: protocol::KIND_STATUS,
         release_kind: protocol::KIND_RELEASE,
         release_rule: protocol::RELEASE_RULE.into(),
+        heartbeat_seconds: cfg.offer_interval_secs,
     }
 }
 
@@ -179,6 +182,9 @@ pub async fn run(cfg: Config) -> Result<()> {
     tokio::spawn(resume_loop(service.clone(), Duration::from_secs(cfg.resume_interval_secs)));
 
     let free = Arc::new(Semaphore::new(FREE_WORKERS));
+    if let Some(f) = &frontend {
+        tokio::spawn(capacity_loop(f.clone(), cluster.clone(), offer_for_api.clone(), CAPACITY_INTERVAL));
+    }
     let dispatcher = tokio::spawn(dispatch(rx, service.clone(), workers.clone(), free));
 
     shutdown_signal().await;
@@ -234,6 +240,24 @@ async fn dispatch(
             service.handle(incoming).await;
             drop(permit);
         });
+    }
+}
+
+/// The offer's free capacity per tier, from what the namespace's quota still has room for; the offer is
+/// re-published when it changes (and on every heartbeat anyway).
+async fn capacity_loop(
+    frontend: crate::nostr::NostrFrontend,
+    cluster: Arc<crate::k8s::KubeCluster>,
+    base: Offer,
+    every: Duration,
+) {
+    loop {
+        let mut offer = base.clone();
+        for tier in &mut offer.tiers {
+            tier.capacity = cluster.room_for(tier).await.ok().flatten();
+        }
+        frontend.update_offer(offer).await;
+        tokio::time::sleep(every).await;
     }
 }
 

@@ -254,6 +254,10 @@ pub struct Tier {
     /// (a RuntimeClass such as gVisor: its own kernel in user space).
     #[serde(default = "default_isolation")]
     pub isolation: String,
+    /// Leases of this tier the cluster can still place (the namespace's quota room); absent when nothing
+    /// known bounds it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity: Option<u64>,
 }
 
 fn default_isolation() -> String {
@@ -270,6 +274,7 @@ impl Tier {
             sats_per_hour,
             runtime_class: None,
             isolation: default_isolation(),
+            capacity: None,
         }
     }
 }
@@ -301,6 +306,10 @@ pub struct Offer {
     /// The rule of an early release, for people: what comes back.
     #[serde(default)]
     pub release_rule: String,
+    /// The offer is re-published at least this often (with fresh capacity); a provider silent for longer
+    /// than twice this is gone.
+    #[serde(default)]
+    pub heartbeat_seconds: u64,
 }
 
 /// What an offer says of an early release.

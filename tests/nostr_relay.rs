@@ -97,6 +97,7 @@ fn offer(pk: &str) -> Offer {
         status_kind: 1003,
         release_kind: 1004,
         release_rule: paygress::protocol::RELEASE_RULE.into(),
+        heartbeat_seconds: 60,
     }
 }
 

@@ -18,6 +18,12 @@ use serde_json::Value;
 const REPLY_TIMEOUT: Duration = Duration::from_secs(120);
 const NS: &str = "user-workloads";
 
+/// Tests here share the node's user-workloads namespace (and one of them puts a quota on it): one at a time.
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn admin() -> PathBuf {
     PathBuf::from(env("PAYGRESS_REAL_KUBECONFIG"))
 }
@@ -34,6 +40,7 @@ fn containers() -> Result<String> {
 
 #[test]
 fn a_lease_is_a_real_container_that_restarts_in_place_and_goes_at_expiry() -> Result<()> {
+    let _one = one_at_a_time();
     let kubeconfig = provider_kubeconfig_for(&admin(), "real-node")?;
     let extra = [
         ("PAYMENT_RATE_SATS_PER_HOUR", "3600"),
@@ -123,5 +130,77 @@ fn a_lease_is_a_real_container_that_restarts_in_place_and_goes_at_expiry() -> Re
         let running = containers().ok()?;
         (!running.lines().any(|c| c == cid || c == current)).then_some(())
     })?;
+    Ok(())
+}
+
+/// The provider's latest offer on the stack's relay.
+fn latest_offer(provider: &str) -> Result<Value> {
+    let out = run(Command::new("nak").args(["req", "-k", "38400", "-a", provider, "--limit", "1", &relay()]))?;
+    let ev: Value = serde_json::from_str(out.lines().next().context("no offer")?)?;
+    Ok(serde_json::from_str(ev["content"].as_str().unwrap_or_default())?)
+}
+
+/// With a ResourceQuota on the namespace (the real quota controller fills in its usage), the offer states
+/// how many leases of each tier still fit, and a request that would not fit is refused before payment.
+#[test]
+fn the_offer_shows_the_room_left_and_no_money_is_taken_without_it() -> Result<()> {
+    let _one = one_at_a_time();
+    let quota = |cpu: &str| {
+        format!(
+            "apiVersion: v1\nkind: ResourceQuota\nmetadata:\n  name: paygress-test-room\n  namespace: {NS}\n\
+             spec:\n  hard:\n    pods: \"20\"\n    requests.cpu: \"{cpu}\"\n"
+        )
+    };
+    let apply = |yaml: String| -> Result<String> {
+        let dir = tempfile::tempdir()?;
+        let f = dir.path().join("quota.yaml");
+        std::fs::write(&f, yaml)?;
+        kubectl_at(&admin(), &["apply", "-f", f.to_str().unwrap_or_default()])
+    };
+    struct Drop_;
+    impl Drop for Drop_ {
+        fn drop(&mut self) {
+            let _ = kubectl_at(
+                &admin(),
+                &["-n", NS, "delete", "resourcequota", "paygress-test-room", "--ignore-not-found"],
+            );
+        }
+    }
+    let _cleanup = Drop_;
+    apply(quota("1"))?;
+    wait_until("the quota controller to count usage", Duration::from_secs(60), || {
+        let used = kubectl_at(
+            &admin(),
+            &["-n", NS, "get", "resourcequota", "paygress-test-room", "-o", "jsonpath={.status.used.pods}"],
+        )
+        .ok()?;
+        (!used.is_empty()).then_some(())
+    })?;
+    let kubeconfig = provider_kubeconfig_for(&admin(), "real-node-room")?;
+    let extra = [("PAYGRESS_TIERS", "basic:100m:128Mi"), ("PAYMENT_RATE_SATS_PER_HOUR", "3600")];
+    let p = Provider::start(ProviderOptions {
+        kubeconfig: Some(kubeconfig),
+        extra_env: extra.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        ..Default::default()
+    })?;
+    p.wait_ready(Duration::from_secs(60))?;
+    // 1 CPU of requests, nothing of ours running: room for 10 leases of 100m (fewer if other pods run).
+    let room = wait_until("the offer to state the room", Duration::from_secs(60), || {
+        latest_offer(&p.pubkey).ok()?["tiers"][0]["capacity"].as_u64()
+    })?;
+    assert!((1..=10).contains(&room), "capacity {room}");
+    // No room left: the offer says so, and a request is refused with its token untouched.
+    apply(quota("50m"))?;
+    wait_until("the offer to show no room", Duration::from_secs(60), || {
+        (latest_offer(&p.pubkey).ok()?["tiers"][0]["capacity"].as_u64() == Some(0)).then_some(())
+    })?;
+    let w = Wallet::new(&env("CASHU_MINT_URL"))?;
+    w.fund(100)?;
+    let user = User::new()?;
+    let token = w.send(60)?;
+    let id = user.publish_nip44(1000, &request_json(&token, "noroom"), &p.pubkey)?;
+    let reply = user.await_reply(&id, &p.pubkey, REPLY_TIMEOUT)?;
+    assert_eq!(reply["code"], "no_capacity", "{reply}");
+    w.receive(&token).context("the token must still be spendable: nothing was taken")?;
     Ok(())
 }

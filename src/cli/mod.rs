@@ -61,6 +61,9 @@ enum Cmd {
         /// Seconds to collect offers.
         #[arg(long, default_value_t = 8)]
         timeout: u64,
+        /// Order: cheapest tier first (price), most free leases first (capacity), or most recently seen.
+        #[arg(long, value_parser = ["price", "capacity", "seen"], default_value = "price")]
+        sort: String,
     },
     /// Buy a lease.
     Request(RequestArgs),
@@ -242,9 +245,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             .collect()
     };
     match &cli.cmd {
-        Cmd::Offers { json, timeout } => {
+        Cmd::Offers { json, timeout, sort } => {
             let keys = Keys::generate(); // reading offers needs no identity
-            offers(&keys, &relays(&[]), *json, Duration::from_secs(*timeout)).await
+            offers(&keys, &relays(&[]), *json, Duration::from_secs(*timeout), sort).await
         }
         Cmd::Request(args) => {
             let keys = home.keys(cli.key.as_deref())?;
@@ -385,11 +388,29 @@ fn utc(ts: u64) -> String {
     format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC", sod / 3600, (sod % 3600) / 60, sod % 60)
 }
 
-async fn offers(keys: &Keys, relays: &[String], json: bool, timeout: Duration) -> Result<ExitCode> {
+/// A provider whose last offer is older than twice its heartbeat (and a minute of slack) is gone.
+fn alive(s: &relay::SeenOffer, now: u64) -> bool {
+    let hb = s.offer.heartbeat_seconds;
+    hb == 0 || now.saturating_sub(s.created_at) <= 2 * hb + 60
+}
+
+/// Leases all tiers can still place; None when any tier is unbounded (or its provider does not say).
+fn capacity(o: &crate::protocol::Offer) -> Option<u64> {
+    o.tiers.iter().map(|t| t.capacity).sum()
+}
+
+async fn offers(keys: &Keys, relays: &[String], json: bool, timeout: Duration, sort: &str) -> Result<ExitCode> {
     let client = relay::connect(keys, relays, RELAY_CONNECT).await?;
     let found = relay::fetch_offers(&client, None, timeout).await;
     client.shutdown().await;
-    let found = found?;
+    let now = crate::lease::service::now_secs();
+    let mut found: Vec<_> = found?.into_iter().filter(|s| alive(s, now)).collect();
+    let cheapest = |s: &relay::SeenOffer| s.offer.tiers.iter().map(|t| t.sats_per_hour).min().unwrap_or(u64::MAX);
+    match sort {
+        "capacity" => found.sort_by_key(|s| std::cmp::Reverse(capacity(&s.offer).unwrap_or(u64::MAX))),
+        "seen" => found.sort_by_key(|s| std::cmp::Reverse(s.created_at)),
+        _ => found.sort_by_key(cheapest),
+    }
     if json {
         let v: Vec<serde_json::Value> = found
             .iter()
@@ -416,7 +437,11 @@ async fn offers(keys: &Keys, relays: &[String], json: bool, timeout: Duration) -
             o.min_duration_seconds, o.max_duration_seconds, o.unit, o.default_tier
         );
         for t in &o.tiers {
-            println!("  tier {:<10} {:>6} sat/h  cpu {}  memory {}", t.name, t.sats_per_hour, t.cpu, t.memory);
+            let free = t.capacity.map_or("free: unbounded".to_string(), |c| format!("free: {c}"));
+            println!(
+                "  tier {:<10} {:>6} sat/h  cpu {}  memory {}  {}  isolation {}",
+                t.name, t.sats_per_hour, t.cpu, t.memory, free, t.isolation
+            );
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -444,6 +444,7 @@ pub fn cluster_lease(pod: &Pod, default_port: u16) -> Option<ClusterLease> {
         rate_sats_per_hour: annotation(&pod.metadata, ANN_RATE).and_then(|v| v.parse().ok()),
         reply_via: annotation(&pod.metadata, ANN_REPLY_VIA).and_then(crate::lease::ports::ReplyVia::parse),
         failed,
+        created_at: pod.metadata.creation_timestamp.as_ref().and_then(|t| u64::try_from(t.0.as_second()).ok()),
     })
 }
 

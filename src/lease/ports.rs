@@ -156,6 +156,8 @@ pub struct ClusterLease {
     pub reply_via: Option<ReplyVia>,
     /// Why the pod can never run again (phase Failed, e.g. Evicted), when it cannot.
     pub failed: Option<String>,
+    /// When the pod was created (unix seconds).
+    pub created_at: Option<u64>,
 }
 
 /// A top-up applied to a lease, recorded on its pod with the new expiry in one write, so a top-up

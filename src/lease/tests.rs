@@ -123,6 +123,7 @@ impl FakeCluster {
                 rate_sats_per_hour: Some(p.rate_sats_per_hour),
                 reply_via: Some(p.reply_via),
                 failed: self.failed.lock().unwrap().get(&p.lease_id).cloned(),
+                created_at: Some(0),
             })
             .collect()
     }

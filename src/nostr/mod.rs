@@ -121,7 +121,10 @@ struct Inner {
     client: Client,
     keys: Keys,
     opts: NostrOptions,
-    offer: Offer,
+    offer: Mutex<Offer>,
+    /// created_at of the last offer published: a newer one must be later, or relays keep the older
+    /// (replaceable events of one second are ordered by id, NIP-01).
+    offer_at: Mutex<u64>,
     connected: watch::Receiver<usize>,
     stop: watch::Sender<bool>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
@@ -156,7 +159,16 @@ impl NostrFrontend {
         let (stop, _) = watch::channel(false);
         let (connected_tx, connected) = watch::channel(0usize);
         let frontend = NostrFrontend {
-            inner: Arc::new(Inner { client, keys, opts, offer, connected, stop, tasks: Mutex::new(Vec::new()) }),
+            inner: Arc::new(Inner {
+                client,
+                keys,
+                opts,
+                offer: Mutex::new(offer),
+                offer_at: Mutex::new(0),
+                connected,
+                stop,
+                tasks: Mutex::new(Vec::new()),
+            }),
         };
         frontend.resubscribe().await?;
         tracing::info!(
@@ -346,8 +358,29 @@ impl NostrFrontend {
     }
 
     /// Publish the offer now; returns its id and how many relays took it.
+    /// Replace the offer (fresh capacity); published now when it changed, and on every heartbeat.
+    pub async fn update_offer(&self, offer: Offer) {
+        let changed = {
+            let mut o = self.inner.offer.lock().await;
+            let changed = *o != offer;
+            *o = offer;
+            changed
+        };
+        if changed {
+            if let Err(e) = self.publish_offer().await {
+                tracing::warn!(error = %e, "updated offer not published; the next heartbeat retries");
+            }
+        }
+    }
+
     pub async fn publish_offer(&self) -> Result<(EventId, usize), NostrError> {
-        let content = serde_json::to_string(&self.inner.offer).map_err(|e| NostrError::Build {
+        let offer = self.inner.offer.lock().await.clone();
+        let created_at = {
+            let mut last = self.inner.offer_at.lock().await;
+            *last = Timestamp::now().as_secs().max(*last + 1);
+            Timestamp::from(*last)
+        };
+        let content = serde_json::to_string(&offer).map_err(|e| NostrError::Build {
             what: "offer",
             request_id: "-".into(),
             reason: e.to_string(),
@@ -355,6 +388,7 @@ impl NostrFrontend {
         let expires = Timestamp::now() + self.inner.opts.offer_interval * 2;
         let event = EventBuilder::new(decode::kind(KIND_OFFER), content)
             .tags([Tag::identifier(OFFER_D_TAG), Tag::expiration(expires)])
+            .custom_created_at(created_at)
             .sign_with_keys(&self.inner.keys)
             .map_err(|e| NostrError::Build { what: "offer", request_id: "-".into(), reason: e.to_string() })?;
         let n = self.publish_event("offer", &event).await?;

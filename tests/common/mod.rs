@@ -333,12 +333,18 @@ impl User {
         })
     }
 
+    /// The reply to `request_id`: not a later message tagged with the same request (an expiry notice, an
+    /// early end), which `await_reply_where` finds.
     fn find_reply(&self, request_id: &str, provider: &str) -> Result<Option<Value>> {
+        let later = |v: &Value| v["status"] == "notice" || v["code"] == "lease_ended";
         let out = self.reply_events(request_id, provider)?;
-        if let Some(line) = out.lines().find(|l| !l.trim().is_empty()) {
+        for line in out.lines().filter(|l| !l.trim().is_empty()) {
             let ev: Value = serde_json::from_str(line)?;
             let plain = self.decrypt(ev["content"].as_str().unwrap_or_default(), provider)?;
-            return Ok(Some(serde_json::from_str(&plain)?));
+            let v: Value = serde_json::from_str(&plain)?;
+            if !later(&v) {
+                return Ok(Some(v));
+            }
         }
         let out = run(Command::new("nak").args(["req", "-k", "1059", "-p", &self.pubkey, &relay()]))?;
         for line in out.lines().filter(|l| !l.trim().is_empty()) {

@@ -1,7 +1,8 @@
 //! Expiry notices: shortly before a lease ends (`PAYGRESS_EXPIRY_NOTICES`, default 10 and 1 minutes), its
 //! owner gets an encrypted message the way replies go: time left, the price of an hour, and the exact top-up
 //! command. Each is a journal record keyed by lease, threshold and expiry, so it goes out once, also across
-//! restarts; a top-up moves the expiry past the threshold and nothing is sent for it.
+//! restarts; a top-up moves the expiry past the threshold and nothing is sent for it. A lease that never had
+//! more time than a threshold (bought shorter) gets no notice for it.
 
 use super::*;
 
@@ -17,6 +18,11 @@ impl LeaseService {
         let expires_at = lease.expires_at?;
         let left = expires_at.checked_sub(now).filter(|l| *l > 0)?;
         let threshold = *self.settings.notice_thresholds.iter().find(|t| left <= **t)?;
+        // A lease bought (or extended) for less than the threshold was never "more than t away": telling
+        // its owner at once that it ends soon would only repeat the reply.
+        if lease.created_at.is_some_and(|c| expires_at.saturating_sub(c) <= threshold) {
+            return None;
+        }
         let requester = lease.requester.clone()?;
         let via = lease.reply_via.unwrap_or(ReplyVia::Nip44);
         if via == ReplyVia::InBand {
