@@ -455,3 +455,62 @@ fn watch_shows_the_expiry_notice_and_release_refunds_into_the_wallet() -> Result
     assert!(notice["topup_command"].as_str().is_some_and(|c| c.contains(&short)), "{notice}");
     Ok(())
 }
+
+/// `keepalive` tops a lease up from the wallet before each expiry until its budget is spent, and a restarted
+/// `keepalive <lease>` goes on with what is left of it.
+#[test]
+fn keepalive_tops_up_until_the_budget_is_spent_across_a_restart() -> Result<()> {
+    let extra = [
+        ("PAYGRESS_MIN_DURATION_SECONDS", "10"),
+        ("PAYMENT_RATE_SATS_PER_HOUR", "3600"),
+        ("PAYGRESS_RECONCILE_INTERVAL_SECONDS", "1"),
+    ];
+    let p = Provider::start(ProviderOptions {
+        extra_env: extra.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        ..Default::default()
+    })?;
+    p.wait_ready(std::time::Duration::from_secs(60))?;
+    let cli = Cli::new();
+    let mint = env("CASHU_MINT_URL");
+    cli.run(&["wallet", "fund", "--amount", "200", "--mint", &mint])?.ok()?;
+    let out = cli
+        .run(&[
+            "request",
+            "--provider",
+            &p.pubkey,
+            "--amount",
+            "30",
+            "--mint",
+            &mint,
+            "--json",
+            "--timeout",
+            REPLY_TIMEOUT,
+        ])?
+        .ok()?;
+    let reply = out.json()?;
+    let lease = reply["access"]["lease_id"].as_str().unwrap_or_default().to_string();
+    let first_expiry = reply["access"]["expires_at"].as_u64().unwrap_or_default();
+    let saved_expiry = |cli: &Cli| -> u64 {
+        std::fs::read_to_string(cli.lease_file(&lease))
+            .ok()
+            .and_then(|s| serde_json::from_str::<Value>(&s).ok())
+            .and_then(|v| v["expires_at"].as_u64())
+            .unwrap_or(0)
+    };
+    // Budget for two top-ups of 20 s; cut after the first.
+    let mut ka = cli.cmd();
+    ka.args(["keepalive", &lease, "--amount", "20", "--mint", &mint, "--budget", "40", "--lead", "15"]);
+    let mut child = ka.stdout(Stdio::null()).stderr(Stdio::null()).spawn()?;
+    let once = wait_until("the first top-up", std::time::Duration::from_secs(60), || {
+        (saved_expiry(&cli) > first_expiry).then(|| saved_expiry(&cli))
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    let once = once?;
+    assert_eq!(once, first_expiry + 20);
+    // Restarted with only the lease: the rest of the budget, then it stops by itself.
+    let done = cli.run(&["keepalive", &lease])?.ok()?;
+    assert!(done.stdout.contains("the budget is spent"), "{}\n{}", done.stdout, done.stderr);
+    assert_eq!(saved_expiry(&cli), first_expiry + 40);
+    Ok(())
+}

@@ -66,6 +66,11 @@ impl Home {
             .with_context(|| format!("cannot create {}", dir.display()))
     }
 
+    /// The CLI's home directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     pub fn key_file(&self) -> PathBuf {
         self.dir.join("nostr.nsec")
     }

@@ -3,6 +3,7 @@
 //! lease's onion service through an in-process arti client (`ssh` runs OpenSSH with `connect` as proxy).
 
 mod home;
+mod keepalive;
 mod relay;
 mod ssh;
 mod tor;
@@ -72,6 +73,27 @@ enum Cmd {
         lease: String,
         #[command(flatten)]
         pay: PayArgs,
+        #[command(flatten)]
+        io: IoArgs,
+    },
+    /// Keep a lease alive: top it up from the wallet shortly before each expiry, until the budget or
+    /// --until runs out. Restarted with only the lease, it goes on with what is left.
+    Keepalive {
+        lease: String,
+        /// Sats of each top-up (paid from the wallet at --mint); required the first time.
+        #[arg(long)]
+        amount: Option<u64>,
+        #[arg(long)]
+        mint: Option<String>,
+        /// Spend at most this many sats in all.
+        #[arg(long)]
+        budget: Option<u64>,
+        /// Do not extend the lease past this time (unix seconds, or +SECONDS from now).
+        #[arg(long)]
+        until: Option<String>,
+        /// Top up this many seconds before the expiry.
+        #[arg(long, default_value_t = 120)]
+        lead: u64,
         #[command(flatten)]
         io: IoArgs,
     },
@@ -189,6 +211,10 @@ struct RequestArgs {
     ssh_key: Option<PathBuf>,
     #[arg(long)]
     image: Option<String>,
+    /// Then keep the lease alive (see `keepalive`): top-ups of the same amount from the wallet, spending
+    /// at most this many sats.
+    #[arg(long, value_name = "BUDGET", requires = "amount")]
+    keepalive: Option<u64>,
     #[command(flatten)]
     io: IoArgs,
 }
@@ -258,6 +284,36 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let rec = home.find_lease(lease)?;
             let relays = relays(&rec.relays);
             topup(&home, &keys, &relays, rec, pay, io).await
+        }
+        Cmd::Keepalive { lease, amount, mint, budget, until, lead, io } => {
+            let keys = home.keys(cli.key.as_deref())?;
+            let rec = home.find_lease(lease)?;
+            let relays = relays(&rec.relays);
+            let now = crate::lease::service::now_secs();
+            let until = match until.as_deref() {
+                None => None,
+                Some(u) => Some(match u.strip_prefix('+') {
+                    Some(rel) => now + rel.parse::<u64>().context("--until +SECONDS")?,
+                    None => u.parse::<u64>().context("--until: unix seconds or +SECONDS")?,
+                }),
+            };
+            let plan = match (keepalive::load(&home, &rec.lease_id)?, amount, mint) {
+                // Given anew: the new plan replaces a saved one.
+                (_, Some(amount), Some(mint)) => keepalive::Plan {
+                    lease_id: rec.lease_id.clone(),
+                    amount: *amount,
+                    mint: mint.clone(),
+                    budget_left: *budget,
+                    until,
+                    lead: *lead,
+                },
+                (Some(saved), None, None) => {
+                    eprintln!("keepalive of lease {} resumed", rec.lease_id);
+                    saved
+                }
+                _ => bail!("--amount and --mint are needed the first time"),
+            };
+            keepalive::run(&home, &keys, &relays, plan, io).await
         }
         Cmd::Status { lease, io } => {
             let keys = home.keys(cli.key.as_deref())?;
@@ -632,6 +688,17 @@ async fn request_with(
             }
             if !a.io.json {
                 print_access(&rec);
+            }
+            if let (Some(budget), Some(amount), Some(mint)) = (a.keepalive, a.pay.amount, a.pay.mint.clone()) {
+                let plan = keepalive::Plan {
+                    lease_id: rec.lease_id.clone(),
+                    amount,
+                    mint,
+                    budget_left: Some(budget),
+                    until: None,
+                    lead: 120,
+                };
+                return keepalive::run(home, keys, relays, plan, &a.io).await;
             }
             Ok(ExitCode::SUCCESS)
         }
