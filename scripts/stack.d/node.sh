@@ -751,7 +751,7 @@ node_down() {
   local pid
   for pid in $(pgrep -f "containerd-shim-runc-v2 -namespace k8s.io -id .* -address $NODE_CTR_SOCK" 2>/dev/null) \
       $(pgrep -f "containerd-shim-runsc-v1 -namespace k8s.io -address $NODE_CTR_SOCK -id " 2>/dev/null) \
-      $(pgrep -f "^runsc-(sandbox|gofer) --root=$NODE_CTR_DIR/runsc/" 2>/dev/null); do
+      $(pgrep -f "^(runsc-sandbox|runsc-gofer|/usr/bin/runsc) --root=$NODE_CTR_DIR/runsc/" 2>/dev/null); do
     kill -KILL "$pid" 2>/dev/null || true
   done
   # Pod network namespaces, veths and the bridge.
