@@ -172,7 +172,8 @@ _node_build_runsc_shim() {
   src="$top/src"
   log "node: building containerd-shim-runsc-v1 (gvisor.dev/gvisor $NODE_GVISOR_VERSION) from the Go module proxy (log $logf)"
   mkdir -p "$top/bin"
-  ( mod="$(cd "$top" && GOWORK=off "$K8S_GO" mod download -json "gvisor.dev/gvisor@$NODE_GVISOR_VERSION" | jq -r .Dir)" &&
+  ( cd "$top" && GOWORK=off "$K8S_GO" mod download "gvisor.dev/gvisor@$NODE_GVISOR_VERSION" &&
+    mod="$("$K8S_GO" env GOMODCACHE)/gvisor.dev/gvisor@$NODE_GVISOR_VERSION" &&
     [ -d "$mod" ] && rm -rf "$src" && cp -r "$mod" "$src" && chmod -R u+w "$src" &&
     patch -d "$src" -p1 < "$NODE_SRC/gvisor-shim-oom.patch" &&
     cd "$src" && GOWORK=off CGO_ENABLED=0 nice -n 10 "$K8S_GO" build -trimpath -ldflags='-s -w' \
