@@ -5,12 +5,14 @@
 # registry (CNCF Distribution) that is every registry's only host for containerd, dockerd on the node's containerd
 # (DOCKER_HOST; `scripts/stack image load`), a default StorageClass with local volumes, and the images that cannot
 # be pulled here, made locally: the pod sandbox (pause) and a stand-in for lscr.io/linuxserver/openssh-server:latest
-# (Debian's OpenSSH, same interface). It replaces tools/stack-node and stack-kubelet: with the real node
+# (Debian's OpenSSH, same interface); gVisor as the runtime handler `runsc` (Debian's runsc, a shim built from gVisor's
+# Go module) behind the RuntimeClass `gvisor`. It replaces tools/stack-node and stack-kubelet: with the real node
 # (PAYGRESS_NODE=real) k8s.sh runs neither, and its API server listens on the bridge address so pods reach it.
 # Sourced by scripts/stack after lib.sh and k8s.sh. Functions: node_install node_up node_wait node_down node_status
 # node_env, and node_network_up (used by k8s_up), node_image_load (`scripts/stack image load`). Needs root.
 # Everything it changes on the machine is recorded at up (_node_machine_record) and undone by node_down: see
-# docs/stack.md. Traps: root lacks CAP_SYS_RESOURCE here, so containerd needs restrict_oom_score_adj; cgroup v1
+# docs/stack.md. Traps: root lacks CAP_SYS_RESOURCE here, so containerd needs restrict_oom_score_adj (and gVisor's
+# shim a patch); cgroup v1
 # needs the kubelet's failCgroupV1: false; the kubelet refuses a loopback node IP, so the node's address is the
 # bridge's; only one real node per machine (bridge, sysctls, /var/log/containers are machine-wide).
 
@@ -276,8 +278,11 @@ _node_containerd_config() {
       "$PORT_NODE_REGISTRY" "$PORT_NODE_REGISTRY" > "$d/certs.d/$r/hosts.toml"
   done
   mkdir -p "$d/runsc" "$d/runsc-log"
-  # Read by the shim at each pod's start (no containerd restart needed). Platform ptrace: Debian's runsc predates
-  # systrap, and its KVM platform hangs in this VM.
+  # Read by the shim at each pod's start (no containerd restart needed); runsc_config: runsc's flags. Platform
+  # ptrace: Debian's runsc predates systrap, and its KVM platform hangs in this VM. Network host (gVisor's hostinet,
+  # in the pod's netns): with its own netstack this runsc fails every pod ("cannot run with network enabled in root
+  # network namespace": it takes the existence of net.core.rmem_default, in every netns on this kernel, for the
+  # host's namespace). docs/stack.md, "gVisor on the real node".
   cat > "$d/runsc.toml.new" <<EOF
 binary_name = "/usr/bin/runsc"
 root = "$d/runsc"
@@ -783,8 +788,9 @@ node_down() {
     done < "$f"
     rm -f "$f"
   fi
-  # No pod sandbox survives a down, so no address stays reserved (the kubelet's next start makes new sandboxes).
-  rm -rf "$NODE_DIR/cni/ipam"
+  # No pod sandbox survives a down, so no address stays reserved (the kubelet's next start makes new sandboxes),
+  # and no gVisor shim needs its log.
+  rm -rf "$NODE_DIR/cni/ipam" "$NODE_CTR_DIR/runsc-log"
   rm -f "$NODE_DIR/real"
 }
 
