@@ -12,9 +12,9 @@
 # node_env, and node_network_up (used by k8s_up), node_image_load (`scripts/stack image load`). Needs root.
 # Everything it changes on the machine is recorded at up (_node_machine_record) and undone by node_down: see
 # docs/stack.md. Traps: root lacks CAP_SYS_RESOURCE here, so containerd needs restrict_oom_score_adj (and gVisor's
-# shim a patch); cgroup v1
-# needs the kubelet's failCgroupV1: false; the kubelet refuses a loopback node IP, so the node's address is the
-# bridge's; only one real node per machine (bridge, sysctls, /var/log/containers are machine-wide).
+# shim a patch); cgroup v1 needs the kubelet's failCgroupV1: false; the kubelet refuses a loopback node IP, so the
+# node's address is the bridge's; only one real node per machine (bridge, sysctls, /var/log/containers are
+# machine-wide).
 
 NODE_DIR="$STACK_DIR/node"
 NODE_SRC="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/node"
