@@ -204,3 +204,75 @@ fn the_offer_shows_the_room_left_and_no_money_is_taken_without_it() -> Result<()
     w.receive(&token).context("the token must still be spendable: nothing was taken")?;
     Ok(())
 }
+
+/// Kernel isolation as a tier (issue 11): a tier naming the RuntimeClass `gvisor` (the real node's runsc
+/// handler, scripts/stack.d/node.sh) runs its leases under gVisor, whose kernel the tenant sees.
+#[test]
+fn a_lease_of_a_gvisor_tier_runs_under_gvisors_kernel() -> Result<()> {
+    let _one = one_at_a_time();
+    let kubeconfig = provider_kubeconfig_for(&admin(), "real-node-gvisor")?;
+    let extra = [
+        ("PAYMENT_RATE_SATS_PER_HOUR", "3600"),
+        ("PAYGRESS_MIN_DURATION_SECONDS", "10"),
+        ("PAYGRESS_RECONCILE_INTERVAL_SECONDS", "1"),
+        ("PAYGRESS_TIERS", "basic:100m:128Mi,isolated:100m:128Mi:100:gvisor"),
+    ];
+    let p = Provider::start(ProviderOptions {
+        kubeconfig: Some(kubeconfig),
+        extra_env: extra.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        ..Default::default()
+    })?;
+    p.wait_ready(Duration::from_secs(60))?;
+    let w = Wallet::new(&env("CASHU_MINT_URL"))?;
+    w.fund(20)?;
+    let user = User::new()?;
+    // 2 sats at 100 sats/hour: a 72 s lease.
+    let token = w.send(2)?;
+    let mut request: Value = serde_json::from_str(&request_json(&token, "sandboxed"))?;
+    request["tier"] = "isolated".into();
+    let started = std::time::Instant::now();
+    let id = user.publish_nip44(1000, &request.to_string(), &p.pubkey)?;
+    let reply = user.await_reply(&id, &p.pubkey, REPLY_TIMEOUT)?;
+    let replied = started.elapsed();
+    assert_eq!(reply["status"], "ok", "{reply}");
+    let access = &reply["access"];
+    assert_eq!(access["tier"], "isolated", "{reply}");
+    let pod_name = access["pod_name"].as_str().context("pod name")?.to_string();
+    let password = access["ssh_password"].as_str().context("password")?.to_string();
+
+    // The pod names the RuntimeClass, and containerd runs its container with gVisor's shim.
+    let pod = pod_json(&pod_name)?.context("the lease's pod")?;
+    assert_eq!(pod["spec"]["runtimeClassName"], "gvisor", "{}", pod["spec"]);
+    let ip = pod["status"]["podIP"].as_str().context("pod IP")?.to_string();
+    let cid = pod["status"]["containerStatuses"][0]["containerID"].as_str().context("container id")?.to_string();
+    let cid = cid.trim_start_matches("containerd://").to_string();
+    let info: Value = serde_json::from_str(&run(Command::new("ctr").args([
+        "-a",
+        &env("PAYGRESS_REAL_CONTAINERD"),
+        "-n",
+        "k8s.io",
+        "containers",
+        "info",
+        &cid,
+    ]))?)?;
+    assert_eq!(info["Runtime"]["Name"], "io.containerd.runsc.v1", "{}", info["Runtime"]);
+
+    // The tenant logs in with the password and sees gVisor's kernel, not the node's.
+    let seen = ssh_password(&ip, 2222, "sandboxed", &password, "id -un; dmesg | head -1; cat /proc/version", None)?;
+    println!("real node, gVisor tier: request → reply {replied:?}, → first SSH login {:?}", started.elapsed());
+    println!("the tenant sees: {seen}");
+    let lines: Vec<&str> = seen.lines().collect();
+    assert_eq!(lines.first().copied(), Some("sandboxed"), "{seen}");
+    assert!(lines.get(1).is_some_and(|l| l.contains("Starting gVisor")), "dmesg is not gVisor's: {seen}");
+    let host = std::fs::read_to_string("/proc/version")?;
+    assert_ne!(lines.get(2).copied(), Some(host.trim()), "the lease sees the node's kernel: {seen}");
+
+    // At expiry the provider deletes the pod, and gVisor's container goes with it.
+    let expires_at = access["expires_at"].as_u64().context("expiry")?;
+    let wait = Duration::from_secs(expires_at.saturating_sub(now_secs()) + 60);
+    wait_until("the lease's pod to go at expiry", wait, || pod_json(&pod_name).ok().flatten().is_none().then_some(()))?;
+    wait_until("containerd to drop the lease's container", Duration::from_secs(60), || {
+        (!containers().ok()?.lines().any(|c| c == cid)).then_some(())
+    })?;
+    Ok(())
+}

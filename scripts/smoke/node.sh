@@ -14,7 +14,10 @@
 #  6. Images: `docker build` on the stack's engine (FROM the SSH image, pulled from the stack's registry), then
 #     `scripts/stack image load`; a pod with imagePullPolicy Always runs it (pulled from the stack's registry); an
 #     image never loaded fails to pull.
-#  7. A PVC without a class binds to a volume of the default StorageClass; a non-root pod with fsGroup writes to it
+#  7. gVisor: the RuntimeClass `gvisor` (handler runsc) exists; a lease-shaped pod with it runs under gVisor's
+#     kernel (SSH in with the password: `dmesg` starts with "Starting gVisor", /proc/version is gVisor's, not the
+#     host's), and the runc pod of step 2 still sees the host's kernel.
+#  8. A PVC without a class binds to a volume of the default StorageClass; a non-root pod with fsGroup writes to it
 #     and the kubelet applied the fsGroup (group-owned, setgid). The namespace is deleted to the end (namespace
 #     controller).
 set -euo pipefail
@@ -184,7 +187,27 @@ done
 ctr -a "$CONTAINERD_ADDRESS" -n k8s.io images rm "docker.io/library/$tag:v1" >/dev/null 2>&1 || true
 took
 
-step "7. a PVC binds (default StorageClass); fsGroup applied; namespace deletion"
+step "7. gVisor: RuntimeClass gvisor; a lease-shaped pod runs under gVisor's kernel, SSH into it"
+[ "$(kubectl get runtimeclass gvisor -o jsonpath='{.handler}')" = runsc ] || fail node "$LOG_DIR/node.log" "no RuntimeClass gvisor (handler runsc)"
+kubectl -n "$NS" get pod lease -o json \
+  | jq '{apiVersion, kind, metadata: {name: "sandboxed", labels: {app: "sandboxed"}},
+         spec: (.spec | {containers: [.containers[0] | del(.terminationMessagePath, .terminationMessagePolicy, .volumeMounts)],
+                         runtimeClassName: "gvisor", automountServiceAccountToken: false})}' \
+  | kubectl -n "$NS" apply -f - >/dev/null
+kubectl -n "$NS" wait --for=condition=Ready pod/sandboxed --timeout=90s >/dev/null \
+  || { kubectl -n "$NS" describe pod sandboxed | tail -20 >&2; fail kubelet "$KLOG" "the gVisor pod is not Ready"; }
+gip="$(kubectl -n "$NS" get pod sandboxed -o jsonpath='{.status.podIP}')"
+out="$(sshpass -p hunter2 ssh "${SSH_OPTS[@]}" -p 2222 "bob@$gip" 'id -un; dmesg | head -1; cat /proc/version')" \
+  || fail kubelet "$LOG_DIR/containerd.log" "SSH with the password into the gVisor pod $gip failed"
+say "  gVisor pod: $(echo "$out" | tr '\n' '|')"
+[ "$(sed -n 1p <<<"$out")" = bob ] || fail kubelet "$KLOG" "SSH into the gVisor pod: $out"
+grep -q 'Starting gVisor' <<<"$out" || fail containerd "$LOG_DIR/containerd.log" "the pod's dmesg is not gVisor's: $out"
+host_version="$(cat /proc/version)"
+[ "$(sed -n 3p <<<"$out")" != "$host_version" ] || fail containerd "$LOG_DIR/containerd.log" "the gVisor pod sees the host kernel"
+[ "$(kubectl -n "$NS" exec lease -- cat /proc/version)" = "$host_version" ] || fail kubelet "$KLOG" "the runc pod does not see the host kernel"
+took
+
+step "8. a PVC binds (default StorageClass); fsGroup applied; namespace deletion"
 kubectl -n "$NS" apply -f - >/dev/null <<'EOF'
 apiVersion: v1
 kind: PersistentVolumeClaim

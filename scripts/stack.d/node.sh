@@ -5,14 +5,16 @@
 # registry (CNCF Distribution) that is every registry's only host for containerd, dockerd on the node's containerd
 # (DOCKER_HOST; `scripts/stack image load`), a default StorageClass with local volumes, and the images that cannot
 # be pulled here, made locally: the pod sandbox (pause) and a stand-in for lscr.io/linuxserver/openssh-server:latest
-# (Debian's OpenSSH, same interface). It replaces tools/stack-node and stack-kubelet: with the real node
+# (Debian's OpenSSH, same interface); gVisor as the runtime handler `runsc` (Debian's runsc, a shim built from gVisor's
+# Go module) behind the RuntimeClass `gvisor`. It replaces tools/stack-node and stack-kubelet: with the real node
 # (PAYGRESS_NODE=real) k8s.sh runs neither, and its API server listens on the bridge address so pods reach it.
 # Sourced by scripts/stack after lib.sh and k8s.sh. Functions: node_install node_up node_wait node_down node_status
 # node_env, and node_network_up (used by k8s_up), node_image_load (`scripts/stack image load`). Needs root.
 # Everything it changes on the machine is recorded at up (_node_machine_record) and undone by node_down: see
-# docs/stack.md. Traps: root lacks CAP_SYS_RESOURCE here, so containerd needs restrict_oom_score_adj; cgroup v1
-# needs the kubelet's failCgroupV1: false; the kubelet refuses a loopback node IP, so the node's address is the
-# bridge's; only one real node per machine (bridge, sysctls, /var/log/containers are machine-wide).
+# docs/stack.md. Traps: root lacks CAP_SYS_RESOURCE here, so containerd needs restrict_oom_score_adj (and gVisor's
+# shim a patch); cgroup v1 needs the kubelet's failCgroupV1: false; the kubelet refuses a loopback node IP, so the
+# node's address is the bridge's; only one real node per machine (bridge, sysctls, /var/log/containers are
+# machine-wide).
 
 NODE_DIR="$STACK_DIR/node"
 NODE_SRC="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/node"
@@ -33,7 +35,14 @@ NODE_SSH_IMAGE="lscr.io/linuxserver/openssh-server:latest"
 NODE_IMAGES="$BUILD_DIR/node-images"
 NODE_SUITE="bookworm"
 NODE_SSH_PACKAGES="openssh-server,openssh-sftp-server,bash,coreutils,sudo,passwd,util-linux,procps,iproute2,ca-certificates"
-NODE_APT_PACKAGES=(containerd runc containernetworking-plugins mmdebstrap docker.io iproute2 iptables)
+NODE_APT_PACKAGES=(containerd runc runsc containernetworking-plugins mmdebstrap docker.io iproute2 iptables)
+# gVisor: Debian's runsc (0.0~20221219) ships no containerd shim; containerd-shim-runsc-v1 is built from gVisor's Go
+# module (its `go` branch, on the Go module proxy), and containerd finds it on its PATH (containerd 1.6.20 ignores
+# the CRI runtime's runtime_path when it starts a sandbox's shim). That version: the last shims built on
+# containerd 1.x print the plain address containerd 1.6 reads (2025's on containerd 2 print JSON it cannot dial).
+NODE_GVISOR_VERSION="${NODE_GVISOR_VERSION:-v0.0.0-20240722211153-64c016c92987}"
+NODE_RUNSC_SHIM="$BUILD_DIR/gvisor-shim-$NODE_GVISOR_VERSION-$(cat "$NODE_SRC/gvisor-shim-oom.patch" | sha256sum | cut -c1-8)/bin/containerd-shim-runsc-v1"
+NODE_RUNTIME_CLASS="gvisor"                            # RuntimeClass of the runsc handler
 NODE_FW_CHAIN="PAYGRESS-NODE-FWD"
 NODE_REGISTRY_VERSION="${NODE_REGISTRY_VERSION:-v3.1.2}"   # github.com/distribution/distribution/v3 (CNCF Distribution)
 NODE_REGISTRY_BIN="$BUILD_DIR/registry-$NODE_REGISTRY_VERSION/bin/registry"
@@ -154,11 +163,34 @@ _node_build_registry() {
   log "node: registry built in $(( $(date +%s) - t0 ))s"
 }
 
+# gVisor's containerd shim (containerd-shim-runsc-v1), built from gVisor's module (Go module proxy) copied under
+# build/ with node/gvisor-shim-oom.patch: the shim sets its own oom_score_adj to -999 and fails the pod's start if
+# it may not (root here lacks CAP_SYS_RESOURCE, as for containerd's restrict_oom_score_adj); patched, it keeps the
+# score it inherited. It runs Debian's /usr/bin/runsc (binary_name in runsc.toml).
+_node_build_runsc_shim() {
+  [ -x "$NODE_RUNSC_SHIM" ] && return 0
+  local logf="$LOG_DIR/node-build-gvisor.log" t0 top src
+  t0=$(date +%s) top="$(dirname "$(dirname "$NODE_RUNSC_SHIM")")"
+  src="$top/src"
+  log "node: building containerd-shim-runsc-v1 (gvisor.dev/gvisor $NODE_GVISOR_VERSION) from the Go module proxy (log $logf)"
+  mkdir -p "$top/bin"
+  ( cd "$top" && GOWORK=off "$K8S_GO" mod download "gvisor.dev/gvisor@$NODE_GVISOR_VERSION" &&
+    mod="$("$K8S_GO" env GOMODCACHE)/gvisor.dev/gvisor@$NODE_GVISOR_VERSION" &&
+    [ -d "$mod" ] && rm -rf "$src" && cp -r "$mod" "$src" && chmod -R u+w "$src" &&
+    patch -d "$src" -p1 < "$NODE_SRC/gvisor-shim-oom.patch" &&
+    cd "$src" && GOWORK=off CGO_ENABLED=0 nice -n 10 "$K8S_GO" build -trimpath -ldflags='-s -w' \
+      -o "$NODE_RUNSC_SHIM" ./shim ) >>"$logf" 2>&1 || fail containerd "$logf" "build of containerd-shim-runsc-v1 failed"
+  rm -rf "$src"
+  find "$(dirname "$top")" -maxdepth 1 -name 'gvisor-shim-*' ! -path "$top" -exec rm -rf {} +   # older recipes
+  log "node: containerd-shim-runsc-v1 built in $(( $(date +%s) - t0 ))s"
+}
+
 node_install() {
   [ "$(id -u)" = 0 ] || fail node "$LOG_DIR/node-build-apt.log" "the real node needs root"
   _node_apt
   k8s_build_cmds node kubelet kube-scheduler kube-controller-manager kube-proxy
   _node_build_registry
+  _node_build_runsc_shim
   _node_build_pause_image
   _node_build_ssh_image
 }
@@ -245,6 +277,22 @@ _node_containerd_config() {
     printf 'server = "http://127.0.0.1:%s"\n\n[host."http://127.0.0.1:%s"]\n  capabilities = ["pull", "resolve", "push"]\n' \
       "$PORT_NODE_REGISTRY" "$PORT_NODE_REGISTRY" > "$d/certs.d/$r/hosts.toml"
   done
+  mkdir -p "$d/runsc" "$d/runsc-log"
+  # Read by the shim at each pod's start (no containerd restart needed); runsc_config: runsc's flags. Platform
+  # ptrace: Debian's runsc predates systrap, and its KVM platform hangs in this VM. Network host (gVisor's hostinet,
+  # in the pod's netns): with its own netstack this runsc fails every pod ("cannot run with network enabled in root
+  # network namespace": it takes the existence of net.core.rmem_default, in every netns on this kernel, for the
+  # host's namespace). docs/stack.md, "gVisor on the real node".
+  cat > "$d/runsc.toml.new" <<EOF
+binary_name = "/usr/bin/runsc"
+root = "$d/runsc"
+log_path = "$d/runsc-log/%ID%/shim.log"
+log_level = "info"
+[runsc_config]
+  platform = "ptrace"
+  network = "host"
+EOF
+  mv "$d/runsc.toml.new" "$d/runsc.toml"
   _node_config containerd "$d/config.toml" <<EOF
 version = 2
 root = "$d/root"
@@ -282,6 +330,13 @@ oom_score = 0
         [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
           SystemdCgroup = false
           Root = "$d/runc"
+      # gVisor (RuntimeClass $NODE_RUNTIME_CLASS): containerd-shim-runsc-v1 from containerd's PATH; the shim's
+      # options and runsc's flags in runsc.toml.
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runsc]
+        runtime_type = "io.containerd.runsc.v1"
+        [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runsc.options]
+          TypeUrl = "io.containerd.runsc.v1.options"
+          ConfigPath = "$d/runsc.toml"
     [plugins."io.containerd.grpc.v1.cri".cni]
       bin_dir = "/usr/lib/cni"
       conf_dir = "$NODE_DIR/cni/net.d"
@@ -524,6 +579,17 @@ EOF
   done
 }
 
+# The RuntimeClass of containerd's runsc handler: a pod with `runtimeClassName: gvisor` runs under gVisor.
+_node_runtime_class() {
+  _node_kubectl apply -f - >>"$LOG_DIR/node.log" 2>&1 <<EOF || fail node "$LOG_DIR/node.log" "RuntimeClass $NODE_RUNTIME_CLASS"
+apiVersion: node.k8s.io/v1
+kind: RuntimeClass
+metadata:
+  name: $NODE_RUNTIME_CLASS
+handler: runsc
+EOF
+}
+
 _node_ctr_ready() { _node_ctr version; }
 _node_docker_ready() { DOCKER_HOST="$NODE_DOCKER_HOST" docker version; }
 _node_kubelet_ready() { curl -sf -m 2 "http://127.0.0.1:$PORT_KUBELET_HEALTHZ/healthz"; }
@@ -557,7 +623,9 @@ node_up() {
   _k8s_wait_proc registry 30 _node_registry_ready
 
   _node_containerd_config
-  _node_start containerd /usr/bin/containerd --config "$NODE_CTR_DIR/config.toml"
+  # A fixed PATH (in the command line, so a change restarts it) with gVisor's shim first.
+  _node_start containerd /usr/bin/env PATH="$(dirname "$NODE_RUNSC_SHIM"):/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" \
+    /usr/bin/containerd --config "$NODE_CTR_DIR/config.toml"
   _k8s_wait_proc containerd 30 _node_ctr_ready
   _node_import "$(_node_pause_archive)" "$NODE_SANDBOX_IMAGE"
   _node_import "$(_node_ssh_archive)" "$NODE_SSH_IMAGE"
@@ -575,6 +643,7 @@ node_up() {
   _node_pki
   _node_rbac
   _node_storage
+  _node_runtime_class
   _node_kubelet_config
   _node_proxy_config
   local k="$K8S_DIR/pki"
@@ -683,9 +752,12 @@ node_down() {
   fi
   stop_proc containerd
   stop_proc registry
-  # Shims left behind (containerd-shim-runc-v2 of our namespace, parented to init once containerd exits).
+  # Shims left behind (containerd-shim-runc-v2 and -runsc-v1 of our namespace, parented to init once containerd
+  # exits), and gVisor sandboxes and gofers of our runsc root.
   local pid
-  for pid in $(pgrep -f "containerd-shim-runc-v2 -namespace k8s.io -id .* -address $NODE_CTR_SOCK" 2>/dev/null); do
+  for pid in $(pgrep -f "containerd-shim-runc-v2 -namespace k8s.io -id .* -address $NODE_CTR_SOCK" 2>/dev/null) \
+      $(pgrep -f "containerd-shim-runsc-v1 -namespace k8s.io -address $NODE_CTR_SOCK -id " 2>/dev/null) \
+      $(pgrep -f "^(runsc-sandbox|runsc-gofer|/usr/bin/runsc) --root=$NODE_CTR_DIR/runsc/" 2>/dev/null); do
     kill -KILL "$pid" 2>/dev/null || true
   done
   # Pod network namespaces, veths and the bridge.
@@ -716,8 +788,9 @@ node_down() {
     done < "$f"
     rm -f "$f"
   fi
-  # No pod sandbox survives a down, so no address stays reserved (the kubelet's next start makes new sandboxes).
-  rm -rf "$NODE_DIR/cni/ipam"
+  # No pod sandbox survives a down, so no address stays reserved (the kubelet's next start makes new sandboxes),
+  # and no gVisor shim needs its log.
+  rm -rf "$NODE_DIR/cni/ipam" "$NODE_CTR_DIR/runsc-log"
   rm -f "$NODE_DIR/real"
 }
 
