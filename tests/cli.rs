@@ -393,11 +393,7 @@ fn watch_shows_the_expiry_notice_and_release_refunds_into_the_wallet() -> Result
         ("PAYGRESS_RECONCILE_INTERVAL_SECONDS", "1"),
         ("PAYGRESS_EXPIRY_NOTICES", "20"),
     ];
-    let p = Provider::start(ProviderOptions {
-        extra_env: extra.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
-        ..Default::default()
-    })?;
-    p.wait_ready(std::time::Duration::from_secs(60))?;
+    let p = Provider::start_ready(&extra, None)?;
     let cli = Cli::new();
     let mint = env("CASHU_MINT_URL");
     cli.run(&["wallet", "fund", "--amount", "300", "--mint", &mint])?.ok()?;
@@ -465,11 +461,7 @@ fn keepalive_tops_up_until_the_budget_is_spent_across_a_restart() -> Result<()> 
         ("PAYMENT_RATE_SATS_PER_HOUR", "3600"),
         ("PAYGRESS_RECONCILE_INTERVAL_SECONDS", "1"),
     ];
-    let p = Provider::start(ProviderOptions {
-        extra_env: extra.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
-        ..Default::default()
-    })?;
-    p.wait_ready(std::time::Duration::from_secs(60))?;
+    let p = Provider::start_ready(&extra, None)?;
     let cli = Cli::new();
     let mint = env("CASHU_MINT_URL");
     cli.run(&["wallet", "fund", "--amount", "200", "--mint", &mint])?.ok()?;

@@ -388,11 +388,7 @@ fn the_owner_is_told_once_before_the_lease_ends() -> Result<()> {
         ("PAYGRESS_RECONCILE_INTERVAL_SECONDS", "1"),
         ("PAYGRESS_EXPIRY_NOTICES", "20"),
     ];
-    let p = Provider::start(ProviderOptions {
-        extra_env: extra.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
-        ..Default::default()
-    })?;
-    p.wait_ready(Duration::from_secs(60))?;
+    let p = Provider::start_ready(&extra, None)?;
     let w = wallet(100);
     let user = User::new()?;
     let token = w.send(40)?;

@@ -49,12 +49,7 @@ fn a_lease_is_a_real_container_that_restarts_in_place_and_goes_at_expiry() -> Re
         // The node has 2 CPUs: a small tier, so tests never wait for room.
         ("PAYGRESS_TIERS", "basic:100m:128Mi"),
     ];
-    let p = Provider::start(ProviderOptions {
-        kubeconfig: Some(kubeconfig),
-        extra_env: extra.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
-        ..Default::default()
-    })?;
-    p.wait_ready(Duration::from_secs(60))?;
+    let p = Provider::start_ready(&extra, Some(kubeconfig))?;
     let w = Wallet::new(&env("CASHU_MINT_URL"))?;
     w.fund(200)?;
     let user = User::new()?;
@@ -178,12 +173,7 @@ fn the_offer_shows_the_room_left_and_no_money_is_taken_without_it() -> Result<()
     })?;
     let kubeconfig = provider_kubeconfig_for(&admin(), "real-node-room")?;
     let extra = [("PAYGRESS_TIERS", "basic:100m:128Mi"), ("PAYMENT_RATE_SATS_PER_HOUR", "3600")];
-    let p = Provider::start(ProviderOptions {
-        kubeconfig: Some(kubeconfig),
-        extra_env: extra.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
-        ..Default::default()
-    })?;
-    p.wait_ready(Duration::from_secs(60))?;
+    let p = Provider::start_ready(&extra, Some(kubeconfig))?;
     // 1 CPU of requests, nothing of ours running: room for 10 leases of 100m (fewer if other pods run).
     let room = wait_until("the offer to state the room", Duration::from_secs(60), || {
         latest_offer(&p.pubkey).ok()?["tiers"][0]["capacity"].as_u64()
@@ -217,12 +207,7 @@ fn a_lease_of_a_gvisor_tier_runs_under_gvisors_kernel() -> Result<()> {
         ("PAYGRESS_RECONCILE_INTERVAL_SECONDS", "1"),
         ("PAYGRESS_TIERS", "basic:100m:128Mi,isolated:100m:128Mi:100:gvisor"),
     ];
-    let p = Provider::start(ProviderOptions {
-        kubeconfig: Some(kubeconfig),
-        extra_env: extra.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
-        ..Default::default()
-    })?;
-    p.wait_ready(Duration::from_secs(60))?;
+    let p = Provider::start_ready(&extra, Some(kubeconfig))?;
     let w = Wallet::new(&env("CASHU_MINT_URL"))?;
     w.fund(20)?;
     let user = User::new()?;

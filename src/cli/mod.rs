@@ -797,12 +797,20 @@ async fn topup(
     }
 }
 
-async fn status(home: &Home, keys: &Keys, relays: &[String], mut rec: LeaseRecord, io: &IoArgs) -> Result<ExitCode> {
+/// Send one request about a saved lease that pays nothing, and wait for the provider's reply (printed
+/// whole with --json).
+async fn ask(
+    keys: &Keys,
+    relays: &[String],
+    rec: &LeaseRecord,
+    kind: u16,
+    body: &impl serde::Serialize,
+    io: &IoArgs,
+) -> Result<Reply> {
     let provider = relay::parse_pubkey(&rec.provider)?;
     let client = relay::connect(keys, relays, RELAY_CONNECT).await?;
     let res = async {
-        let body = StatusRequest { lease: rec.lease_id.clone() };
-        let out = relay::build_request(keys, &provider, KIND_STATUS, &serde_json::to_string(&body)?, io.nip17).await?;
+        let out = relay::build_request(keys, &provider, kind, &serde_json::to_string(body)?, io.nip17).await?;
         relay::exchange(&client, keys, &provider, &out, Duration::from_secs(io.timeout), io.json).await
     }
     .await;
@@ -811,6 +819,11 @@ async fn status(home: &Home, keys: &Keys, relays: &[String], mut rec: LeaseRecor
     if io.json {
         println!("{}", serde_json::to_string_pretty(&reply)?);
     }
+    Ok(reply)
+}
+
+async fn status(home: &Home, keys: &Keys, relays: &[String], mut rec: LeaseRecord, io: &IoArgs) -> Result<ExitCode> {
+    let reply = ask(keys, relays, &rec, KIND_STATUS, &StatusRequest { lease: rec.lease_id.clone() }, io).await?;
     match &reply {
         Reply::Status { lease, .. } => {
             rec.expires_at = lease.expires_at;
@@ -832,19 +845,7 @@ async fn status(home: &Home, keys: &Keys, relays: &[String], mut rec: LeaseRecor
 }
 
 async fn release(home: &Home, keys: &Keys, relays: &[String], mut rec: LeaseRecord, io: &IoArgs) -> Result<ExitCode> {
-    let provider = relay::parse_pubkey(&rec.provider)?;
-    let client = relay::connect(keys, relays, RELAY_CONNECT).await?;
-    let res = async {
-        let body = ReleaseRequest { lease: rec.lease_id.clone() };
-        let out = relay::build_request(keys, &provider, KIND_RELEASE, &serde_json::to_string(&body)?, io.nip17).await?;
-        relay::exchange(&client, keys, &provider, &out, Duration::from_secs(io.timeout), io.json).await
-    }
-    .await;
-    client.shutdown().await;
-    let reply = res?;
-    if io.json {
-        println!("{}", serde_json::to_string_pretty(&reply)?);
-    }
+    let reply = ask(keys, relays, &rec, KIND_RELEASE, &ReleaseRequest { lease: rec.lease_id.clone() }, io).await?;
     match &reply {
         Reply::Released { lease_id, unused_minutes, refund_token, .. } => {
             receive_change(home, refund_token.as_deref()).await;

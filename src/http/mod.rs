@@ -432,6 +432,15 @@ impl Api {
         }
     }
 
+    /// Run a paid request and answer it; a key the server made for it goes back in `Idempotency-Key`.
+    async fn respond(&self, incoming: Incoming, lease_secret: Option<String>, generated_key: Option<&str>) -> Response {
+        let resp = match self.run(incoming).await {
+            Ok(reply) => self.answer(reply, lease_secret),
+            Err(e) => e.into_response(),
+        };
+        with_generated_key(resp, generated_key)
+    }
+
     /// A reply as an HTTP answer.
     fn answer(&self, reply: Reply, lease_secret: Option<String>) -> Response {
         match reply {
@@ -519,11 +528,7 @@ async fn create_lease(
     let request_id = request_id("create", Some(&key), &[&canonical]);
     let secret = lease_secret(&api.lease_secret_key, &request_id);
     let route = ReplyRoute { request_id, requester: requester_of(&secret), via: ReplyVia::InBand };
-    let resp = match api.run(Incoming::Create { route, request }).await {
-        Ok(reply) => api.answer(reply, Some(secret)),
-        Err(e) => e.into_response(),
-    };
-    with_generated_key(resp, generated.then_some(key.as_str()))
+    api.respond(Incoming::Create { route, request }, Some(secret), generated.then_some(key.as_str())).await
 }
 
 /// Lease ids are 12 hex chars; pod names add `ssh-pod-`. Anything else is nobody's lease.
@@ -582,11 +587,8 @@ async fn release_lease(State(api): State<Arc<Api>>, Path(id): Path<String>, head
     let (key, generated) = key_or_generated(key);
     let request_id = request_id("release", Some(&key), &[id.as_bytes(), requester.as_bytes()]);
     let route = ReplyRoute { request_id, requester, via: ReplyVia::InBand };
-    let resp = match api.run(Incoming::Release { route, request: ReleaseRequest { lease: id } }).await {
-        Ok(reply) => api.answer(reply, None),
-        Err(e) => e.into_response(),
-    };
-    with_generated_key(resp, generated.then_some(key.as_str()))
+    let incoming = Incoming::Release { route, request: ReleaseRequest { lease: id } };
+    api.respond(incoming, None, generated.then_some(key.as_str())).await
 }
 
 #[utoipa::path(post, path = "/v1/leases/{id}/topup", tag = "leases", request_body = TopUpBody,
@@ -626,11 +628,7 @@ async fn topup_lease(
     let request_id = request_id("topup", Some(&key), &parts);
     let route = ReplyRoute { request_id, requester, via: ReplyVia::InBand };
     let request = TopUpRequest { cashu_token: body.cashu_token, lease: id };
-    let resp = match api.run(Incoming::TopUp { route, request }).await {
-        Ok(reply) => api.answer(reply, None),
-        Err(e) => e.into_response(),
-    };
-    with_generated_key(resp, generated.then_some(key.as_str()))
+    api.respond(Incoming::TopUp { route, request }, None, generated.then_some(key.as_str())).await
 }
 
 /// The client's Idempotency-Key, or a fresh random one (and whether it was made here).

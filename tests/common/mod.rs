@@ -494,6 +494,18 @@ fn free_port() -> u16 {
 }
 
 impl Provider {
+    /// A provider (Tor off) with `extra` variables over the harness's, on `kubeconfig` (the stack's
+    /// ServiceAccount when None), once it is ready.
+    pub fn start_ready(extra: &[(&str, &str)], kubeconfig: Option<PathBuf>) -> Result<Provider> {
+        let p = Provider::start(ProviderOptions {
+            kubeconfig,
+            extra_env: extra.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            ..Default::default()
+        })?;
+        p.wait_ready(Duration::from_secs(60))?;
+        Ok(p)
+    }
+
     pub fn start(opts: ProviderOptions) -> Result<Provider> {
         let (state_dir, tmp) = match opts.state_dir {
             Some(d) => (d, None),
