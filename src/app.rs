@@ -179,6 +179,10 @@ pub async fn run(cfg: Config) -> Result<()> {
     tokio::spawn(prune_loop(service.clone()));
     tokio::spawn(readiness_loop(readiness.clone(), metrics.clone(), cluster.clone(), onion.clone(), frontend.clone()));
     tokio::spawn(reconcile_loop(service.clone(), Duration::from_secs(cfg.reconcile_interval_secs)));
+    tokio::spawn({
+        let service = service.clone();
+        async move { service.run_onion_pool().await }
+    });
     tokio::spawn(resume_loop(service.clone(), Duration::from_secs(cfg.resume_interval_secs)));
 
     let free = Arc::new(Semaphore::new(FREE_WORKERS));

@@ -74,6 +74,12 @@ pub const VARS: &[VarDoc] = &[
         help: "live leases one key may hold at once (more are refused before payment)",
     },
     VarDoc {
+        name: "PAYGRESS_ONION_POOL",
+        default: "4",
+        help: "onion services kept published ahead of demand, so a paid lease's reply does not wait for a \
+               descriptor to be published (0: none; ignored when ENABLE_TOR_SIDECAR=false)",
+    },
+    VarDoc {
         name: "PAYGRESS_EXPIRY_NOTICES",
         default: "600,60",
         help: "seconds before a lease ends at which its owner gets an encrypted notice (empty: none)",
@@ -143,7 +149,7 @@ pub const VARS: &[VarDoc] = &[
         default: "(none)",
         help:
             "testing/operations aid: abort the process (like kill -9) right after a saga step is persisted: \
-               after_redeem, after_pod_create, after_ready (alias after_onion) or before_reply; never set in production",
+               after_redeem, after_pod_create, after_pool_take, after_ready (alias after_onion) or before_reply; never set in production",
     },
     VarDoc { name: "PAYGRESS_LOG_FORMAT", default: "text", help: "text or json" },
     VarDoc { name: "RUST_LOG", default: "info", help: "tracing filter" },
@@ -167,6 +173,9 @@ pub enum KeySource {
     Generated(PathBuf),
 }
 
+/// Upper bound of `PAYGRESS_ONION_POOL`: each slot is a published service with its own circuits.
+pub const MAX_ONION_POOL: usize = 256;
+
 /// Kill points of the lease saga (`PAYGRESS_FAILPOINT`): the process aborts right after this step is
 /// persisted, so crash recovery can be tested against the real peers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -179,6 +188,8 @@ pub enum Failpoint {
     AfterReady,
     /// The Replying record (the final reply to a paid request) is written; nothing sent yet.
     BeforeReply,
+    /// A pool slot's Secret is taken (deleted; its key only in memory); the lease's onion Secret not yet written.
+    AfterPoolTake,
 }
 
 impl Failpoint {
@@ -189,6 +200,7 @@ impl Failpoint {
             // With Tor off the onion step is empty, so both names mean "the lease is ready".
             "after_ready" | "after_onion" => Some(Failpoint::AfterReady),
             "before_reply" => Some(Failpoint::BeforeReply),
+            "after_pool_take" => Some(Failpoint::AfterPoolTake),
             _ => None,
         }
     }
@@ -199,6 +211,7 @@ impl Failpoint {
             Failpoint::AfterPodCreate => "after_pod_create",
             Failpoint::AfterReady => "after_ready",
             Failpoint::BeforeReply => "before_reply",
+            Failpoint::AfterPoolTake => "after_pool_take",
         }
     }
 }
@@ -250,6 +263,8 @@ pub struct Config {
     /// Lease pods' imagePullPolicy.
     pub image_pull_policy: String,
     pub max_leases_per_requester: usize,
+    /// Onion services kept published ahead of demand (`PAYGRESS_ONION_POOL`).
+    pub onion_pool: usize,
     /// Seconds before a lease's end at which its owner is told, ascending.
     pub expiry_notices: Vec<u64>,
     pub allowed_images: Vec<String>,
@@ -385,6 +400,10 @@ impl Config {
         if max_leases_per_requester == 0 {
             p.err("PAYGRESS_MAX_LEASES_PER_REQUESTER", "must be at least 1".into());
         }
+        let onion_pool = p.num("PAYGRESS_ONION_POOL", 4) as usize;
+        if onion_pool > MAX_ONION_POOL {
+            p.err("PAYGRESS_ONION_POOL", format!("at most {MAX_ONION_POOL}"));
+        }
         let mut expiry_notices = Vec::new();
         let notices_raw =
             env.get("PAYGRESS_EXPIRY_NOTICES").map(|v| v.trim().to_string()).unwrap_or_else(|| "600,60".into());
@@ -463,7 +482,8 @@ impl Config {
                 p.err(
                     "PAYGRESS_FAILPOINT",
                     format!(
-                        "{name:?} is not one of after_redeem, after_pod_create, after_ready, after_onion, before_reply"
+                        "{name:?} is not one of after_redeem, after_pod_create, after_pool_take, after_ready, after_onion, \
+                         before_reply"
                     ),
                 );
                 None
@@ -515,6 +535,7 @@ impl Config {
             default_image,
             image_pull_policy,
             max_leases_per_requester,
+            onion_pool,
             expiry_notices,
             allowed_images,
             tiers,
@@ -747,6 +768,7 @@ mod tests {
             ("after_ready", Failpoint::AfterReady),
             ("after_onion", Failpoint::AfterReady),
             ("before_reply", Failpoint::BeforeReply),
+            ("after_pool_take", Failpoint::AfterPoolTake),
         ] {
             let c = Config::from_map(&env(&[base[0], ("PAYGRESS_FAILPOINT", name)])).unwrap();
             assert_eq!(c.failpoint, Some(fp));

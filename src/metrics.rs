@@ -19,6 +19,8 @@ pub struct Metrics {
     pub onion_failed: AtomicU64,
     /// Onion services relaunched because they stalled unpublished (copied from the adapter).
     pub onion_relaunches: AtomicU64,
+    /// Pool slots published and waiting for a lease.
+    pub onion_pool_ready: AtomicU64,
     pub connected_relays: AtomicU64,
     latency: Mutex<Histogram>,
 }
@@ -94,6 +96,11 @@ impl Metrics {
             writeln!(s, "paygress_onion_services{{status=\"running\"}} {}", self.onion_running.load(Ordering::Relaxed));
         let _ =
             writeln!(s, "paygress_onion_services{{status=\"failed\"}} {}", self.onion_failed.load(Ordering::Relaxed));
+        let _ = writeln!(
+            s,
+            "paygress_onion_services{{status=\"pooled\"}} {}",
+            self.onion_pool_ready.load(Ordering::Relaxed)
+        );
         g(
             &mut s,
             "paygress_onion_relaunches_total",

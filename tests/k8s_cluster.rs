@@ -495,3 +495,29 @@ async fn ending_a_lease_is_conditional_on_the_version_that_was_judged() -> Resul
     cluster.delete_lease(&id, fresh.version.as_deref()).await?;
     wait_gone(&id).await
 }
+
+/// The onion pool's keys through the manifest's RBAC: a slot's key is stored before use, listed while
+/// waiting, and taken by exactly one of two takers racing for it (the API server's delete preconditions).
+#[tokio::test]
+async fn a_pool_key_is_taken_once() -> Result<()> {
+    apply_manifest()?;
+    let provider = format!("pool{:x}", std::process::id());
+    let a = KubeCluster::from_config(sa_config().await?, NS, SSH_PORT, &provider)?;
+    let b = KubeCluster::from_config(sa_config().await?, NS, SSH_PORT, &provider)?;
+    let slot = format!("{:032x}", u128::from(std::process::id()) << 64 | u128::from(now()));
+    let key = vec![5u8; 64];
+    a.store_pool_key(&slot, &key).await?;
+    a.store_pool_key(&slot, &key).await.context("a retried store is idempotent")?;
+    ensure!(a.list_pool_keys().await?.iter().any(|k| k.slot == slot && k.key == key));
+    // Another provider's pool is not ours to list or take.
+    let stranger = KubeCluster::from_config(sa_config().await?, NS, SSH_PORT, "0the7provider")?;
+    ensure!(stranger.list_pool_keys().await?.iter().all(|k| k.slot != slot));
+    ensure!(stranger.take_pool_key(&slot).await?.is_none());
+
+    let (x, y) = tokio::join!(a.take_pool_key(&slot), b.take_pool_key(&slot));
+    let got: Vec<Vec<u8>> = [x?, y?].into_iter().flatten().collect();
+    ensure!(got == vec![key], "exactly one taker gets the key: {} did", got.len());
+    ensure!(!a.list_pool_keys().await?.iter().any(|k| k.slot == slot));
+    ensure!(a.take_pool_key(&slot).await?.is_none());
+    Ok(())
+}

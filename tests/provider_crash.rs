@@ -135,3 +135,64 @@ fn crash_after_onion_is_the_ready_point_without_tor() -> Result<()> {
 fn crash_before_reply() -> Result<()> {
     crash_and_recover("before_reply")
 }
+
+/// The pool's step: the provider dies after taking a published pool slot's key (its Secret deleted) and
+/// before the lease's Secret holds it. The restarted provider finishes the lease, paid once; the taken
+/// slot's address is never handed out (not in the reply, not back in the pool).
+#[test]
+fn crash_after_pool_take() -> Result<()> {
+    let help = paygress_help()?;
+    assert!(help.contains("after_pool_take"), "binary without failpoint after_pool_take");
+    wait_tor_can_host_onions();
+    let with_pool = |extra: &[(&str, &str)]| {
+        let mut e = base_env();
+        e.push(("PAYGRESS_ONION_POOL".into(), "1".into()));
+        e.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        e
+    };
+    let pooled = "paygress_onion_services{status=\"pooled\"}";
+    let mut first = Provider::start(ProviderOptions {
+        enable_tor: true,
+        extra_env: with_pool(&[("PAYGRESS_FAILPOINT", "after_pool_take")]),
+        ..Default::default()
+    })?;
+    let state = first.keep_state();
+    let state_dir = first.state_dir.clone();
+    wait_until("pool slot published", Duration::from_secs(240), || (first.metric(pooled) == Some(1.0)).then_some(()))?;
+    let slot = first.pool_addresses()?;
+    assert_eq!(slot.len(), 1);
+
+    let w = Wallet::new(&env("CASHU_MINT_URL"))?;
+    w.fund(200)?;
+    let user = User::new()?;
+    let id = user.publish_nip44(1000, &request_json(&w.send(PAID)?, "crash"), &first.pubkey)?;
+    let lease_id = lease_id_for(&first.nsec_hex, &id);
+    first.wait_exit(Duration::from_secs(180))?;
+    assert!(first.log_text().contains("PAYGRESS_FAILPOINT reached"), "{}", first.log_tail());
+    // (The filler may already have stored the next slot's key.)
+    assert!(!first.pool_addresses()?.contains(&slot[0]), "the slot's Secret was taken before the kill point");
+    assert_eq!(user.count_replies(&id, &first.pubkey)?, 0);
+    drop(first);
+
+    let second = Provider::start(ProviderOptions {
+        enable_tor: true,
+        extra_env: with_pool(&[]),
+        state_dir: Some(state_dir),
+        ..Default::default()
+    })?;
+    let reply = user.await_reply(&id, &second.pubkey, Duration::from_secs(240))?;
+    assert_eq!(reply["status"], "ok", "{reply}");
+    assert_eq!(reply["amount_sats"], PAID, "{reply}");
+    let onion = reply["access"]["onion_address"].as_str().unwrap_or_default().to_string();
+    assert!(onion.ends_with(".onion"), "{reply}");
+    assert!(!slot.contains(&onion), "the address whose key was lost in the crash was handed out");
+    wait_until("pool refilled", Duration::from_secs(240), || (second.metric(pooled) == Some(1.0)).then_some(()))?;
+    assert!(!second.pool_addresses()?.iter().any(|a| slot.contains(a) || *a == onion));
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(user.count_replies(&id, &second.pubkey)?, 1, "exactly one reply");
+    assert_eq!(pods_of_requester(&user.pubkey)?, 1);
+    delete_lease(&lease_id);
+    second.delete_pool_secrets();
+    drop(state);
+    Ok(())
+}

@@ -217,6 +217,54 @@ fn onion_lease_end_to_end_survives_kill9() -> Result<()> {
     Ok(())
 }
 
+/// The onion pool (on by default): a paid lease is handed a service that was published before it paid, so
+/// its reply waits for no publication; that address reaches the lease's pod through C tor, its key becomes
+/// the lease's Secret, and the pool refills with other addresses.
+#[test]
+fn a_warm_pool_hands_a_published_service_to_a_paid_lease() -> Result<()> {
+    let p = tor_provider(&[("PAYGRESS_ONION_POOL", "2")], None);
+    wait_until("two pool slots published", REPLY_TIMEOUT, || {
+        (p.metric("paygress_onion_services{status=\"pooled\"}") == Some(2.0)).then_some(())
+    })?;
+    let waiting = p.pool_addresses()?;
+    assert_eq!(waiting.len(), 2, "one Secret per slot: {waiting:?}");
+
+    let w = wallet(300);
+    let user = User::new()?;
+    let t0 = Instant::now();
+    let id = user.publish_nip44(1000, &request_json(&w.send(100)?, "alice"), &p.pubkey)?;
+    let reply = user.await_reply(&id, &p.pubkey, REPLY_TIMEOUT)?;
+    let t_reply = t0.elapsed();
+    let (access, onion) = onion_access(&reply, "alice");
+    assert!(waiting.contains(&onion), "the lease did not get a pool service: {onion} not in {waiting:?}");
+    assert!(strip_ansi(&p.log_text()).contains("pooled onion service assigned to the lease"));
+    // The slot's key is the lease's Secret now, and no longer a pool Secret.
+    let lease_id = access["lease_id"].as_str().unwrap_or_default();
+    let key = check_onion_secret(lease_id, &onion)?;
+    assert!(!p.pool_addresses()?.contains(&onion));
+
+    let pw = access["ssh_password"].as_str().unwrap_or_default();
+    let (out, t_ssh) = tor_ssh_until_ok(&onion, "alice", pw, "echo pooled-$USER", None, TOR_SSH_BUDGET)?;
+    assert!(out.contains("pooled-alice"), "{out}");
+    println!(
+        "pooled lease: request published -> reply {:.1}s; first torsocks ssh ok after {:.1}s more (attempts {:.1}s)",
+        t_reply.as_secs_f64(),
+        (t0.elapsed() - t_reply).as_secs_f64(),
+        t_ssh.as_secs_f64()
+    );
+
+    // Refilled, with fresh addresses: the one given out is not offered again.
+    wait_until("pool refilled", REPLY_TIMEOUT, || {
+        (p.metric("paygress_onion_services{status=\"pooled\"}") == Some(2.0)).then_some(())
+    })?;
+    let refilled = p.pool_addresses()?;
+    assert_eq!(refilled.len(), 2);
+    assert!(!refilled.contains(&onion));
+    assert_key_not_in_log(&p.log_text(), &key);
+    delete_lease(lease_id);
+    Ok(())
+}
+
 /// 5: ENABLE_TOR_SIDECAR=false: no Tor at all; the Service route to the pod.
 #[test]
 fn without_tor_there_is_no_onion_and_the_service_reaches_the_pod() -> Result<()> {

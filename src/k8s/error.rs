@@ -116,6 +116,11 @@ impl KubeError {
         matches!(self, KubeError::Api { code: 404, .. })
     }
 
+    /// A precondition (uid, resourceVersion) that no longer holds.
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, KubeError::Api { code: 409, reason, .. } if reason != "AlreadyExists")
+    }
+
     pub fn is_already_exists(&self) -> bool {
         matches!(self, KubeError::Api { code: 409, reason, .. } if reason == "AlreadyExists")
     }

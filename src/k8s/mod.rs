@@ -7,6 +7,7 @@
 
 mod error;
 pub mod objects;
+mod pool;
 
 use std::collections::BTreeSet;
 use std::future::Future;
@@ -29,7 +30,8 @@ pub use error::{Action, KubeError};
 pub use objects::{auth_secret_name, onion_secret_name, pod_name, provider_id, service_name, valid_lease_id};
 
 use crate::lease::ports::{
-    default_probe_interval, ClusterLease, ClusterPort, ExpiryUpdate, FailureKind, OrphanObject, PodPlan, PortResult,
+    default_probe_interval, ClusterLease, ClusterPort, ExpiryUpdate, FailureKind, OrphanObject, PodPlan, PoolKey,
+    PortResult,
 };
 use crate::protocol::Tier;
 use objects::PodProgress;
@@ -625,6 +627,18 @@ impl ClusterPort for KubeCluster {
         // Another provider's key is never used (nor overwritten: creating ours then fails as a conflict).
         let ours = secret.filter(|s| objects::label(&s.metadata, objects::LABEL_PROVIDER) == Some(&self.provider));
         Ok(ours.and_then(|s| s.data).and_then(|mut d| d.remove(objects::ONION_KEY)).map(|b| b.0))
+    }
+
+    async fn store_pool_key(&self, slot: &str, key: &[u8]) -> PortResult<()> {
+        Ok(self.store_pool_key_inner(slot, key).await?)
+    }
+
+    async fn list_pool_keys(&self) -> PortResult<Vec<PoolKey>> {
+        Ok(self.list_pool_keys_inner().await?)
+    }
+
+    async fn take_pool_key(&self, slot: &str) -> PortResult<Option<Vec<u8>>> {
+        Ok(self.take_pool_key_inner(slot).await?)
     }
 
     async fn store_onion_key(&self, lease_id: &str, key: &[u8]) -> PortResult<()> {

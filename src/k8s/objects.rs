@@ -99,14 +99,19 @@ pub fn onion_secret_name(lease_id: &str) -> String {
     format!("ssh-pod-{lease_id}-onion")
 }
 
-/// Labels of every object of a lease; pods also get `app=` (the NetworkPolicy and Service select on it).
-pub fn labels(provider: &str, lease_id: &str, is_pod: bool) -> BTreeMap<String, String> {
-    let mut l = BTreeMap::from([
-        (LABEL_LEASE.to_string(), lease_id.to_string()),
+/// Labels of every object this provider manages (what [`managed_selector`] selects).
+pub fn base_labels(provider: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
         (LABEL_MANAGED_BY.to_string(), MANAGED_BY.to_string()),
         (LABEL_NAME.to_string(), APP.to_string()),
         (LABEL_PROVIDER.to_string(), provider.to_string()),
-    ]);
+    ])
+}
+
+/// Labels of every object of a lease; pods also get `app=` (the NetworkPolicy and Service select on it).
+pub fn labels(provider: &str, lease_id: &str, is_pod: bool) -> BTreeMap<String, String> {
+    let mut l = base_labels(provider);
+    l.insert(LABEL_LEASE.to_string(), lease_id.to_string());
     if is_pod {
         l.insert(LABEL_APP.to_string(), APP.to_string());
     }

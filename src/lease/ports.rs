@@ -180,6 +180,20 @@ pub struct ExpiryUpdate {
     pub if_version: Option<String>,
 }
 
+/// The key of an onion service published ahead of demand (not yet any lease's).
+#[derive(Clone, PartialEq, Eq)]
+pub struct PoolKey {
+    pub slot: String,
+    pub key: Vec<u8>,
+}
+
+impl std::fmt::Debug for PoolKey {
+    // Never print the key.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PoolKey").field("slot", &self.slot).finish_non_exhaustive()
+    }
+}
+
 /// Objects the provider labelled but that belong to no live lease pod.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OrphanObject {
@@ -219,6 +233,14 @@ pub trait ClusterPort: Send + Sync {
     /// The lease's onion identity key (64 bytes), kept in a Secret.
     async fn load_onion_key(&self, lease_id: &str) -> PortResult<Option<Vec<u8>>>;
     async fn store_onion_key(&self, lease_id: &str, key: &[u8]) -> PortResult<()>;
+    /// Keep the key of a pool slot (an onion service published ahead of demand) in its own Secret, before
+    /// the service is launched.
+    async fn store_pool_key(&self, slot: &str, key: &[u8]) -> PortResult<()>;
+    /// Pool keys not yet bound to a lease.
+    async fn list_pool_keys(&self) -> PortResult<Vec<PoolKey>>;
+    /// Remove a pool slot's Secret and return its key: at most one caller ever gets it (None: gone, taken
+    /// already, or not ours). The lease logic then stores it as the lease's onion key.
+    async fn take_pool_key(&self, slot: &str) -> PortResult<Option<Vec<u8>>>;
     /// The API server answers (readiness).
     async fn ping(&self) -> PortResult<()>;
 }
@@ -247,7 +269,13 @@ pub trait OnionPort: Send + Sync {
     /// Publish (or keep publishing) the lease's onion service forwarding the SSH ports to `target`.
     /// Returns the address, `<56 chars>.onion`, once the descriptor is published.
     async fn launch(&self, lease_id: &str, key: &[u8], target: SocketAddr) -> PortResult<String>;
-    /// Stop the lease's onion service, if running.
+    /// Publish a service that forwards nothing yet (a pool slot, named by `slot` where a lease id would
+    /// be); returns its address once it is reachable.
+    async fn launch_idle(&self, slot: &str, key: &[u8]) -> PortResult<String>;
+    /// Hand the running service of `slot` to `lease_id` and forward it to `target` from now on, without a
+    /// new publication. Fails (nothing changed) if the slot runs no service or the lease already has one.
+    async fn adopt(&self, slot: &str, lease_id: &str, target: SocketAddr) -> PortResult<String>;
+    /// Stop the lease's (or slot's) onion service, if running.
     async fn stop(&self, lease_id: &str);
     /// Tor is bootstrapped (readiness). Always true when disabled.
     fn ready(&self) -> bool;

@@ -16,6 +16,20 @@ use tracing::debug;
 
 use super::*;
 
+/// Where a service's streams go: the lease it serves and its pod's SSH endpoint. None while the service
+/// waits in the pool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Target {
+    pub(super) lease_id: Arc<str>,
+    pub(super) addr: SocketAddr,
+}
+
+impl Target {
+    pub(super) fn new(lease_id: &str, addr: SocketAddr) -> Self {
+        Target { lease_id: Arc::from(lease_id), addr }
+    }
+}
+
 /// Bounds on what one service's forwarding may hold.
 #[derive(Clone)]
 pub(super) struct StreamBounds {
@@ -26,9 +40,9 @@ pub(super) struct StreamBounds {
 }
 
 pub(super) async fn forward_streams(
-    lease_id: String,
+    service: String,
     requests: impl futures::Stream<Item = StreamRequest>,
-    target: watch::Receiver<SocketAddr>,
+    target: watch::Receiver<Option<Target>>,
     ports: Arc<[u16]>,
     bounds: StreamBounds,
 ) {
@@ -45,16 +59,23 @@ pub(super) async fn forward_streams(
                         None
                     };
                     let Some(slot) = slot else {
-                        debug!(lease_id, open = conns.len(), "onion stream refused: stream limit reached");
+                        debug!(service, open = conns.len(), "onion stream refused: stream limit reached");
                         conns.spawn(async move {
                             let _ = req.reject(End::new_with_reason(EndReason::RESOURCELIMIT)).await;
                         });
                         continue;
                     };
-                    let to = *target.borrow();
-                    let (lease, ports, idle) = (lease_id.clone(), Arc::clone(&ports), bounds.idle);
+                    let Some(to) = target.borrow().clone() else {
+                        // A pool slot: nobody was given this address, so nothing is served yet.
+                        debug!(service, "onion stream to an unassigned service refused");
+                        conns.spawn(async move {
+                            let _ = req.reject(End::new_with_reason(EndReason::CONNECTREFUSED)).await;
+                        });
+                        continue;
+                    };
+                    let (ports, idle) = (Arc::clone(&ports), bounds.idle);
                     conns.spawn(async move {
-                        forward_one(lease, req, to, ports, idle).await;
+                        forward_one(to.lease_id.to_string(), req, to.addr, ports, idle).await;
                         drop(slot);
                     });
                 }
@@ -63,7 +84,7 @@ pub(super) async fn forward_streams(
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
         }
     }
-    debug!(lease_id, "onion request stream ended");
+    debug!(service, "onion request stream ended");
     while conns.join_next().await.is_some() {}
 }
 

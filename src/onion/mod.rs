@@ -40,7 +40,7 @@ use tracing::{info, warn};
 use crate::lease::ports::{FailureKind, OnionPort, PortError, PortResult};
 
 use config::purge_service_state;
-use forward::{forward_streams, StreamBounds};
+use forward::{forward_streams, StreamBounds, Target};
 
 /// Onion ports forwarded to the target: the advertised SSH port and the conventional one, so both
 /// `ssh -p 2222 x.onion` and `ssh x.onion` work (lesson 15: the old sidecar mapped port 80).
@@ -147,7 +147,7 @@ struct Service {
     address: String,
     svc: Arc<RunningOnionService>,
     /// Where onion streams go; updated in place when the pod moves.
-    target: watch::Sender<SocketAddr>,
+    target: watch::Sender<Option<Target>>,
     /// Accepts streams and owns every forwarded connection: aborting it closes them all.
     forwarder: JoinHandle<()>,
 }
@@ -331,7 +331,15 @@ impl OnionPort for ArtiOnion {
     }
 
     async fn launch(&self, lease_id: &str, key: &[u8], target: SocketAddr) -> PortResult<String> {
-        self.launch_inner(lease_id, key, target).await.map_err(PortError::from)
+        self.launch_inner(lease_id, key, Some(target)).await.map_err(PortError::from)
+    }
+
+    async fn launch_idle(&self, slot: &str, key: &[u8]) -> PortResult<String> {
+        self.launch_inner(slot, key, None).await.map_err(PortError::from)
+    }
+
+    async fn adopt(&self, slot: &str, lease_id: &str, target: SocketAddr) -> PortResult<String> {
+        self.adopt_inner(slot, lease_id, target).await.map_err(PortError::from)
     }
 
     async fn stop(&self, lease_id: &str) {
@@ -342,14 +350,7 @@ impl OnionPort for ArtiOnion {
         let guard = lease_lock.lock().await;
         inner.stop_locked(lease_id);
         drop(guard);
-        // Forget the lock unless another caller is already waiting on it (it holds a clone): the map
-        // would otherwise grow by one entry per lease ever launched.
-        let mut locks = lock(&inner.lease_locks);
-        if locks.get(lease_id).is_some_and(|l| Arc::strong_count(l) <= 2) {
-            locks.remove(lease_id);
-        }
-        drop(locks);
-        drop(lease_lock);
+        inner.forget_lock(lease_id, lease_lock);
     }
 
     fn ready(&self) -> bool {

@@ -17,11 +17,48 @@ use tracing::{debug, info, warn};
 use super::*;
 
 impl ArtiOnion {
+    /// Hand a pool slot's running service to a lease (see [`OnionPort::adopt`]). No publication: the
+    /// descriptor is already out, so only where streams go changes.
+    pub(super) async fn adopt_inner(
+        &self,
+        slot: &str,
+        lease_id: &str,
+        target: SocketAddr,
+    ) -> Result<String, OnionError> {
+        let inner = self.inner.as_ref().ok_or_else(|| OnionError::Disabled { lease_id: lease_id.into() })?;
+        let refuse =
+            |message: &str| OnionError::Launch { lease_id: lease_id.into(), message: message.into(), transient: false };
+        // Slot first, then lease: the only place holding two, so no other order can deadlock with it.
+        let slot_lock = inner.lease_lock(slot);
+        let slot_guard = slot_lock.lock().await;
+        let lease_lock = inner.lease_lock(lease_id);
+        let lease_guard = lease_lock.lock().await;
+        let adopted = {
+            let mut services = lock(&inner.services);
+            if services.contains_key(lease_id) {
+                Err(refuse("the lease already has an onion service"))
+            } else if let Some(service) = services.remove(slot) {
+                service.target.send_replace(Some(Target::new(lease_id, target)));
+                let address = service.address.clone();
+                services.insert(lease_id.to_string(), service);
+                Ok(address)
+            } else {
+                Err(refuse("the pool slot runs no onion service"))
+            }
+        };
+        drop((lease_guard, slot_guard));
+        inner.forget_lock(slot, slot_lock);
+        if let Ok(address) = &adopted {
+            info!(lease_id, slot, address = %redact(address), %target, "pooled onion service assigned to the lease");
+        }
+        adopted
+    }
+
     pub(super) async fn launch_inner(
         &self,
         lease_id: &str,
         key: &[u8],
-        target: SocketAddr,
+        target: Option<SocketAddr>,
     ) -> Result<String, OnionError> {
         let inner = self.inner.as_ref().ok_or_else(|| OnionError::Disabled { lease_id: lease_id.into() })?;
         let keypair =
@@ -46,7 +83,10 @@ impl ArtiOnion {
         let svc = match existing {
             Some((running, svc, target_tx)) if running == address => {
                 // Idempotent: keep publishing; follow the pod if it moved.
-                target_tx.send_if_modified(|t| std::mem::replace(t, target) != target);
+                if let Some(addr) = target {
+                    let to = Some(Target::new(lease_id, addr));
+                    target_tx.send_if_modified(|t| std::mem::replace(t, to.clone()) != to);
+                }
                 svc
             }
             other => {
@@ -58,7 +98,8 @@ impl ArtiOnion {
                     inner.stop_locked(lease_id);
                 }
                 inner.wait_bootstrapped(lease_id).await?;
-                let service = inner.start_service(lease_id, nickname.clone(), keypair, address.clone(), target).await?;
+                let to = target.map(|addr| Target::new(lease_id, addr));
+                let service = inner.start_service(lease_id, nickname.clone(), keypair, address.clone(), to).await?;
                 let svc = Arc::clone(&service.svc);
                 lock(&inner.services).insert(lease_id.to_string(), service);
                 svc
@@ -187,7 +228,7 @@ impl Enabled {
         nickname: HsNickname,
         keypair: HsIdKeypair,
         address: String,
-        target: SocketAddr,
+        target: Option<Target>,
     ) -> Result<Service, OnionError> {
         let launch_err =
             |message: String, transient: bool| OnionError::Launch { lease_id: lease_id.into(), message, transient };
@@ -223,6 +264,7 @@ impl Enabled {
             }
         };
 
+        let target_log = target.as_ref().map(|t| t.addr);
         let (target_tx, target_rx) = watch::channel(target);
         let forwarder = tokio::spawn(forward_streams(
             lease_id.to_string(),
@@ -235,7 +277,7 @@ impl Enabled {
                 idle: STREAM_IDLE_TIMEOUT,
             },
         ));
-        info!(lease_id, address = %redact(&address), %target, ports = ?self.ports, "onion service launched");
+        info!(lease_id, address = %redact(&address), target = ?target_log, ports = ?self.ports, "onion service launched");
         Ok(Service { nickname, address, svc, target: target_tx, forwarder })
     }
 
@@ -265,9 +307,20 @@ impl Enabled {
     }
 
     /// The lease's running service, if it has this address, and where it forwards to.
-    fn current_service(&self, lease_id: &str, address: &str) -> Option<(Arc<RunningOnionService>, SocketAddr)> {
+    fn current_service(&self, lease_id: &str, address: &str) -> Option<(Arc<RunningOnionService>, Option<Target>)> {
         let services = lock(&self.services);
-        services.get(lease_id).filter(|s| s.address == address).map(|s| (Arc::clone(&s.svc), *s.target.borrow()))
+        services.get(lease_id).filter(|s| s.address == address).map(|s| (Arc::clone(&s.svc), s.target.borrow().clone()))
+    }
+
+    /// Drop a lease's lock from the map unless another caller holds or waits on it (a clone): the map would
+    /// otherwise grow by one entry per lease or slot ever launched.
+    pub(super) fn forget_lock(&self, lease_id: &str, held: Arc<tokio::sync::Mutex<()>>) {
+        let mut locks = lock(&self.lease_locks);
+        if locks.get(lease_id).is_some_and(|l| Arc::strong_count(l) <= 2) {
+            locks.remove(lease_id);
+        }
+        drop(locks);
+        drop(held);
     }
 
     /// Stop a lease's service; the caller holds the lease lock.

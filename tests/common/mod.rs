@@ -615,6 +615,37 @@ impl Provider {
         Ok(())
     }
 
+    /// The label value this provider puts on its objects.
+    pub fn provider_label(&self) -> String {
+        self.pubkey.chars().take(32).collect::<String>().to_ascii_lowercase()
+    }
+
+    /// Delete the onion pool's Secrets of this provider (tests that restart it call this at the end).
+    pub fn delete_pool_secrets(&self) {
+        let sel = format!("paygress.io/pool,paygress.io/provider={}", self.provider_label());
+        let _ = kubectl(&["-n", "user-workloads", "delete", "secret", "-l", &sel, "--wait=false"]);
+    }
+
+    /// Addresses of this provider's pool slots whose Secret is in the cluster (published or about to be).
+    pub fn pool_addresses(&self) -> Result<Vec<String>> {
+        let sel = format!("paygress.io/pool,paygress.io/provider={}", self.provider_label());
+        let out = kubectl(&["-n", "user-workloads", "get", "secret", "-l", &sel, "-o", "json"])?;
+        let list: Value = serde_json::from_str(&out)?;
+        let mut addresses = Vec::new();
+        for item in list["items"].as_array().cloned().unwrap_or_default() {
+            let b64 = item["data"]["hs_ed25519_secret_key"].as_str().unwrap_or_default();
+            let key = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, b64)?;
+            addresses.push(paygress::onion::address_for_key(&key).map_err(|e| anyhow!(e))?);
+        }
+        Ok(addresses)
+    }
+
+    /// A gauge or counter from /metrics (first sample whose line starts with `series`).
+    pub fn metric(&self, series: &str) -> Option<f64> {
+        let m = self.metrics().ok()?;
+        m.lines().find(|l| l.starts_with(series)).and_then(|l| l.split_whitespace().last()?.parse().ok())
+    }
+
     /// Keep the state dir alive beyond this process (for restarts).
     pub fn keep_state(&mut self) -> Option<tempfile::TempDir> {
         self._state_tmp.take()
@@ -727,6 +758,11 @@ pub fn now_secs() -> u64 {
 impl Drop for Provider {
     fn drop(&mut self) {
         self.kill9();
+        // The pool's Secrets outlive a provider by design (a restart publishes them again); one whose
+        // state dir goes away now will never restart, so they go too.
+        if self._state_tmp.is_some() {
+            self.delete_pool_secrets();
+        }
     }
 }
 

@@ -22,6 +22,7 @@ use crate::lease::Incoming;
 mod end;
 mod intake;
 mod notice;
+mod pool;
 mod provision;
 mod reconcile;
 mod redeem;
@@ -57,6 +58,8 @@ pub struct LeaseSettings {
     pub max_leases_per_requester: usize,
     /// Seconds before a lease's end at which its owner is told (e.g. 600 and 60).
     pub notice_thresholds: Vec<u64>,
+    /// Onion services kept published ahead of demand (see `pool.rs`).
+    pub onion_pool: usize,
 }
 
 impl From<&Config> for LeaseSettings {
@@ -78,6 +81,7 @@ impl From<&Config> for LeaseSettings {
             provider_id: String::new(),
             max_leases_per_requester: c.max_leases_per_requester,
             notice_thresholds: c.expiry_notices.clone(),
+            onion_pool: if c.enable_tor { c.onion_pool } else { 0 },
         }
     }
 }
@@ -132,6 +136,8 @@ pub struct LeaseService {
     restoring: AtomicBool,
     /// Bounds on what requests that pay nothing (yet) can make the provider store and send.
     admission: Admission,
+    /// Onion services published ahead of demand.
+    pool: pool::Pool,
     /// The workers' bound, also taken by resumed sagas (a mint outage must not resume every parked saga
     /// at once, every resume interval).
     workers: Option<Arc<tokio::sync::Semaphore>>,
@@ -244,6 +250,7 @@ impl LeaseService {
             onions: Mutex::new(HashSet::new()),
             restoring: AtomicBool::new(false),
             admission: Admission::default(),
+            pool: pool::Pool::default(),
             workers: None,
         }
     }

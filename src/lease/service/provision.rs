@@ -134,7 +134,7 @@ impl LeaseService {
         let host_key = self.wait_for_ssh(endpoint, deadline).await?;
         info!(%endpoint, fingerprint = %host_key.fingerprint, "ssh answers");
         let onion_address = if self.ports.onion.enabled() {
-            match self.launch_onion(lease_id, endpoint).await {
+            match self.launch_onion(lease_id, endpoint, true).await {
                 Ok(a) => Some(a),
                 Err(e) => {
                     // Counted like a failed restore: paygress_onion_services{status="failed"}.
@@ -191,11 +191,25 @@ impl LeaseService {
         }
     }
 
-    /// Publish the lease's onion service from the key in its Secret (made on first use).
-    pub(super) async fn launch_onion(&self, lease_id: &str, endpoint: SocketAddr) -> Result<String, PortError> {
+    /// Publish the lease's onion service from the key in its Secret. A lease without one takes a published
+    /// service from the pool when `from_pool` (a new lease) and the pool has one, else gets a fresh key.
+    pub(super) async fn launch_onion(
+        &self,
+        lease_id: &str,
+        endpoint: SocketAddr,
+        from_pool: bool,
+    ) -> Result<String, PortError> {
         let key = match self.retry(|| self.ports.cluster.load_onion_key(lease_id)).await? {
             Some(k) => k,
             None => {
+                let pooled = if from_pool { self.launch_from_pool(lease_id, endpoint).await } else { None };
+                if let Some(pooled) = pooled {
+                    let address = pooled?;
+                    if let Ok(mut o) = self.onions.lock() {
+                        o.insert(lease_id.to_string());
+                    }
+                    return Ok(address);
+                }
                 let k = self.ports.onion.generate_key()?;
                 self.retry(|| self.ports.cluster.store_onion_key(lease_id, &k)).await?;
                 k

@@ -126,7 +126,7 @@ impl LeaseService {
                 use futures::StreamExt as _;
                 futures::stream::iter(restore)
                     .for_each_concurrent(RESTORE_CONCURRENCY, |(lease_id, endpoint)| async move {
-                        if let Err(e) = svc.launch_onion(&lease_id, endpoint).await {
+                        if let Err(e) = svc.launch_onion(&lease_id, endpoint, false).await {
                             svc.metrics.onion_failed.fetch_add(1, Ordering::Relaxed);
                             warn!(lease_id = %lease_id, error = %e, "onion service not restored");
                         }

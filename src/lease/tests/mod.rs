@@ -1,5 +1,7 @@
 //! Saga tests with in-memory fakes of every port. The same paths run against the real peers in tests/.
 
+mod pool;
+
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -100,6 +102,8 @@ struct FakeCluster {
     room: Mutex<Option<u64>>,
     /// Leases whose pod failed, with the reason.
     failed: Mutex<HashMap<String, String>>,
+    /// Pool keys by slot.
+    pool: Mutex<BTreeMap<String, Vec<u8>>>,
 }
 
 impl FakeCluster {
@@ -216,6 +220,18 @@ impl ClusterPort for FakeCluster {
     async fn load_onion_key(&self, lease_id: &str) -> PortResult<Option<Vec<u8>>> {
         Ok(self.keys.lock().unwrap().get(lease_id).cloned())
     }
+    async fn store_pool_key(&self, slot: &str, key: &[u8]) -> PortResult<()> {
+        self.pool.lock().unwrap().insert(slot.into(), key.to_vec());
+        Ok(())
+    }
+    async fn list_pool_keys(&self) -> PortResult<Vec<PoolKey>> {
+        let pool = self.pool.lock().unwrap();
+        Ok(pool.iter().map(|(slot, key)| PoolKey { slot: slot.clone(), key: key.clone() }).collect())
+    }
+    async fn take_pool_key(&self, slot: &str) -> PortResult<Option<Vec<u8>>> {
+        tokio::task::yield_now().await;
+        Ok(self.pool.lock().unwrap().remove(slot))
+    }
     async fn store_onion_key(&self, lease_id: &str, key: &[u8]) -> PortResult<()> {
         self.keys.lock().unwrap().insert(lease_id.into(), key.to_vec());
         Ok(())
@@ -235,7 +251,20 @@ impl SshProbePort for FakeProbe {
 
 #[derive(Default)]
 struct FakeOnion {
+    /// Running services (lease ids and pool slots) by key.
     running: Mutex<HashMap<String, Vec<u8>>>,
+    /// Keys made so far (each key differs: its first bytes count them).
+    made: Mutex<u32>,
+    /// Every publication: (lease id or slot, address).
+    published: Mutex<Vec<(String, String)>>,
+    /// Services handed from a slot to a lease: (slot, lease id).
+    adopted: Mutex<Vec<(String, String)>>,
+    /// Handovers fail (the slot's service vanished).
+    fail_adopt: Mutex<bool>,
+}
+
+fn fake_address(key: &[u8]) -> String {
+    format!("{}.onion", hex::encode(&key[..4]))
 }
 #[async_trait]
 impl OnionPort for FakeOnion {
@@ -243,11 +272,36 @@ impl OnionPort for FakeOnion {
         true
     }
     fn generate_key(&self) -> PortResult<Vec<u8>> {
-        Ok(vec![7; 64])
+        let mut made = self.made.lock().unwrap();
+        *made += 1;
+        let mut key = vec![7; 64];
+        key[..4].copy_from_slice(&made.to_be_bytes());
+        Ok(key)
     }
     async fn launch(&self, lease_id: &str, key: &[u8], _t: SocketAddr) -> PortResult<String> {
         self.running.lock().unwrap().insert(lease_id.into(), key.to_vec());
-        Ok(format!("{}.onion", hex::encode(&key[..4])))
+        self.published.lock().unwrap().push((lease_id.into(), fake_address(key)));
+        Ok(fake_address(key))
+    }
+    async fn launch_idle(&self, slot: &str, key: &[u8]) -> PortResult<String> {
+        tokio::task::yield_now().await;
+        self.running.lock().unwrap().insert(slot.into(), key.to_vec());
+        self.published.lock().unwrap().push((slot.into(), fake_address(key)));
+        Ok(fake_address(key))
+    }
+    async fn adopt(&self, slot: &str, lease_id: &str, _t: SocketAddr) -> PortResult<String> {
+        if *self.fail_adopt.lock().unwrap() {
+            return Err(PortError::permanent("the pool slot runs no onion service"));
+        }
+        let mut running = self.running.lock().unwrap();
+        if running.contains_key(lease_id) {
+            return Err(PortError::permanent("the lease already has an onion service"));
+        }
+        let key = running.remove(slot).ok_or_else(|| PortError::permanent("the pool slot runs no onion service"))?;
+        let address = fake_address(&key);
+        running.insert(lease_id.into(), key);
+        self.adopted.lock().unwrap().push((slot.into(), lease_id.into()));
+        Ok(address)
     }
     async fn stop(&self, lease_id: &str) {
         self.running.lock().unwrap().remove(lease_id);
@@ -361,6 +415,7 @@ fn world_with(tune: impl FnOnce(&mut LeaseSettings)) -> World {
         provider_id: "0123abcd".into(),
         max_leases_per_requester: 3,
         notice_thresholds: vec![],
+        onion_pool: 0,
     };
     tune(&mut settings);
     let ports = Ports {
@@ -378,6 +433,31 @@ fn world_with(tune: impl FnOnce(&mut LeaseSettings)) -> World {
         onion,
         replies,
         journal,
+    }
+}
+
+/// The same world after the provider restarted: cluster, wallet, journal and relays kept; a new onion
+/// client (nothing published) and a new lease service.
+fn restarted(w: &World, tune: impl FnOnce(&mut LeaseSettings)) -> World {
+    let mut settings = w.svc.settings().clone();
+    tune(&mut settings);
+    let onion = Arc::new(FakeOnion::default());
+    *onion.made.lock().unwrap() = 1000;
+    let ports = Ports {
+        payment: w.payment.clone(),
+        cluster: w.cluster.clone(),
+        probe: Arc::new(FakeProbe),
+        onion: onion.clone(),
+        replies: w.replies.clone(),
+        journal: w.journal.clone(),
+    };
+    World {
+        svc: Arc::new(LeaseService::new(settings, ports, Arc::new(Metrics::default()))),
+        payment: w.payment.clone(),
+        cluster: w.cluster.clone(),
+        onion,
+        replies: w.replies.clone(),
+        journal: w.journal.clone(),
     }
 }
 
