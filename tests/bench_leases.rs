@@ -3,7 +3,9 @@
 //!
 //! Run with the stack up: `scripts/bench/leases.sh` (or `cargo test --test bench_leases -- --ignored
 //! --nocapture` with the stack env). `BENCH_LEASES=1,10,20` sets the batch sizes; `BENCH_TOR=1` runs the
-//! provider with onion services (the reply then waits for each descriptor to be published).
+//! provider with onion services (without a pool the reply then waits for each descriptor to be published);
+//! `BENCH_POOLS=0,50` runs one provider per onion pool size, side by side, each batch sent only once its
+//! pool is full again (warm).
 //!
 //! Requests are NIP-44, each from its own key, sent and awaited over one nostr-sdk connection to the stack's
 //! relay, so the times have millisecond resolution (no CLI polling in the loop).
@@ -39,23 +41,48 @@ async fn lease_request_to_reply() -> Result<()> {
         .map(|s| s.trim().parse().context("BENCH_LEASES: comma-separated counts"))
         .collect::<Result<_>>()?;
     let tor = std::env::var("BENCH_TOR").is_ok_and(|v| v == "1");
-    let provider = Provider::start(ProviderOptions { enable_tor: tor, ..Default::default() })?;
-    provider.wait_ready(Duration::from_secs(180))?;
-    let provider_pk = PublicKey::from_hex(&provider.pubkey)?;
+    let pools: Vec<usize> = std::env::var("BENCH_POOLS")
+        .unwrap_or_else(|_| "0".into())
+        .split(',')
+        .map(|s| s.trim().parse().context("BENCH_POOLS: comma-separated pool sizes"))
+        .collect::<Result<_>>()?;
+    println!("provider: Tor {}; batches {sizes:?}; 10 sat per lease", if tor { "on" } else { "off" });
+    println!(
+        "{:>5} {:>6} {:>9} {:>9} {:>9} {:>9} {:>11} {:>11} {:>9}",
+        "pool", "leases", "p50", "p95", "max", "wall", "leases/min", "relaunches", "warm-up"
+    );
+    for pool in pools {
+        let pool = if tor { pool } else { 0 };
+        let provider = Provider::start(ProviderOptions {
+            enable_tor: tor,
+            extra_env: vec![("PAYGRESS_ONION_POOL".into(), pool.to_string())],
+            ..Default::default()
+        })?;
+        provider.wait_ready(Duration::from_secs(180))?;
+        bench_provider(&provider, &sizes, pool).await?;
+    }
+    Ok(())
+}
 
+/// Waits until `pool` slots are published; returns how long that took.
+fn wait_pool(provider: &Provider, pool: usize) -> Result<Duration> {
+    let t = Instant::now();
+    wait_until("onion pool full", Duration::from_secs(900), || {
+        (provider.metric("paygress_onion_services{status=\"pooled\"}").unwrap_or(0.0) as usize >= pool).then_some(())
+    })?;
+    Ok(t.elapsed())
+}
+
+async fn bench_provider(provider: &Provider, sizes: &[usize], pool: usize) -> Result<()> {
+    let provider_pk = PublicKey::from_hex(&provider.pubkey)?;
     let client = Client::default();
     client.add_relay(relay().as_str()).await?;
     client.connect().await;
     let mut notifications = client.notifications();
 
     let wallet = Wallet::new(&env("CASHU_MINT_URL"))?;
-    println!("provider: Tor {}; batches {sizes:?}; 10 sat per lease", if tor { "on" } else { "off" });
-    println!(
-        "{:>6} {:>9} {:>9} {:>9} {:>9} {:>11} {:>11}",
-        "leases", "p50", "p95", "max", "wall", "leases/min", "relaunches"
-    );
     let mut relaunched_before = 0;
-    for n in sizes {
+    for &n in sizes {
         // Preparation (funding, tokens, keys, encryption, signing) is not timed.
         wallet.fund(10 * n as u64 + 10)?;
         let mut batch = Vec::with_capacity(n);
@@ -79,6 +106,7 @@ async fn lease_request_to_reply() -> Result<()> {
             .pubkeys(batch.iter().map(|(k, _)| k.public_key()))
             .since(Timestamp::now() - Duration::from_secs(5));
         let sub = client.subscribe(filter, None).await?;
+        let warm = wait_pool(provider, pool)?;
 
         let mut sent_at: HashMap<EventId, (Instant, Keys)> = HashMap::new();
         let start = Instant::now();
@@ -111,18 +139,22 @@ async fn lease_request_to_reply() -> Result<()> {
         took.sort();
         // Onion services relaunched because they stalled (the reconciler copies the count every 2 s).
         tokio::time::sleep(Duration::from_secs(3)).await;
-        let relaunched = relaunches(&provider)?;
+        let relaunched = relaunches(provider)?;
         println!(
-            "{n:>6} {:>8.2}s {:>8.2}s {:>8.2}s {:>8.2}s {:>11.1} {:>11}",
+            "{pool:>5} {n:>6} {:>8.2}s {:>8.2}s {:>8.2}s {:>8.2}s {:>11.1} {:>11} {:>8.0}s",
             percentile(&took, 0.5).as_secs_f64(),
             percentile(&took, 0.95).as_secs_f64(),
             took[took.len() - 1].as_secs_f64(),
             wall.as_secs_f64(),
             n as f64 * 60.0 / wall.as_secs_f64(),
             relaunched - relaunched_before,
+            warm.as_secs_f64(),
         );
         relaunched_before = relaunched;
     }
     client.disconnect().await;
+    // The leases it bought would otherwise run until they expire (and nobody ends them once it is gone).
+    let sel = format!("paygress.io/provider={}", provider.provider_label());
+    let _ = kubectl(&["-n", "user-workloads", "delete", "pods,services,secrets", "-l", &sel, "--wait=false"]);
     Ok(())
 }

@@ -277,6 +277,9 @@ pub trait OnionPort: Send + Sync {
     async fn adopt(&self, slot: &str, lease_id: &str, target: SocketAddr) -> PortResult<String>;
     /// Stop the lease's (or slot's) onion service, if running.
     async fn stop(&self, lease_id: &str);
+    /// Whether this process runs the lease's service forwarding to `target` (a restore would change
+    /// nothing, so the reconciler skips it without reading the key).
+    fn serves(&self, lease_id: &str, target: SocketAddr) -> bool;
     /// Tor is bootstrapped (readiness). Always true when disabled.
     fn ready(&self) -> bool;
     /// Number of running onion services.

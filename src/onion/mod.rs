@@ -353,6 +353,12 @@ impl OnionPort for ArtiOnion {
         inner.forget_lock(lease_id, lease_lock);
     }
 
+    fn serves(&self, lease_id: &str, target: SocketAddr) -> bool {
+        let Some(inner) = self.inner.as_ref() else { return false };
+        let services = lock(&inner.services);
+        services.get(lease_id).is_some_and(|s| s.target.borrow().as_ref().is_some_and(|t| t.addr == target))
+    }
+
     fn ready(&self) -> bool {
         match &self.inner {
             None => true,

@@ -110,6 +110,8 @@ pub struct Ports {
 /// Kept below the onion adapter's own bound on concurrent publications (8), so that after a restart with
 /// many live leases a newly paid lease does not queue behind every restore (seen: 54 s instead of 0.5 s).
 const RESTORE_CONCURRENCY: usize = 4;
+/// How often the reconciler looks for orphaned objects (each look lists Services, Secrets and pods).
+const ORPHAN_SWEEP_EVERY: Duration = Duration::from_secs(60);
 /// Top-ups remembered on a lease pod. A resumed top-up is found among them; one that was applied before
 /// this many later ones and then resumed would apply again, which needs that many top-ups during a crash.
 const MAX_TOPUP_RECORDS: usize = 32;
@@ -138,6 +140,8 @@ pub struct LeaseService {
     admission: Admission,
     /// Onion services published ahead of demand.
     pool: pool::Pool,
+    /// When the reconciler last looked for orphans.
+    last_orphan_sweep: Mutex<Option<Instant>>,
     /// The workers' bound, also taken by resumed sagas (a mint outage must not resume every parked saga
     /// at once, every resume interval).
     workers: Option<Arc<tokio::sync::Semaphore>>,
@@ -251,6 +255,7 @@ impl LeaseService {
             restoring: AtomicBool::new(false),
             admission: Admission::default(),
             pool: pool::Pool::default(),
+            last_orphan_sweep: Mutex::new(None),
             workers: None,
         }
     }

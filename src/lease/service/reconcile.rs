@@ -88,7 +88,9 @@ impl LeaseService {
             if let Some(notice) = self.notice_due(lease, now) {
                 notices.push(notice);
             }
-            if let Some(endpoint) = lease.ssh_endpoint {
+            // Only what this process does not already serve: a pass must not read every lease's key (one API
+            // call each) every few seconds when nothing changed.
+            if let Some(endpoint) = lease.ssh_endpoint.filter(|e| !self.ports.onion.serves(&lease.lease_id, *e)) {
                 restore.push((lease.lease_id.clone(), endpoint));
             }
         }
@@ -138,6 +140,18 @@ impl LeaseService {
         self.metrics.live_leases.store(live, Ordering::Relaxed);
         self.metrics.onion_running.store(self.ports.onion.running() as u64, Ordering::Relaxed);
         self.metrics.onion_relaunches.store(self.ports.onion.relaunches(), Ordering::Relaxed);
+        // Orphans are rare and have a grace period of minutes: three more full lists every pass would cost
+        // more than they find.
+        let sweep_due = self.last_orphan_sweep.lock().map_or(true, |mut last| {
+            let due = last.is_none_or(|t| t.elapsed() >= ORPHAN_SWEEP_EVERY);
+            if due {
+                *last = Some(Instant::now());
+            }
+            due
+        });
+        if !sweep_due {
+            return Ok(());
+        }
         for orphan in self.ports.cluster.list_orphans().await? {
             if busy.contains(&orphan.lease_id) {
                 continue;

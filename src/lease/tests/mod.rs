@@ -104,6 +104,8 @@ struct FakeCluster {
     failed: Mutex<HashMap<String, String>>,
     /// Pool keys by slot.
     pool: Mutex<BTreeMap<String, Vec<u8>>>,
+    /// Reads of onion keys (API calls, with the real adapter).
+    key_loads: Mutex<u32>,
 }
 
 impl FakeCluster {
@@ -218,6 +220,7 @@ impl ClusterPort for FakeCluster {
         Ok(())
     }
     async fn load_onion_key(&self, lease_id: &str) -> PortResult<Option<Vec<u8>>> {
+        *self.key_loads.lock().unwrap() += 1;
         Ok(self.keys.lock().unwrap().get(lease_id).cloned())
     }
     async fn store_pool_key(&self, slot: &str, key: &[u8]) -> PortResult<()> {
@@ -305,6 +308,9 @@ impl OnionPort for FakeOnion {
     }
     async fn stop(&self, lease_id: &str) {
         self.running.lock().unwrap().remove(lease_id);
+    }
+    fn serves(&self, lease_id: &str, _target: SocketAddr) -> bool {
+        self.running.lock().unwrap().contains_key(lease_id)
     }
     fn ready(&self) -> bool {
         true

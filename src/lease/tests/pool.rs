@@ -159,3 +159,33 @@ async fn an_expired_pooled_lease_goes_like_any_other() {
     assert!(!w.onion.running.lock().unwrap().contains_key(&access.lease_id), "its onion service stopped");
     assert!(w.cluster.load_onion_key(&access.lease_id).await.unwrap().is_none(), "its key went with it");
 }
+
+#[tokio::test]
+async fn reconcile_passes_leave_running_services_alone() {
+    // Scale: with hundreds of leases a pass every few seconds must not read every lease's key again.
+    let w = pooled(0);
+    for i in 0..3 {
+        let mut req = create(&format!("r{i}"), &format!("tok:http:mint.test:100:{i}"));
+        if let Incoming::Create { route, .. } = &mut req {
+            route.requester = format!("who{i}");
+        }
+        assert!(matches!(w.svc.handle(req).await.unwrap(), Reply::Ok { .. }));
+    }
+    let loads = *w.cluster.key_loads.lock().unwrap();
+    for _ in 0..5 {
+        w.svc.reconcile_once().await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(*w.cluster.key_loads.lock().unwrap(), loads, "a pass re-read the keys of running services");
+    // A service that stopped (the process lost it) is restored on the next pass.
+    let lease = w.cluster.leases.lock().unwrap().keys().next().cloned().unwrap();
+    w.onion.running.lock().unwrap().remove(&lease);
+    w.svc.reconcile_once().await.unwrap();
+    for _ in 0..100 {
+        if w.onion.running.lock().unwrap().contains_key(&lease) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the lost service was not restored");
+}
