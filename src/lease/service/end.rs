@@ -74,8 +74,7 @@ impl LeaseService {
     fn plan_end(&self, rec: &mut SagaRecord, lease: &ClusterLease) -> (u64, u64) {
         let now = now_secs();
         let unused_minutes = lease.expires_at.unwrap_or(now).saturating_sub(now) / 60;
-        let rate =
-            lease.rate_sats_per_hour.or_else(|| self.tier(lease.tier.as_deref()).map(|t| t.sats_per_hour)).unwrap_or(0);
+        let rate = self.rate_paid(lease);
         let amount = unused_minutes.saturating_mul(rate) / 60;
         rec.lease_id = Some(lease.lease_id.clone());
         rec.expires_at = lease.expires_at;

@@ -288,6 +288,11 @@ impl LeaseService {
         crate::lease::image::admitted(image, &self.settings.allowed_images)
     }
 
+    /// The rate a lease was paid at: its pod's annotation, or for pods that predate it the tier's rate.
+    fn rate_paid(&self, lease: &ClusterLease) -> u64 {
+        lease.rate_sats_per_hour.or_else(|| self.tier(lease.tier.as_deref()).map(|t| t.sats_per_hour)).unwrap_or(0)
+    }
+
     fn tier(&self, name: Option<&str>) -> Option<&Tier> {
         match name {
             None => self.settings.tiers.first(),

@@ -33,8 +33,7 @@ impl LeaseService {
         if self.ports.journal.get(&id).ok().flatten().is_some() {
             return None;
         }
-        let rate =
-            lease.rate_sats_per_hour.or_else(|| self.tier(lease.tier.as_deref()).map(|t| t.sats_per_hour)).unwrap_or(0);
+        let rate = self.rate_paid(lease);
         let mint = lease.mint_url.clone().unwrap_or_default();
         let request_id = lease.request_id.clone().unwrap_or_else(|| id.clone());
         let reply = Reply::Notice {
