@@ -121,11 +121,7 @@ fn p2pk_locked_token_to_the_provider_is_accepted() -> Result<()> {
     let p = provider();
     let w = wallet(1000);
     // Lock to the key the provider advertises in its offer.
-    let offer = std::process::Command::new("nak")
-        .args(["req", "-k", "38400", "-a", &p.pubkey, "--limit", "1", &relay()])
-        .output()?;
-    let offer: Value = serde_json::from_slice(&offer.stdout)?;
-    let offer: Value = serde_json::from_str(offer["content"].as_str().unwrap_or_default())?;
+    let offer = offer_of(p)?;
     let p2pk = offer["p2pk_pubkey"].as_str().expect("offer has p2pk_pubkey");
     assert_eq!(&p2pk[2..], p.pubkey, "P2PK key is the provider's Nostr key");
     let token = w.send_locked(40, p2pk)?;
@@ -133,6 +129,15 @@ fn p2pk_locked_token_to_the_provider_is_accepted() -> Result<()> {
     let id = user.publish_nip44(1000, &request_json(&token, "dave"), &p.pubkey)?;
     assert_lease(&user.await_reply(&id, &p.pubkey, REPLY_TIMEOUT)?, 40);
     Ok(())
+}
+
+/// The provider's offer (kind 38400) as published on the relay.
+fn offer_of(p: &Provider) -> Result<Value> {
+    let out = std::process::Command::new("nak")
+        .args(["req", "-k", "38400", "-a", &p.pubkey, "--limit", "1", &relay()])
+        .output()?;
+    let event: Value = serde_json::from_slice(&out.stdout)?;
+    Ok(serde_json::from_str(event["content"].as_str().unwrap_or_default())?)
 }
 
 fn assert_refused(user: &User, provider: &Provider, id: &str, code: &str) {
@@ -290,11 +295,7 @@ fn no_secret_reaches_the_provider_log() -> Result<()> {
 fn nut18_payload_over_the_offers_nostr_transport_buys_a_lease() -> Result<()> {
     let p = provider();
     let w = wallet(1000);
-    let offer = std::process::Command::new("nak")
-        .args(["req", "-k", "38400", "-a", &p.pubkey, "--limit", "1", &relay()])
-        .output()?;
-    let offer: Value = serde_json::from_slice(&offer.stdout)?;
-    let offer: Value = serde_json::from_str(offer["content"].as_str().unwrap_or_default())?;
+    let offer = offer_of(p)?;
     let creq = offer["payment_request"].as_str().expect("offer has payment_request").to_string();
     let pr = w.decode(&creq)?;
     assert_eq!(pr["a"], 100, "an hour of the default tier: {pr}");
