@@ -49,6 +49,13 @@ pub fn offer(cfg: &Config, provider_pubkey: &str, p2pk_pubkey: &str) -> Offer {
         release_kind: protocol::KIND_RELEASE,
         release_rule: protocol::RELEASE_RULE.into(),
         heartbeat_seconds: cfg.offer_interval_secs,
+        payment_request: crate::protocol::creq::for_offer(
+            cfg.default_tier(),
+            &cfg.whitelisted_mints,
+            p2pk_pubkey,
+            // Only a provider that listens on relays can take a payment over the Nostr transport.
+            matches!(cfg.run_mode, RunMode::Nostr).then_some((provider_pubkey, cfg.relays.as_slice())),
+        ),
     }
 }
 

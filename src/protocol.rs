@@ -1,6 +1,8 @@
 //! Wire protocol shared by the provider and `paygress-cli`: event kinds, request bodies, replies and
 //! error codes. Documented in docs/protocol.md; keep the two in step.
 
+pub mod creq;
+
 use serde::{Deserialize, Serialize};
 // ToSchema: the HTTP API's OpenAPI document (GET /openapi.json) is derived from these types.
 use utoipa::ToSchema;
@@ -89,6 +91,8 @@ pub enum ErrorCode {
     NoCapacity,
     /// The provider ended the lease early (its pod failed); the unused time is refunded.
     LeaseEnded,
+    /// HTTP (NUT-24): the request carried no payment; `X-Cashu` holds a payment request. Nothing was taken.
+    PaymentRequired,
     Internal,
 }
 
@@ -116,6 +120,7 @@ impl ErrorCode {
             ErrorCode::TooManyRequests => "too_many_requests",
             ErrorCode::NoCapacity => "no_capacity",
             ErrorCode::LeaseEnded => "lease_ended",
+            ErrorCode::PaymentRequired => "payment_required",
             ErrorCode::Internal => "internal",
         }
     }
@@ -310,6 +315,11 @@ pub struct Offer {
     /// than twice this is gone.
     #[serde(default)]
     pub heartbeat_seconds: u64,
+    /// NUT-18 payment request (`creqA…`) for an hour of the default tier: amount, unit, the accepted mints,
+    /// a P2PK lock to `p2pk_pubkey`, and the Nostr transport (the provider's nprofile, NIP-17). Absent in
+    /// offers of older providers.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub payment_request: String,
 }
 
 /// What an offer says of an early release.

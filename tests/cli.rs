@@ -506,3 +506,42 @@ fn keepalive_tops_up_until_the_budget_is_spent_across_a_restart() -> Result<()> 
     assert_eq!(saved_expiry(&cli), first_expiry + 40);
     Ok(())
 }
+
+/// `request --minutes N` pays as the offer's NUT-18 payment request asks: its price for N minutes, a mint it
+/// accepts, a token P2PK-locked to the provider (with a refund to the CLI's key), sent over NIP-17.
+#[test]
+fn request_paid_from_the_offers_payment_request() -> Result<()> {
+    let p = provider();
+    let cli = Cli::new();
+    let mint = env("CASHU_MINT_URL");
+    cli.run(&["wallet", "fund", "--amount", "300", "--mint", &mint])?.ok()?;
+    let offers = cli.run(&["offers", "--json", "--timeout", "8"])?.ok()?.json()?;
+    let offer = offers
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|o| o["pubkey"] == p.pubkey.as_str())
+        .map(|o| o["offer"].clone())
+        .expect("the provider's offer");
+    assert!(offer["payment_request"].as_str().is_some_and(|c| c.starts_with("creqA")), "{offer}");
+
+    let out = cli.run(&["request", "--provider", &p.pubkey, "--minutes", "30", "--timeout", REPLY_TIMEOUT])?.ok()?;
+    assert!(
+        out.stderr.contains("paying 50 sat for 30 min") && out.stderr.contains("locked to the provider"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stdout.contains("password:"), "{}", out.stdout);
+    let leases = cli.run(&["leases", "--json"])?.ok()?.json()?;
+    let lease = &leases.as_array().expect("leases")[0];
+    assert!(lease["duration_seconds"].as_u64().is_some_and(|d| (1750..=1800).contains(&d)), "{lease}");
+    let bal = cli.run(&["wallet", "balance", "--json"])?.ok()?.json()?;
+    let left = bal.as_object().unwrap().values().filter_map(Value::as_u64).sum::<u64>();
+    assert!((240..=250).contains(&left), "50 sat and fees paid: {bal}");
+    delete_lease(lease["lease_id"].as_str().unwrap_or_default());
+
+    // --minutes names no mint or token: the request decides.
+    let bad = cli.run(&["request", "--provider", &p.pubkey, "--minutes", "5", "--amount", "5", "--mint", &mint])?;
+    assert_ne!(bad.code, Some(0));
+    Ok(())
+}

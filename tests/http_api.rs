@@ -340,3 +340,131 @@ fn every_endpoint_end_to_end_and_no_secret_in_the_debug_log() -> Result<()> {
     }
     Ok(())
 }
+
+/// The NUT-24 tests' own provider: the end-to-end test above stops the shared one with SIGTERM.
+fn nut_provider() -> &'static Provider {
+    static P: OnceLock<Provider> = OnceLock::new();
+    P.get_or_init(|| {
+        Provider::start(ProviderOptions {
+            run_mode: Some("http"),
+            extra_env: vec![("RUST_LOG".into(), "debug".into())],
+            ..Default::default()
+        })
+        .expect("provider starts in http mode")
+    })
+}
+
+fn nut_url(path: &str) -> String {
+    format!("http://{}{path}", nut_provider().http)
+}
+
+/// NUT-24 with a client that knows only NUT-24: curl for HTTP, the `cashu` CLI for money. No payment: 402 with
+/// `X-Cashu: creqA…` (decoded by `cashu decode`); `cashu pay` makes the token; the retry carries it in X-Cashu.
+/// A token the provider refuses is a 400 (NUT-24) and stays the payer's.
+#[test]
+fn nut24_lease_and_top_up_with_curl_and_the_cashu_cli() -> Result<()> {
+    let mint = env("CASHU_MINT_URL");
+    let w = wallet(1000);
+
+    // --- no payment: 402, a payment request for 30 minutes at 100 sat/h, nothing made or journaled
+    let r = http("POST", &nut_url("/v1/leases?duration_minutes=30"), &[], None)?;
+    assert_error(&r, 402, "payment_required");
+    assert!(r.header("idempotency-key").is_none(), "a 402 makes no request to retry: {r:?}");
+    let creq = r.header("x-cashu").expect("X-Cashu on a 402");
+    assert!(creq.starts_with("creqA"), "{creq}");
+    let pr = w.decode(&creq)?;
+    assert_eq!(pr["a"], 50, "{pr}");
+    assert_eq!(pr["u"], "sat", "{pr}");
+    assert_eq!(pr["m"], json!([mint]), "{pr}");
+    assert!(pr.get("t").is_none() && pr.get("nut10").is_none(), "in-band, unlocked: {pr}");
+    // Without a duration it prices an hour; the JSON body form without a token is a 402 too.
+    let hour = http("POST", &nut_url("/v1/leases"), &[JSON], Some(br#"{"ssh_username": "nut"}"#))?;
+    assert_error(&hour, 402, "payment_required");
+    assert_eq!(w.decode(&hour.header("x-cashu").expect("X-Cashu"))?["a"], 100);
+
+    // --- pay it and retry with the token in X-Cashu (no body at all)
+    let before = w.balance()?;
+    let token = w.pay_request(&creq)?;
+    assert!(token.starts_with("cashuB"), "{token}");
+    let paid: [(&str, &str); 2] = [("X-Cashu", &token), ("Idempotency-Key", "nut24-create")];
+    let created = http("POST", &nut_url("/v1/leases?duration_minutes=30"), &paid, None)?;
+    assert_eq!(created.status, 201, "{created:?}");
+    let c = created.json();
+    let lease_id = c["access"]["lease_id"].as_str().expect("lease id").to_string();
+    assert!(c["duration_seconds"].as_u64().is_some_and(|d| (1800..1900).contains(&d)), "{c}");
+    assert!(w.balance()? <= before - 50);
+    let auth = format!("Bearer {}", c["lease_secret"].as_str().expect("lease_secret"));
+    // The retry with the same key is the same request: the same lease, paid once.
+    let again = http("POST", &nut_url("/v1/leases?duration_minutes=30"), &paid, None)?;
+    assert_eq!(again.status, 201, "{again:?}");
+    assert_eq!(again.json()["access"]["lease_id"], lease_id.as_str());
+    // Spent already: as another request it is refused, 400 per NUT-24.
+    let spent = http("POST", &nut_url("/v1/leases"), &[("X-Cashu", &token)], None)?;
+    assert_error(&spent, 400, "token_spent");
+
+    // --- top-up: 402 without payment, then X-Cashu
+    let topup = format!("/v1/leases/{lease_id}/topup?duration_minutes=12");
+    let r = http("POST", &nut_url(&topup), &[("Authorization", &auth)], None)?;
+    assert_error(&r, 402, "payment_required");
+    let creq = r.header("x-cashu").expect("X-Cashu on a top-up 402");
+    assert_eq!(w.decode(&creq)?["a"], 20);
+    let top = w.pay_request(&creq)?;
+    let r = http("POST", &nut_url(&topup), &[("Authorization", &auth), ("X-Cashu", &top)], None)?;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.json()["status"], "extended", "{r:?}");
+
+    // --- refusals of an X-Cashu token are 400 and take nothing
+    let alt = Wallet::new(&env("CASHU_MINT_URL_ALT"))?;
+    alt.fund(100)?;
+    let foreign = alt.send(60)?;
+    let r = http("POST", &nut_url("/v1/leases"), &[("X-Cashu", &foreign)], None)?;
+    assert_error(&r, 400, "mint_not_allowed");
+    alt.receive(&foreign).expect("the refused token is still the payer's");
+    let small = w.send(10)?;
+    let r = http("POST", &nut_url("/v1/leases?duration_minutes=30"), &[("X-Cashu", &small)], None)?;
+    assert_error(&r, 400, "amount_too_small");
+    w.receive(&small).expect("the refused token is still the payer's");
+    assert_error(&http("POST", &nut_url("/v1/leases"), &[("X-Cashu", "creqAnotatoken")], None)?, 400, "invalid_token");
+
+    let r = http("DELETE", &nut_url(&format!("/v1/leases/{lease_id}")), &[("Authorization", &auth)], None)?;
+    assert_eq!(r.status, 200, "{r:?}");
+    // Tokens that came in a header are as secret as those in a body.
+    let log = nut_provider().log_text();
+    assert!(log.contains("DEBUG") && log.contains(&lease_id), "the log records the lease");
+    for t in [&token, &top, &foreign, &small] {
+        assert!(!log.contains(&t[10..70]), "an X-Cashu token appears in the provider log");
+    }
+    Ok(())
+}
+
+/// The offer's NUT-18 request locks to the provider's key: `cashu pay` of it gives a P2PK-locked token, which the
+/// provider can sign for; a token locked to another key is refused and stays its owner's.
+#[test]
+fn offer_payment_request_pays_with_a_token_locked_to_the_provider() -> Result<()> {
+    let w = wallet(500);
+    let offer = http("GET", &nut_url("/v1/offer"), &[], None)?.json();
+    let creq = offer["payment_request"].as_str().expect("offer has payment_request").to_string();
+    let pr = w.decode(&creq)?;
+    assert_eq!(pr["a"], offer["tiers"][0]["sats_per_hour"], "{pr}");
+    assert_eq!(pr["u"], "sat");
+    assert_eq!(pr["m"], json!(offer["accepted_mints"]));
+    assert_eq!(pr["nut10"]["k"], "P2PK", "{pr}");
+    assert_eq!(pr["nut10"]["d"], offer["p2pk_pubkey"], "{pr}");
+    assert!(pr.get("t").is_none(), "http mode listens on no relay: {pr}");
+
+    let locked = w.pay_request(&creq)?;
+    let secret = w.decode(&locked)?["t"][0]["p"][0]["s"].as_str().unwrap_or_default().to_string();
+    assert!(secret.contains("P2PK"), "the token is locked: {secret}");
+    let body = json!({"cashu_token": locked}).to_string();
+    let r = http("POST", &nut_url("/v1/leases"), &[JSON], Some(body.as_bytes()))?;
+    assert_eq!(r.status, 201, "{r:?}");
+    delete_lease(r.json()["access"]["lease_id"].as_str().unwrap_or_default());
+
+    let other = Wallet::new(&env("CASHU_MINT_URL"))?;
+    let to_other = w.send_locked(100, &other.lock_key()?)?;
+    let body = json!({"cashu_token": to_other}).to_string();
+    let r = http("POST", &nut_url("/v1/leases"), &[JSON], Some(body.as_bytes()))?;
+    assert_error(&r, 400, "invalid_token");
+    other.receive(&to_other).expect("the token locked to another key is untouched");
+    Ok(())
+}

@@ -98,6 +98,7 @@ fn offer(pk: &str) -> Offer {
         release_kind: 1004,
         release_rule: paygress::protocol::RELEASE_RULE.into(),
         heartbeat_seconds: 60,
+        payment_request: String::new(),
     }
 }
 

@@ -121,11 +121,7 @@ fn p2pk_locked_token_to_the_provider_is_accepted() -> Result<()> {
     let p = provider();
     let w = wallet(1000);
     // Lock to the key the provider advertises in its offer.
-    let offer = std::process::Command::new("nak")
-        .args(["req", "-k", "38400", "-a", &p.pubkey, "--limit", "1", &relay()])
-        .output()?;
-    let offer: Value = serde_json::from_slice(&offer.stdout)?;
-    let offer: Value = serde_json::from_str(offer["content"].as_str().unwrap_or_default())?;
+    let offer = offer_of(p)?;
     let p2pk = offer["p2pk_pubkey"].as_str().expect("offer has p2pk_pubkey");
     assert_eq!(&p2pk[2..], p.pubkey, "P2PK key is the provider's Nostr key");
     let token = w.send_locked(40, p2pk)?;
@@ -133,6 +129,15 @@ fn p2pk_locked_token_to_the_provider_is_accepted() -> Result<()> {
     let id = user.publish_nip44(1000, &request_json(&token, "dave"), &p.pubkey)?;
     assert_lease(&user.await_reply(&id, &p.pubkey, REPLY_TIMEOUT)?, 40);
     Ok(())
+}
+
+/// The provider's offer (kind 38400) as published on the relay.
+fn offer_of(p: &Provider) -> Result<Value> {
+    let out = std::process::Command::new("nak")
+        .args(["req", "-k", "38400", "-a", &p.pubkey, "--limit", "1", &relay()])
+        .output()?;
+    let event: Value = serde_json::from_slice(&out.stdout)?;
+    Ok(serde_json::from_str(event["content"].as_str().unwrap_or_default())?)
 }
 
 fn assert_refused(user: &User, provider: &Provider, id: &str, code: &str) {
@@ -279,5 +284,73 @@ fn no_secret_reaches_the_provider_log() -> Result<()> {
     assert!(!log.contains(&token[..40]), "token in log");
     assert!(!log.contains(&pw), "password in log");
     assert!(!log.contains(&p.nsec_hex), "nsec in log");
+    Ok(())
+}
+
+/// The offer's NUT-18 payment request over its own transport, as a NUT-18 wallet pays it: `cashu pay` makes the
+/// token the request asks for (its amount, P2PK-locked to the provider), and the payload `{id, memo, mint, unit,
+/// proofs}` goes as a NIP-17 message to the nprofile's key. The provider takes it as a lease of the default tier
+/// and answers the payer; a payload for another payment id is not the provider's to redeem and stays unspent.
+#[test]
+fn nut18_payload_over_the_offers_nostr_transport_buys_a_lease() -> Result<()> {
+    let p = provider();
+    let w = wallet(1000);
+    let offer = offer_of(p)?;
+    let creq = offer["payment_request"].as_str().expect("offer has payment_request").to_string();
+    let pr = w.decode(&creq)?;
+    assert_eq!(pr["a"], 100, "an hour of the default tier: {pr}");
+    assert_eq!(pr["u"], "sat");
+    assert_eq!(pr["m"], offer["accepted_mints"]);
+    assert_eq!(pr["nut10"]["k"], "P2PK");
+    assert_eq!(pr["nut10"]["d"], offer["p2pk_pubkey"]);
+    let t = &pr["t"][0];
+    assert_eq!(t["t"], "nostr", "{pr}");
+    assert_eq!(t["g"], serde_json::json!([["n", "17"]]), "{pr}");
+    let nprofile = t["a"].as_str().expect("target");
+    let decoded: Value = serde_json::from_str(&run(std::process::Command::new("nak").args(["decode", nprofile]))?)?;
+    assert_eq!(decoded["pubkey"], p.pubkey.as_str(), "{decoded}");
+
+    // A payload names proofs by their full keyset id; a v4 token only by its short form (NUT-02).
+    let keysets: Value = serde_json::from_str(&run(
+        std::process::Command::new("curl").args(["-sS", &format!("{}/v1/keysets", env("CASHU_MINT_URL"))])
+    )?)?;
+    let full_id = |short: &str| {
+        keysets["keysets"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|k| k["id"].as_str())
+            .find(|id| id.starts_with(short))
+            .unwrap_or(short)
+            .to_string()
+    };
+    let payload = |token: &str, id: &str| -> Result<String> {
+        // `cashu decode` prints a v4 token compactly: {m, u, t: [{i, p: [{a, s, c}]}]}.
+        let v = w.decode(token)?;
+        let mut proofs = Vec::new();
+        for group in v["t"].as_array().into_iter().flatten() {
+            let keyset = full_id(group["i"].as_str().unwrap_or_default());
+            for pf in group["p"].as_array().into_iter().flatten() {
+                proofs.push(serde_json::json!({"amount": pf["a"], "id": keyset, "secret": pf["s"], "C": pf["c"]}));
+            }
+        }
+        Ok(serde_json::json!({"id": id, "memo": "nut18", "mint": v["m"], "unit": v["u"], "proofs": proofs}).to_string())
+    };
+    let token = w.pay_request(&creq)?;
+    let user = User::new()?;
+    let id = user.publish_gift_wrap(14, &payload(&token, "paygress-lease")?, &p.pubkey)?;
+    let reply =
+        user.await_reply(&id, &p.pubkey, REPLY_TIMEOUT).map_err(|e| anyhow::anyhow!("{e}\n{}", p.log_tail()))?;
+    assert_eq!(reply["status"], "ok", "{reply}");
+    assert!(reply["duration_seconds"].as_u64().is_some_and(|d| (3550..=3600).contains(&d)), "{reply}");
+    assert!(reply["access"]["ssh_password"].is_string(), "a password, as no key came: {reply}");
+    delete_lease(reply["access"]["lease_id"].as_str().unwrap_or_default());
+
+    // Someone else's payment request id: ignored, the (unlocked) proofs left alone.
+    let other = w.send(30)?;
+    let id = user.publish_gift_wrap(14, &payload(&other, "someone-elses-invoice")?, &p.pubkey)?;
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(user.count_replies(&id, &p.pubkey)?, 0);
+    w.receive(&other).expect("the proofs are still the payer's");
     Ok(())
 }

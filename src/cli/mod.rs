@@ -2,6 +2,7 @@
 //! and queries leases over Nostr, pays from its own cdk wallet or a given token, and logs in over the
 //! lease's onion service through an in-process arti client (`ssh` runs OpenSSH with `connect` as proxy).
 
+mod creq;
 mod home;
 mod keepalive;
 mod relay;
@@ -201,6 +202,10 @@ struct RequestArgs {
     provider: String,
     #[command(flatten)]
     pay: PayArgs,
+    /// Pay for this many minutes as the offer's NUT-18 payment request asks (price, mints, P2PK lock), from
+    /// the wallet, instead of --token or --amount/--mint.
+    #[arg(long, conflicts_with_all = ["token", "amount", "mint"])]
+    minutes: Option<u64>,
     #[arg(long)]
     tier: Option<String>,
     /// SSH user name in the pod.
@@ -395,7 +400,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             tor::connect(&home, host, *port).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Wallet { cmd } => wallet_cmd(&home, cmd).await,
+        // The key signs for a locked payment that came back (see `request --minutes`).
+        Cmd::Wallet { cmd } => wallet_cmd(&home, cmd, home.keys(cli.key.as_deref()).ok()).await,
         Cmd::Whoami => {
             let keys = home.keys(cli.key.as_deref())?;
             println!("{}", keys.public_key().to_bech32().map_err(|e| anyhow!("{e}"))?);
@@ -508,12 +514,15 @@ enum Paid {
     Token(String),
     /// From our wallet: if the provider takes nothing, we swap it back.
     Wallet(String),
+    /// From our wallet, P2PK-locked to the provider as its payment request asks: ours again only after the
+    /// lock's refund time (unix seconds).
+    Locked(String, u64),
 }
 
 impl Paid {
     fn token(&self) -> &str {
         match self {
-            Paid::Token(t) | Paid::Wallet(t) => t,
+            Paid::Token(t) | Paid::Wallet(t) | Paid::Locked(t, _) => t,
         }
     }
 }
@@ -565,11 +574,28 @@ async fn settle_refusal(home: &Home, paid: &Paid, refund: Option<&str>) {
                 eprintln!("the provider took nothing; {n} sat back in the wallet");
             }
         }
+        (None, Paid::Locked(t, at), _) => keep_locked(home, t, *at),
         (Some(r), _, Err(_)) => {
             eprintln!("the provider refunded a token:");
             println!("{r}");
         }
         _ => {}
+    }
+}
+
+/// A locked payment the provider did not take is ours after its refund time: keep it until then.
+fn keep_locked(home: &Home, token: &str, at: u64) {
+    use sha2::Digest;
+    // Named by a digest: a file name must not carry any of the token.
+    let digest = hex::encode(sha2::Sha256::digest(token.as_bytes()));
+    let name = format!("locked-{at}-{}", &digest[..16]);
+    match home.keep_pending_token(&name, token) {
+        Ok(p) => eprintln!(
+            "the payment was locked to the provider; after {} take it back: paygress-cli wallet receive - < {}",
+            utc(at),
+            p.display()
+        ),
+        Err(_) => eprintln!("the payment was locked to the provider; after {} receive this token:\n{token}", utc(at)),
     }
 }
 
@@ -643,7 +669,19 @@ async fn request_with(
         }
         None => (None, None),
     };
-    let paid = pay(home, &a.pay, Some(&o.accepted_mints)).await?;
+    let paid = match a.minutes {
+        Some(m) => {
+            let priced = creq::price(o, a.tier.as_deref(), m)?;
+            let now = crate::lease::service::now_secs();
+            let (token, mint) = creq::pay(&CliWallet::open(&home.wallet_dir())?, &priced, keys, now).await?;
+            if !quiet {
+                let lock = if priced.creq.p2pk.is_some() { ", locked to the provider" } else { "" };
+                eprintln!("paying {} sat for {} min from the wallet at {mint}{lock}", priced.amount, priced.secs / 60);
+            }
+            Paid::Locked(token, now + creq::REFUND_AFTER_SECS)
+        }
+        None => pay(home, &a.pay, Some(&o.accepted_mints)).await?,
+    };
     let body = LeaseRequest {
         cashu_token: paid.token().to_string(),
         ssh_username: a.user.clone(),
@@ -652,15 +690,21 @@ async fn request_with(
         tier: a.tier.clone(),
     };
     let json = serde_json::to_string(&body)?;
-    let out = relay::build_request(keys, &provider, KIND_REQUEST, &json, a.io.nip17).await?;
+    // The payment request's transport is NIP-17.
+    let nip17 = a.io.nip17 || a.minutes.is_some();
+    let out = relay::build_request(keys, &provider, KIND_REQUEST, &json, nip17).await?;
     let rid = out.request_id.to_hex();
     let reply = match relay::exchange(client, keys, &provider, &out, Duration::from_secs(a.io.timeout), quiet).await {
         Ok(r) => r,
         Err(e) => {
-            if let Paid::Wallet(t) = &paid {
-                if let Ok(p) = home.keep_pending_token(&rid, t) {
-                    eprintln!("the token paid is kept in {} (paygress-cli wallet receive - < it)", p.display());
+            match &paid {
+                Paid::Wallet(t) => {
+                    if let Ok(p) = home.keep_pending_token(&rid, t) {
+                        eprintln!("the token paid is kept in {} (paygress-cli wallet receive - < it)", p.display());
+                    }
                 }
+                Paid::Locked(t, at) => keep_locked(home, t, *at),
+                Paid::Token(_) => {}
             }
             return Err(e);
         }
@@ -862,7 +906,7 @@ async fn release(home: &Home, keys: &Keys, relays: &[String], mut rec: LeaseReco
     }
 }
 
-async fn wallet_cmd(home: &Home, cmd: &WalletCmd) -> Result<ExitCode> {
+async fn wallet_cmd(home: &Home, cmd: &WalletCmd, keys: Option<Keys>) -> Result<ExitCode> {
     let w = CliWallet::open(&home.wallet_dir())?;
     match cmd {
         WalletCmd::Fund { amount, mint, wait } => {
@@ -890,7 +934,8 @@ async fn wallet_cmd(home: &Home, cmd: &WalletCmd) -> Result<ExitCode> {
             } else {
                 token.clone()
             };
-            println!("received {} sat", w.receive(t.trim()).await?);
+            let key = keys.as_ref().map(creq::refund_key).transpose()?;
+            println!("received {} sat", w.receive_with(t.trim(), key.as_ref()).await?);
         }
     }
     Ok(ExitCode::SUCCESS)

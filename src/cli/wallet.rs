@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use cdk::amount::SplitTarget;
 use cdk::mint_url::MintUrl;
-use cdk::nuts::{CurrencyUnit, MintQuoteState, PaymentMethod, State};
+use cdk::nuts::{
+    Conditions, CurrencyUnit, MintQuoteState, PaymentMethod, PublicKey, SecretKey, SpendingConditions, State,
+};
 use cdk::wallet::{ReceiveOptions, SendOptions, Wallet, WalletBuilder};
 use cdk::Amount;
 use cdk_redb::WalletRedbDatabase;
@@ -83,12 +85,46 @@ impl CliWallet {
         Ok(token.to_string())
     }
 
+    /// A token of `amount` sats net of the receiver's swap fee, its proofs P2PK-locked to `lock_to` (NUT-11,
+    /// as a NUT-18 request asks), refundable to `refund` after `locktime`: a payment the provider refuses
+    /// without redeeming comes back then (`receive_with`).
+    pub async fn send_locked(
+        &self,
+        mint: &str,
+        amount: u64,
+        lock_to: &str,
+        refund: &SecretKey,
+        locktime: u64,
+    ) -> Result<String> {
+        let w = self.wallet(mint)?;
+        let lock = PublicKey::from_hex(lock_to).map_err(|_| anyhow!("the P2PK lock is not a secp256k1 key"))?;
+        let conditions =
+            Conditions { locktime: Some(locktime), refund_keys: Some(vec![refund.public_key()]), ..Default::default() };
+        let opts = SendOptions {
+            conditions: Some(SpendingConditions::new_p2pk(lock, Some(conditions))),
+            include_fee: true,
+            ..Default::default()
+        };
+        let prepared = timed(w.prepare_send(Amount::from(amount), opts), mint, "prepare send").await.map_err(|e| {
+            let have = e.to_string();
+            anyhow!("{have} (fund the wallet: paygress-cli wallet fund --amount N --mint {mint})")
+        })?;
+        let token = timed(prepared.confirm(None), mint, "send").await?;
+        Ok(token.to_string())
+    }
+
     /// Swap a token into this wallet (a refund, or our own unspent token back).
     pub async fn receive(&self, token: &str) -> Result<u64> {
+        self.receive_with(token, None).await
+    }
+
+    /// `receive`, signing for proofs locked to `key` (a locked payment whose locktime has passed).
+    pub async fn receive_with(&self, token: &str, key: Option<&SecretKey>) -> Result<u64> {
         let t = cdk::nuts::Token::from_str(token.trim()).map_err(|_| anyhow!("not a Cashu token"))?;
         let mint = t.mint_url().map_err(|_| anyhow!("token names no mint"))?.to_string();
         let w = self.wallet(&mint)?;
-        let got = timed(w.receive(token.trim(), ReceiveOptions::default()), &mint, "receive").await?;
+        let opts = ReceiveOptions { p2pk_signing_keys: key.into_iter().cloned().collect(), ..Default::default() };
+        let got = timed(w.receive(token.trim(), opts), &mint, "receive").await?;
         Ok(u64::from(got))
     }
 

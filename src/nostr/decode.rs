@@ -22,6 +22,8 @@ use crate::protocol::{
 pub const KIND_GIFT_WRAP: u16 = 1059;
 /// NIP-59 seal.
 pub const KIND_SEAL: u16 = 13;
+/// NIP-17 private direct message (the rumor of a chat gift wrap).
+pub const KIND_PRIVATE_DM: u16 = 14;
 
 /// Requests are accepted only while `created_at` (a gift wrap's rumor's: NIP-59 backdates the wrap and
 /// seal by up to two days, never the rumor) is at most this old: a replay of an older request is ignored
@@ -179,7 +181,13 @@ fn decode_gift_wrap(keys: &Keys, wrap: &Event, now: u64) -> Decoded {
     if seal.pubkey != rumor.pubkey {
         return Decoded::Ignore(IgnoreReason::SealSignerMismatch);
     }
-    let kind = rumor.kind.as_u16();
+    let mut kind = rumor.kind.as_u16();
+    // NUT-18 over the offer's Nostr transport: a NIP-17 message whose content is a payment payload. It is
+    // a lease request of the default tier (see `nut18_payload`); any other chat message stays ignored.
+    let payload = (kind == KIND_PRIVATE_DM).then(|| nut18_payload(&rumor.content)).flatten();
+    if payload.is_some() {
+        kind = KIND_REQUEST;
+    }
     if !is_request_kind(kind) {
         return Decoded::Ignore(IgnoreReason::UnsupportedRumorKind);
     }
@@ -202,7 +210,28 @@ fn decode_gift_wrap(keys: &Keys, wrap: &Event, now: u64) -> Decoded {
             format!("content is {} bytes; at most {MAX_CONTENT_BYTES} are accepted", rumor.content.len()),
         );
     }
-    request_from_json(kind, &rumor.content, route, Transport::GiftWrap)
+    match payload {
+        Some(request) => {
+            Decoded::Deliver { incoming: Incoming::Create { route, request }, transport: Transport::GiftWrap }
+        }
+        None => request_from_json(kind, &rumor.content, route, Transport::GiftWrap),
+    }
+}
+
+/// A NUT-18 payment payload (`{id, memo, mint, unit, proofs}`) paying the offer's payment request, as the lease
+/// request it stands for: the default tier, user `user`, a generated password, as long as the amount buys.
+/// The payer's wallet may not read the reply (kind 1001, NIP-17 to the payer's key), but its money is not
+/// stranded: the proofs are usually locked to the provider, so only the provider can use them, and does. A
+/// payload with another `id` is someone else's request and is ignored, the proofs left alone.
+fn nut18_payload(content: &str) -> Option<LeaseRequest> {
+    if content.len() > MAX_CONTENT_BYTES {
+        return None;
+    }
+    let (cashu_token, id) = crate::protocol::creq::payload_token(content)?;
+    if id.as_deref().is_some_and(|i| i != crate::protocol::creq::OFFER_PAYMENT_ID) {
+        return None;
+    }
+    Some(LeaseRequest { cashu_token, ssh_username: None, pod_image: None, ssh_public_key: None, tier: None })
 }
 
 /// Gift wrap → (verified seal, rumor). None when any layer fails.
@@ -405,6 +434,33 @@ mod tests {
         assert_eq!(route.via, ReplyVia::GiftWrap);
         assert_eq!(route.request_id, rumor_id);
         assert!(message.contains("missing field `cashu_token`"), "{message}");
+    }
+
+    #[tokio::test]
+    async fn a_nut18_payload_over_nip17_is_a_lease_request_of_the_default_tier() {
+        let (us, alice) = (provider(), Keys::generate());
+        let proof = serde_json::json!({"amount": 4, "id": "009a1f293253e41e",
+            "secret": "407915bc212be61a77e3e6d2aeb4c727980bda51cd06a6afc29e2861768a7837",
+            "C": "02bc9097997d81afb2cc7346b5e4345a9346bd2a506eb7958598a72f0cf85163ea"});
+        let payload = |id: &str| {
+            serde_json::json!({"id": id, "memo": "m", "mint": "https://mint.x", "unit": "sat", "proofs": [proof]})
+                .to_string()
+        };
+        let (wrap, rumor_id) = gift_wrap(&alice, &us, 14, &payload(crate::protocol::creq::OFFER_PAYMENT_ID)).await;
+        let (inc, tr) = deliver(decode_now(&us, &wrap));
+        assert_eq!(tr, Transport::GiftWrap);
+        match inc {
+            Incoming::Create { route, request } => {
+                assert_eq!(route.request_id, rumor_id);
+                assert_eq!(route.requester, alice.public_key().to_hex());
+                assert!(request.cashu_token.starts_with("cashuB"));
+                assert!(request.tier.is_none() && request.ssh_username.is_none());
+            }
+            other => panic!("{other:?}"),
+        }
+        // Another request's payload is not ours to redeem.
+        let (wrap, _) = gift_wrap(&alice, &us, 14, &payload("someone-elses-invoice")).await;
+        assert_eq!(decode_now(&us, &wrap), Decoded::Ignore(IgnoreReason::UnsupportedRumorKind));
     }
 
     #[tokio::test]

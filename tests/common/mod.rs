@@ -190,6 +190,27 @@ impl Wallet {
         Self::token_from(&run(self.cashu().args(["send", "--lock", &format!("P2PK:{pubkey_hex}"), &sats.to_string()]))?)
     }
 
+    /// `cashu pay creqA…` (NUT-18): a token as the request asks (amount with fees, its mint, its P2PK lock).
+    pub fn pay_request(&self, creq: &str) -> Result<String> {
+        Self::token_from(&run(self.cashu().args(["pay", creq]))?)
+    }
+
+    /// `cashu decode creqA…|cashuB…` as JSON.
+    pub fn decode(&self, s: &str) -> Result<Value> {
+        let out = run(self.cashu().args(["decode", s]))?;
+        let start = out.find('{').ok_or_else(|| anyhow!("no JSON in cashu decode output: {out}"))?;
+        Ok(serde_json::from_str(&out[start..])?)
+    }
+
+    /// `cashu lock p2pk`: a public key only this wallet can receive tokens locked to.
+    pub fn lock_key(&self) -> Result<String> {
+        let out = run(self.cashu().args(["lock", "p2pk"]))?;
+        out.split_whitespace()
+            .find_map(|w| w.strip_prefix("P2PK:"))
+            .map(String::from)
+            .ok_or_else(|| anyhow!("no P2PK lock in cashu output: {out}"))
+    }
+
     /// `cashu receive TOKEN`: succeeds only if the token is unspent, which is how a test proves that the
     /// provider left it alone.
     pub fn receive(&self, token: &str) -> Result<String> {
