@@ -5,7 +5,7 @@
 //! --nocapture` with the stack env). `BENCH_LEASES=1,10,20` sets the batch sizes; `BENCH_TOR=1` runs the
 //! provider with onion services (without a pool the reply then waits for each descriptor to be published);
 //! `BENCH_POOLS=0,50` runs one provider per onion pool size, side by side, each batch sent only once its
-//! pool is full again (warm).
+//! pool is full again (warm). `BENCH_KEEP_LOGS=<dir>` keeps each provider's log there.
 //!
 //! Requests are NIP-44, each from its own key, sent and awaited over one nostr-sdk connection to the stack's
 //! relay, so the times have millisecond resolution (no CLI polling in the loop).
@@ -153,6 +153,10 @@ async fn bench_provider(provider: &Provider, sizes: &[usize], pool: usize) -> Re
         relaunched_before = relaunched;
     }
     client.disconnect().await;
+    // Where the time went is in the provider's log (per-lease spans): kept when asked.
+    if let Ok(dir) = std::env::var("BENCH_KEEP_LOGS") {
+        let _ = std::fs::copy(&provider.log, std::path::Path::new(&dir).join(format!("provider-pool{pool}.log")));
+    }
     // The leases it bought would otherwise run until they expire (and nobody ends them once it is gone).
     let sel = format!("paygress.io/provider={}", provider.provider_label());
     let _ = kubectl(&["-n", "user-workloads", "delete", "pods,services,secrets", "-l", &sel, "--wait=false"]);

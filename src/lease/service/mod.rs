@@ -309,7 +309,11 @@ impl LeaseService {
                 return None;
             }
         }
-        let span = info_span!("lease", request_id = %rec.request_id, lease_id = rec.lease_id.as_deref().unwrap_or(""));
+        // Recorded once known (a create learns it after the redeem); an empty value would be printed too.
+        let span = info_span!("lease", request_id = %rec.request_id, lease_id = tracing::field::Empty);
+        if let Some(id) = rec.lease_id.as_deref() {
+            span.record("lease_id", id);
+        }
         let out = self.drive_steps(&mut rec).instrument(span).await;
         if let Ok(mut d) = self.driving.lock() {
             d.remove(&rec.request_id);
