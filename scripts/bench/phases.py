@@ -10,7 +10,11 @@ from datetime import datetime
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 LINE = re.compile(r"^(\S+Z)\s+\w+\s+lease\{request_id=([0-9a-f]{8,})[^}]*\}")
+# Before its saga starts: the event as the nostr adapter took it from the relay.
+RECEIVED = re.compile(r"^(\S+Z)\s+\w+\s+paygress::nostr: nostr request received event_id=([0-9a-f]{64})")
 STEPS = [
+    ("driven", "saga driven"),
+    ("checked", "saga step persisted step=Redeeming"),
     ("redeemed", "paygress::lease::service::redeem: token redeemed"),
     ("objects", "pod and service created"),
     ("running", "paygress::k8s: pod running"),
@@ -30,9 +34,13 @@ def pct(xs, p):
 
 
 def main(path):
-    first, marks = {}, {}
+    first, marks, received = {}, {}, {}
     for raw in open(path, errors="replace"):
         line = ANSI.sub("", raw)
+        r = RECEIVED.match(line)
+        if r:
+            received.setdefault(r.group(2), ts(r.group(1)))
+            continue
         m = LINE.match(line)
         if not m:
             continue
@@ -45,7 +53,12 @@ def main(path):
     if not done:
         print("no replied requests in", path)
         return
-    print(f"{len(done)} requests; seconds from the saga's first line (p50 / p95), and each step's own share")
+    for r in done:
+        # The saga's clock starts when the request left the relay, if the log says when.
+        first[r] = min(first[r], received.get(r, first[r]))
+    queued = [marks[r]["redeemed"] - received[r] for r in done if r in received]
+    print(f"{len(done)} requests ({len(queued)} with a receive time); seconds from the request's arrival "
+          "(or the saga's first line), p50 / p95, and each step's own share")
     prev = None
     for name, _ in STEPS:
         at = [marks[r][name] - first[r] for r in done if name in marks[r]]

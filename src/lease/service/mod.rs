@@ -324,6 +324,7 @@ impl LeaseService {
     async fn drive_steps(&self, rec: &mut SagaRecord) -> Option<Reply> {
         // A saga that starts in Redeeming was cut there (crash, or parked): a swap may have been sent.
         let resumed_in_redeem = rec.step == Step::Redeeming;
+        debug!(step = ?rec.step, "saga driven");
         loop {
             let flow = match rec.step {
                 Step::Received => self.step_received(rec).await,
@@ -344,11 +345,13 @@ impl LeaseService {
             } else {
                 rec.clone()
             };
+            let write = Instant::now();
             if let Err(e) = self.ports.journal.put(&stored) {
                 // Without the journal a crash could lose track of money: stop here; resume retries.
                 warn!(error = %e, step = ?rec.step, "journal write failed; saga parked");
                 return None;
             }
+            debug!(step = ?rec.step, journal_ms = write.elapsed().as_millis() as u64, "saga step persisted");
             match rec.step {
                 Step::Redeemed => self.failpoint(Failpoint::AfterRedeem),
                 // Only replies to paid requests: refusals of replayed old requests must not trip it.
