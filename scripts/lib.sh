@@ -29,6 +29,7 @@ PORT_CONTROLLER_MANAGER="${PAYGRESS_PORT_CONTROLLER_MANAGER:-28253}"
 PORT_PROXY_HEALTHZ="${PAYGRESS_PORT_PROXY_HEALTHZ:-28254}"
 PORT_PROXY_METRICS="${PAYGRESS_PORT_PROXY_METRICS:-28255}"
 PORT_NODE_REGISTRY="${PAYGRESS_PORT_NODE_REGISTRY:-28256}"  # every registry's only host for the node's containerd
+# shellcheck disable=SC2034  # used by stack.d/node.sh and smoke/node.sh
 PORT_NETPOL_METRICS="${PAYGRESS_PORT_NETPOL_METRICS:-28257}"  # kube-network-policies' metrics (its readiness)
 
 # port_env: the PAYGRESS_PORT_* exports of this instance (for env.sh, so a second instance's env is complete).

@@ -216,6 +216,7 @@ curl -sf -m 2 -o /dev/null "http://127.0.0.1:$PORT_NETPOL_METRICS/metrics" || fa
 nft list table inet kube-network-policies >/dev/null 2>&1 || fail kube-network-policies "$NPLOG" "no nftables table inet kube-network-policies"
 awk '$1 == 100 {f = 1} END {exit !f}' /proc/net/netfilter/nfnetlink_queue || fail kube-network-policies "$NPLOG" "nothing listens on nfqueue 100"
 # dial IP PORT: from the client pod, prints `open` or `closed` (the pod's verdict: a failing exec is no verdict).
+# shellcheck disable=SC2016  # $0 and $1 are the pod's shell's
 dial() { kubectl -n "$NS" exec client -- bash -c 'timeout 3 bash -c "exec 3<>/dev/tcp/$0/$1" && echo open || echo closed' "$1" "$2"; }
 [ "$(dial "$ip" 2222)" = open ] || fail kube-network-policies "$NPLOG" "client → lease before any policy: not open"
 kubectl -n "$NS" apply -f - >/dev/null <<'EOF'
