@@ -847,7 +847,14 @@ node_down() {
   # Mounts: the kubelet's (its root dir bind-mounted onto itself, pod volumes), containerd's (rootfs overlays,
   # sandbox shm), netns bind mounts under /run/netns.
   _node_unmount_all "$NODE_KUBELET_DIR" "$NODE_CTR_DIR" "$NODE_DOCKER_DIR" /var/lib/kubelet /run/containerd /run/docker
-  awk '$2 ~ "^/run/netns/cni-" {print $2}' /proc/self/mounts | while read -r m; do umount "$m" 2>/dev/null || true; rm -f "$m"; done
+  # `ip netns` may have bind-mounted /run/netns onto itself after a sandbox's nsfs was mounted there, hiding that
+  # mount beneath it (umount: "not mounted", rm: busy): when /run/netns is ours, take its self-mounts off first.
+  if grep -qx 'dir /run/netns' "$NODE_DIR/machine.saved" 2>/dev/null; then
+    while mountpoint -q /run/netns; do umount /run/netns 2>/dev/null || umount -l /run/netns 2>/dev/null || break; done
+  fi
+  awk '$2 ~ "^/run/netns/cni-" {print $2}' /proc/self/mounts | while read -r m; do
+    umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true; rm -f "$m" 2>/dev/null || true
+  done
   # cgroups the kubelet made (kubepods, and its QoS children) in every hierarchy, and dockerd's if it made it.
   local cg cgs=(kubepods)
   grep -qx 'cgroup docker' "$NODE_DIR/machine.saved" 2>/dev/null && cgs+=(docker)
