@@ -749,7 +749,12 @@ node_up() {
   # then the enforcer, fail closed (no --fail-open: while it is down, policy-selected pods get no new connections).
   sysctl -q -w net.bridge.bridge-nf-call-iptables=1 net.bridge.bridge-nf-call-ip6tables=1 >/dev/null \
     || fail kube-network-policies "$LOG_DIR/node.log" "cannot set net.bridge.bridge-nf-call-iptables (br_netfilter)"
-  _node_start kube-network-policies "$NODE_NETPOL_BIN" --kubeconfig="$NODE_PKI/kube-network-policies.kubeconfig" \
+  # Restarted at once when it exits: a dead enforcer leaves its table with a stale set, so pods started meanwhile
+  # would go unpoliced. (stop_proc TERMs the whole process group: loop and enforcer.)
+  [ -x "$NODE_NETPOL_BIN" ] || fail kube-network-policies "$LOG_DIR/node-build-netpol.log" "$NODE_NETPOL_BIN not built (scripts/stack install node)"
+  # shellcheck disable=SC2016  # expanded by the loop's sh
+  _node_start kube-network-policies /bin/sh -c 'while :; do "$@"; echo "[stack] kube-network-policies exited ($?), restarting" >&2; sleep 1; done' \
+    kube-network-policies "$NODE_NETPOL_BIN" --kubeconfig="$NODE_PKI/kube-network-policies.kubeconfig" \
     --hostname-override="$NODE_NAME" --nfqueue-id="$NODE_NETPOL_QUEUE" --disable-nri \
     --metrics-bind-address="127.0.0.1:$PORT_NETPOL_METRICS" --v=1
   touch "$NODE_DIR/real"
