@@ -29,12 +29,14 @@ PORT_CONTROLLER_MANAGER="${PAYGRESS_PORT_CONTROLLER_MANAGER:-28253}"
 PORT_PROXY_HEALTHZ="${PAYGRESS_PORT_PROXY_HEALTHZ:-28254}"
 PORT_PROXY_METRICS="${PAYGRESS_PORT_PROXY_METRICS:-28255}"
 PORT_NODE_REGISTRY="${PAYGRESS_PORT_NODE_REGISTRY:-28256}"  # every registry's only host for the node's containerd
+# shellcheck disable=SC2034  # used by stack.d/node.sh and smoke/node.sh
+PORT_NETPOL_METRICS="${PAYGRESS_PORT_NETPOL_METRICS:-28257}"  # kube-network-policies' metrics (its readiness)
 
 # port_env: the PAYGRESS_PORT_* exports of this instance (for env.sh, so a second instance's env is complete).
 port_env() {
   local v
   for v in ETCD_CLIENT ETCD_PEER APISERVER RELAY MINT MINT_ALT TOR_BASE TOR_SOCKS NODE_AGENT KUBELET \
-      KUBELET_HEALTHZ SCHEDULER CONTROLLER_MANAGER PROXY_HEALTHZ PROXY_METRICS NODE_REGISTRY; do
+      KUBELET_HEALTHZ SCHEDULER CONTROLLER_MANAGER PROXY_HEALTHZ PROXY_METRICS NODE_REGISTRY NETPOL_METRICS; do
     local name="PORT_$v"
     echo "export PAYGRESS_PORT_$v='${!name}'"
   done

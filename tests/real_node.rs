@@ -261,3 +261,207 @@ fn a_lease_of_a_gvisor_tier_runs_under_gvisors_kernel() -> Result<()> {
     })?;
     Ok(())
 }
+
+// ---------------------------------------------------------------------------------------------------------------
+// Tenant isolation by the manifest's NetworkPolicies (issue 11), enforced on the real node by kube-network-policies
+// (scripts/stack.d/node.sh). Real containers: two tenants (pods labelled as leases), a stand-in for the provider
+// (a pod labelled as it, in its namespace, serving a line on 8080 and on 9090) and an outsider pod in `default`.
+
+const SSH_IMAGE: &str = "lscr.io/linuxserver/openssh-server:latest";
+
+/// The pods and Service of one isolation test; deleted on drop.
+struct Isolation {
+    tag: String,
+    a: String,
+    b: String,
+    b_service: String,
+    provider: String,
+    outsider: String,
+}
+
+impl Isolation {
+    fn up(test: &str) -> Result<Isolation> {
+        // The real manifest, as an operator applies it (its NetworkPolicies among the rest).
+        let manifest = repo_root().join("k8s/sidecar-service.yaml");
+        kubectl_at(&admin(), &["apply", "-f", manifest.to_str().context("path")?])?;
+        for (ns, name) in [
+            (NS, "paygress-ssh-pods-ingress"),
+            (NS, "paygress-ssh-pods-egress"),
+            ("ingress-system", "paygress-provider-ingress"),
+        ] {
+            kubectl_at(&admin(), &["-n", ns, "get", "networkpolicy", name, "-o", "name"])?;
+        }
+        let tag = format!("{test}{}", std::process::id());
+        let f = Isolation {
+            a: format!("{tag}-tenant-a"),
+            b: format!("{tag}-tenant-b"),
+            b_service: format!("{tag}-tenant-b"),
+            provider: format!("{tag}-provider"),
+            outsider: format!("{tag}-outsider"),
+            tag,
+        };
+        let tenant = |name: &str| {
+            format!(
+                "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: {NS}\n  labels: {{app: paygress-ssh-pod, paygress.test/pod: {name}}}\n\
+                 spec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: ssh\n    image: {SSH_IMAGE}\n    imagePullPolicy: IfNotPresent\n\
+                 \x20   env: [{{name: USER_NAME, value: tenant}}, {{name: USER_PASSWORD, value: hunter2}}, {{name: PASSWORD_ACCESS, value: \"true\"}}]\n\
+                 \x20   readinessProbe: {{tcpSocket: {{port: 2222}}, periodSeconds: 1}}\n---\n"
+            )
+        };
+        // The provider's namespace enforces the "restricted" Pod Security profile.
+        let listener = "$SIG{PIPE} = 'IGNORE'; for my $p (8080, 9090) { next if fork; my $s = IO::Socket::INET->new(LocalPort => $p, \
+                        Listen => 8, ReuseAddr => 1) or die \"$p: $!\"; while (my $c = $s->accept) { print $c \"PROVIDER\\n\"; \
+                        close $c } exit } 1 while wait != -1";
+        let yaml = format!(
+            "{}{}apiVersion: v1\nkind: Service\nmetadata:\n  name: {svc}\n  namespace: {NS}\n\
+             spec:\n  selector: {{paygress.test/pod: {b}}}\n  ports: [{{port: 2222, targetPort: 2222}}]\n---\n\
+             apiVersion: v1\nkind: Pod\nmetadata:\n  name: {provider}\n  namespace: ingress-system\n  labels: {{app.kubernetes.io/name: paygress-sidecar}}\n\
+             spec:\n  terminationGracePeriodSeconds: 1\n  securityContext: {{runAsNonRoot: true, runAsUser: 65532, seccompProfile: {{type: RuntimeDefault}}}}\n\
+             \x20 containers:\n  - name: listener\n    image: {SSH_IMAGE}\n    imagePullPolicy: IfNotPresent\n\
+             \x20   command: [perl, -MIO::Socket::INET, -e, {listener}]\n\
+             \x20   securityContext: {{allowPrivilegeEscalation: false, capabilities: {{drop: [ALL]}}}}\n\
+             \x20   readinessProbe: {{tcpSocket: {{port: 8080}}, periodSeconds: 1}}\n---\n\
+             apiVersion: v1\nkind: Pod\nmetadata:\n  name: {outsider}\n  namespace: default\n\
+             spec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: c\n    image: {SSH_IMAGE}\n    imagePullPolicy: IfNotPresent\n\
+             \x20   command: [sleep, infinity]\n",
+            tenant(&f.a),
+            tenant(&f.b),
+            svc = f.b_service,
+            b = f.b,
+            provider = f.provider,
+            outsider = f.outsider,
+            listener = serde_json::to_string(listener)?,
+        );
+        run_with_stdin(Command::new("kubectl").arg("--kubeconfig").arg(admin()).args(["apply", "-f", "-"]), &yaml)?;
+        for (ns, pod) in [(NS, &f.a), (NS, &f.b), ("ingress-system", &f.provider), ("default", &f.outsider)] {
+            kubectl_at(
+                &admin(),
+                &["-n", ns, "wait", "--for=condition=Ready", &format!("pod/{pod}"), "--timeout=120s"],
+            )?;
+        }
+        Ok(f)
+    }
+
+    fn ip(&self, ns: &str, pod: &str) -> Result<String> {
+        kubectl_at(&admin(), &["-n", ns, "get", "pod", pod, "-o", "jsonpath={.status.podIP}"])
+    }
+}
+
+impl Drop for Isolation {
+    fn drop(&mut self) {
+        let del = |args: &[&str]| {
+            let _ = kubectl_at(&admin(), &[args, &["--ignore-not-found", "--wait=false"]].concat());
+        };
+        del(&["-n", NS, "delete", "pod", &self.a, &self.b]);
+        del(&["-n", NS, "delete", "service", &self.b_service]);
+        del(&["-n", "ingress-system", "delete", "pod", &self.provider]);
+        del(&["-n", "default", "delete", "pod", &self.outsider]);
+        println!("isolation test {}: cleaned up", self.tag);
+    }
+}
+
+/// From inside `pod`: does a TCP connection to ip:port open within 4 s? Some(first bytes it reads) if so.
+/// (The verdict is printed by the pod's shell, so a failing `kubectl exec` is an error, never a "blocked".)
+fn dial(ns: &str, pod: &str, ip: &str, port: u16) -> Result<Option<String>> {
+    let script = r#"timeout 4 bash -c 'exec 3<>"/dev/tcp/$0/$1" || exit 1; timeout 1 head -c 8 <&3; exit 0' "$0" "$1"; echo "verdict=$?""#;
+    let out = kubectl_at(&admin(), &["-n", ns, "exec", pod, "--", "bash", "-c", script, ip, &port.to_string()])?;
+    let (read, rc) = out.rsplit_once("verdict=").with_context(|| format!("no verdict from {pod}: {out}"))?;
+    Ok((rc.trim() == "0").then(|| read.trim().to_string()))
+}
+
+/// The API server's ClusterIP (the `kubernetes` Service), its endpoint, and the node's address and kubelet port.
+fn node_targets() -> Result<(String, String, u16, String, u16)> {
+    let cip = kubectl_at(&admin(), &["-n", "default", "get", "svc", "kubernetes", "-o", "jsonpath={.spec.clusterIP}"])?;
+    let ep = kubectl_at(
+        &admin(),
+        &[
+            "-n",
+            "default",
+            "get",
+            "endpoints",
+            "kubernetes",
+            "-o",
+            "jsonpath={.subsets[0].addresses[0].ip} {.subsets[0].ports[0].port}",
+        ],
+    )?;
+    let (api_ip, api_port) = ep.split_once(' ').context("kubernetes endpoint")?;
+    let node = kubectl_at(
+        &admin(),
+        &[
+            "get",
+            "node",
+            "-o",
+            r#"jsonpath={.items[0].status.addresses[?(@.type=="InternalIP")].address} {.items[0].status.daemonEndpoints.kubeletEndpoint.Port}"#,
+        ],
+    )?;
+    let (node_ip, kubelet_port) = node.split_once(' ').context("node address")?;
+    Ok((cip, api_ip.to_string(), api_port.parse()?, node_ip.to_string(), kubelet_port.parse()?))
+}
+
+/// (a) A tenant opens no connection to another tenant, by pod IP or Service; (b) nor to the provider, the API
+/// server (Service or endpoint) or the node's kubelet; and nothing but the provider reaches a tenant's SSH port,
+/// nor anything the provider's other ports. The outsider (no policy) reaching the API server and the provider's
+/// 8080 shows the paths exist: what a tenant cannot reach is refused by policy, not by routing.
+#[test]
+fn tenants_reach_neither_each_other_nor_the_provider_nor_the_node() -> Result<()> {
+    let _one = one_at_a_time();
+    let f = Isolation::up("iso")?;
+    let a_ip = f.ip(NS, &f.a)?;
+    let b_ip = f.ip(NS, &f.b)?;
+    let b_cip = kubectl_at(&admin(), &["-n", NS, "get", "svc", &f.b_service, "-o", "jsonpath={.spec.clusterIP}"])?;
+    let provider_ip = f.ip("ingress-system", &f.provider)?;
+    let (api_cip, api_ip, api_port, node_ip, kubelet_port) = node_targets()?;
+
+    // Policies apply once the enforcer has seen the new pods' addresses (from the API): at most a few seconds.
+    // (Not fatal by itself: the list below says which connections opened.)
+    let _ = wait_until("tenant a to be cut off from tenant b", Duration::from_secs(30), || {
+        dial(NS, &f.a, &b_ip, 2222).ok()?.is_none().then_some(())
+    });
+    let blocked = [
+        ("tenant a → tenant b", NS, &f.a, b_ip.as_str(), 2222),
+        ("tenant a → tenant b's Service", NS, &f.a, b_cip.as_str(), 2222),
+        ("tenant b → tenant a", NS, &f.b, a_ip.as_str(), 2222),
+        ("tenant a → the provider's 8080", NS, &f.a, provider_ip.as_str(), 8080),
+        ("tenant a → the API server's Service", NS, &f.a, api_cip.as_str(), 443),
+        ("tenant a → the API server", NS, &f.a, api_ip.as_str(), api_port),
+        ("tenant a → the kubelet", NS, &f.a, node_ip.as_str(), kubelet_port),
+        ("the outsider → tenant b's SSH", "default", &f.outsider, b_ip.as_str(), 2222),
+        ("the outsider → the provider's 9090", "default", &f.outsider, provider_ip.as_str(), 9090),
+    ];
+    let mut opened = Vec::new();
+    for (what, ns, from, ip, port) in blocked {
+        if let Some(read) = dial(ns, from, ip, port)? {
+            opened.push(format!("{what} ({ip}:{port}, read {read:?})"));
+        }
+    }
+    assert!(opened.is_empty(), "connections the policies forbid opened:\n{}", opened.join("\n"));
+    assert_eq!(
+        dial("default", &f.outsider, &provider_ip, 8080)?.as_deref(),
+        Some("PROVIDER"),
+        "outsider → provider:8080"
+    );
+    assert!(dial("default", &f.outsider, &api_cip, 443)?.is_some(), "outsider → the API server's Service");
+    Ok(())
+}
+
+/// (c) What the policies must leave working: the provider (a pod labelled as it, in its namespace) reaches a
+/// tenant's SSH port by pod IP and by the lease's Service, and SSH from the node into a lease through its
+/// Service works (the node's own traffic is never policed: kubelet probes, the provider as a host process).
+#[test]
+fn the_provider_and_the_node_still_reach_a_tenant_under_the_policies() -> Result<()> {
+    let _one = one_at_a_time();
+    let f = Isolation::up("reach")?;
+    let b_ip = f.ip(NS, &f.b)?;
+    let b_cip = kubectl_at(&admin(), &["-n", NS, "get", "svc", &f.b_service, "-o", "jsonpath={.spec.clusterIP}"])?;
+    for ip in [&b_ip, &b_cip] {
+        let banner = wait_until("the provider to reach tenant b", Duration::from_secs(30), || {
+            dial("ingress-system", &f.provider, ip, 2222).ok().flatten()
+        })?;
+        assert!(banner.starts_with("SSH-2.0"), "provider → {ip}:2222 read {banner:?}");
+    }
+    let who = wait_until("SSH from the node through the Service", Duration::from_secs(30), || {
+        ssh_password(&b_cip, 2222, "tenant", "hunter2", "id -un", None).ok()
+    })?;
+    assert_eq!(who.trim(), "tenant");
+    Ok(())
+}

@@ -17,7 +17,10 @@
 #  7. gVisor: the RuntimeClass `gvisor` (handler runsc) exists; a lease-shaped pod with it runs under gVisor's
 #     kernel (SSH in with the password: `dmesg` starts with "Starting gVisor", /proc/version is gVisor's, not the
 #     host's), and the runc pod of step 2 still sees the host's kernel.
-#  8. A PVC without a class binds to a volume of the default StorageClass; a non-root pod with fsGroup writes to it
+#  8. NetworkPolicy is enforced (kube-network-policies): its table and queue are in place; a deny-all-ingress policy
+#     on the lease pod cuts the client pod off (by pod IP and ClusterIP) but not the node (SSH from the host); without
+#     the policy the client gets through again.
+#  9. A PVC without a class binds to a volume of the default StorageClass; a non-root pod with fsGroup writes to it
 #     and the kubelet applied the fsGroup (group-owned, setgid). The namespace is deleted to the end (namespace
 #     controller).
 set -euo pipefail
@@ -207,7 +210,34 @@ host_version="$(cat /proc/version)"
 [ "$(kubectl -n "$NS" exec lease -- cat /proc/version)" = "$host_version" ] || fail kubelet "$KLOG" "the runc pod does not see the host kernel"
 took
 
-step "8. a PVC binds (default StorageClass); fsGroup applied; namespace deletion"
+step "8. NetworkPolicy enforced: a deny-all-ingress policy cuts a pod off, not the node"
+NPLOG="$LOG_DIR/kube-network-policies.log"
+curl -sf -m 2 -o /dev/null "http://127.0.0.1:$PORT_NETPOL_METRICS/metrics" || fail kube-network-policies "$NPLOG" "no metrics on $PORT_NETPOL_METRICS"
+nft list table inet kube-network-policies >/dev/null 2>&1 || fail kube-network-policies "$NPLOG" "no nftables table inet kube-network-policies"
+awk '$1 == 100 {f = 1} END {exit !f}' /proc/net/netfilter/nfnetlink_queue || fail kube-network-policies "$NPLOG" "nothing listens on nfqueue 100"
+# dial IP PORT: from the client pod, prints `open` or `closed` (the pod's verdict: a failing exec is no verdict).
+# shellcheck disable=SC2016  # $0 and $1 are the pod's shell's
+dial() { kubectl -n "$NS" exec client -- bash -c 'timeout 3 bash -c "exec 3<>/dev/tcp/$0/$1" && echo open || echo closed' "$1" "$2"; }
+[ "$(dial "$ip" 2222)" = open ] || fail kube-network-policies "$NPLOG" "client → lease before any policy: not open"
+kubectl -n "$NS" apply -f - >/dev/null <<'EOF'
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: lease-deny-ingress}
+spec:
+  podSelector: {matchLabels: {app: lease}}
+  policyTypes: [Ingress]
+EOF
+for _ in $(seq 1 20); do [ "$(dial "$ip" 2222)" = closed ] && break; sleep 0.5; done
+[ "$(dial "$ip" 2222)" = closed ] || fail kube-network-policies "$NPLOG" "client → lease $ip:2222 opened under a deny-all policy"
+[ "$(dial "$cip" 2222)" = closed ] || fail kube-network-policies "$NPLOG" "client → lease ClusterIP $cip:2222 opened under a deny-all policy"
+[ "$(sshpass -p hunter2 ssh "${SSH_OPTS[@]}" -p 2222 "bob@$ip" hostname)" = lease ] \
+  || fail kube-network-policies "$NPLOG" "SSH from the host into the lease failed under the policy (the node must pass)"
+kubectl -n "$NS" delete networkpolicy lease-deny-ingress >/dev/null
+for _ in $(seq 1 20); do [ "$(dial "$ip" 2222)" = open ] && break; sleep 0.5; done
+[ "$(dial "$ip" 2222)" = open ] || fail kube-network-policies "$NPLOG" "client → lease still closed after the policy went"
+took
+
+step "9. a PVC binds (default StorageClass); fsGroup applied; namespace deletion"
 kubectl -n "$NS" apply -f - >/dev/null <<'EOF'
 apiVersion: v1
 kind: PersistentVolumeClaim

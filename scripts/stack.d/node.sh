@@ -6,7 +6,8 @@
 # (DOCKER_HOST; `scripts/stack image load`), a default StorageClass with local volumes, and the images that cannot
 # be pulled here, made locally: the pod sandbox (pause) and a stand-in for lscr.io/linuxserver/openssh-server:latest
 # (Debian's OpenSSH, same interface); gVisor as the runtime handler `runsc` (Debian's runsc, a shim built from gVisor's
-# Go module) behind the RuntimeClass `gvisor`. It replaces tools/stack-node and stack-kubelet: with the real node
+# Go module) behind the RuntimeClass `gvisor`; NetworkPolicy enforced by kube-network-policies (kind's enforcer, built
+# from the Go module proxy with a patch: the nft `queue` it uses is missing from this kernel). It replaces tools/stack-node and stack-kubelet: with the real node
 # (PAYGRESS_NODE=real) k8s.sh runs neither, and its API server listens on the bridge address so pods reach it.
 # Sourced by scripts/stack after lib.sh and k8s.sh. Functions: node_install node_up node_wait node_down node_status
 # node_env, and node_network_up (used by k8s_up), node_image_load (`scripts/stack image load`). Needs root.
@@ -35,7 +36,7 @@ NODE_SSH_IMAGE="lscr.io/linuxserver/openssh-server:latest"
 NODE_IMAGES="$BUILD_DIR/node-images"
 NODE_SUITE="bookworm"
 NODE_SSH_PACKAGES="openssh-server,openssh-sftp-server,bash,coreutils,sudo,passwd,util-linux,procps,iproute2,ca-certificates"
-NODE_APT_PACKAGES=(containerd runc runsc containernetworking-plugins mmdebstrap docker.io iproute2 iptables)
+NODE_APT_PACKAGES=(containerd runc runsc containernetworking-plugins mmdebstrap docker.io iproute2 iptables nftables)
 # gVisor: Debian's runsc (0.0~20221219) ships no containerd shim; containerd-shim-runsc-v1 is built from gVisor's Go
 # module (its `go` branch, on the Go module proxy), and containerd finds it on its PATH (containerd 1.6.20 ignores
 # the CRI runtime's runtime_path when it starts a sandbox's shim). That version: the last shims built on
@@ -46,6 +47,14 @@ NODE_RUNTIME_CLASS="gvisor"                            # RuntimeClass of the run
 NODE_FW_CHAIN="PAYGRESS-NODE-FWD"
 NODE_REGISTRY_VERSION="${NODE_REGISTRY_VERSION:-v3.1.2}"   # github.com/distribution/distribution/v3 (CNCF Distribution)
 NODE_REGISTRY_BIN="$BUILD_DIR/registry-$NODE_REGISTRY_VERSION/bin/registry"
+# NetworkPolicy: sigs.k8s.io/kube-network-policies (kind's enforcer) with node/kube-network-policies-nfqueue.patch
+# (the xtables NFQUEUE target instead of the nft `queue` expression, which needs CONFIG_NFT_QUEUE; docs/stack.md).
+# It runs as a process of the node: nftables table `inet kube-network-policies`, nfqueue 100, fail closed.
+NODE_NETPOL_VERSION="${NODE_NETPOL_VERSION:-v0.8.0}"
+NODE_NETPOL_PATCH="$NODE_SRC/kube-network-policies-nfqueue.patch"
+NODE_NETPOL_BIN="$BUILD_DIR/kube-network-policies-$NODE_NETPOL_VERSION-$(sha256sum < "$NODE_NETPOL_PATCH" | cut -c1-8)/bin/kube-network-policies"
+NODE_NETPOL_TABLE="kube-network-policies"
+NODE_NETPOL_QUEUE=100
 # Sysctls the kubelet (setupKernelTunables), the CNI bridge plugin (ip_forward) and kube-proxy may change.
 NODE_SYSCTLS=(kernel.panic kernel.panic_on_oops vm.overcommit_memory vm.panic_on_oom kernel.keys.root_maxkeys
   kernel.keys.root_maxbytes net.ipv4.ip_forward net.ipv4.conf.all.forwarding net.bridge.bridge-nf-call-iptables
@@ -185,12 +194,32 @@ _node_build_runsc_shim() {
   log "node: containerd-shim-runsc-v1 built in $(( $(date +%s) - t0 ))s"
 }
 
+# kube-network-policies, built from its module (Go module proxy) copied under build/ and patched; like the shim above.
+_node_build_netpol() {
+  [ -x "$NODE_NETPOL_BIN" ] && return 0
+  local logf="$LOG_DIR/node-build-netpol.log" t0 top src
+  t0=$(date +%s) top="$(dirname "$(dirname "$NODE_NETPOL_BIN")")"
+  src="$top/src"
+  log "node: building kube-network-policies $NODE_NETPOL_VERSION (patched) from the Go module proxy (log $logf)"
+  mkdir -p "$top/bin"
+  ( cd "$top" && GOWORK=off "$K8S_GO" mod download "sigs.k8s.io/kube-network-policies@$NODE_NETPOL_VERSION" &&
+    mod="$("$K8S_GO" env GOMODCACHE)/sigs.k8s.io/kube-network-policies@$NODE_NETPOL_VERSION" &&
+    [ -d "$mod" ] && rm -rf "$src" && cp -r "$mod" "$src" && chmod -R u+w "$src" &&
+    patch -d "$src" -p1 < "$NODE_NETPOL_PATCH" &&
+    cd "$src" && GOWORK=off GOFLAGS=-mod=mod CGO_ENABLED=0 nice -n 10 "$K8S_GO" build -trimpath -ldflags='-s -w' \
+      -o "$NODE_NETPOL_BIN" ./cmd ) >>"$logf" 2>&1 || fail kube-network-policies "$logf" "build of kube-network-policies failed"
+  rm -rf "$src"
+  find "$(dirname "$top")" -maxdepth 1 -name 'kube-network-policies-*' ! -path "$top" -exec rm -rf {} +   # older recipes
+  log "node: kube-network-policies built in $(( $(date +%s) - t0 ))s"
+}
+
 node_install() {
   [ "$(id -u)" = 0 ] || fail node "$LOG_DIR/node-build-apt.log" "the real node needs root"
   _node_apt
   k8s_build_cmds node kubelet kube-scheduler kube-controller-manager kube-proxy
   _node_build_registry
   _node_build_runsc_shim
+  _node_build_netpol
   _node_build_pause_image
   _node_build_ssh_image
 }
@@ -204,6 +233,9 @@ _node_machine_record() {
   [ -f "$f" ] && return 0
   mkdir -p "$NODE_DIR"
   {
+    # Pods on one bridge talk at L2: only br_netfilter sends that traffic through the IP hooks where NetworkPolicy
+    # is enforced (built in on this kernel; loaded here, and unloaded at down, where it is a module).
+    if [ ! -e /proc/sys/net/bridge ] && modprobe br_netfilter 2>/dev/null; then echo "module br_netfilter"; fi
     for s in "${NODE_SYSCTLS[@]}"; do
       [ -e "/proc/sys/${s//./\/}" ] && echo "sysctl $s $(sysctl -n "$s")"
     done
@@ -436,10 +468,12 @@ _node_pki() {
   _node_cert kube-scheduler "/CN=system:kube-scheduler" "$client"
   _node_cert kube-controller-manager "/CN=system:kube-controller-manager" "$client"
   _node_cert kube-proxy "/CN=system:kube-proxy" "$client"
+  _node_cert kube-network-policies "/CN=paygress:kube-network-policies" "$client"
   _node_kubeconfig kubelet-client
   _node_kubeconfig kube-scheduler
   _node_kubeconfig kube-controller-manager
   _node_kubeconfig kube-proxy
+  _node_kubeconfig kube-network-policies
 }
 
 _node_kubelet_config() {
@@ -527,6 +561,32 @@ subjects:
 - apiGroup: rbac.authorization.k8s.io
   kind: User
   name: kube-apiserver-kubelet-client
+---
+# The NetworkPolicy enforcer reads what its policies select (as kind's manifest grants it).
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata:
+  name: paygress:kube-network-policies
+rules:
+- apiGroups: [""]
+  resources: [pods, namespaces, nodes]
+  verbs: [list, watch]
+- apiGroups: [networking.k8s.io]
+  resources: [networkpolicies]
+  verbs: [list, watch]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata:
+  name: paygress:kube-network-policies
+roleRef:
+  apiGroup: rbac.authorization.k8s.io
+  kind: ClusterRole
+  name: paygress:kube-network-policies
+subjects:
+- apiGroup: rbac.authorization.k8s.io
+  kind: User
+  name: paygress:kube-network-policies
 EOF
 }
 
@@ -599,6 +659,12 @@ _node_registered_ready() {
 _node_scheduler_ready() { curl -skf -m 2 "https://127.0.0.1:$PORT_SCHEDULER/healthz"; }
 _node_cm_ready() { curl -skf -m 2 "https://127.0.0.1:$PORT_CONTROLLER_MANAGER/healthz"; }
 _node_proxy_ready() { curl -sf -m 2 "http://127.0.0.1:$PORT_PROXY_HEALTHZ/healthz"; }
+# Enforcing: its table is in place and a process listens on its queue (nfnetlink_queue lists bound queues only).
+_node_netpol_ready() {
+  curl -sf -m 2 -o /dev/null "http://127.0.0.1:$PORT_NETPOL_METRICS/metrics" &&
+    nft list table inet "$NODE_NETPOL_TABLE" >/dev/null &&
+    awk -v q="$NODE_NETPOL_QUEUE" '$1 == q {f = 1} END {exit !f}' /proc/net/netfilter/nfnetlink_queue
+}
 
 # _node_start NAME CMD...: restart_if_changed + start_proc, failing at once if the port is someone else's.
 _node_start() {
@@ -678,6 +744,19 @@ node_up() {
     --leader-elect=false --profiling=false --v=1
 
   _node_start kube-proxy "$NODE_BIN/kube-proxy" --config="$NODE_DIR/kube-proxy.yaml" --v=1
+
+  # NetworkPolicy: bridged (pod to pod) traffic through iptables' hooks (the machine's values restored at down);
+  # then the enforcer, fail closed (no --fail-open: while it is down, policy-selected pods get no new connections).
+  sysctl -q -w net.bridge.bridge-nf-call-iptables=1 net.bridge.bridge-nf-call-ip6tables=1 >/dev/null \
+    || fail kube-network-policies "$LOG_DIR/node.log" "cannot set net.bridge.bridge-nf-call-iptables (br_netfilter)"
+  # Restarted at once when it exits: a dead enforcer leaves its table with a stale set, so pods started meanwhile
+  # would go unpoliced. (stop_proc TERMs the whole process group: loop and enforcer.)
+  [ -x "$NODE_NETPOL_BIN" ] || fail kube-network-policies "$LOG_DIR/node-build-netpol.log" "$NODE_NETPOL_BIN not built (scripts/stack install node)"
+  # shellcheck disable=SC2016  # expanded by the loop's sh
+  _node_start kube-network-policies /bin/sh -c 'while :; do "$@"; echo "[stack] kube-network-policies exited ($?), restarting" >&2; sleep 1; done' \
+    kube-network-policies "$NODE_NETPOL_BIN" --kubeconfig="$NODE_PKI/kube-network-policies.kubeconfig" \
+    --hostname-override="$NODE_NAME" --nfqueue-id="$NODE_NETPOL_QUEUE" --disable-nri \
+    --metrics-bind-address="127.0.0.1:$PORT_NETPOL_METRICS" --v=1
   touch "$NODE_DIR/real"
 }
 
@@ -688,6 +767,7 @@ node_wait() {
   _k8s_wait_proc kube-controller-manager 60 _node_cm_ready
   _k8s_wait_proc kube-proxy 60 _node_proxy_ready
   _k8s_wait_proc kubelet 90 _node_registered_ready
+  _k8s_wait_proc kube-network-policies 60 _node_netpol_ready
   # The kubelet sets kernel.panic=10 and kernel.panic_on_oops=1 once, at start; a test machine should not
   # reboot on an oops, so they go back to the machine's values at once (the kubelet does not check them again).
   _node_restore_sysctls kernel.panic kernel.panic_on_oops
@@ -738,7 +818,9 @@ _node_iptables_clean() {
 
 node_down() {
   local name
-  for name in kube-proxy kube-controller-manager kube-scheduler kubelet dockerd; do stop_proc "$name"; done
+  for name in kube-network-policies kube-proxy kube-controller-manager kube-scheduler kubelet dockerd; do stop_proc "$name"; done
+  # Stopped by TERM, the enforcer leaves its table (fail closed); the table goes here.
+  nft delete table inet "$NODE_NETPOL_TABLE" 2>/dev/null || true
   # Pods' containers: stop and remove every sandbox (CNI DEL included) while containerd still runs.
   if is_running containerd; then
     if command -v crictl >/dev/null 2>&1; then
@@ -770,7 +852,14 @@ node_down() {
   # Mounts: the kubelet's (its root dir bind-mounted onto itself, pod volumes), containerd's (rootfs overlays,
   # sandbox shm), netns bind mounts under /run/netns.
   _node_unmount_all "$NODE_KUBELET_DIR" "$NODE_CTR_DIR" "$NODE_DOCKER_DIR" /var/lib/kubelet /run/containerd /run/docker
-  awk '$2 ~ "^/run/netns/cni-" {print $2}' /proc/self/mounts | while read -r m; do umount "$m" 2>/dev/null || true; rm -f "$m"; done
+  # `ip netns` may have bind-mounted /run/netns onto itself after a sandbox's nsfs was mounted there, hiding that
+  # mount beneath it (umount: "not mounted", rm: busy): when /run/netns is ours, take its self-mounts off first.
+  if grep -qx 'dir /run/netns' "$NODE_DIR/machine.saved" 2>/dev/null; then
+    while mountpoint -q /run/netns; do umount /run/netns 2>/dev/null || umount -l /run/netns 2>/dev/null || break; done
+  fi
+  awk '$2 ~ "^/run/netns/cni-" {print $2}' /proc/self/mounts | while read -r m; do
+    umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true; rm -f "$m" 2>/dev/null || true
+  done
   # cgroups the kubelet made (kubepods, and its QoS children) in every hierarchy, and dockerd's if it made it.
   local cg cgs=(kubepods)
   grep -qx 'cgroup docker' "$NODE_DIR/machine.saved" 2>/dev/null && cgs+=(docker)
@@ -780,6 +869,7 @@ node_down() {
     done
   done
   _node_restore_sysctls
+  grep -qx 'module br_netfilter' "$NODE_DIR/machine.saved" 2>/dev/null && { modprobe -r br_netfilter 2>/dev/null || true; }
   # Directories outside the stack dir that did not exist before the first up.
   local f="$NODE_DIR/machine.saved" kind d
   if [ -f "$f" ]; then
@@ -798,7 +888,7 @@ node_status() {
   is_running registry && _node_registry_ready >/dev/null 2>&1 && is_running dockerd \
     && is_running containerd && _node_ctr_ready >/dev/null 2>&1 && is_running kubelet && _node_kubelet_ready >/dev/null 2>&1 \
     && is_running kube-scheduler && is_running kube-controller-manager && is_running kube-proxy \
-    && _node_registered_ready >/dev/null 2>&1
+    && _node_registered_ready >/dev/null 2>&1 && is_running kube-network-policies && _node_netpol_ready >/dev/null 2>&1
 }
 
 # _node_ref IMAGE: the fully qualified reference (docker.io/library/x:latest for x) and the registry path of it.
