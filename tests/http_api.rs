@@ -347,7 +347,11 @@ fn nut_provider() -> &'static Provider {
     P.get_or_init(|| {
         Provider::start(ProviderOptions {
             run_mode: Some("http"),
-            extra_env: vec![("RUST_LOG".into(), "debug".into())],
+            extra_env: vec![
+                ("RUST_LOG".into(), "debug".into()),
+                // A dearer second tier: a top-up's 402 must price the lease's own tier, not one asked for.
+                ("PAYGRESS_TIERS".into(), "basic:500m:512Mi:100,big:1:1Gi:400".into()),
+            ],
             ..Default::default()
         })
         .expect("provider starts in http mode")
@@ -402,12 +406,15 @@ fn nut24_lease_and_top_up_with_curl_and_the_cashu_cli() -> Result<()> {
     let spent = http("POST", &nut_url("/v1/leases"), &[("X-Cashu", &token)], None)?;
     assert_error(&spent, 400, "token_spent");
 
-    // --- top-up: 402 without payment, then X-Cashu
+    // --- top-up: 402 without payment (priced at the lease's own tier, whatever `?tier=` says; only for the
+    // lease's owner), then X-Cashu
     let topup = format!("/v1/leases/{lease_id}/topup?duration_minutes=12");
-    let r = http("POST", &nut_url(&topup), &[("Authorization", &auth)], None)?;
+    let r = http("POST", &nut_url(&format!("{topup}&tier=big")), &[("Authorization", &auth)], None)?;
     assert_error(&r, 402, "payment_required");
     let creq = r.header("x-cashu").expect("X-Cashu on a top-up 402");
-    assert_eq!(w.decode(&creq)?["a"], 20);
+    assert_eq!(w.decode(&creq)?["a"], 20, "12 min of the lease's tier (basic, 100 sat/h)");
+    let stranger = http("POST", &nut_url(&topup), &[("Authorization", "Bearer not-the-lease-secret-at-all")], None)?;
+    assert_error(&stranger, 404, "lease_not_found");
     let top = w.pay_request(&creq)?;
     let r = http("POST", &nut_url(&topup), &[("Authorization", &auth), ("X-Cashu", &top)], None)?;
     assert_eq!(r.status, 200, "{r:?}");

@@ -339,9 +339,17 @@ pub(super) async fn topup_lease(
     let token = match &payment {
         Payment::Header(t) | Payment::Body(t) => t.clone(),
         Payment::None => {
-            // The lease's own rate applies when it is paid; the 402 prices the tier the client names.
-            let Some(tier) = api.tier(q.tier.as_deref()).cloned() else {
-                return api.refuse(ApiError::code(ErrorCode::UnknownTier, "unknown tier"));
+            // Priced at the lease's own tier, as the top-up will be; `?tier=` only if the cluster cannot say.
+            let tier = match api.service.tier_of_lease(&id, &requester_of(secret)).await {
+                Ok(Some(t)) => t,
+                Ok(None) => return api.refuse(ApiError::code(ErrorCode::LeaseNotFound, "no such lease of yours")),
+                Err(e) => {
+                    warn!(error = %e, "could not look up the lease to price its top-up; pricing the tier asked for");
+                    let Some(t) = api.tier(q.tier.as_deref()).cloned() else {
+                        return api.refuse(ApiError::code(ErrorCode::UnknownTier, "unknown tier"));
+                    };
+                    t
+                }
             };
             return api.payment_required(&tier, q.duration_minutes);
         }

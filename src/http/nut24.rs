@@ -30,7 +30,8 @@ pub struct PayQuery {
     /// Minutes the 402's payment request prices (default: an hour, within the offer's bounds). With a token,
     /// a token worth less is refused (`amount_too_small`) before anything is redeemed.
     pub duration_minutes: Option<u64>,
-    /// Tier whose rate a top-up's 402 prices (default: the default tier); a create uses its body's tier.
+    /// A top-up's 402 prices the lease's own tier; this one only when the cluster cannot be asked. A create
+    /// uses its body's tier.
     pub tier: Option<String>,
 }
 

@@ -136,6 +136,17 @@ impl LeaseService {
         }
     }
 
+    /// The tier (at its current rate, which a top-up pays) of a live lease of `requester`; None when there
+    /// is no such lease of theirs. Free and unjournaled: it only prices a payment request.
+    pub async fn tier_of_lease(&self, name: &str, requester: &str) -> Result<Option<Tier>, PortError> {
+        let id = name.strip_prefix("ssh-pod-").unwrap_or(name);
+        let lease = self.lease_by_id(id).await?;
+        let live = |l: &ClusterLease| !l.terminating && l.expires_at.is_some_and(|e| e > now_secs());
+        Ok(lease
+            .filter(|l| l.requester.as_deref() == Some(requester) && live(l))
+            .and_then(|l| self.tier(l.tier.as_deref()).cloned()))
+    }
+
     pub(super) async fn lease_by_id(&self, id: &str) -> Result<Option<ClusterLease>, PortError> {
         self.retry(|| self.ports.cluster.get_lease(id)).await
     }
