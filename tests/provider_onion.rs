@@ -183,6 +183,22 @@ fn onion_lease_end_to_end_survives_kill9() -> Result<()> {
     let t_restart = Instant::now();
     let p = tor_provider(&[], Some(&state_dir));
     println!("restarted provider ready after {:.1}s", t_restart.elapsed().as_secs_f64());
+    // A lease bought while the old ones are being restored does not wait behind them (issue 13: it used to
+    // answer in 4 s and let `torsocks ssh` in only after 180 s).
+    let user = User::new()?;
+    let t_new = Instant::now();
+    let id = user.publish_nip44(1000, &request_json(&w.send(100)?, "alice"), &p.pubkey)?;
+    let reply = user.await_reply(&id, &p.pubkey, REPLY_TIMEOUT)?;
+    let t_new_reply = t_new.elapsed();
+    let (fresh, fresh_onion) = onion_access(&reply, "alice");
+    let pw = fresh["ssh_password"].as_str().unwrap_or_default();
+    let (out, _) = tor_ssh_until_ok(&fresh_onion, "alice", pw, "echo fresh", None, TOR_SSH_BUDGET)?;
+    assert!(out.contains("fresh"), "{out}");
+    println!(
+        "new lease right after the restart: reply {:.1}s, first torsocks ssh ok {:.1}s after the request",
+        t_new_reply.as_secs_f64(),
+        t_new.elapsed().as_secs_f64()
+    );
     for (access, onion, pw, kh) in &leases {
         let (out, t) = tor_ssh_until_ok(onion, "alice", pw, "echo again", Some(kh), TOR_SSH_BUDGET)?;
         assert!(out.contains("again"), "{out}");
@@ -214,6 +230,7 @@ fn onion_lease_end_to_end_survives_kill9() -> Result<()> {
     for key in &keys {
         assert_key_not_in_log(&log, key);
     }
+    delete_lease(fresh["lease_id"].as_str().unwrap_or_default());
     Ok(())
 }
 
