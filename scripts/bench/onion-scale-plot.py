@@ -28,13 +28,16 @@ def fmt(v, unit="", digits=1):
 
 # ---- table ----
 print()
-print("| leases | design | RSS | idle CPU (% of one core) | answering after start | start → all answer "
+has_pss = "pss_kib" in rows[0] if rows else False
+print("| leases | design | RSS |" + (" PSS |" if has_pss else "") + " idle CPU (% of one core) | answering after start | start → all answer "
       "| answering after kill -9 + restart | restart → all answer |")
-print("|---:|---|---:|---:|---:|---:|---:|---:|")
+print("|---:|---|---:|" + ("---:|" if has_pss else "") + "---:|---:|---:|---:|---:|")
 for r in rows:
     rss = num(r["rss_kib"])
+    pss = num(r.get("pss_kib"))
     print(f"| {r['leases']} | {NAMES[r['design']]} | {fmt(rss and rss / 1024, ' MiB')} "
-          f"| {fmt(num(r['idle_cpu_pct']), ' %', 2)} | {r['answering']}/{r['total']} "
+          + (f"| {fmt(pss and pss / 1024, ' MiB')} " if has_pss else "")
+          + f"| {fmt(num(r['idle_cpu_pct']), ' %', 2)} | {r['answering']}/{r['total']} "
           f"| {fmt(num(r['start_all_s']), ' s')} | {r['restart_answering']}/{r['restart_total']} "
           f"| {fmt(num(r['restart_all_s']), ' s')} |")
 
@@ -96,7 +99,7 @@ def plot(path, title, ylabel, series, ylog=True):
     for i, (name, s) in enumerate(series.items()):
         p = [(fx(x), fy(y)) for x, y in s if y is not None and (y > 0 or not ylog)]
         color = COLORS[name.split()[0]]
-        dash = ' stroke-dasharray="5,4"' if "start" in name and "restart" not in name else ""
+        dash = ' stroke-dasharray="5,4"' if name.endswith((" start", " PSS")) else ""
         if p:
             out.append(f'<polyline fill="none" stroke="{color}" stroke-width="2"{dash} points="'
                        + " ".join(f"{a:.1f},{b:.1f}" for a, b in p) + '"/>')
@@ -115,8 +118,8 @@ def series(col, scale=1.0, designs=("arti", "ctor"), suffix=""):
 
 
 print()
-plot(f"{outdir}/bench-onion-rss.svg", "Provider RSS with N live onion services", "RSS, MiB (log scale)",
-     series("rss_kib", 1 / 1024))
+plot(f"{outdir}/bench-onion-rss.svg", "Memory with N live onion services: RSS (solid), PSS (dashed)",
+     "MiB (log scale)", {**series("rss_kib", 1 / 1024), **(series("pss_kib", 1 / 1024, suffix=" PSS") if has_pss else {})})
 plot(f"{outdir}/bench-onion-cpu.svg", "Idle CPU with N live onion services", "% of one core (log scale)",
      series("idle_cpu_pct"))
 plot(f"{outdir}/bench-onion-restart.svg", "Until every address answers: after kill -9 + restart (solid), "

@@ -64,6 +64,9 @@ log() { printf '[%s] %s\n' "$(date +%T)" "$*" >&2; }
 # fields are counted after its closing parenthesis.
 ticks() { local p s=0 t; for p in "$@"; do t="$(sed 's/^.*) //' "/proc/$p/stat" 2>/dev/null | awk '{print $12+$13}')"; s=$(( s + ${t:-0} )); done; echo "$s"; }
 rss_kib() { local p s=0 r; for p in "$@"; do r="$(awk '/^VmRSS:/ {print $2}' "/proc/$p/status" 2>/dev/null)"; s=$(( s + ${r:-0} )); done; echo "$s"; }
+# Proportional set size: N tor processes share ~11.5 MB of the tor binary's and libraries' pages each, which
+# summed VmRSS counts N times (at 500: 6.8 GB RSS, 1.2 GB PSS).
+pss_kib() { local p s=0 r; for p in "$@"; do r="$(awk '/^Pss:/ {print $2}' "/proc/$p/smaps_rollup" 2>/dev/null)"; s=$(( s + ${r:-0} )); done; echo "$s"; }
 idle_cpu_pct() { # over IDLE seconds, % of one core
   local a b; a="$(ticks "$@")"; sleep "$IDLE"; b="$(ticks "$@")"
   echo "scale=2; ($b - $a) * 100 / $HZ / $IDLE" | bc
@@ -87,18 +90,18 @@ arti_start() { # DIR N TARGET
   RUST_LOG="${RUST_LOG:-warn,tor_netdir=error}" "$BIN" serve "$1" "$2" "$3" >>"$1.log" 2>&1 & LIVE=($!)
 }
 arti_step() {
-  local n=$1 d="$WORK/arti-$n" t0 first restart rss cpu
+  local n=$1 d="$WORK/arti-$n" t0 first restart rss pss cpu
   log "arti: $n services"
   t0="$(now)"; arti_start "$d" "$n" "$TARGET"
   first="$(probe "$d/addresses" "$t0")"
   sleep "$SETTLE"
-  rss="$(rss_kib "${LIVE[@]}")"; cpu="$(idle_cpu_pct "${LIVE[@]}")"
+  rss="$(rss_kib "${LIVE[@]}")"; pss="$(pss_kib "${LIVE[@]}")"; cpu="$(idle_cpu_pct "${LIVE[@]}")"
   log "arti: kill -9 and restart with the same $n keys"
   stop_live KILL
   t0="$(now)"; arti_start "$d" "$n" "$TARGET"
   restart="$(probe "$d/addresses" "$t0")"
   stop_live TERM
-  printf 'arti\t%s\t%s\t%s\t%s\t%s\n' "$n" "$rss" "$cpu" "${first// /$'\t'}" "${restart// /$'\t'}" >>"$RESULTS"
+  printf 'arti\t%s\t%s\t%s\t%s\t%s\t%s\n' "$n" "$rss" "$pss" "$cpu" "${first// /$'\t'}" "${restart// /$'\t'}" >>"$RESULTS"
   rm -rf "$d"
 }
 
@@ -127,11 +130,11 @@ ctor_addresses() { # BASE N → BASE/addresses once every hostname file exists (
   done >"$1/addresses"
 }
 ctor_step() {
-  local n=$1 b="$WORK/ctor-$n" i t0 first restart rss cpu avail
+  local n=$1 b="$WORK/ctor-$n" i t0 first restart rss pss cpu avail
   avail="$(awk '/^MemAvailable:/ {print int($2/1024)}' /proc/meminfo)"
   if [ "$avail" -lt $(( n * 20 + 2048 )) ]; then
     log "C tor: skipping $n processes, only $avail MiB available"
-    printf 'ctor\t%s\t-\t-\t-\t%s\t-\t-\t%s\t-\n' "$n" "$n" "$n" >>"$RESULTS"; return
+    printf 'ctor\t%s\t-\t-\t-\t-\t%s\t-\t-\t%s\t-\n' "$n" "$n" "$n" >>"$RESULTS"; return
   fi
   log "C tor: $n processes"
   mkdir -p "$b"
@@ -140,18 +143,18 @@ ctor_step() {
   ctor_addresses "$b" "$n"
   first="$(probe "$b/addresses" "$t0")"
   sleep "$SETTLE"
-  rss="$(rss_kib "${LIVE[@]}")"; cpu="$(idle_cpu_pct "${LIVE[@]}")"
+  rss="$(rss_kib "${LIVE[@]}")"; pss="$(pss_kib "${LIVE[@]}")"; cpu="$(idle_cpu_pct "${LIVE[@]}")"
   log "C tor: kill -9 all $n and restart them on the same HiddenServiceDirs"
   stop_live KILL
   t0="$(now)"
   for (( i=0; i<n; i++ )); do ctor_start_one "$b/lease-$i" "$TARGET"; done
   restart="$(probe "$b/addresses" "$t0")"
   stop_live TERM
-  printf 'ctor\t%s\t%s\t%s\t%s\t%s\n' "$n" "$rss" "$cpu" "${first// /$'\t'}" "${restart// /$'\t'}" >>"$RESULTS"
+  printf 'ctor\t%s\t%s\t%s\t%s\t%s\t%s\n' "$n" "$rss" "$pss" "$cpu" "${first// /$'\t'}" "${restart// /$'\t'}" >>"$RESULTS"
   rm -rf "$b"
 }
 
-printf 'design\tleases\trss_kib\tidle_cpu_pct\tanswering\ttotal\tstart_all_s\trestart_answering\trestart_total\trestart_all_s\n' >"$RESULTS"
+printf 'design\tleases\trss_kib\tpss_kib\tidle_cpu_pct\tanswering\ttotal\tstart_all_s\trestart_answering\trestart_total\trestart_all_s\n' >"$RESULTS"
 for n in "${STEPS[@]}"; do
   arti_step "$n"
   ctor_step "$n"
