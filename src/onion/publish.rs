@@ -73,7 +73,7 @@ impl ArtiOnion {
         let lease_lock = inner.lease_lock(lease_id);
         let guard = lease_lock.lock().await;
         let started = Instant::now();
-        let deadline = tokio::time::Instant::now() + inner.publish_timeout;
+        let mut deadline = tokio::time::Instant::now() + inner.publish_timeout;
 
         let existing = {
             let services = lock(&inner.services);
@@ -92,6 +92,10 @@ impl ArtiOnion {
             other => {
                 // Held until the descriptor is out (or the wait gives up); the semaphore is never closed.
                 permit = Arc::clone(&inner.publishing).acquire_owned().await.ok();
+                // The publish timeout starts now: time queued behind other publications is not publishing,
+                // and a service started past its deadline was stopped at once (a burst of 500 launches
+                // published 217 in 120 s and failed the other 283 as they got their permits).
+                deadline = tokio::time::Instant::now() + inner.publish_timeout;
                 if other.is_some() {
                     // A different key for the same lease: the key from the Secret wins.
                     warn!(lease_id, address = %redact(&address), "lease relaunched with a different onion key; replacing its service");
