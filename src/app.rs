@@ -59,12 +59,38 @@ pub fn offer(cfg: &Config, provider_pubkey: &str, p2pk_pubkey: &str) -> Offer {
     }
 }
 
+/// Raise the soft open-file limit to the hard one; returns (before, after). Each onion service holds about 4
+/// descriptors (replay logs, state locks: 783 at 500 services, docs/benchmarks.md), so a container's usual
+/// soft limit of 1024 would run out near 250 leases. Raising soft up to hard needs no privilege.
+pub fn raise_fd_limit() -> Option<(u64, u64)> {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit and setrlimit only read and write the struct passed to them.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return None;
+        }
+        let before = lim.rlim_cur;
+        if lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                return None;
+            }
+        }
+        Some((before, lim.rlim_cur))
+    }
+}
+
 /// Run the provider until SIGTERM/SIGINT. `cfg` is already validated.
 pub async fn run(cfg: Config) -> Result<()> {
     if let Some(image) = &cfg.tor_image_ignored {
         info!(tor_image = %image, "TOR_IMAGE is ignored: Tor runs inside the provider (arti), there is no sidecar");
     }
     std::fs::create_dir_all(&cfg.state_dir).with_context(|| format!("state dir {}", cfg.state_dir.display()))?;
+    match raise_fd_limit() {
+        Some((before, now)) if now > before => info!(before, now, "open-file limit raised to its hard limit"),
+        Some(_) => {}
+        None => warn!("could not read or raise the open-file limit"),
+    }
 
     // Local state first: journal, keys, wallet.
     let journal = Arc::new(crate::store::RedbJournal::open(&cfg.state_dir).context("open request journal")?);
@@ -469,4 +495,25 @@ pub async fn wallet_command(cfg: &Config, args: &[String]) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_open_file_limit_is_raised_to_the_hard_limit() {
+        let read = || {
+            let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+            // SAFETY: as in raise_fd_limit.
+            assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) }, 0);
+            lim
+        };
+        let hard = read().rlim_max;
+        // A lower soft limit first (as a container's 1024 would be), so the raise is seen.
+        let low = libc::rlimit { rlim_cur: hard.min(512), rlim_max: hard };
+        // SAFETY: as in raise_fd_limit.
+        assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &low) }, 0);
+        let (before, now) = super::raise_fd_limit().expect("limits readable");
+        assert_eq!((before, now), (hard.min(512), hard));
+        assert_eq!(read().rlim_cur, hard);
+    }
 }
