@@ -16,12 +16,12 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use paygress::lease::ports::OnionPort;
 use paygress::onion::{generate_key_bytes, ArtiOnion};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
 
-fn need(var: &str) -> Result<String> {
-    std::env::var(var).ok().filter(|v| !v.trim().is_empty()).ok_or_else(|| anyhow!("stack env missing: {var}"))
-}
+#[path = "support/probe.rs"]
+mod probe;
+use probe::{need, talk};
 
 fn vm_rss_kib(pid: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -44,29 +44,6 @@ async fn banner_server() -> Result<SocketAddr> {
         }
     });
     Ok(addr)
-}
-
-/// SOCKS5 CONNECT through the C tor client, then read the banner.
-async fn talk(socks: SocketAddr, host: &str, port: u16) -> Result<()> {
-    let mut s = TcpStream::connect(socks).await?;
-    s.write_all(&[5, 1, 0]).await?;
-    let mut b = [0u8; 2];
-    s.read_exact(&mut b).await?;
-    let mut req = vec![5, 1, 0, 3, u8::try_from(host.len())?];
-    req.extend_from_slice(host.as_bytes());
-    req.extend_from_slice(&port.to_be_bytes());
-    s.write_all(&req).await?;
-    let mut head = [0u8; 10];
-    s.read_exact(&mut head).await?;
-    if head[1] != 0 {
-        bail!("SOCKS reply {:#04x}", head[1]);
-    }
-    let mut banner = [0u8; 8];
-    s.read_exact(&mut banner).await?;
-    if &banner != b"SSH-2.0-" {
-        bail!("unexpected banner");
-    }
-    Ok(())
 }
 
 /// launch() then retry connecting until it works; returns (launch time, launch → reachable).
