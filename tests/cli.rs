@@ -100,6 +100,12 @@ impl Cli {
         })
     }
 
+    /// `request --amount N --mint M --json`, paid from the CLI's own wallet: the reply.
+    fn buy(&self, provider: &str, amount: &str, mint: &str) -> Result<Value> {
+        let args = ["request", "--provider", provider, "--amount", amount, "--mint", mint, "--json"];
+        self.run(&[&args[..], &["--timeout", REPLY_TIMEOUT]].concat())?.ok()?.json()
+    }
+
     fn pubkey(&self) -> Result<String> {
         let npub = self.run(&["whoami"])?.ok()?.stdout;
         run(Command::new("nak").args(["decode", &npub])).map(|s| {
@@ -403,21 +409,7 @@ fn watch_shows_the_expiry_notice_and_release_refunds_into_the_wallet() -> Result
     };
 
     // A lease of 150 s, released at once: 2 whole minutes (120 sat) come back.
-    let out = cli
-        .run(&[
-            "request",
-            "--provider",
-            &p.pubkey,
-            "--amount",
-            "150",
-            "--mint",
-            &mint,
-            "--json",
-            "--timeout",
-            REPLY_TIMEOUT,
-        ])?
-        .ok()?;
-    let long = out.json()?["access"]["lease_id"].as_str().unwrap_or_default().to_string();
+    let long = cli.buy(&p.pubkey, "150", &mint)?["access"]["lease_id"].as_str().unwrap_or_default().to_string();
     let before = balance(&cli)?;
     let released = cli.run(&["release", &long, "--json", "--timeout", REPLY_TIMEOUT])?.ok()?;
     let r = released.json()?;
@@ -426,21 +418,7 @@ fn watch_shows_the_expiry_notice_and_release_refunds_into_the_wallet() -> Result
     assert_eq!(balance(&cli)? - before, 120, "the refund is in the wallet: {}", released.stderr);
 
     // A lease of 30 s: its notice comes 20 s before the end, and `watch` prints it.
-    let out = cli
-        .run(&[
-            "request",
-            "--provider",
-            &p.pubkey,
-            "--amount",
-            "30",
-            "--mint",
-            &mint,
-            "--json",
-            "--timeout",
-            REPLY_TIMEOUT,
-        ])?
-        .ok()?;
-    let short = out.json()?["access"]["lease_id"].as_str().unwrap_or_default().to_string();
+    let short = cli.buy(&p.pubkey, "30", &mint)?["access"]["lease_id"].as_str().unwrap_or_default().to_string();
     let watched = cli.run(&["watch", "--timeout", "30", "--json"])?.ok()?;
     let notice = watched
         .stdout
@@ -465,21 +443,7 @@ fn keepalive_tops_up_until_the_budget_is_spent_across_a_restart() -> Result<()> 
     let cli = Cli::new();
     let mint = env("CASHU_MINT_URL");
     cli.run(&["wallet", "fund", "--amount", "200", "--mint", &mint])?.ok()?;
-    let out = cli
-        .run(&[
-            "request",
-            "--provider",
-            &p.pubkey,
-            "--amount",
-            "30",
-            "--mint",
-            &mint,
-            "--json",
-            "--timeout",
-            REPLY_TIMEOUT,
-        ])?
-        .ok()?;
-    let reply = out.json()?;
+    let reply = cli.buy(&p.pubkey, "30", &mint)?;
     let lease = reply["access"]["lease_id"].as_str().unwrap_or_default().to_string();
     let first_expiry = reply["access"]["expires_at"].as_u64().unwrap_or_default();
     let saved_expiry = |cli: &Cli| -> u64 {
