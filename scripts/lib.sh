@@ -10,6 +10,11 @@ PID_DIR="$STACK_DIR/pids"
 LOG_DIR="$STACK_DIR/logs"
 mkdir -p "$STACK_DIR" "$BUILD_DIR" "$PID_DIR" "$LOG_DIR"
 
+# The address every peer (relay, mints, Tor network) listens on and is named by in env.sh: loopback for the main
+# stack; the real node's instance (scripts/real-node-env) puts them on its bridge, 198.18.0.1, where the host and
+# pods both reach them.
+STACK_ADDR="${PAYGRESS_STACK_ADDR:-127.0.0.1}"
+
 # Fixed loopback ports, one table so components never collide. Each can be moved from the environment
 # (PAYGRESS_PORT_APISERVER=36443 …) to run a second stack instance beside the first (with its own PAYGRESS_STACK_DIR).
 PORT_ETCD_CLIENT="${PAYGRESS_PORT_ETCD_CLIENT:-23790}"
@@ -31,15 +36,19 @@ PORT_PROXY_METRICS="${PAYGRESS_PORT_PROXY_METRICS:-28255}"
 PORT_NODE_REGISTRY="${PAYGRESS_PORT_NODE_REGISTRY:-28256}"  # every registry's only host for the node's containerd
 # shellcheck disable=SC2034  # used by stack.d/node.sh and smoke/node.sh
 PORT_NETPOL_METRICS="${PAYGRESS_PORT_NETPOL_METRICS:-28257}"  # kube-network-policies' metrics (its readiness)
+# shellcheck disable=SC2034  # used by stack.d/node.sh
+PORT_NODE_CRATES="${PAYGRESS_PORT_NODE_CRATES:-28258}"  # crates.io mirror for image builds (on the bridge)
 
 # port_env: the PAYGRESS_PORT_* exports of this instance (for env.sh, so a second instance's env is complete).
 port_env() {
   local v
   for v in ETCD_CLIENT ETCD_PEER APISERVER RELAY MINT MINT_ALT TOR_BASE TOR_SOCKS NODE_AGENT KUBELET \
-      KUBELET_HEALTHZ SCHEDULER CONTROLLER_MANAGER PROXY_HEALTHZ PROXY_METRICS NODE_REGISTRY NETPOL_METRICS; do
+      KUBELET_HEALTHZ SCHEDULER CONTROLLER_MANAGER PROXY_HEALTHZ PROXY_METRICS NODE_REGISTRY NETPOL_METRICS \
+      NODE_CRATES; do
     local name="PORT_$v"
     echo "export PAYGRESS_PORT_$v='${!name}'"
   done
+  echo "export PAYGRESS_STACK_ADDR='$STACK_ADDR'"
 }
 
 log() { printf '[stack %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
