@@ -20,7 +20,12 @@
 #  8. NetworkPolicy is enforced (kube-network-policies): its table and queue are in place; a deny-all-ingress policy
 #     on the lease pod cuts the client pod off (by pod IP and ClusterIP) but not the node (SSH from the host); without
 #     the policy the client gets through again.
-#  9. A PVC without a class binds to a volume of the default StorageClass; a non-root pod with fsGroup writes to it
+#  9. The instance's own peers on the bridge (stack.d/{tor,cashu,nostr}.sh with STACK_ADDR 198.18.0.1): from a pod
+#     and from the host, the relay (websocket handshake), mint A (GET /v1/info), Tor authority auth0's DirPort (its
+#     descriptor names STACK_ADDR) and the Tor client's SocksPort (SOCKS5 greeting) answer at STACK_ADDR; env.sh names
+#     them there; `ss -ltnp`: the peers' processes listen on STACK_ADDR only (their ControlPorts on 127.0.0.1, by
+#     design) and nothing listens on the peers' ports elsewhere. Skipped when none of the peers runs.
+# 10. A PVC without a class binds to a volume of the default StorageClass; a non-root pod with fsGroup writes to it
 #     and the kubelet applied the fsGroup (group-owned, setgid). The namespace is deleted to the end (namespace
 #     controller).
 set -euo pipefail
@@ -237,7 +242,81 @@ for _ in $(seq 1 20); do [ "$(dial "$ip" 2222)" = open ] && break; sleep 0.5; do
 [ "$(dial "$ip" 2222)" = open ] || fail kube-network-policies "$NPLOG" "client → lease still closed after the policy went"
 took
 
-step "9. a PVC binds (default StorageClass); fsGroup applied; namespace deletion"
+step "9. the instance's own relay, mints and Tor on $STACK_ADDR: reached from a pod and the host, bound nowhere else"
+# (ss / pid sessions: `ps --sid` of each recorded peer, as start_proc runs every peer in a session of its own)
+peer_names=(nostr-relay cashu-mint-a cashu-mint-b)
+for f in "$PID_DIR"/tor-*.pid; do [ -e "$f" ] && peer_names+=("$(basename "$f" .pid)"); done
+running=(); for n in "${peer_names[@]}"; do is_running "$n" && running+=("$n"); done
+if [ "$STACK_ADDR" = 127.0.0.1 ] || [ ${#running[@]} -eq 0 ]; then
+  say "  skipped: no peers of this instance run on a bridge address (STACK_ADDR $STACK_ADDR; \`scripts/stack up tor cashu nostr\`)"
+else
+  for n in nostr-relay cashu-mint-a cashu-mint-b tor-auth0 tor-client9; do
+    is_running "$n" || fail "$n" "$LOG_DIR/$n.log" "not running (the instance's peers are partly up: ${running[*]})"
+  done
+  if ! { [ "${NOSTR_RELAYS:-}" = "ws://$STACK_ADDR:$PORT_RELAY" ] && [ "${CASHU_MINT_URL:-}" = "http://$STACK_ADDR:$PORT_MINT" ] &&
+         [ "${PAYGRESS_TOR_SOCKS:-}" = "$STACK_ADDR:$PORT_TOR_SOCKS" ] && [ "${TORSOCKS_TOR_ADDRESS:-}" = "$STACK_ADDR" ] &&
+         grep -q "orports = \[\"$STACK_ADDR:" "${PAYGRESS_TOR_NETWORK_CONFIG:-/dev/null}"; }; then
+    fail stack "$STACK_DIR/env.sh" "env does not name the peers at $STACK_ADDR: NOSTR_RELAYS=${NOSTR_RELAYS:-} CASHU_MINT_URL=${CASHU_MINT_URL:-} PAYGRESS_TOR_SOCKS=${PAYGRESS_TOR_SOCKS:-}"
+  fi
+  dir0=$(( PORT_TOR_BASE + 20 ))
+  # The probe runs on the host and, as is, in the client pod (bash, coreutils; no curl there): each answer in a section.
+  cat >"$TMP/probe.sh" <<'PROBE'
+a="$1" relay="$2" mint="$3" dir="$4" socks="$5"
+# ask PORT REQUEST [head args]: the answer (up to 8 KiB, or what head stops at) within 5 s
+ask() { timeout 5 bash -c 'exec 3<>"/dev/tcp/$0/$1" || exit 1; printf "%b" "$2" >&3; shift 2; head "$@" <&3' "$a" "$@" 2>/dev/null | tr -d '\r'; }
+echo "== relay"; ask "$relay" "GET / HTTP/1.1\r\nHost: $a:$relay\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: cGF5Z3Jlc3Mtc3RhY2stMQ==\r\n\r\n" -n 1
+echo "== mint"; ask "$mint" "GET /v1/info HTTP/1.0\r\nHost: $a:$mint\r\nConnection: close\r\n\r\n" -c 8192; echo
+echo "== dir"; ask "$dir" "GET /tor/server/authority HTTP/1.0\r\nHost: $a:$dir\r\n\r\n" -c 8192
+echo "== socks"; ask "$socks" '\x05\x01\x00' -c 2 | od -An -tx1 | tr -d ' \n'; echo
+echo "== end"
+PROBE
+  # sec NAME FILE: a section of the probe's output; has NAME FILE REGEX...: it has a line matching each REGEX.
+  sec() { awk -v s="== $1" '$0 == s {on = 1; next} /^== / {on = 0} on' "$2"; }
+  has() { local n="$1" f="$2" r; shift 2; for r in "$@"; do sec "$n" "$f" | grep -q -- "$r" || return 1; done; }
+  # answers WHERE FILE: every peer answered as itself.
+  answers() {
+    has relay "$2" '^HTTP/1.1 101' ||
+      fail nostr-relay "$LOG_DIR/nostr-relay.log" "$1: no websocket handshake at ws://$STACK_ADDR:$PORT_RELAY: $(sec relay "$2" | head -c 200)"
+    has mint "$2" '^HTTP/1.1 200' '"name":"paygress test mint mint-a"' ||
+      fail cashu-mint-a "$LOG_DIR/cashu-mint-a.log" "$1: GET http://$STACK_ADDR:$PORT_MINT/v1/info: $(sec mint "$2" | head -c 200)"
+    has dir "$2" '^HTTP/1.0 200' "^router pgauth0 $STACK_ADDR $PORT_TOR_BASE " ||
+      fail tor-auth0 "$LOG_DIR/tor-auth0.log" "$1: GET http://$STACK_ADDR:$dir0/tor/server/authority: $(sec dir "$2" | head -c 200)"
+    [ "$(sec socks "$2")" = 0500 ] ||
+      fail tor-client9 "$LOG_DIR/tor-client9.log" "$1: SocksPort $STACK_ADDR:$PORT_TOR_SOCKS: no SOCKS5 greeting ($(sec socks "$2"))"
+  }
+  bash "$TMP/probe.sh" "$STACK_ADDR" "$PORT_RELAY" "$PORT_MINT" "$dir0" "$PORT_TOR_SOCKS" >"$TMP/host.out"
+  answers "from the host" "$TMP/host.out"
+  kubectl -n "$NS" exec -i client -- bash -s -- "$STACK_ADDR" "$PORT_RELAY" "$PORT_MINT" "$dir0" "$PORT_TOR_SOCKS" \
+    <"$TMP/probe.sh" >"$TMP/pod.out" || fail kubelet "$KLOG" "kubectl exec of the peer probe in pod client failed"
+  answers "from pod client ($(kubectl -n "$NS" get pod client -o jsonpath='{.status.podIP}'))" "$TMP/pod.out"
+  # Listening sockets (TCP: every port of these peers is TCP) of the peers' process sessions, and of anything on their ports.
+  pids=" "
+  for n in "${running[@]}"; do
+    for p in $(ps -o pid= --sid "$(recorded_pid "$n")"); do pids+="$p "; done
+  done
+  bad=""; seen=""
+  while read -r _ _ _ local _ users; do
+    port="${local##*:}"; addr="${local%:*}"; pid=""
+    if [[ "$users" =~ pid=([0-9]+) ]]; then pid="${BASH_REMATCH[1]}"; fi
+    ours=0; [[ "$pids" == *" $pid "* ]] && ours=1
+    peer_port=0
+    { [ "$port" = "$PORT_RELAY" ] || [ "$port" = "$PORT_MINT" ] || [ "$port" = "$PORT_MINT_ALT" ] ||
+      [ "$port" = "$PORT_TOR_SOCKS" ] || { [ "$port" -ge "$PORT_TOR_BASE" ] && [ "$port" -lt $(( PORT_TOR_BASE + 60 )) ]; }; } && peer_port=1
+    [ $ours = 1 ] || [ $peer_port = 1 ] || continue
+    if [ "$addr" = "$STACK_ADDR" ] && [ $ours = 1 ]; then seen+=" $port"; continue; fi
+    # tor's ControlPorts (no auth) stay on loopback: only these scripts use them, pods must not reach them.
+    if [ "$addr" = 127.0.0.1 ] && [ $ours = 1 ] && [ "$port" -ge $(( PORT_TOR_BASE + 40 )) ] && [ "$port" -lt $(( PORT_TOR_BASE + 50 )) ]; then continue; fi
+    bad+=" $local($users)"
+  done < <(ss -Hltnp | tee "$LOG_DIR/smoke-node-ss.log")
+  [ -z "$bad" ] || fail stack "$LOG_DIR/smoke-node-ss.log" "listening elsewhere than $STACK_ADDR (ControlPorts on 127.0.0.1 aside):$bad"
+  for p in "$PORT_RELAY" "$PORT_MINT" "$PORT_MINT_ALT" "$PORT_TOR_SOCKS" "$PORT_TOR_BASE" "$dir0" $(( PORT_TOR_BASE + 8 )); do
+    [[ " $seen " == *" $p "* ]] || fail stack "$LOG_DIR/smoke-node-ss.log" "nothing of the peers listens on $STACK_ADDR:$p"
+  done
+  say "  $(wc -w <<<"$seen") peer sockets, all on $STACK_ADDR; reached from the host and from pod client"
+fi
+took
+
+step "10. a PVC binds (default StorageClass); fsGroup applied; namespace deletion"
 kubectl -n "$NS" apply -f - >/dev/null <<'EOF'
 apiVersion: v1
 kind: PersistentVolumeClaim

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Smoke test of the private Tor network (scripts/stack.d/tor.sh):
-#  1. the client reaches a local HTTP server through the exit (SOCKS, 127.0.0.0/8 exit policy);
+#  1. the client reaches a local HTTP server on $STACK_ADDR through the exit (SOCKS; the exit accepts 127.0.0.0/8 on
+#     the main stack, the real node's instance's only its bridge address);
 #  2. a fresh C tor onion service (own tor instance, HiddenServiceDir) in front of that HTTP server is
 #     reached by the C tor client with `torsocks curl http://<addr>.onion/`, within a timeout.
 # Prints how long the onion service took to become reachable. Cleans up its processes and files.
@@ -10,7 +11,7 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 . "$HERE/../lib.sh"
 
 TOR_DIR="$STACK_DIR/tor"
-SOCKS="${PAYGRESS_TOR_SOCKS:-127.0.0.1:$PORT_TOR_SOCKS}"
+SOCKS="${PAYGRESS_TOR_SOCKS:-$STACK_ADDR:$PORT_TOR_SOCKS}"
 export TORSOCKS_CONF_FILE="${TORSOCKS_CONF_FILE:-$TOR_DIR/torsocks.conf}"
 ONION_TIMEOUT="${SMOKE_TOR_ONION_TIMEOUT:-180}"
 WEB_PORT=$(( PORT_TOR_BASE + 61 ))   # 25061: local HTTP server behind the onion service
@@ -25,7 +26,7 @@ say() { printf '[smoke tor %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 stop_proc smoke-tor-hs; stop_proc smoke-tor-web
 
 [ -f "$TOR_DIR/torrc.network" ] || fail tor "$CLIENT_LOG" "no $TOR_DIR/torrc.network: run scripts/stack up tor"
-tcp_open "${SOCKS##*:}" || fail tor "$CLIENT_LOG" "client SocksPort $SOCKS is not open: run scripts/stack up tor"
+tcp_open "${SOCKS##*:}" "${SOCKS%:*}" || fail tor "$CLIENT_LOG" "client SocksPort $SOCKS is not open: run scripts/stack up tor"
 [ -f "$TORSOCKS_CONF_FILE" ] || fail torsocks "$CLIENT_LOG" "no torsocks config $TORSOCKS_CONF_FILE"
 
 work="$(mktemp -d "$TOR_DIR/smoke.XXXXXX")"
@@ -40,21 +41,21 @@ token="paygress-smoke-$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')"
 mkdir -p "$work/www"
 echo "$token" >"$work/www/index.html"
 : >"$WEB_LOG"
-start_proc smoke-tor-web python3 -m http.server "$WEB_PORT" --bind 127.0.0.1 --directory "$work/www"
-wait_for http-server "$WEB_LOG" 20 tcp_open "$WEB_PORT"
+start_proc smoke-tor-web python3 -m http.server "$WEB_PORT" --bind "$STACK_ADDR" --directory "$work/www"
+wait_for http-server "$WEB_LOG" 20 tcp_open "$WEB_PORT" "$STACK_ADDR"
 
-# ---- 1. exit path: client -> guard -> middle -> exit8 -> 127.0.0.1 ---------------------------------------
+# ---- 1. exit path: client -> guard -> middle -> exit8 -> $STACK_ADDR --------------------------------------
 t0=$(date +%s)
 got=""
 # Short attempts: right after bootstrap a C tor client sometimes marks the first stream's exit as
 # "doomed" and keeps it pending; a new stream a few seconds later goes straight through.
 for _ in $(seq 1 10); do
-  got="$(curl -sS --max-time 6 --socks5-hostname "$SOCKS" "http://127.0.0.1:$WEB_PORT/" 2>>"$WEB_LOG" || true)"
+  got="$(curl -sS --max-time 6 --socks5-hostname "$SOCKS" "http://$STACK_ADDR:$WEB_PORT/" 2>>"$WEB_LOG" || true)"
   [ "$got" = "$token" ] && break
   sleep 1
 done
 [ "$got" = "$token" ] ||
-  fail tor "$LOG_DIR/tor-exit8.log" "curl through the exit to 127.0.0.1:$WEB_PORT returned '${got:0:80}' (client log: $CLIENT_LOG)"
+  fail tor "$LOG_DIR/tor-exit8.log" "curl through the exit to $STACK_ADDR:$WEB_PORT returned '${got:0:80}' (client log: $CLIENT_LOG)"
 say "exit path OK ($(( $(date +%s) - t0 ))s)"
 
 # ---- 2. onion service ---------------------------------------------------------------------------------
@@ -72,7 +73,7 @@ SocksPort 0
 ControlPort 127.0.0.1:$HS_CTL_PORT
 CookieAuthentication 0
 HiddenServiceDir $work/hs
-HiddenServicePort 80 127.0.0.1:$WEB_PORT
+HiddenServicePort 80 $STACK_ADDR:$WEB_PORT
 EOF
 : >"$HS_LOG"
 t_hs=$(date +%s.%N)

@@ -1,16 +1,17 @@
 # scripts/stack.d/cashu.sh — two Nutshell mints (FakeWallet Lightning backend) and the `cashu` wallet CLI.
-# Sourced by scripts/stack (needs scripts/lib.sh). Everything binds 127.0.0.1.
+# Sourced by scripts/stack (needs scripts/lib.sh). Both mints bind $STACK_ADDR only (127.0.0.1 on the main stack,
+# the bridge address 198.18.0.1 on the real node's instance).
 #
-#   mint A  http://127.0.0.1:$PORT_MINT      the provider's whitelisted mint; input fee 0 ppk
-#   mint B  http://127.0.0.1:$PORT_MINT_ALT  a second, non-whitelisted mint; input fee 100 ppk (unhappy paths)
+#   mint A  http://$STACK_ADDR:$PORT_MINT      the provider's whitelisted mint; input fee 0 ppk
+#   mint B  http://$STACK_ADDR:$PORT_MINT_ALT  a second, non-whitelisted mint; input fee 100 ppk (unhappy paths)
 #
 # Both mints pay every invoice by themselves (FakeWallet, ~0.5 s after the quote) and have the IP rate
 # limiter off, so tests may hit them quickly. Keys are fixed, so keyset ids are stable across restarts; the mint
 # databases live under $STACK_DIR/cashu/mint-{a,b} and survive `down`/`up` (delete the dir to reset).
 #
 # `scripts/stack env` prints (cashu_env):
-#   CASHU_MINT_URL      http://127.0.0.1:$PORT_MINT      (mint A, whitelisted, fee 0)
-#   CASHU_MINT_URL_ALT  http://127.0.0.1:$PORT_MINT_ALT  (mint B, not whitelisted, fee 100 ppk)
+#   CASHU_MINT_URL      http://$STACK_ADDR:$PORT_MINT      (mint A, whitelisted, fee 0)
+#   CASHU_MINT_URL_ALT  http://$STACK_ADDR:$PORT_MINT_ALT  (mint B, not whitelisted, fee 100 ppk)
 #   CASHU_DIR           $STACK_DIR/cashu/wallet: default wallet data dir of the `cashu` CLI
 #                       (use a fresh temporary dir per test to stay independent)
 #   MINT_URL            = CASHU_MINT_URL: the mint the `cashu` CLI talks to unless given `--host`
@@ -59,7 +60,7 @@ _cashu_start_mint() {
     env -i PATH="$CASHU_VENV/bin:/usr/bin:/bin" HOME="$dir/home" LANG=C.UTF-8 \
       DEBUG=FALSE LOG_LEVEL=INFO \
       CASHU_DIR="$dir/home/.cashu" \
-      MINT_LISTEN_HOST=127.0.0.1 MINT_LISTEN_PORT="$port" \
+      MINT_LISTEN_HOST="$STACK_ADDR" MINT_LISTEN_PORT="$port" \
       MINT_PRIVATE_KEY="$key" \
       MINT_DATABASE="$dir/db" \
       MINT_BACKEND_BOLT11_SAT=FakeWallet \
@@ -76,10 +77,11 @@ _cashu_start_mint() {
 
 cashu_up() {
   is_running cashu-mint-a && is_running cashu-mint-b && return 0
-  if ! is_running cashu-mint-a && tcp_open "$PORT_MINT"; then
+  stack_addr_check cashu
+  if ! is_running cashu-mint-a && tcp_open "$PORT_MINT" "$STACK_ADDR"; then
     fail cashu "$LOG_DIR/cashu-mint-a.log" "port $PORT_MINT is taken by a process that is not ours"
   fi
-  if ! is_running cashu-mint-b && tcp_open "$PORT_MINT_ALT"; then
+  if ! is_running cashu-mint-b && tcp_open "$PORT_MINT_ALT" "$STACK_ADDR"; then
     fail cashu "$LOG_DIR/cashu-mint-b.log" "port $PORT_MINT_ALT is taken by a process that is not ours"
   fi
   mkdir -p "$CASHU_STATE/wallet"
@@ -87,14 +89,14 @@ cashu_up() {
   _cashu_start_mint mint-b "$PORT_MINT_ALT" "$CASHU_MINT_B_KEY" "$CASHU_MINT_B_FEE_PPK"
 }
 
-_cashu_info_ok() { curl -fsS --max-time 2 "http://127.0.0.1:$1/v1/info" >/dev/null 2>&1; }
+_cashu_info_ok() { curl -fsS --max-time 2 "http://$STACK_ADDR:$1/v1/info" >/dev/null 2>&1; }
 
 _cashu_wait_one() {
   local name="$1" port="$2" logf="$LOG_DIR/cashu-$1.log"
   local deadline=$(( $(date +%s) + 60 ))
   until _cashu_info_ok "$port"; do
     is_running "cashu-$name" || fail cashu "$logf" "mint $name (port $port) exited during start"
-    [ "$(date +%s)" -lt "$deadline" ] || fail cashu "$logf" "mint $name: GET http://127.0.0.1:$port/v1/info not answering after 60s"
+    [ "$(date +%s)" -lt "$deadline" ] || fail cashu "$logf" "mint $name: GET http://$STACK_ADDR:$port/v1/info not answering after 60s"
     sleep 0.5
   done
 }
@@ -115,9 +117,9 @@ cashu_status() {
 }
 
 cashu_env() {
-  echo "export CASHU_MINT_URL=http://127.0.0.1:$PORT_MINT"
-  echo "export CASHU_MINT_URL_ALT=http://127.0.0.1:$PORT_MINT_ALT"
+  echo "export CASHU_MINT_URL=http://$STACK_ADDR:$PORT_MINT"
+  echo "export CASHU_MINT_URL_ALT=http://$STACK_ADDR:$PORT_MINT_ALT"
   echo "export CASHU_DIR='$CASHU_STATE/wallet'"
-  echo "export MINT_URL=http://127.0.0.1:$PORT_MINT"
+  echo "export MINT_URL=http://$STACK_ADDR:$PORT_MINT"
   echo "export PATH='$CASHU_VENV/bin':\$PATH"
 }

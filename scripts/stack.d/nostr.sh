@@ -1,7 +1,8 @@
 # scripts/stack.d/nostr.sh — an independent Nostr relay (PyPI nostr-relay, Python) and the `nak` CLI.
-# Sourced by scripts/stack (needs scripts/lib.sh). Everything binds 127.0.0.1.
+# Sourced by scripts/stack (needs scripts/lib.sh). The relay binds $STACK_ADDR only (127.0.0.1 on the main stack,
+# the bridge address 198.18.0.1 on the real node's instance).
 #
-#   relay  ws://127.0.0.1:$PORT_RELAY   nostr-relay 1.14 (uvicorn, sqlite under $STACK_DIR/nostr)
+#   relay  ws://$STACK_ADDR:$PORT_RELAY   nostr-relay 1.14 (uvicorn, sqlite under $STACK_DIR/nostr)
 #          config generated at $STACK_DIR/nostr/config.yaml on every `up`: no auth, signatures checked,
 #          content up to 256 KiB, events up to 1 year old (NIP-59 gift wraps backdate created_at by up to
 #          2 days) and up to 1 h in the future, 256 subscriptions per connection, 10000 events per REQ.
@@ -16,7 +17,7 @@
 #          (see the comment at the top of nak-compat/main.go for the flags).
 #
 # `scripts/stack env` prints (nostr_env):
-#   NOSTR_RELAYS   ws://127.0.0.1:$PORT_RELAY  (space-separated list; one relay here)
+#   NOSTR_RELAYS   ws://$STACK_ADDR:$PORT_RELAY  (space-separated list; one relay here)
 #   PATH           nak's bin dir and the relay venv's bin (`nostr-relay`) first
 # Data persists across `down`/`up`; delete $STACK_DIR/nostr to start from an empty relay.
 
@@ -123,8 +124,8 @@ verification:
   expiration: 2592000
   update_frequency: 3600
 gunicorn:
-  bind: 127.0.0.1:$PORT_RELAY
-  host: 127.0.0.1
+  bind: $STACK_ADDR:$PORT_RELAY
+  host: $STACK_ADDR
   workers: 1
   loglevel: warning
   reload: false
@@ -143,7 +144,8 @@ EOF
 
 nostr_up() {
   is_running nostr-relay && return 0
-  if tcp_open "$PORT_RELAY"; then
+  stack_addr_check nostr
+  if tcp_open "$PORT_RELAY" "$STACK_ADDR"; then
     fail nostr "$LOG_DIR/nostr-relay.log" "port $PORT_RELAY is taken by a process that is not ours"
   fi
   _nostr_write_config
@@ -152,10 +154,10 @@ nostr_up() {
       "$NOSTR_RELAY_VENV/bin/nostr-relay" -c "$NOSTR_STATE/config.yaml" serve --use-uvicorn )
 }
 
-# _nostr_ws_ok: the relay completes a websocket handshake (HTTP 101) on 127.0.0.1:$PORT_RELAY.
+# _nostr_ws_ok: the relay completes a websocket handshake (HTTP 101) on $STACK_ADDR:$PORT_RELAY.
 _nostr_ws_ok() {
-  ( exec 3<>"/dev/tcp/127.0.0.1/$PORT_RELAY" || exit 1
-    printf 'GET / HTTP/1.1\r\nHost: 127.0.0.1:%s\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: cGF5Z3Jlc3Mtc3RhY2stMQ==\r\n\r\n' "$PORT_RELAY" >&3
+  ( exec 3<>"/dev/tcp/$STACK_ADDR/$PORT_RELAY" || exit 1
+    printf 'GET / HTTP/1.1\r\nHost: %s:%s\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: cGF5Z3Jlc3Mtc3RhY2stMQ==\r\n\r\n' "$STACK_ADDR" "$PORT_RELAY" >&3
     IFS= read -r -t 3 line <&3 || exit 1
     [[ "$line" == "HTTP/1.1 101"* ]] ) 2>/dev/null
 }
@@ -164,7 +166,7 @@ nostr_wait() {
   local logf="$LOG_DIR/nostr-relay.log" deadline=$(( $(date +%s) + 60 ))
   until _nostr_ws_ok; do
     is_running nostr-relay || fail nostr "$logf" "relay exited during start"
-    [ "$(date +%s)" -lt "$deadline" ] || fail nostr "$logf" "relay ws://127.0.0.1:$PORT_RELAY accepts no websocket after 60s"
+    [ "$(date +%s)" -lt "$deadline" ] || fail nostr "$logf" "relay ws://$STACK_ADDR:$PORT_RELAY accepts no websocket after 60s"
     sleep 0.5
   done
 }
@@ -174,6 +176,6 @@ nostr_down() { stop_proc nostr-relay; }
 nostr_status() { is_running nostr-relay && _nostr_ws_ok; }
 
 nostr_env() {
-  echo "export NOSTR_RELAYS=ws://127.0.0.1:$PORT_RELAY"
+  echo "export NOSTR_RELAYS=ws://$STACK_ADDR:$PORT_RELAY"
   echo "export PATH='$(_nak_bin_dir)':'$NOSTR_RELAY_VENV/bin':\$PATH"
 }

@@ -1,7 +1,10 @@
-# scripts/stack.d/tor.sh — a private Tor network on 127.0.0.1 (sourced by scripts/stack after scripts/lib.sh).
+# scripts/stack.d/tor.sh — a private Tor network on $STACK_ADDR (sourced by scripts/stack after scripts/lib.sh).
 #
-# 3 directory authorities, 5 relays, 1 exit (127.0.0.0/8 only) and 1 client (SocksPort $PORT_TOR_SOCKS),
-# all Debian C tor with the TestingTorNetwork options. Every server node is a directory cache and HSDir.
+# 3 directory authorities, 5 relays, 1 exit and 1 client (SocksPort $STACK_ADDR:$PORT_TOR_SOCKS), all Debian C tor
+# with the TestingTorNetwork options. Every server node is a directory cache and HSDir. The exit accepts
+# 127.0.0.0/8 only on the main stack (STACK_ADDR 127.0.0.1); on another address (the real node's bridge,
+# 198.18.0.1) it accepts that address only: pods reach the SocksPort there, and an exit into the host's loopback
+# would hand them the node's control plane (etcd, API server, registry).
 #
 # State: $STACK_DIR/tor/
 #   torrc.network           shared network options + DirAuthority lines (%include'd by every node and
@@ -10,8 +13,9 @@
 #   arti-network.toml       arti-client 0.47 config fragment for this network
 #   torsocks.conf           torsocks config pointing at the client SocksPort
 #   network.json            machine-readable node table (fingerprints, ports)
-# Ports (all 127.0.0.1, in the 25000..25099 range owned by tor): node i has ORPort 25000+i,
-# DirPort 25020+i, ControlPort 25040+i (no auth). 25060..25069 are left for scripts/smoke/tor.sh.
+# Ports (in the PORT_TOR_BASE..+99 range owned by tor, 25000.. on the main stack): node i has ORPort BASE+i and
+# DirPort BASE+20+i on $STACK_ADDR, ControlPort BASE+40+i (no auth) always on 127.0.0.1 (only these scripts use
+# it; never on the bridge, where pods could reconfigure tor). BASE+60..69 are left for scripts/smoke/tor.sh.
 #
 # Shared random: authorities get a seeded sr-state on a cold start (_tor_seed_srv), so arti onion
 # services see both SRVs in the first consensus.
@@ -84,6 +88,8 @@ _tor_keys_valid() {
     if [ "$(tor_node_role "$i")" = auth ]; then
       [ -s "$d/keys/authority_identity_key" ] && [ -s "$d/keys/authority_signing_key" ] &&
         [ -s "$d/keys/authority_certificate" ] || return 1
+      # the certificate names the authority's DirPort address (tor-gencert -a): regenerate if STACK_ADDR moved
+      grep -qx "dir-address $STACK_ADDR:$(tor_dir_port "$i")" "$d/keys/authority_certificate" || return 1
     fi
   done
 }
@@ -97,7 +103,7 @@ _tor_renew_certs() {
     exp="$(sed -n 's/^dir-key-expires //p' "$d/authority_certificate")"
     if [ "$(date -u -d "$exp" +%s)" -lt $(( $(date +%s) + 7*86400 )) ]; then
       log "tor: renewing authority signing key of $(tor_node_name "$i")"
-      echo "$TOR_PASSPHRASE" | tor-gencert -m 12 -a "127.0.0.1:$(tor_dir_port "$i")" \
+      echo "$TOR_PASSPHRASE" | tor-gencert -m 12 -a "$STACK_ADDR:$(tor_dir_port "$i")" \
         -i "$d/authority_identity_key" -s "$d/authority_signing_key" -c "$d/authority_certificate" \
         --passphrase-fd 0 >>"$LOG_DIR/tor-gen.log" 2>&1 || fail tor "$LOG_DIR/tor-gen.log" "tor-gencert failed"
     fi
@@ -115,7 +121,7 @@ _tor_generate_keys() {
     [ "$(tor_node_role "$i")" = client ] && continue
     mkdir -p "$d/keys"; chmod 700 "$d/keys"
     if [ "$(tor_node_role "$i")" = auth ]; then
-      echo "$TOR_PASSPHRASE" | tor-gencert --create-identity-key -m 12 -a "127.0.0.1:$(tor_dir_port "$i")" \
+      echo "$TOR_PASSPHRASE" | tor-gencert --create-identity-key -m 12 -a "$STACK_ADDR:$(tor_dir_port "$i")" \
         -i "$d/keys/authority_identity_key" -s "$d/keys/authority_signing_key" \
         -c "$d/keys/authority_certificate" --passphrase-fd 0 >>"$genlog" 2>&1 ||
         fail tor "$genlog" "tor-gencert failed for $name"
@@ -123,8 +129,8 @@ _tor_generate_keys() {
     # Relay identity (RSA + ed25519) keys; writes fingerprint and fingerprint-ed25519.
     echo >"$TOR_DIR/empty.torrc"
     tor --list-fingerprint -f "$TOR_DIR/empty.torrc" --DataDirectory "$d" --Nickname "pg$name" \
-      --ORPort "127.0.0.1:$(tor_or_port "$i")" --Address 127.0.0.1 --ContactInfo test@localhost \
-      --DirAuthority "x orport=1 no-v2 v3ident=0000000000000000000000000000000000000000 127.0.0.1:1 0000000000000000000000000000000000000000" \
+      --ORPort "$STACK_ADDR:$(tor_or_port "$i")" --Address "$STACK_ADDR" --ContactInfo test@localhost \
+      --DirAuthority "x orport=1 no-v2 v3ident=0000000000000000000000000000000000000000 $STACK_ADDR:1 0000000000000000000000000000000000000000" \
       >>"$genlog" 2>&1 || fail tor "$genlog" "tor --list-fingerprint failed for $name"
     rm -f "$d/lock"
   done
@@ -162,7 +168,7 @@ _tor_write_configs() {
     echo "FetchDirInfoExtraEarly 1"
     for i in "${!TOR_NODES[@]}"; do
       [ "$(tor_node_role "$i")" = auth ] || continue
-      echo "DirAuthority pg$(tor_node_name "$i") orport=$(tor_or_port "$i") no-v2 v3ident=$(_tor_v3ident "$i") 127.0.0.1:$(tor_dir_port "$i") $(_tor_rsa_fp "$i")"
+      echo "DirAuthority pg$(tor_node_name "$i") orport=$(tor_or_port "$i") no-v2 v3ident=$(_tor_v3ident "$i") $STACK_ADDR:$(tor_dir_port "$i") $(_tor_rsa_fp "$i")"
     done
   } | _tor_write "$TOR_DIR/torrc.network" && changed=1 || changed=0
   if [ "$changed" = 1 ] && tor_any_running; then
@@ -185,16 +191,16 @@ _tor_write_configs() {
       echo "CookieAuthentication 0"
       echo "ContactInfo paygress-test-$name@localhost"
       if [ "$role" = client ]; then
-        echo "SocksPort 127.0.0.1:$PORT_TOR_SOCKS"
+        echo "SocksPort $STACK_ADDR:$PORT_TOR_SOCKS"
         # Microdescriptor exit-policy summaries only count accepts of the whole internet (tor #11264),
         # so "accept 127.0.0.0/8:*" summarises to "reject 1-65535" and a microdesc client finds no
         # exit at all. Full descriptors carry the real policy.
         echo "UseMicrodescriptors 0"
       else
         echo "SocksPort 0"
-        echo "Address 127.0.0.1"
-        echo "ORPort 127.0.0.1:$(tor_or_port "$i")"
-        echo "DirPort 127.0.0.1:$(tor_dir_port "$i")"
+        echo "Address $STACK_ADDR"
+        echo "ORPort $STACK_ADDR:$(tor_or_port "$i")"
+        echo "DirPort $STACK_ADDR:$(tor_dir_port "$i")"
         echo "AssumeReachable 1"
         echo "DirCache 1"
       fi
@@ -223,7 +229,9 @@ _tor_write_configs() {
           echo "ExitRelay 1"
           echo "ExitPolicyRejectPrivate 0"
           echo "ExitPolicyRejectLocalInterfaces 0"
-          echo "ExitPolicy accept 127.0.0.0/8:*"
+          # loopback on the main stack; elsewhere the stack's address only (see the header)
+          if [[ "$STACK_ADDR" == 127.* ]]; then echo "ExitPolicy accept 127.0.0.0/8:*"
+          else echo "ExitPolicy accept $STACK_ADDR/32:*"; fi
           echo "ExitPolicy reject *:*" ;;
       esac
     } | _tor_write "$d/torrc" && changed=1 || changed=0
@@ -237,7 +245,7 @@ _tor_write_configs() {
   _tor_write_network_json | _tor_write "$TOR_DIR/network.json" || true
   _tor_write "$TOR_DIR/torsocks.conf" <<EOF || true
 # generated by scripts/stack.d/tor.sh — torsocks through the private network's client
-TorAddress 127.0.0.1
+TorAddress $STACK_ADDR
 TorPort $PORT_TOR_SOCKS
 OnionAddrRange 127.42.42.0/24
 # let programs under torsocks still reach local services directly (never through Tor)
@@ -262,8 +270,8 @@ _tor_write_arti_toml() {
   echo "[tor_network]"
   echo "fallback_caches = ["
   for i in "${caches[@]}"; do
-    printf '  { rsa_identity = "%s", ed_identity = "%s", orports = ["127.0.0.1:%s"] },\n' \
-      "$(_tor_rsa_fp "$i")" "$(_tor_ed_fp "$i")" "$(tor_or_port "$i")"
+    printf '  { rsa_identity = "%s", ed_identity = "%s", orports = ["%s:%s"] },\n' \
+      "$(_tor_rsa_fp "$i")" "$(_tor_ed_fp "$i")" "$STACK_ADDR" "$(tor_or_port "$i")"
   done
   echo "]"
   echo
@@ -272,12 +280,12 @@ _tor_write_arti_toml() {
   list=""; for i in "${auths[@]}"; do list+="\"$(_tor_v3ident "$i")\", "; done
   echo "v3idents = [${list%, }]"
   for key in uploads downloads votes; do
-    list=""; for i in "${auths[@]}"; do list+="[\"127.0.0.1:$(tor_dir_port "$i")\"], "; done
+    list=""; for i in "${auths[@]}"; do list+="[\"$STACK_ADDR:$(tor_dir_port "$i")\"], "; done
     echo "$key = [${list%, }]"
   done
   echo
   echo "[path_rules]"
-  echo "# every relay is on 127.0.0.1: disable the same-subnet family rule"
+  echo "# every relay is on $STACK_ADDR: disable the same-subnet family rule"
   echo "ipv4_subnet_family_prefix = 33"
   echo "ipv6_subnet_family_prefix = 129"
   echo
@@ -292,7 +300,7 @@ _tor_write_arti_toml() {
 
 _tor_write_network_json() {
   local i sep=""
-  echo "{\"voting_interval\": $TOR_VOTING_INTERVAL, \"socks\": \"127.0.0.1:$PORT_TOR_SOCKS\", \"nodes\": ["
+  echo "{\"voting_interval\": $TOR_VOTING_INTERVAL, \"socks\": \"$STACK_ADDR:$PORT_TOR_SOCKS\", \"nodes\": ["
   for i in "${!TOR_NODES[@]}"; do
     printf '%s  {"name": "%s", "role": "%s", "control_port": %s' "$sep" "$(tor_node_name "$i")" \
       "$(tor_node_role "$i")" "$(tor_ctl_port "$i")"
@@ -356,6 +364,7 @@ _tor_seed_srv() {
 # ---- lifecycle ----------------------------------------------------------------------------------------
 
 tor_up() {
+  stack_addr_check tor
   mkdir -p "$TOR_DIR"
   local i running=0 total=${#TOR_NODES[@]} servers_running=0
   if ! _tor_keys_valid; then
@@ -399,7 +408,7 @@ _tor_auth_consensus_ready() {
   local i n
   for i in "${!TOR_NODES[@]}"; do
     [ "$(tor_node_role "$i")" = auth ] || continue
-    n="$(curl -s --max-time 3 "http://127.0.0.1:$(tor_dir_port "$i")/tor/status-vote/current/consensus-microdesc" \
+    n="$(curl -s --max-time 3 "http://$STACK_ADDR:$(tor_dir_port "$i")/tor/status-vote/current/consensus-microdesc" \
           2>/dev/null | grep -c '^s .*HSDir' || true)"
     [ "${n:-0}" -ge "$TOR_MIN_HSDIRS" ] && return 0
   done
@@ -436,7 +445,7 @@ tor_srv_ready() {
   local i c
   for i in "${!TOR_NODES[@]}"; do
     [ "$(tor_node_role "$i")" = auth ] || continue
-    c="$(curl -s --max-time 3 "http://127.0.0.1:$(tor_dir_port "$i")/tor/status-vote/current/consensus-microdesc" 2>/dev/null)" || continue
+    c="$(curl -s --max-time 3 "http://$STACK_ADDR:$(tor_dir_port "$i")/tor/status-vote/current/consensus-microdesc" 2>/dev/null)" || continue
     grep -q '^shared-rand-current-value' <<<"$c" && grep -q '^shared-rand-previous-value' <<<"$c" && return 0
   done
   return 1
@@ -503,14 +512,14 @@ tor_down() {
 tor_status() {
   local i
   for i in "${!TOR_NODES[@]}"; do is_running "$(tor_proc "$i")" || return 1; done
-  tcp_open "$PORT_TOR_SOCKS"
+  tcp_open "$PORT_TOR_SOCKS" "$STACK_ADDR"
 }
 
 tor_env() {
   echo "export TORSOCKS_CONF_FILE='$TOR_DIR/torsocks.conf'"
-  echo "export TORSOCKS_TOR_ADDRESS=127.0.0.1"
+  echo "export TORSOCKS_TOR_ADDRESS=$STACK_ADDR"
   echo "export TORSOCKS_TOR_PORT=$PORT_TOR_SOCKS"
   echo "export PAYGRESS_TOR_NETWORK_CONFIG='$TOR_DIR/arti-network.toml'"
-  echo "export PAYGRESS_TOR_SOCKS=127.0.0.1:$PORT_TOR_SOCKS"
+  echo "export PAYGRESS_TOR_SOCKS=$STACK_ADDR:$PORT_TOR_SOCKS"
   echo "export PAYGRESS_TOR_NETWORK_TORRC='$TOR_DIR/torrc.network'"
 }
