@@ -3,9 +3,11 @@
 # 198.18.0.0/15 (RFC 2544; no masquerade, no route off the machine), kubelet, kube-scheduler,
 # kube-controller-manager and kube-proxy v1.36.3 (built from the Go module proxy like kube-apiserver), a local
 # registry (CNCF Distribution) that is every registry's only host for containerd, dockerd on the node's containerd
-# (DOCKER_HOST; `scripts/stack image load`), a default StorageClass with local volumes, and the images that cannot
-# be pulled here, made locally: the pod sandbox (pause) and a stand-in for lscr.io/linuxserver/openssh-server:latest
-# (Debian's OpenSSH, same interface); gVisor as the runtime handler `runsc` (Debian's runsc, a shim built from gVisor's
+# (DOCKER_HOST, BuildKit; `docker build` of the shipped Dockerfile, `scripts/stack image load`) whose build steps
+# sit on the bridge and fetch crates from a crates.io mirror there (node/crates-mirror.py), a default StorageClass
+# with local volumes, and the images that cannot be pulled here, made locally: the pod sandbox (pause), a stand-in
+# for lscr.io/linuxserver/openssh-server:latest (Debian's OpenSSH, same interface) and for the Dockerfile's bases
+# rust:1.95-bookworm (the host's Rust toolchain) and debian:bookworm-slim; gVisor as the runtime handler `runsc` (Debian's runsc, a shim built from gVisor's
 # Go module) behind the RuntimeClass `gvisor`; NetworkPolicy enforced by kube-network-policies (kind's enforcer, built
 # from the Go module proxy with a patch: the nft `queue` it uses is missing from this kernel). It replaces tools/stack-node and stack-kubelet: with the real node
 # (PAYGRESS_NODE=real) k8s.sh runs neither, and its API server listens on the bridge address so pods reach it.
