@@ -520,11 +520,14 @@ _node_push() {
 }
 
 # _node_import_registry ARCHIVE NAME: put an image archive into the stack's registry only, unless this very archive
-# was: imported (not unpacked) into a containerd namespace of its own, pushed, removed (its content is collected at once).
+# was and the registry has it: imported (not unpacked) into a containerd namespace of its own, pushed, removed (its content is collected at once).
 _node_import_registry() {
-  local archive="$1" name="$2" mark ns=paygress-import logf="$LOG_DIR/node-images.log"
+  local archive="$1" name="$2" mark path ns=paygress-import logf="$LOG_DIR/node-images.log"
   mark="$NODE_DIR/registry/loaded/$(basename "$archive")"
-  [ -f "$mark" ] && return 0
+  read -r _ path < <(_node_ref "$name")
+  [ -f "$mark" ] && curl -sf -m 5 -o /dev/null -H 'Accept: application/vnd.oci.image.index.v1+json' \
+    -H 'Accept: application/vnd.oci.image.manifest.v1+json' \
+    "http://127.0.0.1:$PORT_NODE_REGISTRY/v2/${path%:*}/manifests/${path##*:}" && return 0
   { ctr -a "$NODE_CTR_SOCK" -n "$ns" images import --no-unpack "$archive" &&
     ctr -a "$NODE_CTR_SOCK" -n "$ns" images push --plain-http --hosts-dir "$NODE_CTR_DIR/certs.d" "$name" &&
     ctr -a "$NODE_CTR_SOCK" -n "$ns" images rm --sync "$name" &&
