@@ -3,9 +3,11 @@
 # 198.18.0.0/15 (RFC 2544; no masquerade, no route off the machine), kubelet, kube-scheduler,
 # kube-controller-manager and kube-proxy v1.36.3 (built from the Go module proxy like kube-apiserver), a local
 # registry (CNCF Distribution) that is every registry's only host for containerd, dockerd on the node's containerd
-# (DOCKER_HOST; `scripts/stack image load`), a default StorageClass with local volumes, and the images that cannot
-# be pulled here, made locally: the pod sandbox (pause) and a stand-in for lscr.io/linuxserver/openssh-server:latest
-# (Debian's OpenSSH, same interface); gVisor as the runtime handler `runsc` (Debian's runsc, a shim built from gVisor's
+# (DOCKER_HOST, BuildKit; `docker build` of the shipped Dockerfile, `scripts/stack image load`) whose build steps
+# sit on the bridge and fetch crates from a crates.io mirror there (node/crates-mirror.py), a default StorageClass
+# with local volumes, and the images that cannot be pulled here, made locally: the pod sandbox (pause), a stand-in
+# for lscr.io/linuxserver/openssh-server:latest (Debian's OpenSSH, same interface) and for the Dockerfile's bases
+# rust:1.95-bookworm (the host's Rust toolchain) and debian:bookworm-slim; gVisor as the runtime handler `runsc` (Debian's runsc, a shim built from gVisor's
 # Go module) behind the RuntimeClass `gvisor`; NetworkPolicy enforced by kube-network-policies (kind's enforcer, built
 # from the Go module proxy with a patch: the nft `queue` it uses is missing from this kernel). It replaces tools/stack-node and stack-kubelet: with the real node
 # (PAYGRESS_NODE=real) k8s.sh runs neither, and its API server listens on the bridge address so pods reach it.
@@ -64,6 +66,22 @@ NODE_SYSCTLS=(kernel.panic kernel.panic_on_oops vm.overcommit_memory vm.panic_on
 NODE_HOST_DIRS=(/var/lib/kubelet /var/log/containers /var/log/pods /var/lib/cni /run/containerd /run/netns /etc/cni /opt/cni
   /var/run/kubernetes /etc/kubernetes /etc/docker/key.json /run/docker /var/lib/docker)
 NODE_DOCKER_DIR="$NODE_DIR/docker"
+# Stand-ins for the Docker Hub images the shipped Dockerfile builds FROM (docker.io cannot be reached here), built
+# from Debian packages like the SSH image and pushed to the stack's registry under their Docker Hub names.
+NODE_DEBIAN_IMAGE="docker.io/library/debian:bookworm-slim"
+NODE_RUST_IMAGE="docker.io/library/rust:1.95-bookworm"
+NODE_RUST_VERSION="1.95.0"
+# The host's toolchain of that version (rustup's), of which the image gets rustc, cargo and rust-std only.
+NODE_RUST_TOOLCHAIN="${PAYGRESS_NODE_RUST_TOOLCHAIN:-${RUSTUP_HOME:-$HOME/.rustup}/toolchains/$NODE_RUST_VERSION-x86_64-unknown-linux-gnu}"
+# What the official image (buildpack-deps:bookworm) carries for building crates, less the -dev libraries of
+# image, database and GUI stacks.
+NODE_RUST_PACKAGES="ca-certificates,curl,wget,gnupg,dirmngr,git,openssh-client,procps,netbase,gcc,g++,libc6-dev,make,pkg-config,libssl-dev,zlib1g-dev,libsqlite3-dev,file,xz-utils,bzip2,unzip,patch,dpkg-dev,autoconf,automake,libtool"
+# crates.io mirror for build steps (stack.d/node/crates-mirror.py), on the bridge address only; its cache is kept
+# across downs, like the other build caches.
+NODE_CRATES_CACHE="$PAYGRESS_CACHE/crates-mirror"
+NODE_CRATES_URL="http://$NODE_IP:$PORT_NODE_CRATES"
+# dockerd's containers (build steps) on the bridge, disjoint from the pods' 198.18.128.0/17.
+NODE_DOCKER_CIDR="${PAYGRESS_NODE_DOCKER_CIDR:-198.18.96.0/20}"
 NODE_PVS="${PAYGRESS_NODE_PVS:-4}"                  # local PersistentVolumes kept available for PVCs
 NODE_DOCKER_HOST="unix://$NODE_DOCKER_DIR/docker.sock"
 
@@ -108,6 +126,17 @@ _node_pause_archive() {
 }
 _node_ssh_archive() {
   echo "$NODE_IMAGES/openssh-server-$( { cat "$NODE_SRC/ssh-image/init" "$NODE_SRC/oci-pack.sh"; echo "$NODE_SSH_IMAGE $NODE_SUITE $NODE_SSH_PACKAGES"; declare -f _node_build_ssh_image; } | _node_hash).oci.tar"
+}
+
+_node_debian_archive() {
+  echo "$NODE_IMAGES/debian-bookworm-slim-$( { cat "$NODE_SRC/oci-pack.sh"; echo "$NODE_DEBIAN_IMAGE $NODE_SUITE"; declare -f _node_build_debian_image _node_slim_opts _node_apt_sources; } | _node_hash).oci.tar"
+}
+# The toolchain's identity (rustc's version and commit, the component manifests) and the mirror's URL (in the
+# image's cargo config) are part of the recipe.
+_node_rust_archive() {
+  echo "$NODE_IMAGES/rust-$NODE_RUST_VERSION-bookworm-$( { cat "$NODE_SRC/oci-pack.sh"; echo "$NODE_RUST_IMAGE $NODE_SUITE $NODE_RUST_PACKAGES $NODE_CRATES_URL"
+    "$NODE_RUST_TOOLCHAIN/bin/rustc" -vV 2>/dev/null; cat "$NODE_RUST_TOOLCHAIN"/lib/rustlib/manifest-{rustc,cargo,rust-std}-x86_64-unknown-linux-gnu 2>/dev/null
+    declare -f _node_build_rust_image _node_apt_sources; } | _node_hash).oci.tar"
 }
 
 _node_build_pause_image() {
@@ -156,6 +185,110 @@ _node_build_ssh_image() {
   rm -rf "$work"
   find "$NODE_IMAGES" -maxdepth 1 -name 'openssh-server-*.oci.tar' ! -path "$out" -delete   # older recipes
   log "node: $NODE_SSH_IMAGE built in $(( $(date +%s) - t0 ))s"
+}
+
+# dpkg excludes of the official slim images (docs, man pages, locales; mmdebstrap keeps them in the image, as the
+# official image keeps its own, for later installs).
+_node_slim_opts() {
+  local p
+  for p in 'path-exclude=/usr/share/doc/*' 'path-include=/usr/share/doc/*/copyright' 'path-exclude=/usr/share/man/*' \
+      'path-exclude=/usr/share/groff/*' 'path-exclude=/usr/share/info/*' 'path-exclude=/usr/share/lintian/*' \
+      'path-exclude=/usr/share/linda/*' 'path-exclude=/usr/share/locale/*'; do
+    printf '%s\n' "--dpkgopt=$p"
+  done
+}
+
+# apt's sources in the stand-ins: deb.debian.org, as in the official images (not this machine's mirror).
+_node_apt_sources() {
+  printf 'Types: deb\nURIs: http://deb.debian.org/debian\nSuites: %s %s-updates\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n\n' "$NODE_SUITE" "$NODE_SUITE"
+  printf 'Types: deb\nURIs: http://deb.debian.org/debian-security\nSuites: %s-security\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' "$NODE_SUITE"
+}
+
+# Stand-in for debian:bookworm-slim: mmdebstrap minbase of bookworm with slim's dpkg excludes, no apt lists.
+_node_build_debian_image() {
+  local out; out="$(_node_debian_archive)"
+  [ -s "$out" ] && return 0
+  local logf="$LOG_DIR/node-build-images.log" work mirror t0 opts
+  t0=$(date +%s)
+  mirror="$(_node_mirror)"
+  [ -n "$mirror" ] || fail node "$logf" "no Debian mirror for $NODE_SUITE in /etc/apt/sources.list.d/debian.sources"
+  log "node: building the stand-in $NODE_DEBIAN_IMAGE (mmdebstrap minbase; log $logf)"
+  mkdir -p "$NODE_IMAGES"
+  work="$(mktemp -d "$NODE_IMAGES/debian.XXXXXX")"
+  mapfile -t opts < <(_node_slim_opts)
+  _node_apt_sources > "$work/debian.sources"
+  # shellcheck disable=SC2016  # $1: the hook's argument (the rootfs), expanded by mmdebstrap's shell
+  ( nice -n 10 mmdebstrap --variant=minbase --aptopt='APT::Install-Recommends "false"' "${opts[@]}" \
+      --customize-hook='rm -rf "$1"/etc/apt/sources.list "$1"/etc/apt/sources.list.d/*' \
+      --customize-hook="copy-in $work/debian.sources /etc/apt/sources.list.d" \
+      --customize-hook='rm -rf "$1"/var/lib/apt/lists/* "$1"/var/cache/apt/*' \
+      "$NODE_SUITE" "$work/rootfs.tar" "$mirror" &&
+    "$NODE_SRC/oci-pack.sh" "$NODE_DEBIAN_IMAGE" \
+      '{"Cmd":["bash"],"Env":["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]}' \
+      "$work/rootfs.tar" "$out"
+  ) >>"$logf" 2>&1 || { rm -rf "$work"; fail node "$logf" "debian:bookworm-slim stand-in build failed"; }
+  rm -rf "$work"
+  find "$NODE_IMAGES" -maxdepth 1 -name 'debian-bookworm-slim-*.oci.tar' ! -path "$out" -delete   # older recipes
+  log "node: $NODE_DEBIAN_IMAGE built in $(( $(date +%s) - t0 ))s ($(( $(stat -c %s "$out") >> 20 )) MiB)"
+}
+
+# Stand-in for rust:1.95-bookworm: bookworm with the build tools of the official image (NODE_RUST_PACKAGES), the
+# host's Rust toolchain (rustc, cargo, rust-std, copied by their rustup manifests; no rustup) under
+# RUSTUP_HOME=/usr/local/rustup with cargo, rustc and rustdoc linked into CARGO_HOME/bin, the official image's
+# environment (RUSTUP_HOME, CARGO_HOME, PATH, RUST_VERSION), and one difference: /usr/local/cargo/config.toml
+# replaces crates-io with the stack's mirror on the bridge (the only registry a build step can reach).
+_node_build_rust_image() {
+  local out; out="$(_node_rust_archive)"
+  [ -s "$out" ] && return 0
+  local logf="$LOG_DIR/node-build-images.log" work mirror t0 tc c
+  local tcname="$NODE_RUST_VERSION-x86_64-unknown-linux-gnu"
+  t0=$(date +%s)
+  mirror="$(_node_mirror)"
+  [ -n "$mirror" ] || fail node "$logf" "no Debian mirror for $NODE_SUITE in /etc/apt/sources.list.d/debian.sources"
+  tc="$(readlink -f "$NODE_RUST_TOOLCHAIN")"
+  "$tc/bin/rustc" -V 2>/dev/null | grep -q "^rustc $NODE_RUST_VERSION " \
+    || fail node "$logf" "no Rust $NODE_RUST_VERSION toolchain at $NODE_RUST_TOOLCHAIN (rustup toolchain install $NODE_RUST_VERSION, or set PAYGRESS_NODE_RUST_TOOLCHAIN)"
+  log "node: building the stand-in $NODE_RUST_IMAGE (mmdebstrap + the host's Rust $NODE_RUST_VERSION; log $logf)"
+  mkdir -p "$NODE_IMAGES"
+  work="$(mktemp -d "$NODE_IMAGES/rust.XXXXXX")"
+  # The image's /usr/local: the toolchain's files (those rustup installed for rustc, cargo and rust-std, and their
+  # manifests), the links of CARGO_HOME/bin, cargo's config.
+  mkdir -p "$work/local/rustup/toolchains/$tcname/lib/rustlib" "$work/local/cargo/bin"
+  for c in rustc cargo rust-std; do
+    sed -n 's/^file://p' "$tc/lib/rustlib/manifest-$c-x86_64-unknown-linux-gnu"
+    echo "lib/rustlib/manifest-$c-x86_64-unknown-linux-gnu"
+  done > "$work/files"
+  printf '%s-x86_64-unknown-linux-gnu\n' rustc cargo rust-std > "$work/local/rustup/toolchains/$tcname/lib/rustlib/components"
+  for c in cargo rustc rustdoc; do ln -s "../../rustup/toolchains/$tcname/bin/$c" "$work/local/cargo/bin/$c"; done
+  {
+    echo "# The stack's stand-in for rust:$NODE_RUST_VERSION-bookworm (scripts/stack.d/node.sh): build steps reach no"
+    echo "# registry but the stack's crates.io mirror, on the node's bridge."
+    echo '[source.crates-io]'
+    echo 'replace-with = "paygress-stack-mirror"'
+    echo
+    echo '[source.paygress-stack-mirror]'
+    echo "registry = \"sparse+$NODE_CRATES_URL/index/\""
+  } > "$work/local/cargo/config.toml"
+  _node_apt_sources > "$work/debian.sources"
+  # shellcheck disable=SC2016  # $1: the hook's argument (the rootfs), expanded by mmdebstrap's shell
+  ( tar -C "$tc" -cf - -T "$work/files" | tar -C "$work/local/rustup/toolchains/$tcname" -xf - &&
+    chmod -R a+w "$work/local/rustup" "$work/local/cargo" &&
+    nice -n 10 mmdebstrap --variant=minbase --include="$NODE_RUST_PACKAGES" \
+      --aptopt='APT::Install-Recommends "false"' \
+      --dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/doc/*' \
+      --dpkgopt='path-exclude=/usr/share/locale/*' \
+      --customize-hook="sync-in $work/local /usr/local" \
+      --customize-hook='rm -rf "$1"/etc/apt/sources.list "$1"/etc/apt/sources.list.d/*' \
+      --customize-hook="copy-in $work/debian.sources /etc/apt/sources.list.d" \
+      --customize-hook='rm -rf "$1"/var/lib/apt/lists/* "$1"/var/cache/apt/*' \
+      "$NODE_SUITE" "$work/rootfs.tar" "$mirror" &&
+    "$NODE_SRC/oci-pack.sh" "$NODE_RUST_IMAGE" \
+      "{\"Cmd\":[\"bash\"],\"Env\":[\"PATH=/usr/local/cargo/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\",\"RUSTUP_HOME=/usr/local/rustup\",\"CARGO_HOME=/usr/local/cargo\",\"RUST_VERSION=$NODE_RUST_VERSION\"]}" \
+      "$work/rootfs.tar" "$out"
+  ) >>"$logf" 2>&1 || { rm -rf "$work"; fail node "$logf" "rust:$NODE_RUST_VERSION-bookworm stand-in build failed"; }
+  rm -rf "$work"
+  find "$NODE_IMAGES" -maxdepth 1 -name "rust-$NODE_RUST_VERSION-bookworm-*.oci.tar" ! -path "$out" -delete   # older recipes
+  log "node: $NODE_RUST_IMAGE built in $(( $(date +%s) - t0 ))s ($(( $(stat -c %s "$out") >> 20 )) MiB)"
 }
 
 # The local registry: CNCF Distribution's `registry`, built from the Go module proxy (no replace directives, so a
@@ -222,6 +355,8 @@ node_install() {
   _node_build_netpol
   _node_build_pause_image
   _node_build_ssh_image
+  _node_build_debian_image
+  _node_build_rust_image
 }
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -382,6 +517,33 @@ EOF
 _node_push() {
   _node_ctr images push --plain-http --hosts-dir "$NODE_CTR_DIR/certs.d" "$1" >>"$LOG_DIR/node-images.log" 2>&1 \
     || fail registry "$LOG_DIR/node-images.log" "ctr images push $1 to the stack's registry failed"
+}
+
+# _node_import_registry ARCHIVE NAME: put an image archive into the stack's registry only, unless this very archive
+# was and the registry has it: imported (not unpacked) into a containerd namespace of its own, pushed, removed (its content is collected at once).
+_node_import_registry() {
+  local archive="$1" name="$2" mark path ns=paygress-import logf="$LOG_DIR/node-images.log"
+  mark="$NODE_DIR/registry/loaded/$(basename "$archive")"
+  read -r _ path < <(_node_ref "$name")
+  [ -f "$mark" ] && curl -sf -m 5 -o /dev/null -H 'Accept: application/vnd.oci.image.index.v1+json' \
+    -H 'Accept: application/vnd.oci.image.manifest.v1+json' \
+    "http://127.0.0.1:$PORT_NODE_REGISTRY/v2/${path%:*}/manifests/${path##*:}" && return 0
+  { ctr -a "$NODE_CTR_SOCK" -n "$ns" images import --no-unpack "$archive" &&
+    ctr -a "$NODE_CTR_SOCK" -n "$ns" images push --plain-http --hosts-dir "$NODE_CTR_DIR/certs.d" "$name" &&
+    ctr -a "$NODE_CTR_SOCK" -n "$ns" images rm --sync "$name" &&
+    ctr -a "$NODE_CTR_SOCK" namespaces rm "$ns"; } >>"$logf" 2>&1 \
+    || fail registry "$logf" "import of $archive into the stack's registry failed"
+  mkdir -p "$(dirname "$mark")" && touch "$mark"
+}
+
+# _node_docker_pull IMAGE...: pull (and so tag) Docker Hub images from the stack's registry into dockerd (its
+# --registry-mirror), so `FROM` finds them locally; a no-op when the local image is the registry's.
+_node_docker_pull() {
+  local image logf="$LOG_DIR/node-images.log"
+  for image in "$@"; do
+    DOCKER_HOST="$NODE_DOCKER_HOST" docker pull -q "${image#docker.io/library/}" >>"$logf" 2>&1 \
+      || fail dockerd "$logf" "docker pull ${image#docker.io/library/} (from the stack's registry) failed"
+  done
 }
 
 # _node_import ARCHIVE NAME: import an image archive into the node's containerd and push it to the stack's registry,
@@ -652,6 +814,7 @@ EOF
 
 _node_ctr_ready() { _node_ctr version; }
 _node_docker_ready() { DOCKER_HOST="$NODE_DOCKER_HOST" docker version; }
+_node_crates_ready() { curl -sf -m 2 "$NODE_CRATES_URL/index/config.json"; }
 _node_kubelet_ready() { curl -sf -m 2 "http://127.0.0.1:$PORT_KUBELET_HEALTHZ/healthz"; }
 _node_registered_ready() {
   _node_kubectl get node "$NODE_NAME" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}' | grep -qx True
@@ -695,15 +858,33 @@ node_up() {
   _k8s_wait_proc containerd 30 _node_ctr_ready
   _node_import "$(_node_pause_archive)" "$NODE_SANDBOX_IMAGE"
   _node_import "$(_node_ssh_archive)" "$NODE_SSH_IMAGE"
+  # The Dockerfile's base images: into the registry only (not unpacked on the node).
+  _node_import_registry "$(_node_debian_archive)" "$NODE_DEBIAN_IMAGE"
+  _node_import_registry "$(_node_rust_archive)" "$NODE_RUST_IMAGE"
+
+  # The crates.io mirror for build steps, on the bridge address only (a copy of the script in the stack dir, so a
+  # change of it restarts the mirror and the command line does not depend on the checkout).
+  mkdir -p "$NODE_CRATES_CACHE"
+  _node_config crates-mirror "$NODE_DIR/crates-mirror.py" < "$NODE_SRC/crates-mirror.py"
+  _node_start crates-mirror /usr/bin/python3 "$NODE_DIR/crates-mirror.py" --listen "$NODE_IP" --port "$PORT_NODE_CRATES" \
+    --cache "$NODE_CRATES_CACHE" --host-cache "${CARGO_HOME:-$HOME/.cargo}/registry/cache/index.crates.io-*"
 
   # A Docker engine for `docker build` and `scripts/stack image load` (DOCKER_HOST in env), on the node's
-  # containerd (namespace moby). No network of its own: no docker0, no iptables rules, no ip_forward, no masquerade
-  # (build steps run with loopback only, as nothing outside is reachable anyway). It pulls from the stack's registry
-  # as 127.0.0.1:PORT_NODE_REGISTRY/NAME (loopback registries need no TLS).
-  mkdir -p "$NODE_DOCKER_DIR"
-  _node_start dockerd /usr/sbin/dockerd -H "$NODE_DOCKER_HOST" --data-root "$NODE_DOCKER_DIR/data" \
+  # containerd (namespace moby). Its containers (build steps) sit on the node's bridge, addresses from
+  # NODE_DOCKER_CIDR (disjoint from the pods'), the bridge's address as gateway and as their only DNS server (none
+  # listens there: nothing is resolved, no query leaves the machine); no iptables rules, no ip_forward, no
+  # masquerade, so like a pod they reach 198.18.0.0/16 (the crates mirror, the stack's peers) and nothing else
+  # (PAYGRESS-NODE-FWD). Docker Hub pulls (`FROM rust:…`) go to the stack's registry (--registry-mirror; loopback
+  # registries need no TLS); a proxy that refuses every connection keeps dockerd's fallback to the real Docker Hub
+  # (an image the stack's registry lacks) from leaving the machine: Go never proxies loopback, and NO_PROXY the bridge.
+  mkdir -p "$NODE_DOCKER_DIR/bin"
+  ln -sfn /usr/bin/docker "$NODE_DOCKER_DIR/bin/docker"
+  _node_start dockerd /usr/bin/env HTTP_PROXY=http://127.0.0.1:9 HTTPS_PROXY=http://127.0.0.1:9 NO_PROXY="$NODE_NET" \
+    /usr/sbin/dockerd -H "$NODE_DOCKER_HOST" --data-root "$NODE_DOCKER_DIR/data" \
     --exec-root "$NODE_DOCKER_DIR/exec" --pidfile "$NODE_DOCKER_DIR/dockerd.pid" --containerd "$NODE_CTR_SOCK" \
-    --bridge=none --iptables=false --ip6tables=false --ip-forward=false --ip-masq=false \
+    --bridge="$NODE_BRIDGE" --fixed-cidr="$NODE_DOCKER_CIDR" --dns="$NODE_IP" \
+    --iptables=false --ip6tables=false --ip-forward=false --ip-masq=false \
+    --registry-mirror="http://127.0.0.1:$PORT_NODE_REGISTRY" \
     --storage-driver=overlay2 --log-level=warn
 
   _node_pki
@@ -761,7 +942,9 @@ node_up() {
 }
 
 node_wait() {
+  _k8s_wait_proc crates-mirror 15 _node_crates_ready
   _k8s_wait_proc dockerd 30 _node_docker_ready
+  _node_docker_pull "$NODE_DEBIAN_IMAGE" "$NODE_RUST_IMAGE"
   _k8s_wait_proc kubelet 60 _node_kubelet_ready
   _k8s_wait_proc kube-scheduler 60 _node_scheduler_ready
   _k8s_wait_proc kube-controller-manager 60 _node_cm_ready
@@ -818,7 +1001,9 @@ _node_iptables_clean() {
 
 node_down() {
   local name
-  for name in kube-network-policies kube-proxy kube-controller-manager kube-scheduler kubelet dockerd; do stop_proc "$name"; done
+  for name in kube-network-policies kube-proxy kube-controller-manager kube-scheduler kubelet dockerd crates-mirror; do
+    stop_proc "$name"
+  done
   # Stopped by TERM, the enforcer leaves its table (fail closed); the table goes here.
   nft delete table inet "$NODE_NETPOL_TABLE" 2>/dev/null || true
   # Pods' containers: stop and remove every sandbox (CNI DEL included) while containerd still runs.
@@ -886,6 +1071,7 @@ node_down() {
 
 node_status() {
   is_running registry && _node_registry_ready >/dev/null 2>&1 && is_running dockerd \
+    && is_running crates-mirror && _node_crates_ready >/dev/null 2>&1 \
     && is_running containerd && _node_ctr_ready >/dev/null 2>&1 && is_running kubelet && _node_kubelet_ready >/dev/null 2>&1 \
     && is_running kube-scheduler && is_running kube-controller-manager && is_running kube-proxy \
     && _node_registered_ready >/dev/null 2>&1 && is_running kube-network-policies && _node_netpol_ready >/dev/null 2>&1
@@ -927,6 +1113,13 @@ node_image_load() {
 node_env() {
   echo "export PAYGRESS_NODE=real"
   echo "export DOCKER_HOST='$NODE_DOCKER_HOST'"
+  # BuildKit for `docker build` (cache mounts, parallel stages): the preinstalled docker 28 client
+  # (/usr/local/bin/docker) builds only through the buildx plugin, which is not installed (and could only be
+  # fetched from GitHub); Debian's 20.10 client (/usr/bin/docker, package docker.io) uses the daemon's built-in
+  # BuildKit with DOCKER_BUILDKIT=1. So a directory holding only `docker` -> /usr/bin/docker goes first on PATH.
+  echo "export PATH='$NODE_DOCKER_DIR/bin':\$PATH"
+  echo "export DOCKER_BUILDKIT=1"
+  echo "export PAYGRESS_CRATES_MIRROR='$NODE_CRATES_URL'"
   echo "export CONTAINERD_ADDRESS='$NODE_CTR_SOCK'"
   echo "export CONTAINERD_NAMESPACE=k8s.io"
 }
