@@ -46,7 +46,7 @@ cleanup() {
   local rc=$?
   local p; for p in "${PF_PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
   kubectl -n "$PNS" delete deploy paygress-sidecar --wait=true --timeout=60s >/dev/null 2>&1 || true
-  kubectl -n "$PNS" delete pvc paygress-state configmap paygress-tor-network --wait=false >/dev/null 2>&1 || true
+  kubectl -n "$PNS" delete pvc/paygress-state configmap/paygress-tor-network --wait=false >/dev/null 2>&1 || true
   kubectl -n "$LNS" delete pods,services,secrets -l app.kubernetes.io/managed-by=paygress --wait=false >/dev/null 2>&1 || true
   rm -rf "$TMP"
   exit $rc

@@ -20,7 +20,12 @@ pub fn client_config(tor_dir: &Path, network_config: Option<&Path>) -> Result<To
     let setup = |message: String| OnionError::Setup { action: "config", message };
     let mut sources = ConfigurationSources::new_empty();
     if let Some(path) = network_config {
-        sources.push_source(ConfigurationSource::from_path(path), MustRead::MustRead);
+        // Read here rather than by arti, whose permission check refuses a mounted ConfigMap (a world-writable
+        // volume root, symlinked files) and would make the provider crash-loop. The fragment holds no secret;
+        // what it may set is checked below (unrecognized keys are refused).
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| OnionError::NetworkConfig { path: path.to_path_buf(), message: e.to_string() })?;
+        sources.push_source(ConfigurationSource::from_verbatim(text), MustRead::MustRead);
     }
     let mut ours = storage_overrides(&tor_dir.join("state"), &tor_dir.join("cache")).map_err(setup)?;
     if let Some(gid) = trusted_group(tor_dir) {

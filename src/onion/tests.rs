@@ -145,6 +145,24 @@ hsdir_interval = 8
     assert!(!format!("{cfg:?}").contains("3ed02b120981f0f480403eaa379300823de0a572"));
 }
 
+/// The manifest mounts the network fragment from a ConfigMap: a world-writable volume root (drwxrwsrwx, as the
+/// kubelet makes it) holding symlinks into a timestamped directory. arti's own loader refuses that path, and the
+/// provider crash-looped on the real node with "Problem accessing configuration file(s)".
+#[test]
+fn a_fragment_mounted_from_a_configmap_is_read() {
+    use std::os::unix::fs::{symlink, PermissionsExt};
+    let dir = tempfile::tempdir().unwrap();
+    let vol = dir.path().join("tor-network");
+    let data = vol.join("..2026_11_28_13_44_44.1");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("network.toml"), "[address_filter]\nallow_local_addrs = true\n").unwrap();
+    symlink("..2026_11_28_13_44_44.1", vol.join("..data")).unwrap();
+    symlink("..data/network.toml", vol.join("network.toml")).unwrap();
+    std::fs::set_permissions(&vol, std::fs::Permissions::from_mode(0o2777)).unwrap();
+    let cfg = client_config(&dir.path().join("state/tor"), Some(&vol.join("network.toml"))).unwrap();
+    assert!(format!("{cfg:?}").contains("allow_local_addrs: true"), "fragment not merged");
+}
+
 #[tokio::test]
 async fn disabled_variant_creates_nothing() {
     let o = ArtiOnion::disabled();
