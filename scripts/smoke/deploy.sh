@@ -9,8 +9,8 @@
 #     kubectl set env (relay, mint, prices); the Deployment becomes available; port-forward + curl /healthz;
 #     the provider's pubkey from its log (a key it made on its PVC).
 #  3. A NIP-44 request (nak) → reply → `torsocks ssh` into the lease's container, which runs on the bridge.
-#  4. Tenant isolation with the provider in its pod: from inside the lease, neither the provider's pod nor the
-#     API server opens; the host reaches the provider's pod (the path exists).
+#  4. Tenant isolation with the provider in its pod: from inside a lease, neither another lease's SSH port, nor the
+#     provider's pod, nor the API server, nor the kubelet opens; from the provider's pod all of them do.
 #  5. The lease's container, killed from outside, restarts in place and the onion address lets ssh in again.
 #  6. `kubectl rollout restart`: a new provider pod, and every live lease keeps its onion address (ssh again).
 #  7. A short lease ends on time: its pod and its container go.
@@ -144,13 +144,22 @@ awk -v a="$T_REQ" -v b="$T_REPLY" -v c="$T_SSH" \
   'BEGIN {printf "[smoke deploy]   request → reply %.1fs, → first ssh over Tor %.1fs\n", b - a, c - a}' >&2
 took
 
-step "4. tenant isolation with the provider in its pod"
-# From inside the lease: the provider's pod, the API server (Service and endpoint) and the kubelet do not open (NetworkPolicy, fail closed).
-# shellcheck disable=SC2016  # expanded by the tenant's shell
+step "4. tenant isolation with the provider in its pod, each refusal with a positive control"
+B="$(buy 600)"
+B_ONION="$(jq -r .access.onion_address <<<"$B")"; B_PW="$(jq -r .access.ssh_password <<<"$B")"
+B_IP="$(kubectl -n "$LNS" get pod "$(jq -r .access.pod_name <<<"$B")" -o jsonpath='{.status.podIP}')"
+targets=("$B_IP:2222" "$PROVIDER_IP:8080" 10.96.0.1:443 "198.18.0.1:$PORT_APISERVER" "198.18.0.1:$PORT_KUBELET")
+# shellcheck disable=SC2016  # expanded by the pod's shell
 probe='for t in "$@"; do if timeout 4 bash -c "exec 3<>/dev/tcp/${t%:*}/${t#*:}" 2>/dev/null; then echo "open $t"; fi; done; echo done'
-out="$(tor_ssh "$A_ONION" "$A_PW" "bash -c '$probe' _ $PROVIDER_IP:8080 10.96.0.1:443 198.18.0.1:$PORT_APISERVER 198.18.0.1:$PORT_KUBELET")"
+# From inside lease A: another tenant's SSH port, the provider's pod, the API server (Service and endpoint) and
+# the kubelet do not open (NetworkPolicy, enforced fail closed).
+out="$(tor_ssh "$A_ONION" "$A_PW" "bash -c '$probe' _ ${targets[*]}")"
 [ "$out" = "done" ] || die "a tenant reached: $out"
-# The paths exist: the host reaches the provider's pod.
+# The same targets from the provider's pod (no egress policy) all open, but its own port (nothing dials
+# itself through a policy): the refusals above are the tenants' policies, not missing routes.
+out="$(kubectl -n "$PNS" exec "$PROVIDER_POD" -- bash -c "$probe" _ "$B_IP:2222" 10.96.0.1:443 \
+  "198.18.0.1:$PORT_APISERVER" "198.18.0.1:$PORT_KUBELET")"
+[ "$(grep -c '^open ' <<<"$out")" = 4 ] || die "the provider's pod should reach all four: $out"
 curl -fsS --max-time 5 "http://$PROVIDER_IP:8080/healthz" >/dev/null || die "the host cannot reach the provider's pod"
 took
 
@@ -163,8 +172,6 @@ wait_for 90 "ssh over Tor after the container restart" tor_ssh "$A_ONION" "$A_PW
 took
 
 step "6. kubectl rollout restart: every live lease keeps its onion address"
-B="$(buy 600)"
-B_ONION="$(jq -r .access.onion_address <<<"$B")"; B_PW="$(jq -r .access.ssh_password <<<"$B")"
 kubectl -n "$PNS" rollout restart "$DEPLOY" >/dev/null
 kubectl -n "$PNS" rollout status "$DEPLOY" --timeout=300s >/dev/null || die "rollout"
 NEW_POD="$(kubectl -n "$PNS" get pods -l app.kubernetes.io/name=paygress-sidecar -o jsonpath='{.items[0].metadata.name}')"
