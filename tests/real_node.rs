@@ -1,7 +1,8 @@
 //! Leases on a real node: the stack's second cluster (`scripts/real-node-env`: kubelet, containerd, a CNI
 //! bridge in 198.18.0.0/15, scheduler, controller-manager, kube-proxy), so every lease pod here is a real
 //! container of the stack's linuxserver/openssh-server stand-in. The provider runs as a host process with
-//! the manifest's ServiceAccount of that cluster; relay and mint are the main stack's.
+//! the manifest's ServiceAccount of that cluster; relay and mint are the main stack's. The provider as the
+//! manifest's Deployment in its pod, built from the Dockerfile, is scripts/smoke/deploy.sh.
 //!
 //! Needs `PAYGRESS_REAL_KUBECONFIG` and `PAYGRESS_REAL_CONTAINERD` (exported by scripts/test).
 
