@@ -220,6 +220,12 @@ _tor_write_configs() {
           echo "TestingV3AuthInitialVotingInterval $TOR_VOTING_INTERVAL"
           echo "TestingV3AuthInitialVoteDelay 4"
           echo "TestingV3AuthInitialDistDelay 4"
+          # Circuit-build timeouts are learned (80th percentile of recent builds). On loopback builds take
+          # ~50 ms, so clients learn ~100 ms; a load spike (a provider restoring 500 onion services) then
+          # times out nearly every build, marks every guard down and stalls all publication (arti's
+          # hspool: "Too many preemptive onion service circuits failed"). The live network's builds take
+          # seconds; this floor gives the private network a live-like timeout.
+          echo "ConsensusParams cbtmintimeout=2000"
           echo "ExitRelay 0"
           echo "ExitPolicy reject *:*" ;;
         relay)
