@@ -269,6 +269,11 @@ pub trait OnionPort: Send + Sync {
     /// Publish (or keep publishing) the lease's onion service forwarding the SSH ports to `target`.
     /// Returns the address, `<56 chars>.onion`, once the descriptor is published.
     async fn launch(&self, lease_id: &str, key: &[u8], target: SocketAddr) -> PortResult<String>;
+    /// As `launch`, for a lease that already had its service (after a restart): nobody waits on it now, so
+    /// it must never delay a new lease's publication.
+    async fn restore(&self, lease_id: &str, key: &[u8], target: SocketAddr) -> PortResult<String> {
+        self.launch(lease_id, key, target).await
+    }
     /// Publish a service that forwards nothing yet (a pool slot, named by `slot` where a lease id would
     /// be); returns its address once it is reachable.
     async fn launch_idle(&self, slot: &str, key: &[u8]) -> PortResult<String>;

@@ -14,12 +14,14 @@
 mod config;
 mod forward;
 mod keys;
+mod permits;
 mod publish;
 #[cfg(test)]
 mod tests;
 
 pub use config::client_config;
 pub use keys::{address_for_key, generate_key_bytes, keypair_from_bytes, nickname_for, onion_address, redact};
+pub use permits::Urgency;
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -41,6 +43,7 @@ use crate::lease::ports::{FailureKind, OnionPort, PortError, PortResult};
 
 use config::purge_service_state;
 use forward::{forward_streams, StreamBounds, Target};
+use permits::PublishPermits;
 
 /// Onion ports forwarded to the target: the advertised SSH port and the conventional one, so both
 /// `ssh -p 2222 x.onion` and `ssh x.onion` work (lesson 15: the old sidecar mapped port 80).
@@ -77,10 +80,15 @@ const INTRO_BURST: u32 = 200;
 /// A forwarded stream with no byte in either direction for this long is closed (SSH clients that want
 /// to idle longer send keepalives: ServerAliveInterval).
 pub const STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(15 * 60);
-/// New services being published at once. On the private test network a burst of 40 launches in one client
-/// published only 18 within 120 s (arti's pool of onion-service circuits backs off: "Too many preemptive
-/// onion service circuits failed"); 8 at a time published all 40 in 13 s (docs/onion.md).
-const MAX_CONCURRENT_PUBLISH: usize = 8;
+/// New services being published at once. Bounded so a restore of hundreds of leases cannot start hundreds
+/// of publications (each builds introduction and upload circuits) at one moment. On the private network,
+/// with a live-like circuit-build timeout floor (docs/benchmarks.md), 500 services published in 41 s with 8
+/// in flight, 42 s with 16 and 37 s with 32; on the live network a publication takes seconds, so more in
+/// flight matters there.
+const MAX_CONCURRENT_PUBLISH: usize = 16;
+/// Of those, permits that restores and pool refills never take, so a paid lease publishes at once even
+/// while hundreds of services come back after a restart (see `permits`).
+const RESERVED_FOR_NEW_LEASES: usize = 4;
 
 /// Errors of the onion adapter. Messages carry context (lease, address, path) but never key bytes.
 #[derive(Debug, thiserror::Error)]
@@ -158,7 +166,7 @@ struct Enabled {
     bootstrapper: JoinHandle<()>,
     services: Mutex<HashMap<String, Service>>,
     /// Bounds how many new services are being published at once (see [`MAX_CONCURRENT_PUBLISH`]).
-    publishing: Arc<tokio::sync::Semaphore>,
+    publishing: PublishPermits,
     /// Serialises launch/stop per lease so two callers never race on one nickname.
     lease_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     ports: Arc<[u16]>,
@@ -237,7 +245,7 @@ impl ArtiOnion {
                 boot: boot_rx,
                 bootstrapper,
                 services: Mutex::new(HashMap::new()),
-                publishing: Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_PUBLISH)),
+                publishing: PublishPermits::new(MAX_CONCURRENT_PUBLISH, RESERVED_FOR_NEW_LEASES),
                 lease_locks: Mutex::new(HashMap::new()),
                 ports: Arc::from(DEFAULT_PORTS.as_slice()),
                 bootstrap_timeout: DEFAULT_BOOTSTRAP_TIMEOUT,
@@ -273,6 +281,15 @@ impl ArtiOnion {
     pub fn with_publish_stall(mut self, stall: Duration) -> Self {
         if let Some(inner) = self.inner.as_mut() {
             inner.publish_stall = stall.max(Duration::from_millis(100));
+        }
+        self
+    }
+
+    /// How many new services publish at once, and how many of those only new leases may take (defaults 16
+    /// and 4). For benchmarks and tests; the provider uses the defaults.
+    pub fn with_publish_concurrency(mut self, total: usize, reserved_for_new_leases: usize) -> Self {
+        if let Some(inner) = self.inner.as_mut() {
+            inner.publishing = PublishPermits::new(total, reserved_for_new_leases);
         }
         self
     }
@@ -331,11 +348,15 @@ impl OnionPort for ArtiOnion {
     }
 
     async fn launch(&self, lease_id: &str, key: &[u8], target: SocketAddr) -> PortResult<String> {
-        self.launch_inner(lease_id, key, Some(target)).await.map_err(PortError::from)
+        self.launch_inner(lease_id, key, Some(target), Urgency::NewLease).await.map_err(PortError::from)
+    }
+
+    async fn restore(&self, lease_id: &str, key: &[u8], target: SocketAddr) -> PortResult<String> {
+        self.launch_inner(lease_id, key, Some(target), Urgency::Background).await.map_err(PortError::from)
     }
 
     async fn launch_idle(&self, slot: &str, key: &[u8]) -> PortResult<String> {
-        self.launch_inner(slot, key, None).await.map_err(PortError::from)
+        self.launch_inner(slot, key, None, Urgency::Background).await.map_err(PortError::from)
     }
 
     async fn adopt(&self, slot: &str, lease_id: &str, target: SocketAddr) -> PortResult<String> {

@@ -59,6 +59,7 @@ impl ArtiOnion {
         lease_id: &str,
         key: &[u8],
         target: Option<SocketAddr>,
+        urgency: Urgency,
     ) -> Result<String, OnionError> {
         let inner = self.inner.as_ref().ok_or_else(|| OnionError::Disabled { lease_id: lease_id.into() })?;
         let keypair =
@@ -91,7 +92,7 @@ impl ArtiOnion {
             }
             other => {
                 // Held until the descriptor is out (or the wait gives up); the semaphore is never closed.
-                permit = Arc::clone(&inner.publishing).acquire_owned().await.ok();
+                permit = inner.publishing.acquire(urgency).await;
                 // The publish timeout starts now: time queued behind other publications is not publishing,
                 // and a service started past its deadline was stopped at once (a burst of 500 launches
                 // published 217 in 120 s and failed the other 283 as they got their permits).

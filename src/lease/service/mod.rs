@@ -106,10 +106,10 @@ pub struct Ports {
     pub journal: Arc<dyn Journal>,
 }
 
-/// Onion services the reconciler restores at once (each launch waits for its descriptor to be published).
-/// Kept below the onion adapter's own bound on concurrent publications (8), so that after a restart with
-/// many live leases a newly paid lease does not queue behind every restore (seen: 54 s instead of 0.5 s).
-const RESTORE_CONCURRENCY: usize = 4;
+/// Onion services the reconciler restores at once. Restores publish through the onion adapter's
+/// background permits (`OnionPort::restore`), which leave some free for new leases whatever this is, so it
+/// only needs to keep those permits busy while the next keys are read from their Secrets.
+const RESTORE_CONCURRENCY: usize = 32;
 /// How often the reconciler looks for orphaned objects (each look lists Services, Secrets and pods).
 const ORPHAN_SWEEP_EVERY: Duration = Duration::from_secs(60);
 /// Top-ups remembered on a lease pod. A resumed top-up is found among them; one that was applied before

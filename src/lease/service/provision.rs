@@ -192,17 +192,18 @@ impl LeaseService {
     }
 
     /// Publish the lease's onion service from the key in its Secret. A lease without one takes a published
-    /// service from the pool when `from_pool` (a new lease) and the pool has one, else gets a fresh key.
+    /// service from the pool when it is a `new_lease` and the pool has one, else gets a fresh key. A restore
+    /// (not a `new_lease`) publishes behind new leases (`OnionPort::restore`).
     pub(super) async fn launch_onion(
         &self,
         lease_id: &str,
         endpoint: SocketAddr,
-        from_pool: bool,
+        new_lease: bool,
     ) -> Result<String, PortError> {
         let key = match self.retry(|| self.ports.cluster.load_onion_key(lease_id)).await? {
             Some(k) => k,
             None => {
-                let pooled = if from_pool { self.launch_from_pool(lease_id, endpoint).await } else { None };
+                let pooled = if new_lease { self.launch_from_pool(lease_id, endpoint).await } else { None };
                 if let Some(pooled) = pooled {
                     let address = pooled?;
                     if let Ok(mut o) = self.onions.lock() {
@@ -215,7 +216,11 @@ impl LeaseService {
                 k
             }
         };
-        let address = self.ports.onion.launch(lease_id, &key, endpoint).await?;
+        let address = if new_lease {
+            self.ports.onion.launch(lease_id, &key, endpoint).await?
+        } else {
+            self.ports.onion.restore(lease_id, &key, endpoint).await?
+        };
         if let Ok(mut o) = self.onions.lock() {
             o.insert(lease_id.to_string());
         }

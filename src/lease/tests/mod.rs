@@ -269,6 +269,8 @@ struct FakeOnion {
     adopted: Mutex<Vec<(String, String)>>,
     /// Handovers fail (the slot's service vanished).
     fail_adopt: Mutex<bool>,
+    /// Leases whose service came back through `restore` (behind new leases), in order.
+    restored: Mutex<Vec<String>>,
 }
 
 fn fake_address(key: &[u8]) -> String {
@@ -290,6 +292,10 @@ impl OnionPort for FakeOnion {
         self.running.lock().unwrap().insert(lease_id.into(), key.to_vec());
         self.published.lock().unwrap().push((lease_id.into(), fake_address(key)));
         Ok(fake_address(key))
+    }
+    async fn restore(&self, lease_id: &str, key: &[u8], t: SocketAddr) -> PortResult<String> {
+        self.restored.lock().unwrap().push(lease_id.into());
+        self.launch(lease_id, key, t).await
     }
     async fn launch_idle(&self, slot: &str, key: &[u8]) -> PortResult<String> {
         tokio::task::yield_now().await;

@@ -171,6 +171,7 @@ async fn reconcile_passes_leave_running_services_alone() {
         }
         assert!(matches!(w.svc.handle(req).await.unwrap(), Reply::Ok { .. }));
     }
+    assert!(w.onion.restored.lock().unwrap().is_empty(), "new leases publish ahead of restores");
     let loads = *w.cluster.key_loads.lock().unwrap();
     for _ in 0..5 {
         w.svc.reconcile_once().await.unwrap();
@@ -183,6 +184,7 @@ async fn reconcile_passes_leave_running_services_alone() {
     w.svc.reconcile_once().await.unwrap();
     for _ in 0..100 {
         if w.onion.running.lock().unwrap().contains_key(&lease) {
+            assert_eq!(*w.onion.restored.lock().unwrap(), [lease], "a restore must queue behind new leases");
             return;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
