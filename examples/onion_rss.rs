@@ -84,7 +84,7 @@ async fn main() -> Result<()> {
         .split(',')
         .map(|s| s.trim().parse().context("ONION_RSS_STEPS"))
         .collect::<Result<_>>()?;
-    // launch() calls in flight at once (default: the whole batch; ArtiOnion itself publishes at most 8 new
+    // launch() calls in flight at once (default: the whole batch; ArtiOnion itself publishes at most 16 new
     // services at a time, so launch() times include that queueing).
     let concurrency: usize = std::env::var("ONION_RSS_CONCURRENCY").ok().and_then(|v| v.parse().ok()).unwrap_or(64);
     let _ = tracing_subscriber::fmt()

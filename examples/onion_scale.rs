@@ -4,8 +4,12 @@
 //!   `ArtiOnion` service per lease — with N services forwarding port 2222 to TARGET. Keys are
 //!   `KEYDIR/key-<i>` (64 bytes, created if missing), so a second `serve` after `kill -9` republishes the
 //!   same addresses; the addresses go to `KEYDIR/addresses` before any launch (so a prober can start at
-//!   once). Then it idles until killed: RSS and CPU are read from outside, from /proc.
-//! - `probe ADDRFILE [BUDGET_S]`: SOCKS5 CONNECT through the stack's C tor client to every `<addr>:2222`
+//!   once). Then it idles until killed: RSS and CPU are read from outside, from /proc. The N services come
+//!   back as the provider restores leases (`OnionPort::restore`). Env: `ONION_SCALE_PUBLISH=total,reserved`
+//!   (publications in flight, and how many of them only new leases take; default 16,4),
+//!   `ONION_SCALE_NEW_LEASE_AFTER=<s>` (publish one new lease that long into the restore and write its
+//!   publication time to `KEYDIR/new-lease`).
+//! - `probe ADDRFILE [BUDGET_S]`: SOCKS5 CONNECT through a C tor client (`TORSOCKS_TOR_PORT`) to every `<addr>:2222`
 //!   listed, until each has sent an SSH banner, at most `ONION_SCALE_PROBES` (default 32) in flight;
 //!   prints `answering=A total=T all_s=<seconds until the last answered> p50_s p95_s`.
 //! - `banner PORTFILE`: a stand-in for a pod's sshd (banner line, close) on a free loopback port.
@@ -51,16 +55,41 @@ async fn serve(dir: PathBuf, n: usize, target: SocketAddr) -> Result<()> {
 
     // The Tor state dir is kept across a kill -9, like the provider's PAYGRESS_STATE_DIR volume.
     let t0 = Instant::now();
-    let onion = ArtiOnion::new(&dir.join("state"), Some(&network))?.with_ports(&[2222]);
-    // launch() calls at once: all of them, as the provider's restore would if unbounded; ArtiOnion itself
-    // publishes at most 8 new services at a time. A launch that gives up (publish timeout) is retried at
-    // once, as the provider's reconciler retries a lease's restore, so every service is eventually up.
-    let retries = futures::stream::iter(keys.iter().enumerate())
+    let mut onion = ArtiOnion::new(&dir.join("state"), Some(&network))?.with_ports(&[2222]);
+    // ONION_SCALE_PUBLISH=total,reserved: publications in flight, and how many only new leases take.
+    if let Some((total, reserved)) = std::env::var("ONION_SCALE_PUBLISH").ok().and_then(|v| {
+        let (t, r) = v.split_once(',')?;
+        Some((t.parse().ok()?, r.parse().ok()?))
+    }) {
+        onion = onion.with_publish_concurrency(total, reserved);
+    }
+    // A lease paid for while all N come back: published as the provider publishes a new lease, started
+    // ONION_SCALE_NEW_LEASE_AFTER seconds into the restore; its time goes to KEYDIR/new-lease.
+    let new_lease = async {
+        let Some(after) = std::env::var("ONION_SCALE_NEW_LEASE_AFTER").ok().and_then(|v| v.parse::<f64>().ok()) else {
+            return Ok::<_, anyhow::Error>(());
+        };
+        tokio::time::sleep(Duration::from_secs_f64(after)).await;
+        let key = generate_key_bytes()?;
+        let t = Instant::now();
+        let outcome = match onion.launch("new-lease", &key, target).await {
+            Ok(_) => format!("{:.3}", t.elapsed().as_secs_f64()),
+            Err(e) => format!("failed after {:.1}s: {}", t.elapsed().as_secs_f64(), e.message),
+        };
+        println!("arti: a new lease {after}s into the restore published in {outcome}");
+        std::fs::write(dir.join("new-lease"), outcome + "\n")?;
+        Ok(())
+    };
+    // restore() calls at once for all of them, as the provider's reconciler after a restart (which also
+    // bounds itself); ArtiOnion publishes at most 16 at a time, 4 of them kept for new leases. A restore
+    // that gives up (publish timeout) is retried at once, as the reconciler's next pass would, so every
+    // service is eventually up.
+    let restores = futures::stream::iter(keys.iter().enumerate())
         .map(|(i, k)| {
             let onion = &onion;
             async move {
                 let mut failed = 0u32;
-                while let Err(e) = onion.launch(&format!("scale-{i}"), k, target).await {
+                while let Err(e) = onion.restore(&format!("scale-{i}"), k, target).await {
                     if failed == 0 {
                         println!("arti: scale-{i} failed at {:.1}s: {}", t0.elapsed().as_secs_f64(), e.message);
                     }
@@ -70,8 +99,9 @@ async fn serve(dir: PathBuf, n: usize, target: SocketAddr) -> Result<()> {
             }
         })
         .buffer_unordered(n.max(1))
-        .collect::<Vec<_>>()
-        .await;
+        .collect::<Vec<_>>();
+    let (retries, new_lease) = tokio::join!(restores, new_lease);
+    new_lease?;
     println!(
         "arti: {n} of {n} published in {:.1}s; {} launches timed out and were retried ({} services); {} stall relaunches",
         t0.elapsed().as_secs_f64(),

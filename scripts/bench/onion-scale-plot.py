@@ -30,8 +30,8 @@ def fmt(v, unit="", digits=1):
 print()
 has_pss = "pss_kib" in rows[0] if rows else False
 print("| leases | design | RSS |" + (" PSS |" if has_pss else "") + " idle CPU (% of one core) | answering after start | start → all answer "
-      "| answering after kill -9 + restart | restart → all answer |")
-print("|---:|---|---:|" + ("---:|" if has_pss else "") + "---:|---:|---:|---:|---:|")
+      "| answering after kill -9 + restart | restart → all answer | a new lease during the restart: published |")
+print("|---:|---|---:|" + ("---:|" if has_pss else "") + "---:|---:|---:|---:|---:|---:|")
 for r in rows:
     rss = num(r["rss_kib"])
     pss = num(r.get("pss_kib"))
@@ -39,7 +39,7 @@ for r in rows:
           + (f"| {fmt(pss and pss / 1024, ' MiB')} " if has_pss else "")
           + f"| {fmt(num(r['idle_cpu_pct']), ' %', 2)} | {r['answering']}/{r['total']} "
           f"| {fmt(num(r['start_all_s']), ' s')} | {r['restart_answering']}/{r['restart_total']} "
-          f"| {fmt(num(r['restart_all_s']), ' s')} |")
+          f"| {fmt(num(r['restart_all_s']), ' s')} | {fmt(num(r.get('new_lease_s')), ' s')} |")
 
 transfer = {}
 for line in open(transfer_tsv):

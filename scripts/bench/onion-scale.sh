@@ -31,6 +31,7 @@ SETTLE="${ONION_SCALE_SETTLE:-15}"
 BUDGET="${ONION_SCALE_BUDGET:-600}"
 RUNS="${ONION_SCALE_TRANSFER_RUNS:-3}"
 MB="${ONION_SCALE_TRANSFER_MB:-100}"
+NEW_LEASE_AFTER="${ONION_SCALE_NEW_LEASE_AFTER:-5}"
 OUT="${ONION_SCALE_OUT:-$ROOT/docs}"
 HZ="$(getconf CLK_TCK)"
 
@@ -40,6 +41,7 @@ WORK="$(mktemp -d /tmp/onion-scale.XXXXXX)"
 RESULTS="$WORK/results.tsv"
 PIDS=()          # long-lived helpers (banner server, sshd)
 LIVE=()          # the design under test: arti process or N tor processes
+CLIENT=""        # the probing C tor client of the current phase
 
 stop_live() { # SIGNAL
   local p
@@ -49,6 +51,7 @@ stop_live() { # SIGNAL
 }
 cleanup() {
   local p
+  client_stop
   stop_live KILL
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
@@ -79,6 +82,22 @@ probe() { # ADDRFILE T0 [BUDGET]
   sed -E 's/answering=([0-9]+) total=([0-9]+) all_s=([^ ]+).*/\1 \2 \3/' <<<"$line"
 }
 
+# Every probe phase goes through its own fresh C tor client: a client that has probed hundreds of services
+# not yet published keeps thousands of descriptor-fetch circuits and saturates a core (the stack's shared
+# client did, in an earlier run), which would bill one design for the other's leftovers.
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+client_start() { # TAG → TORSOCKS_TOR_PORT of a bootstrapped client
+  local d="$WORK/client-$1" port
+  port="$(free_port)"
+  mkdir -p -m 700 "$d"
+  printf '%s\n' "%include $PAYGRESS_TOR_NETWORK_TORRC" "DataDirectory $d" "SocksPort 127.0.0.1:$port" \
+    "UseMicrodescriptors 0" "RunAsDaemon 0" "Log notice file $d/tor.log" >"$d/torrc"
+  tor -f "$d/torrc" >/dev/null 2>&1 & CLIENT=$!
+  for _ in $(seq 1200); do grep -q 'Bootstrapped 100%' "$d/tor.log" 2>/dev/null && break; sleep 0.1; done
+  export TORSOCKS_TOR_PORT="$port"
+}
+client_stop() { if [ -n "$CLIENT" ]; then kill "$CLIENT" 2>/dev/null || true; wait "$CLIENT" 2>/dev/null || true; CLIENT=""; fi; }
+
 # The "pods": one banner server shared by every service of both designs.
 "$BIN" banner "$WORK/banner-port" & PIDS+=($!)
 for _ in $(seq 100); do [ -s "$WORK/banner-port" ] && break; sleep 0.1; done
@@ -90,18 +109,24 @@ arti_start() { # DIR N TARGET
   RUST_LOG="${RUST_LOG:-warn,tor_netdir=error}" "$BIN" serve "$1" "$2" "$3" >>"$1.log" 2>&1 & LIVE=($!)
 }
 arti_step() {
-  local n=$1 d="$WORK/arti-$n" t0 first restart rss pss cpu
+  local n=$1 d="$WORK/arti-$n" t0 first restart rss pss cpu newl
   log "arti: $n services"
+  client_start "arti-$n"
   t0="$(now)"; arti_start "$d" "$n" "$TARGET"
   first="$(probe "$d/addresses" "$t0")"
+  client_stop
   sleep "$SETTLE"
   rss="$(rss_kib "${LIVE[@]}")"; pss="$(pss_kib "${LIVE[@]}")"; cpu="$(idle_cpu_pct "${LIVE[@]}")"
-  log "arti: kill -9 and restart with the same $n keys"
+  log "arti: kill -9 and restart with the same $n keys; a new lease is published $NEW_LEASE_AFTER s into it"
   stop_live KILL
-  t0="$(now)"; arti_start "$d" "$n" "$TARGET"
+  client_start "arti-$n-restart"
+  t0="$(now)"; ONION_SCALE_NEW_LEASE_AFTER="$NEW_LEASE_AFTER" arti_start "$d" "$n" "$TARGET"
   restart="$(probe "$d/addresses" "$t0")"
+  client_stop
+  for _ in $(seq 1800); do [ -s "$d/new-lease" ] && break; sleep 0.1; done   # when the restore was quicker
+  newl="$(awk '{print $1}' "$d/new-lease" 2>/dev/null || true)"
   stop_live TERM
-  printf 'arti\t%s\t%s\t%s\t%s\t%s\t%s\n' "$n" "$rss" "$pss" "$cpu" "${first// /$'\t'}" "${restart// /$'\t'}" >>"$RESULTS"
+  printf 'arti\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$n" "$rss" "$pss" "$cpu" "${first// /$'\t'}" "${restart// /$'\t'}" "${newl:--}" >>"$RESULTS"
   rm -rf "$d"
 }
 
@@ -134,27 +159,31 @@ ctor_step() {
   avail="$(awk '/^MemAvailable:/ {print int($2/1024)}' /proc/meminfo)"
   if [ "$avail" -lt $(( n * 20 + 2048 )) ]; then
     log "C tor: skipping $n processes, only $avail MiB available"
-    printf 'ctor\t%s\t-\t-\t-\t-\t%s\t-\t-\t%s\t-\n' "$n" "$n" "$n" >>"$RESULTS"; return
+    printf 'ctor\t%s\t-\t-\t-\t-\t%s\t-\t-\t%s\t-\t-\n' "$n" "$n" "$n" >>"$RESULTS"; return
   fi
   log "C tor: $n processes"
   mkdir -p "$b"
+  client_start "ctor-$n"
   t0="$(now)"
   for (( i=0; i<n; i++ )); do ctor_start_one "$b/lease-$i" "$TARGET"; done
   ctor_addresses "$b" "$n"
   first="$(probe "$b/addresses" "$t0")"
+  client_stop
   sleep "$SETTLE"
   rss="$(rss_kib "${LIVE[@]}")"; pss="$(pss_kib "${LIVE[@]}")"; cpu="$(idle_cpu_pct "${LIVE[@]}")"
   log "C tor: kill -9 all $n and restart them on the same HiddenServiceDirs"
   stop_live KILL
+  client_start "ctor-$n-restart"
   t0="$(now)"
   for (( i=0; i<n; i++ )); do ctor_start_one "$b/lease-$i" "$TARGET"; done
   restart="$(probe "$b/addresses" "$t0")"
+  client_stop
   stop_live TERM
-  printf 'ctor\t%s\t%s\t%s\t%s\t%s\t%s\n' "$n" "$rss" "$pss" "$cpu" "${first// /$'\t'}" "${restart// /$'\t'}" >>"$RESULTS"
+  printf 'ctor\t%s\t%s\t%s\t%s\t%s\t%s\t-\n' "$n" "$rss" "$pss" "$cpu" "${first// /$'\t'}" "${restart// /$'\t'}" >>"$RESULTS"
   rm -rf "$b"
 }
 
-printf 'design\tleases\trss_kib\tpss_kib\tidle_cpu_pct\tanswering\ttotal\tstart_all_s\trestart_answering\trestart_total\trestart_all_s\n' >"$RESULTS"
+printf 'design\tleases\trss_kib\tpss_kib\tidle_cpu_pct\tanswering\ttotal\tstart_all_s\trestart_answering\trestart_total\trestart_all_s\tnew_lease_s\n' >"$RESULTS"
 for n in "${STEPS[@]}"; do
   arti_step "$n"
   ctor_step "$n"
@@ -166,7 +195,7 @@ if [ "$RUNS" -gt 0 ]; then
   s="$WORK/sshd"; mkdir -p -m 700 "$s"
   ssh-keygen -q -t ed25519 -N '' -f "$s/host" && ssh-keygen -q -t ed25519 -N '' -f "$s/client"
   cp "$s/client.pub" "$s/authorized_keys"
-  SSHD_PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
+  SSHD_PORT="$(free_port)"
   cat >"$s/config" <<EOF
 ListenAddress 127.0.0.1
 HostKey $s/host
@@ -199,6 +228,7 @@ EOF
   arti_start "$WORK/tp-arti" 1 "127.0.0.1:$SSHD_PORT"; PIDS+=("${LIVE[@]}"); LIVE=()
   ctor_start_one "$WORK/tp-ctor/lease-0" "127.0.0.1:$SSHD_PORT"; PIDS+=("${LIVE[@]}"); LIVE=()
   ctor_addresses "$WORK/tp-ctor" 1
+  client_start transfer
   probe "$WORK/tp-arti/addresses" "$(now)" 180 >/dev/null; probe "$WORK/tp-ctor/addresses" "$(now)" 180 >/dev/null
   transfer() { # WRAPPER HOST PORT → seconds, or "fail"
     local t0 t1
@@ -213,6 +243,7 @@ EOF
     transfer torsocks "$(cat "$WORK/tp-arti/addresses")" 2222 | sed 's/^/arti\t/' >>"$TP"
     transfer torsocks "$(cat "$WORK/tp-ctor/addresses")" 2222 | sed 's/^/ctor\t/' >>"$TP"
   done
+  client_stop
 fi
 
 # ---- report ----------------------------------------------------------------------------------------------
