@@ -5,7 +5,9 @@
 //! --nocapture` with the stack env). `BENCH_LEASES=1,10,20` sets the batch sizes; `BENCH_TOR=1` runs the
 //! provider with onion services (without a pool the reply then waits for each descriptor to be published);
 //! `BENCH_POOLS=0,50` runs one provider per onion pool size, side by side, each batch sent only once its
-//! pool is full again (warm). `BENCH_KEEP_LOGS=<dir>` keeps each provider's log there.
+//! pool is full again (warm). `BENCH_KEEP_LOGS=<dir>` keeps each provider's log there. Leases stay live
+//! until the provider's run ends, so later batches meet the earlier ones: `BENCH_LEASES=9,50,40,50,350,50`
+//! sends a burst of 50 at 9, 99 and 499 live leases ("live" column: the provider's own count).
 //!
 //! Requests are NIP-44, each from its own key, sent and awaited over one nostr-sdk connection to the stack's
 //! relay, so the times have millisecond resolution (no CLI polling in the loop).
@@ -48,14 +50,18 @@ async fn lease_request_to_reply() -> Result<()> {
         .collect::<Result<_>>()?;
     println!("provider: Tor {}; batches {sizes:?}; 10 sat per lease", if tor { "on" } else { "off" });
     println!(
-        "{:>5} {:>6} {:>9} {:>9} {:>9} {:>9} {:>11} {:>11} {:>9}",
-        "pool", "leases", "p50", "p95", "max", "wall", "leases/min", "relaunches", "warm-up"
+        "{:>5} {:>5} {:>6} {:>9} {:>9} {:>9} {:>9} {:>11} {:>11} {:>9}",
+        "pool", "live", "leases", "p50", "p95", "max", "wall", "leases/min", "relaunches", "warm-up"
     );
     for pool in pools {
         let pool = if tor { pool } else { 0 };
         let provider = Provider::start(ProviderOptions {
             enable_tor: tor,
-            extra_env: vec![("PAYGRESS_ONION_POOL".into(), pool.to_string())],
+            extra_env: vec![
+                ("PAYGRESS_ONION_POOL".into(), pool.to_string()),
+                // 10 sat buys 10 hours: no lease ends during a run, so the live count only grows.
+                ("PAYMENT_RATE_SATS_PER_HOUR".into(), "1".into()),
+            ],
             ..Default::default()
         })?;
         provider.wait_ready(Duration::from_secs(180))?;
@@ -107,6 +113,7 @@ async fn bench_provider(provider: &Provider, sizes: &[usize], pool: usize) -> Re
             .since(Timestamp::now() - Duration::from_secs(5));
         let sub = client.subscribe(filter, None).await?;
         let warm = wait_pool(provider, pool)?;
+        let live = provider.metric("paygress_live_leases").unwrap_or(0.0) as u64;
 
         let mut sent_at: HashMap<EventId, (Instant, Keys)> = HashMap::new();
         let start = Instant::now();
@@ -141,7 +148,7 @@ async fn bench_provider(provider: &Provider, sizes: &[usize], pool: usize) -> Re
         tokio::time::sleep(Duration::from_secs(3)).await;
         let relaunched = relaunches(provider)?;
         println!(
-            "{pool:>5} {n:>6} {:>8.2}s {:>8.2}s {:>8.2}s {:>8.2}s {:>11.1} {:>11} {:>8.0}s",
+            "{pool:>5} {live:>5} {n:>6} {:>8.2}s {:>8.2}s {:>8.2}s {:>8.2}s {:>11.1} {:>11} {:>8.0}s",
             percentile(&took, 0.5).as_secs_f64(),
             percentile(&took, 0.95).as_secs_f64(),
             took[took.len() - 1].as_secs_f64(),

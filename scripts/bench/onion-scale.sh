@@ -15,7 +15,9 @@
 #
 # Env: ONION_SCALE_STEPS (1,10,100,500), ONION_SCALE_IDLE (30 s), ONION_SCALE_SETTLE (15 s before reading
 # memory/CPU), ONION_SCALE_BUDGET (600 s per "until every address answers"), ONION_SCALE_TRANSFER_RUNS (3;
-# 0 skips), ONION_SCALE_TRANSFER_MB (100), ONION_SCALE_OUT (docs; where the TSV and SVGs go).
+# 0 skips), ONION_SCALE_TRANSFER_MB (100), ONION_SCALE_OUT (docs; where the TSV and SVGs go),
+# ONION_SCALE_PROFILE (dev, or release as the image builds it), ONION_SCALE_NEW_LEASE_AFTER (5 s: a new lease
+# published that long into arti's restore, timed).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT="$PWD"
@@ -35,8 +37,13 @@ NEW_LEASE_AFTER="${ONION_SCALE_NEW_LEASE_AFTER:-5}"
 OUT="${ONION_SCALE_OUT:-$ROOT/docs}"
 HZ="$(getconf CLK_TCK)"
 
-cargo build -q --example onion_scale
-BIN="$CARGO_TARGET_DIR/debug/examples/onion_scale"
+# dev: this repo's dev profile (dependencies at opt-level 1); release: as the shipped image is built.
+PROFILE="${ONION_SCALE_PROFILE:-dev}"
+if [ "$PROFILE" = release ]; then
+  cargo build -q --release --example onion_scale; BIN="$CARGO_TARGET_DIR/release/examples/onion_scale"
+else
+  cargo build -q --example onion_scale; BIN="$CARGO_TARGET_DIR/debug/examples/onion_scale"
+fi
 WORK="$(mktemp -d /tmp/onion-scale.XXXXXX)"
 RESULTS="$WORK/results.tsv"
 PIDS=()          # long-lived helpers (banner server, sshd)
@@ -251,5 +258,5 @@ mkdir -p "$OUT"
 cp "$RESULTS" "$OUT/bench-onion-scale.tsv"
 cp "$TP" "$OUT/bench-onion-transfer.tsv"
 echo
-echo "onion services at scale, $(date -u +%F), $(nproc) cores, arti (dev profile, deps opt-level 1) vs $(tor --version | head -1 | sed 's/^Tor version //; s/\.$//')"
+echo "onion services at scale, $(date -u +%F), $(nproc) cores, arti ($([ "$PROFILE" = release ] && echo release build || echo 'dev profile, deps opt-level 1')) vs $(tor --version | head -1 | sed 's/^Tor version //; s/\.$//')"
 python3 scripts/bench/onion-scale-plot.py "$OUT/bench-onion-scale.tsv" "$OUT/bench-onion-transfer.tsv" "$MB" "$OUT"

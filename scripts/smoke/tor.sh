@@ -28,6 +28,10 @@ stop_proc smoke-tor-hs; stop_proc smoke-tor-web
 [ -f "$TOR_DIR/torrc.network" ] || fail tor "$CLIENT_LOG" "no $TOR_DIR/torrc.network: run scripts/stack up tor"
 tcp_open "${SOCKS##*:}" "${SOCKS%:*}" || fail tor "$CLIENT_LOG" "client SocksPort $SOCKS is not open: run scripts/stack up tor"
 [ -f "$TORSOCKS_CONF_FILE" ] || fail torsocks "$CLIENT_LOG" "no torsocks config $TORSOCKS_CONF_FILE"
+# Circuit-build timeouts have a live-like floor: learned on loopback they are ~100 ms, and a load spike (500
+# onion services publishing) then times out every build and marks every guard down (tor.sh).
+grep -qs '^params .*cbtmintimeout=2000' "$TOR_DIR"/nodes/*/data/cached-consensus ||
+  fail tor "$CLIENT_LOG" "the consensus sets no circuit-build timeout floor (cbtmintimeout)"
 
 work="$(mktemp -d "$TOR_DIR/smoke.XXXXXX")"
 cleanup() {
