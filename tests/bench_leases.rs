@@ -6,8 +6,9 @@
 //! provider with onion services (without a pool the reply then waits for each descriptor to be published);
 //! `BENCH_POOLS=0,50` runs one provider per onion pool size, side by side, each batch sent only once its
 //! pool is full again (warm). `BENCH_KEEP_LOGS=<dir>` keeps each provider's log there. Leases stay live
-//! until the provider's run ends, so later batches meet the earlier ones: `BENCH_LEASES=9,50,40,50,350,50`
-//! sends a burst of 50 at 9, 99 and 499 live leases ("live" column: the provider's own count).
+//! until the provider's run ends, so later batches meet the earlier ones: `BENCH_LEASES=9,50,40,50` sends a
+//! burst of 50 at 9 and 99 live leases ("live" column: the provider's own count). The stack's simulated node
+//! has addresses for 253 pods, so a run stays below that.
 //!
 //! Requests are NIP-44, each from its own key, sent and awaited over one nostr-sdk connection to the stack's
 //! relay, so the times have millisecond resolution (no CLI polling in the loop).
