@@ -14,6 +14,8 @@ use crate::lease::ports::{FailureKind, PortError, PortResult};
 
 const SAGAS: TableDefinition<&str, &str> = TableDefinition::new("sagas");
 const TOKENS: TableDefinition<&str, &str> = TableDefinition::new("tokens");
+/// Lease id → "<unix secs> <holder>": who ends the lease (see `Journal::claim_end`).
+const ENDS: TableDefinition<&str, &str> = TableDefinition::new("lease_ends");
 
 pub const JOURNAL_FILE: &str = "journal.redb";
 
@@ -38,6 +40,15 @@ impl From<StoreError> for PortError {
     fn from(e: StoreError) -> PortError {
         PortError { kind: e.kind(), message: e.to_string() }
     }
+}
+
+/// The holder in an end claim's value ("<secs> <holder>").
+fn end_holder(value: &str) -> &str {
+    value.split_once(' ').map_or(value, |(_, h)| h)
+}
+
+fn end_time(value: &str) -> u64 {
+    value.split_once(' ').and_then(|(t, _)| t.parse().ok()).unwrap_or(0)
 }
 
 fn db_err(action: &'static str) -> impl Fn(redb::Error) -> StoreError {
@@ -72,6 +83,7 @@ impl RedbJournal {
         {
             tx.open_table(SAGAS).map_err(|e| open_err(e.to_string()))?;
             tx.open_table(TOKENS).map_err(|e| open_err(e.to_string()))?;
+            tx.open_table(ENDS).map_err(|e| open_err(e.to_string()))?;
         }
         tx.commit().map_err(|e| open_err(e.to_string()))?;
         Ok(RedbJournal { db, path })
@@ -152,6 +164,65 @@ impl RedbJournal {
         Ok(holder.filter(|h| h != request_id))
     }
 
+    fn claim_lease_end(&self, lease_id: &str, holder: &str, now: u64) -> Result<Option<String>, StoreError> {
+        let tx = self.db.begin_write().map_err(de("begin write"))?;
+        let existing = {
+            let mut t = tx.open_table(ENDS).map_err(de("open lease ends"))?;
+            let existing = t.get(lease_id).map_err(de("read lease end"))?.map(|v| end_holder(v.value()).to_string());
+            if existing.is_none() {
+                t.insert(lease_id, format!("{now} {holder}").as_str()).map_err(de("write lease end"))?;
+            }
+            existing
+        };
+        match &existing {
+            None => tx.commit().map_err(de("commit lease end"))?,
+            Some(_) => tx.abort().map_err(de("abort"))?,
+        }
+        Ok(existing.filter(|h| h != holder))
+    }
+
+    fn release_lease_end(&self, lease_id: &str, holder: &str) -> Result<(), StoreError> {
+        let tx = self.db.begin_write().map_err(de("begin write"))?;
+        {
+            let mut t = tx.open_table(ENDS).map_err(de("open lease ends"))?;
+            let current = t.get(lease_id).map_err(de("read lease end"))?.map(|v| end_holder(v.value()).to_string());
+            if current.as_deref() == Some(holder) {
+                t.remove(lease_id).map_err(de("release lease end"))?;
+            }
+        }
+        tx.commit().map_err(de("commit lease end"))
+    }
+
+    /// Remove end claims made before `before`, at most `max`: the lease ended long ago.
+    fn prune_ends(&self, before: u64, max: usize) -> Result<usize, StoreError> {
+        let mut old = Vec::new();
+        {
+            let tx = self.db.begin_read().map_err(de("begin read"))?;
+            let t = tx.open_table(ENDS).map_err(de("open lease ends"))?;
+            for entry in t.iter().map_err(de("scan lease ends"))? {
+                if old.len() >= max {
+                    break;
+                }
+                let (k, v) = entry.map_err(de("scan lease ends"))?;
+                if end_time(v.value()) < before {
+                    old.push(k.value().to_string());
+                }
+            }
+        }
+        if old.is_empty() {
+            return Ok(0);
+        }
+        let tx = self.db.begin_write().map_err(de("begin write"))?;
+        {
+            let mut t = tx.open_table(ENDS).map_err(de("open lease ends"))?;
+            for id in &old {
+                t.remove(id.as_str()).map_err(de("delete lease end"))?;
+            }
+        }
+        tx.commit().map_err(de("commit prune"))?;
+        Ok(old.len())
+    }
+
     fn prune_finished(&self, delete_before: u64, redact_before: u64, max: usize) -> Result<Pruned, StoreError> {
         // Decide under a read transaction, then apply in one write (a record that changed meanwhile is
         // re-read and re-checked there, so a resumed saga is never pruned).
@@ -169,9 +240,9 @@ impl RedbJournal {
                 if r.step != Step::Done {
                     continue;
                 }
-                if r.received_at < delete_before {
+                if r.received_at < delete_before || (r.received_at < redact_before && r.moved_no_money()) {
                     delete.push(k.value().to_string());
-                } else if r.received_at < redact_before && r.has_secrets() {
+                } else if r.received_at < redact_before && r.has_secrets() && !r.keeps_secrets_for_owner() {
                     redact.push(k.value().to_string());
                 }
             }
@@ -190,7 +261,7 @@ impl RedbJournal {
                 if r.step != Step::Done {
                     continue;
                 }
-                if r.received_at < delete_before {
+                if r.received_at < delete_before || (r.received_at < redact_before && r.moved_no_money()) {
                     sagas.remove(id.as_str()).map_err(de("delete saga"))?;
                     if let Some(d) = &r.token_digest {
                         let holder = tokens.get(d.as_str()).map_err(de("read token"))?.map(|v| v.value().to_string());
@@ -249,8 +320,18 @@ impl Journal for RedbJournal {
         Ok(self.release(digest, request_id)?)
     }
 
+    fn claim_end(&self, lease_id: &str, holder: &str, now: u64) -> PortResult<Option<String>> {
+        Ok(self.claim_lease_end(lease_id, holder, now)?)
+    }
+
+    fn release_end(&self, lease_id: &str, holder: &str) -> PortResult<()> {
+        Ok(self.release_lease_end(lease_id, holder)?)
+    }
+
     fn prune(&self, delete_before: u64, redact_before: u64, max: usize) -> PortResult<Pruned> {
-        Ok(self.prune_finished(delete_before, redact_before, max)?)
+        let mut pruned = self.prune_finished(delete_before, redact_before, max)?;
+        pruned.deleted += self.prune_ends(delete_before, max.saturating_sub(pruned.deleted + pruned.redacted))?;
+        Ok(pruned)
     }
 }
 
@@ -323,14 +404,38 @@ mod tests {
         j.put(&at("old-open", Step::Redeeming, 100)).expect("put");
         j.put(&at("mid-done", Step::Done, 500)).expect("put");
         j.put(&at("new-done", Step::Done, 900)).expect("put");
+        // Refusals found before any redeem: kept only as long as replays need them.
+        let refused = |id: &str, t: u64| SagaRecord { amount: None, token_digest: None, ..at(id, Step::Done, t) };
+        j.put(&refused("mid-refused", 500)).expect("put");
+        j.put(&refused("new-refused", 900)).expect("put");
         let p = j.prune(200, 600, 100).expect("prune");
-        assert_eq!(p, Pruned { deleted: 1, redacted: 1 });
+        assert_eq!(p, Pruned { deleted: 2, redacted: 1 });
+        assert!(j.get("mid-refused").expect("get").is_none());
+        assert!(j.get("new-refused").expect("get").is_some());
         assert!(j.get("old-done").expect("get").is_none());
         assert_eq!(j.claim_token("d1", "someone").expect("claim"), None, "its claim went with it");
         assert!(j.get("old-open").expect("get").is_some(), "unfinished sagas are never pruned");
         let mid = j.get("mid-done").expect("get").expect("some");
         assert!(!mid.has_secrets() && mid.ssh_password.is_none() && mid.ask.token().is_empty());
         assert!(j.get("new-done").expect("get").expect("some").has_secrets());
+    }
+
+    #[test]
+    fn a_lease_ends_for_one_holder_and_old_end_claims_are_pruned() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let j = RedbJournal::open(dir.path()).expect("open");
+        assert_eq!(j.claim_end("l1", "rel-1", 100).expect("claim"), None);
+        assert_eq!(j.claim_end("l1", "rel-1", 150).expect("again"), None, "the holder may claim again");
+        assert_eq!(j.claim_end("l1", "rel-2", 150).expect("claim"), Some("rel-1".into()));
+        assert_eq!(j.claim_end("l1", "expiry", 150).expect("claim"), Some("rel-1".into()));
+        j.release_end("l1", "rel-2").expect("not the holder's: kept");
+        assert_eq!(j.claim_end("l1", "rel-2", 150).expect("claim"), Some("rel-1".into()));
+        assert_eq!(j.claim_end("l2", "expiry", 300).expect("claim"), None);
+        assert_eq!(j.prune(200, 0, 100).expect("prune").deleted, 1);
+        assert_eq!(j.claim_end("l1", "rel-3", 400).expect("after prune"), None);
+        assert_eq!(j.claim_end("l2", "rel-3", 400).expect("kept"), Some("expiry".into()));
+        j.release_end("l2", "expiry").expect("release");
+        assert_eq!(j.claim_end("l2", "rel-3", 400).expect("released"), None);
     }
 
     #[test]

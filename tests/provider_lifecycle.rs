@@ -378,6 +378,41 @@ fn the_owner_releases_a_lease_early_and_gets_its_unused_minutes_back() -> Result
     Ok(())
 }
 
+/// Four releases of one lease sent at once (as a tenant racing itself would): the lease ends once and one
+/// refund comes back; the other three are told it has already ended.
+#[test]
+fn four_simultaneous_releases_refund_once() -> Result<()> {
+    let p = provider();
+    let w = wallet(700);
+    let user = User::new()?;
+    let token = w.send(600)?;
+    let id = user.publish_nip44(1000, &request_json(&token, "release4"), &p.pubkey)?;
+    let reply = user.await_reply(&id, &p.pubkey, REPLY_TIMEOUT)?;
+    assert_eq!(reply["status"], "ok", "{reply}");
+    let lease_id = reply["access"]["lease_id"].as_str().unwrap_or_default().to_string();
+    let body = serde_json::json!({ "lease": lease_id }).to_string();
+    let ids: Vec<String> = std::thread::scope(|s| {
+        let sends: Vec<_> = (0..4).map(|_| s.spawn(|| user.publish_nip44(1004, &body, &p.pubkey))).collect();
+        sends.into_iter().map(|h| h.join().expect("thread")).collect::<Result<Vec<_>>>()
+    })?;
+    let before = w.balance()?;
+    let mut released = 0;
+    for rid in &ids {
+        let r = user.await_reply(rid, &p.pubkey, REPLY_TIMEOUT)?;
+        match r["status"].as_str() {
+            Some("released") => {
+                released += 1;
+                w.receive(r["refund_token"].as_str().unwrap_or_default())?;
+            }
+            _ => assert_error(&r, &["lease_expired", "lease_not_found"]),
+        }
+    }
+    let back = w.balance()? - before;
+    assert_eq!(released, 1, "one release ends the lease");
+    assert!((480..=600).contains(&back), "refunded once: {back} sat");
+    Ok(())
+}
+
 /// Shortly before a lease ends its owner gets one encrypted notice (kind 1001, tagged with the request that
 /// bought it): time left, the price of an hour, the exact top-up command.
 #[test]

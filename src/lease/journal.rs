@@ -139,6 +139,23 @@ impl SagaRecord {
 }
 
 impl SagaRecord {
+    /// Whether the saga moved no money and owes nothing more: a refusal, found before any redeem. Such
+    /// records only de-duplicate replays, which the acceptance window bounds, so they are kept briefly
+    /// (a flood of refused requests must not fill the volume). Notices are kept: they make each once.
+    pub fn moved_no_money(&self) -> bool {
+        self.step == Step::Done
+            && self.amount.is_none()
+            && self.token_digest.is_none()
+            && !matches!(self.ask, Ask::Notice { .. })
+    }
+
+    /// An HTTP lease's early end: its refund token has no reply to travel in, so it stays in the record
+    /// for the owner's next status request until the record is deleted, rather than the hour other
+    /// in-band secrets are kept.
+    pub fn keeps_secrets_for_owner(&self) -> bool {
+        self.route.via == super::ports::ReplyVia::InBand && matches!(self.ask, Ask::End { .. })
+    }
+
     /// Whether the record still holds something a reader of the volume could use: an SSH password, a
     /// refund token, an onion address, or a token not yet redeemed.
     pub fn has_secrets(&self) -> bool {
@@ -189,6 +206,9 @@ fn redact_reply(reply: &mut Reply) {
     }
 }
 
+/// The holder of an end claimed by the reconciler at expiry (no refund is owed then).
+pub const EXPIRY_HOLDER: &str = "expiry";
+
 /// What one pruning pass did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Pruned {
@@ -212,7 +232,16 @@ pub trait Journal: Send + Sync {
     /// Undo `claim_token` when the saga ended without taking the money (the mint proved the token unspent),
     /// so the same token can pay again. Only the holder's claim is released.
     fn release_token(&self, digest: &str, request_id: &str) -> PortResult<()>;
+    /// Claim the end of a lease for `holder` (a saga's request id, or [`EXPIRY_HOLDER`]): a lease ends once
+    /// and refunds once, whatever asks at the same time (the owner's releases, the provider's early end,
+    /// expiry). Returns the holder when another holds it; the same holder claiming again is not a conflict.
+    /// `now` (unix seconds) dates the claim for pruning.
+    fn claim_end(&self, lease_id: &str, holder: &str, now: u64) -> PortResult<Option<String>>;
+    /// Undo `claim_end` when its holder found the lease alive after all (a top-up moved it on): only the
+    /// holder's claim is released.
+    fn release_end(&self, lease_id: &str, holder: &str) -> PortResult<()>;
     /// Delete finished records first seen before `delete_before` (unix seconds) with their token claims,
-    /// and clear the secrets of finished records first seen before `redact_before`; at most `max` changes.
+    /// and end claims made before then; delete finished records that moved no money first seen before
+    /// `redact_before`; clear the secrets of finished records first seen before `redact_before`; at most `max` changes.
     fn prune(&self, delete_before: u64, redact_before: u64, max: usize) -> PortResult<Pruned>;
 }

@@ -88,6 +88,25 @@ impl LeaseService {
     /// Step Ending: delete the lease under the version the refund was computed from, then refund.
     pub(super) async fn step_ending(&self, rec: &mut SagaRecord) -> Flow {
         let lease_id = rec.lease_id.clone().unwrap_or_default();
+        // One end per lease: of the releases, the early end and expiry that race, the first to claim it
+        // deletes and refunds; the others owe nothing (without this each refunded: lessons row 32).
+        match self.ports.journal.claim_end(&lease_id, &rec.request_id, now_secs()) {
+            Ok(None) => {}
+            Ok(Some(holder)) => {
+                info!(lease_id, holder = %holder, "lease already ended by another request; no refund");
+                rec.amount = None;
+                rec.failure = None;
+                if matches!(rec.ask, Ask::Release(_)) {
+                    return self.refuse(rec, ErrorCode::LeaseExpired, "the lease has already ended");
+                }
+                rec.step = Step::Done;
+                return Flow::Next;
+            }
+            Err(e) => {
+                warn!(lease_id, error = %e, "cannot claim the lease's end; parked");
+                return Flow::Park;
+            }
+        }
         self.stop_onion(&lease_id).await;
         match self.retry(|| self.ports.cluster.delete_lease(&lease_id, rec.pod_version.as_deref())).await {
             Ok(()) => {
@@ -100,8 +119,13 @@ impl LeaseService {
                     rec.step = Step::Refunding;
                     Flow::Next
                 }
-                // A top-up since the decision: decide again from the pod as it is now.
+                // A top-up since the decision: decide again from the pod as it is now (and claim again:
+                // the lease may live on).
                 Ok(Some(l)) if l.version != rec.pod_version => {
+                    if let Err(e) = self.ports.journal.release_end(&lease_id, &rec.request_id) {
+                        warn!(lease_id, error = %e, "cannot release the lease's end claim; parked");
+                        return Flow::Park;
+                    }
                     rec.step = Step::Received;
                     Flow::Next
                 }

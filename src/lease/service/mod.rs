@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::lease::admission::{self, Admission};
-use crate::lease::journal::{Ask, Journal, SagaRecord, Step};
+use crate::lease::journal::{Ask, Journal, SagaRecord, Step, EXPIRY_HOLDER};
 use crate::lease::ports::{
     AppliedTopUp, ClusterLease, ClusterPort, ExpiryUpdate, FailureKind, OnionPort, PaymentPort, PodPlan, PortError,
     ReplyPort, ReplyRoute, ReplyVia, SshProbePort,

@@ -76,11 +76,25 @@ impl LeaseService {
             }
             if expired || lease.terminating {
                 if !lease.terminating {
+                    // A release or early end that claimed the lease first deletes it (and refunds what
+                    // it decided); expiry must not end it a second time under it.
+                    match self.ports.journal.claim_end(&lease.lease_id, EXPIRY_HOLDER, now) {
+                        Ok(None) => {}
+                        Ok(Some(_)) => continue,
+                        Err(e) => {
+                            warn!(lease_id = %lease.lease_id, error = %e, "cannot claim the expired lease's end");
+                            continue;
+                        }
+                    }
                     info!(lease_id = %lease.lease_id, "lease ended; deleting its objects");
                 }
                 self.stop_onion(&lease.lease_id).await;
                 if let Err(e) = self.ports.cluster.delete_lease(&lease.lease_id, lease.version.as_deref()).await {
                     warn!(lease_id = %lease.lease_id, error = %e, "could not delete expired lease");
+                    // Perhaps moved on by a top-up that read it before it expired: the next pass decides anew.
+                    if !lease.terminating {
+                        let _ = self.ports.journal.release_end(&lease.lease_id, EXPIRY_HOLDER);
+                    }
                 }
                 continue;
             }

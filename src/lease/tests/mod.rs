@@ -3,6 +3,7 @@
 mod attacks;
 mod end;
 mod pool;
+mod races;
 mod requests;
 mod resume;
 mod topup;
@@ -55,6 +56,14 @@ impl PaymentPort for FakePayment {
         }
         let amount = parts[3].parse().map_err(|_| PortError::rejected(ErrorCode::InvalidToken, "amount"))?;
         Ok(TokenInfo { mint_url: mint, unit: "sat".into(), amount, p2pk_locked: false, digest: token.into() })
+    }
+    async fn vet(&self, token: &str) -> PortResult<()> {
+        // Tokens whose nonce says so are forged: the mint's keys would not verify them.
+        self.inspect(token)?;
+        if token.ends_with(":forged") {
+            return Err(PortError::rejected(ErrorCode::InvalidToken, "a proof's DLEQ proof does not verify"));
+        }
+        Ok(())
     }
     async fn redeem(&self, token: &str) -> PortResult<u64> {
         *self.redeems.lock().unwrap() += 1;
@@ -178,6 +187,9 @@ impl ClusterPort for FakeCluster {
         Ok(())
     }
     async fn delete_lease(&self, lease_id: &str, if_version: Option<&str>) -> PortResult<()> {
+        // A real API call: concurrent sagas interleave here (and a missing pod is no error, as listing
+        // by label finds nothing to delete).
+        tokio::task::yield_now().await;
         let version = self.versions.lock().unwrap().get(lease_id).copied().unwrap_or(0).to_string();
         if if_version.is_some_and(|v| v != version) {
             return Err(PortError::transient("409 Conflict: precondition failed"));
@@ -201,6 +213,7 @@ impl ClusterPort for FakeCluster {
         Ok(*self.room.lock().unwrap())
     }
     async fn get_lease(&self, lease_id: &str) -> PortResult<Option<ClusterLease>> {
+        tokio::task::yield_now().await;
         Ok(self.list_now().into_iter().find(|l| l.lease_id == lease_id))
     }
     async fn list_leases(&self) -> PortResult<Vec<ClusterLease>> {
@@ -354,6 +367,7 @@ impl ReplyPort for FakeReplies {
 struct MemJournal {
     records: Mutex<BTreeMap<String, SagaRecord>>,
     tokens: Mutex<HashMap<String, String>>,
+    ends: Mutex<HashMap<String, String>>,
 }
 impl Journal for MemJournal {
     fn insert_new(&self, r: &SagaRecord) -> PortResult<bool> {
@@ -383,6 +397,18 @@ impl Journal for MemJournal {
                 Ok(None)
             }
         }
+    }
+    fn claim_end(&self, lease_id: &str, holder: &str, _now: u64) -> PortResult<Option<String>> {
+        let mut e = self.ends.lock().unwrap();
+        let h = e.entry(lease_id.into()).or_insert_with(|| holder.into());
+        Ok(Some(h.clone()).filter(|h| h != holder))
+    }
+    fn release_end(&self, lease_id: &str, holder: &str) -> PortResult<()> {
+        let mut e = self.ends.lock().unwrap();
+        if e.get(lease_id).is_some_and(|h| h == holder) {
+            e.remove(lease_id);
+        }
+        Ok(())
     }
     fn prune(&self, _delete_before: u64, _redact_before: u64, _max: usize) -> PortResult<super::journal::Pruned> {
         Ok(Default::default())
