@@ -190,8 +190,9 @@ pub async fn run(cfg: Config) -> Result<()> {
     };
     info!(admin = admin.is_some(), api = api.is_some(), addr = %cfg.http_addr, "http listener");
     let http = tokio::net::TcpListener::bind(cfg.http_addr).await.with_context(|| format!("bind {}", cfg.http_addr))?;
-    let router =
-        crate::http::router(HealthState { readiness: readiness.clone(), metrics: metrics.clone() }, api, admin);
+    let health = HealthState { readiness: readiness.clone(), metrics: metrics.clone() };
+    let probes = crate::http::probe_router(health.clone());
+    let router = crate::http::router(health, api, admin);
     // Graceful shutdown is triggered only in http mode: there the listener is the front end to close. In
     // nostr mode it keeps answering probes (readyz says draining) until the process exits.
     let (stop_http, mut stop_rx) = tokio::sync::watch::channel(false);
@@ -199,7 +200,7 @@ pub async fn run(cfg: Config) -> Result<()> {
         let stopped = async move {
             let _ = stop_rx.wait_for(|stop| *stop).await;
         };
-        if let Err(e) = crate::http::serve(http, router, stopped).await {
+        if let Err(e) = crate::http::serve(http, router, probes, stopped).await {
             warn!(error = %e, "http listener stopped");
         }
     });
@@ -257,8 +258,10 @@ async fn dispatch(
     free: Arc<Semaphore>,
 ) {
     while let Some(incoming) = rx.recv().await {
-        // Release moves money too (a refund): it takes a paid request's worker.
-        let paid = matches!(incoming, Incoming::Create { .. } | Incoming::TopUp { .. } | Incoming::Release { .. });
+        // Release moves money too (a refund): it takes a paid request's worker, unless offline checks
+        // already refuse it (like a create whose token is garbage).
+        let paid = matches!(incoming, Incoming::Create { .. } | Incoming::TopUp { .. } | Incoming::Release { .. })
+            && !service.refused_offline(&incoming);
         let permit = if paid {
             let Ok(p) = workers.clone().acquire_owned().await else { break };
             p

@@ -293,3 +293,52 @@ async fn a_refund_is_minted_once_per_request() {
     assert_eq!(err.kind(), FailureKind::Permanent, "{err}");
     assert_eq!(p.balance().await.expect("balance"), 65);
 }
+
+/// The token with its first proof changed by `forge` (a v4 token, as `cashu send` makes them).
+fn forged(token: &str, forge: impl FnOnce(&mut cdk::nuts::nut00::ProofV4)) -> String {
+    let mut t = cdk::nuts::Token::from_str(token).expect("token");
+    let cdk::nuts::Token::TokenV4(v4) = &mut t else { panic!("not a v4 token") };
+    forge(&mut v4.token[0].proofs[0]);
+    t.to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn forged_proofs_are_refused_before_the_swap() {
+    let a = mint_a();
+    let cli = CliWallet::new(&a);
+    cli.fund(300);
+    // Nutshell includes NUT-12 DLEQ proofs when asked.
+    let token = cli.send(100, &["--dleq"]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = provider(dir.path(), std::slice::from_ref(&a));
+    PaymentPort::vet(&p, &token).await.expect("a real token passes, with the mint's keys");
+
+    // A signature the mint never made: its DLEQ proof does not verify against the mint's key.
+    let other_point = cdk::nuts::SecretKey::from_slice(&[5u8; 32]).expect("key").public_key();
+    let bad_sig = forged(&token, |proof| proof.c = other_point);
+    let e = PaymentPort::vet(&p, &bad_sig).await.expect_err("forged signature");
+    assert_eq!(e.kind, rejected(ErrorCode::InvalidToken), "{e}");
+    assert!(e.message.contains("DLEQ"), "{}", e.message);
+    // An amount no keyset signs (3 is not a power of two).
+    let bad_amount = forged(&token, |proof| proof.amount = cdk::Amount::from(3));
+    let e = PaymentPort::vet(&p, &bad_amount).await.expect_err("forged amount");
+    assert_eq!(e.kind, rejected(ErrorCode::InvalidToken), "{e}");
+    // Neither was sent to the mint: the real token is still unspent and redeems in full.
+    assert_eq!(p.token_state(&token).await.expect("state"), TokenState::Unspent);
+    assert_eq!(p.redeem(&token).await.expect("redeem"), 100);
+}
+
+/// A whitelisted mint that is down (nothing listens on its port) must not keep a redeem at another mint
+/// from being settled: `received_amount` recovers only at the token's own mint.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_mint_that_is_down_does_not_hold_up_settling_another_mints_token() {
+    let a = mint_a();
+    let cli = CliWallet::new(&a);
+    cli.fund(200);
+    let token = cli.send(100, &[]);
+    let down = "http://127.0.0.1:9".to_string();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = provider(dir.path(), &[down, a.clone()]);
+    assert_eq!(p.redeem(&token).await.expect("redeem"), 100);
+    assert_eq!(p.received_amount(&token).await.expect("settled without the other mint"), Some(100));
+}

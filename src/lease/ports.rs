@@ -72,6 +72,9 @@ pub trait PaymentPort: Send + Sync {
     /// Parse and check a token offline: encoding, mint whitelist (normalised, exact), unit `sat`, and that a
     /// P2PK lock, if any, is to the provider's key. No network call.
     fn inspect(&self, token: &str) -> PortResult<TokenInfo>;
+    /// Check a token's proofs against its mint's public keys (keyset, amounts, NUT-12 DLEQ where carried),
+    /// so forged proofs are refused before anything about them is stored. May fetch the mint's keys once.
+    async fn vet(&self, token: &str) -> PortResult<()>;
     /// Swap the token at its mint (NUT-03) into the provider's wallet. Returns sats received after input fees.
     /// `Rejected(TokenSpent)` when the mint says it is spent.
     async fn redeem(&self, token: &str) -> PortResult<u64>;

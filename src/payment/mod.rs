@@ -30,7 +30,7 @@ use async_trait::async_trait;
 use cdk::cdk_database::WalletDatabase;
 use cdk::mint_url::MintUrl;
 use cdk::nuts::{CheckStateRequest, CurrencyUnit, PublicKey, SecretKey, State, Token};
-use cdk::wallet::types::{OperationData, TransactionDirection, TransactionStatus};
+use cdk::wallet::types::{KeysetLoadPolicy, OperationData, TransactionDirection, TransactionStatus};
 use cdk::wallet::{ReceiveOptions, SendOptions, Wallet, WalletBuilder};
 use cdk::Amount;
 use cdk_redb::WalletRedbDatabase;
@@ -204,18 +204,24 @@ impl CashuPayment {
     /// ended Transient and `token_state` says Spent, so the swapped ecash lands in the balance.
     pub async fn recover(&self) -> Result<(), PaymentError> {
         for mint in &self.mints {
-            let wallet = self.open_wallet(mint).await?;
-            let lock = self.lock(mint).await;
-            let _guard = lock.lock().await;
-            tokio::time::timeout(MINT_TIMEOUT, wallet.recover_incomplete_sagas())
-                .await
-                .map_err(|_| PaymentError::MintUnavailable {
-                    mint: mint.clone(),
-                    action: "recover",
-                    reason: "timed out".into(),
-                })?
-                .map_err(|e| PaymentError::from_cdk(mint, "recover", e))?;
+            self.recover_at(mint).await?;
         }
+        Ok(())
+    }
+
+    /// `recover` at one mint: settling a token of this mint must not wait on (or fail with) another.
+    pub async fn recover_at(&self, mint: &str) -> Result<(), PaymentError> {
+        let wallet = self.open_wallet(mint).await?;
+        let lock = self.lock(mint).await;
+        let _guard = lock.lock().await;
+        tokio::time::timeout(MINT_TIMEOUT, wallet.recover_incomplete_sagas())
+            .await
+            .map_err(|_| PaymentError::MintUnavailable {
+                mint: mint.to_string(),
+                action: "recover",
+                reason: "timed out".into(),
+            })?
+            .map_err(|e| PaymentError::from_cdk(mint, "recover", e))?;
         Ok(())
     }
 
@@ -225,6 +231,23 @@ impl CashuPayment {
 
     fn check(&self, raw: &str) -> Result<token::Checked, PaymentError> {
         token::check(raw, &self.mints, &self.unit, &self.p2pk_pubkey)
+    }
+
+    /// Vet a token's proofs against its mint's keys (cached by cdk; fetched when unknown or stale) before
+    /// anything about it is stored: see `token::vet_proofs`.
+    pub async fn vet(&self, raw: &str) -> Result<(), PaymentError> {
+        let checked = self.check(raw)?;
+        let mint = checked.info.mint_url.clone();
+        let wallet = self.wallet(&mint).await?;
+        let keysets = tokio::time::timeout(MINT_TIMEOUT, wallet.keysets(KeysetLoadPolicy::CacheThenNetwork))
+            .await
+            .map_err(|_| PaymentError::MintUnavailable {
+                mint: mint.clone(),
+                action: "keysets",
+                reason: "timed out".into(),
+            })?
+            .map_err(|e| PaymentError::from_cdk(&mint, "keysets", e))?;
+        token::vet_proofs(&checked.token, &keysets)
     }
 
     /// Redeem with the full error type (the port maps it to `PortError`).
@@ -506,6 +529,10 @@ impl PaymentPort for CashuPayment {
         Ok(self.check(token)?.info)
     }
 
+    async fn vet(&self, token: &str) -> PortResult<()> {
+        Ok(CashuPayment::vet(self, token).await?)
+    }
+
     async fn redeem(&self, token: &str) -> PortResult<u64> {
         Ok(self.receive(token).await?)
     }
@@ -518,7 +545,9 @@ impl PaymentPort for CashuPayment {
         // The port promises an answer after interrupted swaps are recovered. Recovery otherwise runs only when
         // a wallet is first opened, so a redeem that timed out in this process (swap done at the mint, proofs
         // not yet stored) would read as "spent by someone else" and the requester would get nothing.
-        self.recover().await?;
+        // Only the token's mint: one mint down must not leave unclear redeems at the others parked.
+        let (_, mint) = token::check_mint(token, &self.mints).map_err(crate::lease::ports::PortError::from)?;
+        self.recover_at(&mint).await?;
         Ok(CashuPayment::received_amount(self, token).await?)
     }
 

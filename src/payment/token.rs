@@ -3,7 +3,7 @@
 
 use std::str::FromStr;
 
-use cdk::nuts::{CurrencyUnit, Kind, PublicKey, SpendingConditions, Token};
+use cdk::nuts::{CurrencyUnit, KeySet, KeySetInfo, Kind, PublicKey, SpendingConditions, Token};
 use sha2::{Digest, Sha256};
 
 use super::error::PaymentError;
@@ -108,6 +108,42 @@ fn check_locks(token: &Token, our_key: &PublicKey) -> Result<bool, PaymentError>
         locked = true;
     }
     Ok(locked)
+}
+
+/// Proofs one token may carry: an honest wallet needs about log2(amount) (a day of a lease is under 20);
+/// each costs a hash-to-curve and a DLEQ check here and an input at the mint.
+pub(crate) const MAX_PROOFS: usize = 64;
+
+/// What can be told of forged proofs with the mint's public keys alone, before anything is stored: every
+/// proof names a keyset of this mint (in our unit), has an amount that keyset signs (a power of two), and,
+/// where it carries a NUT-12 DLEQ proof, that proof verifies against the mint's key for the amount.
+pub(crate) fn vet_proofs(token: &Token, keysets: &[KeySet]) -> Result<(), PaymentError> {
+    let forged = |reason: &str| PaymentError::InvalidToken { reason: reason.to_string() };
+    let infos: Vec<KeySetInfo> = keysets
+        .iter()
+        .map(|k| KeySetInfo {
+            id: k.id,
+            unit: k.unit.clone(),
+            active: k.active.unwrap_or(false),
+            input_fee_ppk: k.input_fee_ppk,
+            final_expiry: k.final_expiry,
+        })
+        .collect();
+    let proofs = token.proofs(&infos).map_err(|_| forged("a proof names no keyset of this mint"))?;
+    if proofs.len() > MAX_PROOFS {
+        return Err(forged(&format!("more than {MAX_PROOFS} proofs")));
+    }
+    for proof in &proofs {
+        let keyset = keysets.iter().find(|k| k.id == proof.keyset_id).ok_or_else(|| forged("unknown keyset"))?;
+        if !u64::from(proof.amount).is_power_of_two() {
+            return Err(forged("a proof's amount is not a power of two"));
+        }
+        let key = keyset.keys.amount_key(proof.amount).ok_or_else(|| forged("a proof's amount has no mint key"))?;
+        if proof.dleq.is_some() && proof.verify_dleq(key).is_err() {
+            return Err(forged("a proof's DLEQ proof does not verify: not signed by this mint"));
+        }
+    }
+    Ok(())
 }
 
 /// sha256 over the proof secrets, sorted, each length-prefixed: the same proofs give the same digest in v3

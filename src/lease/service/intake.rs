@@ -37,6 +37,9 @@ impl LeaseService {
         if let Err((code, message)) = self.precheck(&ask) {
             return self.answer_unjournaled(&route, Reply::error(&route.request_id, code, message), started).await;
         }
+        if let Err((code, message)) = self.check_before_journal(&route, &ask).await {
+            return self.answer_unjournaled(&route, Reply::error(&route.request_id, code, message), started).await;
+        }
         if self.admission.enter(&route.requester).is_none() {
             let reply = Reply::error(
                 &route.request_id,
@@ -51,6 +54,19 @@ impl LeaseService {
         let out = self.start(new_record(route.clone(), ask)).await;
         self.admission.leave(&route.requester);
         out
+    }
+
+    /// Whether a request the front end would hand to a paid worker is refused by offline checks alone
+    /// (token encoding, whitelist, amounts, lease id form): then it costs no paid worker, only the budget
+    /// of free requests, so junk never queues ahead of paid work.
+    pub fn refused_offline(&self, incoming: &Incoming) -> bool {
+        let ask = match incoming {
+            Incoming::Create { request, .. } => Ask::Create(request.clone()),
+            Incoming::TopUp { request, .. } => Ask::TopUp(request.clone()),
+            Incoming::Release { request, .. } => Ask::Release(request.clone()),
+            Incoming::Status { .. } | Incoming::Invalid { .. } => return true,
+        };
+        self.precheck(&ask).is_err()
     }
 
     /// Send a reply that has no journal record: once per request id, and error replies at a bounded rate
@@ -134,15 +150,51 @@ impl LeaseService {
         }
     }
 
-    /// Checks done before a request is journaled; a request they refuse never reaches the journal.
+    /// Checks done before a request is journaled, offline; a request they refuse never reaches the journal.
     pub(super) fn precheck(&self, ask: &Ask) -> Result<(), (ErrorCode, String)> {
         match ask {
             Ask::Create(req) => self.validate_create(req)?,
-            // No money comes in: the owner check happens in the saga, against the cluster.
-            Ask::Release(_) => return Ok(()),
+            Ask::Release(req) => return lease_ref(&req.lease).map(|_| ()),
+            Ask::TopUp(req) => {
+                lease_ref(&req.lease)?;
+            }
             _ => {}
         }
         self.offline_token_check(ask).map(|_| ())
+    }
+
+    /// Checks before a request is journaled that need a peer: a release or top-up names a live lease of
+    /// its sender (one read of the cluster), and a token's proofs are the mint's (its public keys). What
+    /// fails here costs the provider no disk.
+    async fn check_before_journal(&self, route: &ReplyRoute, ask: &Ask) -> Result<(), (ErrorCode, String)> {
+        let lease = match ask {
+            Ask::Release(r) => Some(&r.lease),
+            Ask::TopUp(r) => Some(&r.lease),
+            _ => None,
+        };
+        if let Some(name) = lease {
+            let id = lease_ref(name)?;
+            match self.ports.cluster.get_lease(id).await {
+                Ok(Some(l)) if l.requester.as_deref() == Some(route.requester.as_str()) => {
+                    if l.terminating || l.expires_at.is_none_or(|e| e <= now_secs()) {
+                        return Err((ErrorCode::LeaseExpired, "the lease has already ended".into()));
+                    }
+                }
+                Ok(_) => return Err((ErrorCode::LeaseNotFound, "no such lease of yours".into())),
+                Err(e) => return Err((ErrorCode::Unavailable, format!("cannot look up the lease now: {e}"))),
+            }
+        }
+        if matches!(ask, Ask::Create(_) | Ask::TopUp(_)) {
+            self.ports.payment.vet(ask.token()).await.map_err(|e| {
+                let code = match e.kind {
+                    FailureKind::Rejected(c) => c,
+                    FailureKind::Transient => ErrorCode::MintUnavailable,
+                    FailureKind::Permanent => ErrorCode::InvalidToken,
+                };
+                (code, e.message)
+            })?;
+        }
+        Ok(())
     }
 
     /// What can be told of a request's token without the mint: encoding, whitelist, and that its face
@@ -249,5 +301,16 @@ impl LeaseService {
                 None
             }
         }
+    }
+}
+
+/// The lease id a release or top-up names (`<id>` or `ssh-pod-<id>`): 32 lowercase hex digits, as
+/// `lease_id_for` makes them. Anything else names no lease, and is never stored.
+pub(super) fn lease_ref(name: &str) -> Result<&str, (ErrorCode, String)> {
+    let id = name.strip_prefix("ssh-pod-").unwrap_or(name);
+    if id.len() == 32 && id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        Ok(id)
+    } else {
+        Err((ErrorCode::LeaseNotFound, "no such lease: a lease id is 32 hex digits".into()))
     }
 }

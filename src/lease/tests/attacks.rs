@@ -132,3 +132,39 @@ async fn no_money_is_taken_for_a_lease_that_would_not_fit_or_one_too_many() {
     assert_eq!(error_code(&reply), Some(ErrorCode::TooManyRequests));
     assert_eq!(*w.payment.redeems.lock().unwrap(), redeems);
 }
+
+#[tokio::test]
+async fn strangers_releases_and_forged_tokens_are_never_journaled() {
+    let w = world();
+    w.svc.handle(create("e1", "tok:http:mint.test:100:a")).await;
+    let id = w.cluster.leases.lock().unwrap().keys().next().unwrap().clone();
+    let records = |w: &World| w.journal.records.lock().unwrap().len();
+    let before = records(&w);
+    // Releases and top-ups from fresh keys: oversized lease fields, made-up ids, and the real lease id
+    // (not theirs). Each is answered, none is stored.
+    // 250 of each: under the 600 error replies a minute that all strangers together get.
+    for i in 0..250 {
+        let who = format!("fresh-{i}");
+        let name = match i % 3 {
+            0 => "x".repeat(20_000),
+            1 => format!("{:032x}", i),
+            _ => id.clone(),
+        };
+        let reply = w.svc.handle(release(&format!("rel-{i}"), &name, &who)).await;
+        if i < 10 {
+            assert_eq!(reply.as_ref().and_then(error_code), Some(ErrorCode::LeaseNotFound), "{reply:?}");
+        }
+        let mut top = top_up(&format!("top-{i}"), &name, &format!("tok:http:mint.test:100:t{i}"));
+        if let Incoming::TopUp { route, .. } = &mut top {
+            route.requester = who;
+        }
+        w.svc.handle(top).await;
+    }
+    // Forged proofs (the mint's keys do not verify them): refused before the journal and the swap.
+    let forged = w.svc.handle(create("f1", "tok:http:mint.test:100:forged")).await.unwrap();
+    assert_eq!(error_code(&forged), Some(ErrorCode::InvalidToken));
+    assert_eq!(records(&w), before, "nothing stored for requests that cannot move money");
+    assert_eq!(*w.payment.redeems.lock().unwrap(), 1, "only the real lease's token was swapped");
+    assert!(w.journal.tokens.lock().unwrap().len() == 1);
+    assert_eq!(w.cluster.leases.lock().unwrap().len(), 1);
+}
