@@ -50,6 +50,14 @@ pub fn health_router(state: HealthState) -> Router {
     router(state, None, None)
 }
 
+/// What connections beyond the listener's bounds are served: liveness and readiness, and 503 for the rest
+/// (see `serve`).
+pub fn probe_router(state: HealthState) -> Router {
+    Router::new().route("/healthz", get(healthz)).route("/readyz", get(readyz)).with_state(state).fallback(|| async {
+        ApiError::code(ErrorCode::Unavailable, "too many connections; try again shortly").into_response()
+    })
+}
+
 /// Everything the listener serves: health always, the REST API when `api` is given (RUN_MODE=http), the
 /// wallet endpoints when `admin` is given (an admin token is configured).
 pub fn router(health: HealthState, api: Option<Arc<Api>>, admin: Option<Arc<Admin>>) -> Router {
