@@ -315,6 +315,37 @@ async fn gift_wrapped_requests_from_nostr_sdk_and_nak_round_trip() {
     p.frontend.shutdown().await;
 }
 
+/// A relay replays every gift wrap of the lookback window (days wide: NIP-59 back-dates wraps) on each
+/// re-subscription: each wrap is opened once all the same, and the periodic pass does not ask again.
+#[tokio::test]
+async fn a_replayed_gift_wrap_is_opened_once() {
+    // Its own front end, keyed fresh: only this test's wraps are addressed to it.
+    let mut p = provider().await;
+    let relay = relays()[0].clone();
+    let erin = Keys::generate();
+    let client = Client::new(erin.clone());
+    client.add_relay(relay.as_str()).await.unwrap();
+    client.connect().await;
+    client.wait_for_connection(PATIENCE).await;
+    let rumor = EventBuilder::new(Kind::from(1003u16), r#"{"lease":"L1"}"#).build(erin.public_key());
+    let wrap = EventBuilder::gift_wrap(&erin, &p.keys.public_key(), rumor, []).await.unwrap();
+    assert!(!client.send_event(&wrap).await.unwrap().success.is_empty());
+    next_from(&mut p.rx, &erin).await;
+    assert_eq!(p.frontend.gift_wraps_opened(), 1);
+    // Re-subscribing (as after a notification overflow) replays the wrap; it is not opened again.
+    for _ in 0..3 {
+        p.frontend.resubscribe().await.expect("resubscribe");
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(p.frontend.gift_wraps_opened(), 1, "replays were decrypted again");
+    while let Ok(inc) = p.rx.try_recv() {
+        // Other tests' kind-1000 events share the relay; none of erin's may come again.
+        assert_ne!(inc.route().requester, erin.public_key().to_hex(), "a replay was handed on again");
+    }
+    client.shutdown().await;
+    p.frontend.shutdown().await;
+}
+
 #[tokio::test]
 async fn impersonating_gift_wrap_is_dropped() {
     let mut p = provider().await;

@@ -8,8 +8,10 @@
 
 mod decode;
 mod keys;
+mod seen;
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -128,6 +130,10 @@ struct Inner {
     connected: watch::Receiver<usize>,
     stop: watch::Sender<bool>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// Gift wraps already opened (see `seen`).
+    wraps_seen: std::sync::Mutex<seen::SeenWraps>,
+    /// Gift wraps opened (decrypted) so far.
+    wraps_opened: AtomicU64,
 }
 
 impl NostrFrontend {
@@ -168,6 +174,8 @@ impl NostrFrontend {
                 connected,
                 stop,
                 tasks: Mutex::new(Vec::new()),
+                wraps_seen: Default::default(),
+                wraps_opened: AtomicU64::new(0),
             }),
         };
         frontend.resubscribe().await?;
@@ -189,6 +197,11 @@ impl NostrFrontend {
 
     pub fn public_key(&self) -> PublicKey {
         self.inner.keys.public_key()
+    }
+
+    /// Gift wraps decrypted so far: each once, however often relays replay it.
+    pub fn gift_wraps_opened(&self) -> u64 {
+        self.inner.wraps_opened.load(Ordering::Relaxed)
     }
 
     /// Relays currently connected (readiness, metrics). Updated about once a second.
@@ -214,6 +227,13 @@ impl NostrFrontend {
     /// and replay what they hold in the lookback windows (duplicates for the journal to drop). Done
     /// periodically and after a notification overflow; public for the app and tests.
     pub async fn resubscribe(&self) -> Result<(), NostrError> {
+        self.subscribe(true).await
+    }
+
+    /// Issue the request subscriptions, and the gift wraps' when `wraps`. The periodic pass leaves the gift
+    /// wraps' alone: its window is days wide whenever it is issued (NIP-59 back-dates wraps), so a new
+    /// REQ would only make every relay send the whole window again.
+    async fn subscribe(&self, wraps: bool) -> Result<(), NostrError> {
         let now = Timestamp::now();
         let us = self.public_key();
         let since_requests = now - self.inner.opts.request_lookback;
@@ -236,6 +256,9 @@ impl NostrFrontend {
             ),
         ];
         for (id, filter) in subs {
+            if id == SUB_GIFT_WRAPS && !wraps {
+                continue;
+            }
             self.inner
                 .client
                 .subscribe_with_id(SubscriptionId::new(id), filter, None)
@@ -272,6 +295,14 @@ impl NostrFrontend {
                     relay_url,
                     message: RelayMessage::Event { subscription_id, event },
                 }) if ours.contains(subscription_id.as_ref()) => {
+                    if event.kind.as_u16() == KIND_GIFT_WRAP {
+                        // Replays of wraps already opened cost no decryption.
+                        let first = self.inner.wraps_seen.lock().map(|mut s| s.first(event.id)).unwrap_or(true);
+                        if !first {
+                            continue;
+                        }
+                        self.inner.wraps_opened.fetch_add(1, Ordering::Relaxed);
+                    }
                     let Some(item) = self.decode_logged(&event, relay_url.as_str()) else {
                         continue;
                     };
@@ -402,7 +433,7 @@ impl NostrFrontend {
                 _ = stop.wait_for(|s| *s) => break,
                 _ = tokio::time::sleep(self.inner.opts.resubscribe_interval) => {}
             }
-            if let Err(e) = self.resubscribe().await {
+            if let Err(e) = self.subscribe(false).await {
                 tracing::warn!(error = %e, "periodic re-subscribe failed");
             }
         }
