@@ -475,3 +475,25 @@ fn offer_payment_request_pays_with_a_token_locked_to_the_provider() -> Result<()
     other.receive(&to_other).expect("the token locked to another key is untouched");
     Ok(())
 }
+
+/// A create without an Idempotency-Key whose answer was lost (a proxy timed out) is retried as it was: the
+/// token names the request, so the retry gets the same lease and secret, and the token pays once.
+#[test]
+fn a_create_without_a_key_retried_as_it_was_is_the_same_lease() -> Result<()> {
+    let w = wallet(40);
+    let token = w.send(20)?;
+    let body = json!({"cashu_token": token, "ssh_username": "kai"});
+    let first = post_json("/v1/leases", &body, &[]);
+    assert_eq!(first.status, 201, "{first:?}");
+    let again = post_json("/v1/leases", &body, &[]);
+    assert_eq!(again.status, 201, "the retry is answered with the lease: {again:?}");
+    let (a, b) = (first.json(), again.json());
+    assert_eq!(a["access"]["lease_id"], b["access"]["lease_id"]);
+    assert_eq!(a["lease_secret"], b["lease_secret"]);
+    assert!(
+        first.headers.to_ascii_lowercase().contains("idempotency-key: token-"),
+        "the key the token names is returned: {}",
+        first.headers
+    );
+    Ok(())
+}

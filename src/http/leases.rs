@@ -223,9 +223,9 @@ pub(super) async fn create_lease(
     };
     // The token from X-Cashu or the body: the same request, the same saga.
     let canonical = serde_json::to_vec(&request).unwrap_or_default();
-    // Without a key the server makes one and returns it: a request that parks (503) can then be retried
-    // with it to get the paid lease's access, which would otherwise be out of reach.
-    let (key, generated) = key_or_generated(key);
+    // Without a key the token names the request (its proofs pay once): a client that lost the answer (a
+    // proxy's timeout) retries the same POST and meets the same saga. The key goes back in the answer too.
+    let (key, generated) = api.key_or_token(key, &request.cashu_token);
     let request_id = request_id("create", Some(&key), &[&canonical]);
     let secret = lease_secret(&api.lease_secret_key, &request_id);
     let route = ReplyRoute { request_id, requester: requester_of(&secret), via: ReplyVia::InBand };
@@ -233,7 +233,7 @@ pub(super) async fn create_lease(
     as_nut24(resp, &payment)
 }
 
-/// Lease ids are 12 hex chars; pod names add `ssh-pod-`. Anything else is nobody's lease.
+/// Lease ids are 32 hex chars; pod names add `ssh-pod-`. Anything else is nobody's lease.
 fn plausible_lease(id: &str) -> bool {
     id.len() <= 63 && !id.is_empty() && id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
@@ -355,13 +355,24 @@ pub(super) async fn topup_lease(
         }
     };
     let requester = requester_of(secret);
-    let (key, generated) = key_or_generated(key);
+    let (key, generated) = api.key_or_token(key, &token);
     let parts: [&[u8]; 3] = [id.as_bytes(), requester.as_bytes(), token.as_bytes()];
     let request_id = request_id("topup", Some(&key), &parts);
     let route = ReplyRoute { request_id, requester, via: ReplyVia::InBand };
     let request = TopUpRequest { cashu_token: token, lease: id };
     let resp = api.respond(Incoming::TopUp { route, request }, None, generated.then_some(key.as_str())).await;
     as_nut24(resp, &payment)
+}
+
+impl Api {
+    /// The client's Idempotency-Key, else one derived from the token's proofs (so that the same paid
+    /// request retried without a key is the same request), else a random one; and whether it was made here.
+    pub(super) fn key_or_token(&self, key: Option<&str>, token: &str) -> (String, bool) {
+        match (key, self.payment.inspect(token)) {
+            (None, Ok(info)) => (format!("token-{}", info.digest.chars().take(48).collect::<String>()), true),
+            _ => key_or_generated(key),
+        }
+    }
 }
 
 /// The client's Idempotency-Key, or a fresh random one (and whether it was made here).

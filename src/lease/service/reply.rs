@@ -94,6 +94,9 @@ impl LeaseService {
     }
 
     pub(super) async fn answer_status(&self, rec: &mut SagaRecord, req: &StatusRequest) -> Flow {
+        if let Some(ended) = self.early_end_of(rec, &req.lease) {
+            return self.finish_with(rec, ended);
+        }
         match self.find_owned_lease(rec, &req.lease).await {
             Err(flow) => flow,
             Ok(lease) => {
@@ -112,6 +115,26 @@ impl LeaseService {
                 };
                 self.finish_with(rec, reply)
             }
+        }
+    }
+
+    /// An HTTP lease the provider ended early: the refund token of its end, for its owner. Over Nostr
+    /// that token went out in a reply; in-band (HTTP) there was nobody to answer, so the owner's next
+    /// status request gets it (kept in the journal for that: see `SagaRecord::keeps_secrets_for_owner`).
+    fn early_end_of(&self, rec: &SagaRecord, name: &str) -> Option<Reply> {
+        if rec.route.via != ReplyVia::InBand {
+            return None;
+        }
+        let id = super::intake::lease_ref(name).ok()?;
+        let end = self.ports.journal.get(&super::end::end_id(id)).ok()??;
+        if end.step != Step::Done || end.route.requester != rec.route.requester {
+            return None;
+        }
+        match end.reply? {
+            Reply::Error { code, message, refund_token: Some(t), .. } => {
+                Some(Reply::Error { request_id: rec.request_id.clone(), code, message, refund_token: Some(t) })
+            }
+            _ => None,
         }
     }
 

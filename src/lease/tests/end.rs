@@ -155,3 +155,30 @@ async fn an_expiry_notice_goes_once_per_threshold_and_not_after_a_top_up_past_it
     tokio::time::sleep(Duration::from_millis(30)).await;
     assert_eq!(notices(&w).len(), 2);
 }
+
+#[tokio::test]
+async fn an_http_lease_ended_early_gives_its_refund_to_the_owners_next_status_request() {
+    let w = world();
+    let mut buy = create("h1", "tok:http:mint.test:100:a");
+    if let Incoming::Create { route, .. } = &mut buy {
+        route.via = ReplyVia::InBand;
+    }
+    w.svc.handle(buy).await;
+    let id = w.cluster.leases.lock().unwrap().keys().next().unwrap().clone();
+    w.cluster.leases.lock().unwrap().get_mut(&id).unwrap().expires_at = now_secs() + 30 * 60 + 30;
+    w.cluster.failed.lock().unwrap().insert(id.clone(), "Evicted".into());
+    w.svc.reconcile_once().await.unwrap();
+    wait_done(&w, &format!("end:{id}")).await;
+    let status = |who: &str, rid: &str| Incoming::Status {
+        route: ReplyRoute { request_id: rid.into(), requester: who.into(), via: ReplyVia::InBand },
+        request: StatusRequest { lease: id.clone() },
+    };
+    let theirs = w.svc.handle(status("mallory-pk", "s0")).await.unwrap();
+    assert_eq!(error_code(&theirs), Some(ErrorCode::LeaseNotFound), "{theirs:?}");
+    let reply = w.svc.handle(status("alice-pk", "s1")).await.unwrap();
+    let Reply::Error { code, refund_token, .. } = &reply else { panic!("{reply:?}") };
+    assert_eq!((*code, refund_token.as_deref()), (ErrorCode::LeaseEnded, Some("refund:50")));
+    // Asked again (a retry): the same token, never a second refund.
+    w.svc.handle(status("alice-pk", "s2")).await.unwrap();
+    assert_eq!(*w.payment.refunds.lock().unwrap(), vec![50]);
+}
