@@ -8,6 +8,13 @@
 //!    10, through the stack's C tor, sending nothing); how many the provider holds, its RSS, and another
 //!    tenant's `torsocks ssh` login time before and during.
 //!
+//! 4. Concurrent releases: leases each released by 4 NIP-44 releases sent at once; refunds paid per lease.
+//! 5. Floods that used to reach the journal: releases with a 20 KB `lease` field, and creates with forged
+//!    proofs (a real token's signature replaced; its DLEQ proof no longer verifies), each from fresh keys;
+//!    journal bytes and RSS before and after, and a paid request's latency during each flood.
+//! 6. One HTTP client holding 300 keep-alive connections to the provider's HTTP port: how many it gets,
+//!    and the latency of `/healthz` from another address before and during.
+//!
 //! Run with the stack up: `scripts/bench/hostile.sh` (or `cargo test --test bench_hostile -- --ignored
 //! --nocapture` with the stack env). `BENCH_JUNK=2000` sets N.
 
@@ -169,6 +176,9 @@ async fn hostile() -> Result<()> {
     println!("{:>14} {:>14} {:>8}", "alone p50", "flooded p50", "ratio");
     println!("{a:>13.2}s {f:>13.2}s {:>8.2}", f / a);
     println!("runs: alone {alone:?}; flooded {flooded:?}");
+    concurrent_releases(&client, &pk, &wallet).await?;
+    floods(&client, &provider, pid, &wallet).await?;
+    connection_hog(&provider).await?;
     if std::env::var("BENCH_TOR").is_ok_and(|v| v == "1") {
         stalling_streams(&client, &wallet).await?;
     }
@@ -235,5 +245,166 @@ async fn stalling_streams(client: &Client, wallet: &Wallet) -> Result<()> {
         rss1 as f64 / 1024.0
     );
     drop(opened);
+    Ok(())
+}
+
+/// A NIP-44 event of `kind` from `keys` to the provider.
+fn nip44_event(keys: &Keys, provider: &PublicKey, kind: u16, json: &str) -> Result<Event> {
+    let content = nip44::encrypt(keys.secret_key(), provider, json, nip44::Version::V2)?;
+    Ok(EventBuilder::new(Kind::from(kind), content).tag(Tag::public_key(*provider)).sign_with_keys(keys)?)
+}
+
+/// The decrypted replies (kind 1001) to `ids` from the provider, collected until all came or `wait` passed.
+async fn replies_to(
+    client: &Client,
+    keys: &Keys,
+    provider: &PublicKey,
+    ids: &[EventId],
+    wait: Duration,
+) -> Result<Vec<serde_json::Value>> {
+    let filter = Filter::new().kind(Kind::from(1001u16)).author(*provider).pubkey(keys.public_key());
+    let deadline = Instant::now() + wait;
+    loop {
+        let events = client.fetch_events(filter.clone(), Duration::from_secs(5)).await?;
+        let mut out = Vec::new();
+        for e in events.iter() {
+            let answers =
+                e.tags.iter().any(|t| t.as_slice().get(1).is_some_and(|v| ids.iter().any(|id| id.to_hex() == *v)));
+            if answers {
+                out.push(serde_json::from_str(&nip44::decrypt(keys.secret_key(), provider, &e.content)?)?);
+            }
+        }
+        if out.len() >= ids.len() || Instant::now() > deadline {
+            return Ok(out);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+async fn concurrent_releases(client: &Client, provider: &PublicKey, wallet: &Wallet) -> Result<()> {
+    const LEASES: usize = 5;
+    println!("\n4. concurrent releases: {LEASES} leases, each released by 4 NIP-44 releases sent at once");
+    wallet.fund(100)?;
+    let (mut refunds, mut sats, mut lease_count) = (0, 0u64, 0);
+    for i in 0..LEASES {
+        let keys = Keys::generate();
+        let token = wallet.send(10)?;
+        let create = nip44_event(&keys, provider, 1000, &request_json(&token, &format!("rel{i}")))?;
+        client.send_event(&create).await?;
+        let r = replies_to(client, &keys, provider, &[create.id], REPLY_TIMEOUT).await?;
+        let Some(lease) = r.first().and_then(|v| v["access"]["lease_id"].as_str()).map(str::to_string) else {
+            println!("lease {i}: no lease ({r:?})");
+            continue;
+        };
+        lease_count += 1;
+        let body = serde_json::json!({ "lease": lease }).to_string();
+        let events: Vec<Event> = (0..4).map(|_| nip44_event(&keys, provider, 1004, &body)).collect::<Result<_>>()?;
+        let ids: Vec<EventId> = events.iter().map(|e| e.id).collect();
+        futures::future::join_all(events.iter().map(|e| client.send_event(e))).await;
+        for v in replies_to(client, &keys, provider, &ids, Duration::from_secs(60)).await? {
+            if v["status"] == "released" && v["refund_token"].is_string() {
+                refunds += 1;
+                sats += v["amount_sats"].as_u64().unwrap_or(0);
+            }
+        }
+    }
+    println!("{:>8} {:>10} {:>14} {:>12}", "leases", "releases", "refunds paid", "sats back");
+    println!("{lease_count:>8} {:>10} {refunds:>14} {sats:>12}", lease_count * 4);
+    Ok(())
+}
+
+/// A real token with its first proof's signature replaced: its DLEQ proof no longer verifies.
+fn forge(token: &str) -> Result<String> {
+    use std::str::FromStr as _;
+    let mut t = cdk::nuts::Token::from_str(token)?;
+    let cdk::nuts::Token::TokenV4(v4) = &mut t else { anyhow::bail!("not a v4 token") };
+    v4.token[0].proofs[0].c = cdk::nuts::SecretKey::generate().public_key();
+    Ok(t.to_string())
+}
+
+async fn floods(client: &Client, provider_proc: &Provider, pid: u32, wallet: &Wallet) -> Result<()> {
+    const N: usize = 300;
+    let pk = PublicKey::from_hex(&provider_proc.pubkey)?;
+    println!("\n5. floods from {N} fresh keys each, and a paid request during each");
+    println!("{:>26} {:>12} {:>12} {:>10} {:>10} {:>12}", "flood", "journal KiB", "", "RSS MiB", "", "paid reply s");
+    println!("{:>26} {:>12} {:>12} {:>10} {:>10}", "", "before", "after", "before", "after");
+    let real = wallet.send(10)?;
+    for label in ["20 KB lease field releases", "forged-proof creates"] {
+        let events: Vec<Event> = (0..N)
+            .map(|i| {
+                let keys = Keys::generate();
+                if label.starts_with("forged") {
+                    nip44_event(&keys, &pk, 1000, &request_json(&forge(&real)?, &format!("forged{i}")))
+                } else {
+                    let body = serde_json::json!({ "lease": "x".repeat(20_000) }).to_string();
+                    nip44_event(&keys, &pk, 1004, &body)
+                }
+            })
+            .collect::<Result<_>>()?;
+        let (j0, r0, a0) = (journal_kib(provider_proc), rss_kib(pid), accounted(provider_proc)?);
+        let flood = publish_all(client, &events);
+        let (flood, took) = tokio::join!(
+            flood,
+            paid_request(client, &pk, wallet, if label.starts_with("forged") { "paidforged" } else { "paidrelease" })
+        );
+        flood?;
+        let _ = wait_until("the provider to account for the flood", Duration::from_secs(120), || {
+            accounted(provider_proc).ok().filter(|a| *a >= a0 + N as u64)
+        });
+        println!(
+            "{label:>26} {j0:>12} {:>12} {:>10.1} {:>10.1} {:>12.2}",
+            journal_kib(provider_proc),
+            r0 as f64 / 1024.0,
+            rss_kib(pid) as f64 / 1024.0,
+            took?.as_secs_f64()
+        );
+    }
+    Ok(())
+}
+
+/// `GET /healthz` from `from` (a 127/8 address): seconds to the full answer, None when not answered in 3 s.
+async fn probe_secs(http: &str, from: &str) -> Option<f64> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let start = Instant::now();
+    let go = async {
+        let sock = tokio::net::TcpSocket::new_v4().ok()?;
+        sock.bind(format!("{from}:0").parse().ok()?).ok()?;
+        let mut s = sock.connect(http.parse().ok()?).await.ok()?;
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.ok()?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.ok()?;
+        out.starts_with("HTTP/1.1 200").then_some(())
+    };
+    tokio::time::timeout(Duration::from_secs(3), go).await.ok().flatten().map(|_| start.elapsed().as_secs_f64())
+}
+
+async fn connection_hog(p: &Provider) -> Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const HOG: usize = 300;
+    let http = p.http.trim_start_matches("http://").trim_end_matches('/').to_string();
+    let before: Vec<Option<f64>> = futures::future::join_all((0..5).map(|_| probe_secs(&http, "127.0.0.2"))).await;
+    // One client: keep-alive connections, each asking once and holding on.
+    let mut held = Vec::new();
+    for _ in 0..HOG {
+        let Ok(mut s) = tokio::net::TcpStream::connect(&http).await else { continue };
+        if s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await.is_err() {
+            continue;
+        }
+        let mut buf = [0u8; 512];
+        if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf)).await {
+            if buf[..n].starts_with(b"HTTP/1.1 200") {
+                held.push(s);
+            }
+        }
+    }
+    let during: Vec<Option<f64>> = futures::future::join_all((0..5).map(|_| probe_secs(&http, "127.0.0.2"))).await;
+    let show = |v: &[Option<f64>]| {
+        let ok: Vec<f64> = v.iter().flatten().copied().collect();
+        let worst = ok.iter().copied().fold(0.0, f64::max);
+        format!("{}/{} answered, worst {worst:.3}s", ok.len(), v.len())
+    };
+    println!("\n6. one HTTP client opening {HOG} keep-alive connections to the provider's HTTP port");
+    println!("{:>10} {:>34} {:>34}", "it holds", "/healthz before (5 probes)", "/healthz during (5 probes)");
+    println!("{:>10} {:>34} {:>34}", held.len(), show(&before), show(&during));
     Ok(())
 }
