@@ -34,9 +34,25 @@ impl Target {
 #[derive(Clone)]
 pub(super) struct StreamBounds {
     pub(super) per_service: usize,
-    /// Shared by every service.
+    /// Streams every service may open whatever the others hold: its own, not taken from `total`.
+    pub(super) guaranteed: usize,
+    /// Shared by every service, beyond their guaranteed streams.
     pub(super) total: Arc<tokio::sync::Semaphore>,
     pub(super) idle: Duration,
+}
+
+/// Room for one more stream of a service that has `open` streams: one of its own guaranteed permits, else
+/// one of the shared pool, never more than `per_service` in all. So leases that fill the shared pool (64
+/// cheap ones would) still leave every other lease its own streams: its owner can always log in.
+pub(super) fn stream_slot(
+    open: usize,
+    own: &Arc<tokio::sync::Semaphore>,
+    bounds: &StreamBounds,
+) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    if open >= bounds.per_service {
+        return None;
+    }
+    Arc::clone(own).try_acquire_owned().or_else(|_| Arc::clone(&bounds.total).try_acquire_owned()).ok()
 }
 
 pub(super) async fn forward_streams(
@@ -49,15 +65,12 @@ pub(super) async fn forward_streams(
     let mut requests = std::pin::pin!(requests);
     // Owned here so that aborting this task closes every forwarded connection.
     let mut conns = JoinSet::new();
+    let own = Arc::new(tokio::sync::Semaphore::new(bounds.guaranteed));
     loop {
         tokio::select! {
             req = requests.next() => match req {
                 Some(req) => {
-                    let slot = if conns.len() < bounds.per_service {
-                        Arc::clone(&bounds.total).try_acquire_owned().ok()
-                    } else {
-                        None
-                    };
+                    let slot = stream_slot(conns.len(), &own, &bounds);
                     let Some(slot) = slot else {
                         debug!(service, open = conns.len(), "onion stream refused: stream limit reached");
                         conns.spawn(async move {

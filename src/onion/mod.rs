@@ -69,8 +69,11 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Streams one lease's service forwards at once: a tenant (or a stranger) opening thousands of streams to
 /// a stalling listener must not exhaust the provider's tasks and sockets for everyone.
 pub const MAX_STREAMS_PER_SERVICE: usize = 64;
-/// Streams all services forward at once.
+/// Streams all services forward at once, beyond each one's guaranteed streams.
 pub const MAX_STREAMS_TOTAL: usize = 4096;
+/// Streams each service forwards whatever the others hold (its owner's sessions; the shared pool is first
+/// come, first served, and 64 cheap leases could hold all of it).
+pub const GUARANTEED_STREAMS_PER_SERVICE: usize = 4;
 /// Streams one rendezvous circuit may hold open (arti's own bound, enforced before a stream reaches us).
 const MAX_STREAMS_PER_CIRCUIT: u32 = 16;
 /// Introductions each intro point passes on per second, and in a burst (C tor's defaults for the same

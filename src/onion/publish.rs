@@ -278,6 +278,7 @@ impl Enabled {
             Arc::clone(&self.ports),
             StreamBounds {
                 per_service: MAX_STREAMS_PER_SERVICE,
+                guaranteed: GUARANTEED_STREAMS_PER_SERVICE,
                 total: Arc::clone(&self.streams),
                 idle: STREAM_IDLE_TIMEOUT,
             },

@@ -191,3 +191,37 @@ fn error_kinds() {
     let l = OnionError::Launch { lease_id: "l".into(), message: "m".into(), transient: false };
     assert_eq!(l.kind(), FailureKind::Permanent);
 }
+
+#[test]
+fn leases_that_fill_the_shared_streams_leave_every_other_lease_its_own() {
+    use super::forward::{stream_slot, StreamBounds};
+    let bounds = StreamBounds {
+        per_service: 64,
+        guaranteed: 4,
+        total: Arc::new(tokio::sync::Semaphore::new(128)),
+        idle: Duration::from_secs(60),
+    };
+    // Two cheap leases take all they may: their own 4 and then the shared pool, 60 more each.
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let own = Arc::new(tokio::sync::Semaphore::new(bounds.guaranteed));
+        let mut open = 0;
+        while let Some(p) = stream_slot(open, &own, &bounds) {
+            held.push(p);
+            open += 1;
+        }
+        assert_eq!(open, 64, "a service is held at its bound");
+        held.push(Arc::clone(&own).try_acquire_many_owned(0).unwrap());
+    }
+    // A third lease now finds no shared stream, and the rest of the pool filled by others ...
+    let rest = bounds.total.available_permits();
+    let _filled = Arc::clone(&bounds.total).try_acquire_many_owned(rest as u32).unwrap();
+    assert_eq!(bounds.total.available_permits(), 0);
+    // ... yet its owner still logs in: its own guaranteed streams, and no more.
+    let own = Arc::new(tokio::sync::Semaphore::new(bounds.guaranteed));
+    let mine: Vec<_> = (0..10).map_while(|open| stream_slot(open, &own, &bounds)).collect();
+    assert_eq!(mine.len(), 4);
+    // A closed stream gives its place back.
+    drop(mine);
+    assert!(stream_slot(0, &own, &bounds).is_some());
+}
