@@ -185,6 +185,7 @@ pub async fn run(cfg: Config) -> Result<()> {
             offer: offer_for_api.clone(),
             lease_secret_key: lease_secret_key(&keys.secret_key().secret_bytes()),
             workers: workers.clone(),
+            free: Arc::new(Semaphore::new(FREE_WORKERS)),
         })),
         RunMode::Nostr => None,
     };

@@ -83,6 +83,8 @@ impl Api {
                 format!("{} sat is less than the {required} sat needed", info.amount),
             ));
         }
+        // The mint is asked within the free budget: a flood of checks must not become a flood at the mint.
+        let _free = self.free_permit()?;
         match self.payment.token_state(&q.token).await {
             Ok(TokenState::Unspent) => {
                 Ok(AuthResult { ok: true, amount: info.amount, required, code: None, message: None })

@@ -32,6 +32,10 @@ pub struct Api {
     pub lease_secret_key: [u8; 32],
     /// Shared with the Nostr dispatcher's limit: at most this many sagas at once; SIGTERM waits for them.
     pub workers: Arc<Semaphore>,
+    /// Work that moves no money (status, requests refused offline, top-up quotes, `/auth` mint checks):
+    /// a small budget of its own, tried and never waited on, so it never takes a paid request's worker
+    /// nor makes unbounded calls to the API server or a mint.
+    pub free: Arc<Semaphore>,
 }
 
 impl Api {
@@ -49,12 +53,15 @@ impl Api {
     /// steps (the journal would resume it, but only at the next resume pass).
     async fn run(&self, incoming: Incoming) -> Result<Reply, ApiError> {
         let request_id = incoming.route().request_id.clone();
-        let permit = self
-            .workers
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| ApiError::code(ErrorCode::Unavailable, "shutting down"))?;
+        let permit = if self.service.refused_offline(&incoming) {
+            self.free_permit()?
+        } else {
+            self.workers
+                .clone()
+                .acquire_owned()
+                .await
+                .map_err(|_| ApiError::code(ErrorCode::Unavailable, "shutting down"))?
+        };
         let service = self.service.clone();
         let task = tokio::spawn(async move {
             let _permit = permit;
@@ -77,6 +84,16 @@ impl Api {
                 Err(ApiError::code(ErrorCode::Internal, "internal error"))
             }
         }
+    }
+
+    /// A place in the free budget, or 503 with Retry-After at once.
+    pub(super) fn free_permit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+        self.free.clone().try_acquire_owned().map_err(|_| {
+            self.metrics().outcome("shed");
+            let mut e = ApiError::code(ErrorCode::Unavailable, "busy with requests that pay nothing; retry shortly");
+            e.retry_after = Some(1);
+            e
+        })
     }
 
     /// Run a paid request and answer it; a key the server made for it goes back in `Idempotency-Key`.
@@ -340,6 +357,10 @@ pub(super) async fn topup_lease(
         Payment::Header(t) | Payment::Body(t) => t.clone(),
         Payment::None => {
             // Priced at the lease's own tier, as the top-up will be; `?tier=` only if the cluster cannot say.
+            let _free = match api.free_permit() {
+                Ok(p) => p,
+                Err(e) => return e.into_response(),
+            };
             let tier = match api.service.tier_of_lease(&id, &requester_of(secret)).await {
                 Ok(Some(t)) => t,
                 Ok(None) => return api.refuse(ApiError::code(ErrorCode::LeaseNotFound, "no such lease of yours")),
