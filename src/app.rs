@@ -129,8 +129,10 @@ pub async fn run(cfg: Config) -> Result<()> {
     let offer_for_api = offer.clone();
     let frontend = match cfg.run_mode {
         RunMode::Nostr => {
-            let opts =
-                crate::nostr::NostrOptions::new(cfg.relays.clone(), Duration::from_secs(cfg.offer_interval_secs));
+            let opts = crate::nostr::NostrOptions {
+                profile: cfg.profile.clone(),
+                ..crate::nostr::NostrOptions::new(cfg.relays.clone(), Duration::from_secs(cfg.offer_interval_secs))
+            };
             Some(
                 crate::nostr::NostrFrontend::start(keys.clone(), opts, offer, tx.clone())
                     .await

@@ -407,3 +407,44 @@ async fn offer_is_fetchable_with_nak() {
     assert!(p.frontend.connected_relays() >= 1);
     p.frontend.shutdown().await;
 }
+
+/// A renter who knows nothing but a relay finds the provider with standard events, fetched by nak: its
+/// profile, its relay lists (NIP-65; NIP-17's inbox relays, where gift wraps must go) and a NIP-89 handler
+/// naming the kinds it serves, beside its offer.
+#[tokio::test]
+async fn profile_relay_lists_and_handler_are_fetchable_with_nak() {
+    let p = provider().await;
+    let relay = relays()[0].clone();
+    let pk = p.keys.public_key().to_hex();
+    let fetch = |kind: &'static str| {
+        let (pk, relay) = (pk.clone(), relay.clone());
+        async move {
+            tokio::time::timeout(PATIENCE, async {
+                loop {
+                    let out = nak_ok(&["req", "-k", kind, "-a", &pk, &relay], None).await;
+                    if let Some(line) = out.lines().next() {
+                        return serde_json::from_str::<serde_json::Value>(line).unwrap();
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            })
+            .await
+            .unwrap_or_else(|_| panic!("no kind {kind} event of the provider on the relay"))
+        }
+    };
+    let profile = fetch("0").await;
+    let meta: serde_json::Value = serde_json::from_str(profile["content"].as_str().unwrap()).unwrap();
+    assert_eq!(meta["name"], "Paygress provider");
+    assert_eq!(tag_values(&fetch("10002").await, "r"), relays());
+    assert_eq!(tag_values(&fetch("10050").await, "relay"), relays());
+    let handler = fetch("31990").await;
+    assert_eq!(tag_values(&handler, "d"), vec!["paygress".to_string()]);
+    let kinds = tag_values(&handler, "k");
+    for k in ["1000", "1002", "1003", "1004", "38400"] {
+        assert!(kinds.contains(&k.to_string()), "{k} not in {kinds:?}");
+    }
+    // Found by what it handles, with no key known: `nak req -k 31990 -t k=1000`.
+    let by_kind = nak_ok(&["req", "-k", "31990", "-t", "k=1000", "--limit", "100", &relay], None).await;
+    assert!(by_kind.contains(&pk), "{by_kind}");
+    p.frontend.shutdown().await;
+}

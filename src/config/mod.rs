@@ -142,7 +142,24 @@ pub struct Config {
     pub log_json: bool,
     /// Admin endpoints (wallet) are served only when set.
     pub admin_token: Option<AdminTokenSource>,
+    /// How the provider presents itself on Nostr (kind 0, NIP-89).
+    pub profile: Profile,
 }
+
+/// The provider's public profile (NIP-01 kind 0), also the content of its NIP-89 handler announcement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Profile {
+    pub name: String,
+    pub about: String,
+    /// http(s) URL, when the operator has one.
+    pub website: Option<String>,
+    /// NIP-05 identifier (`name@domain`), when the operator has one.
+    pub nip05: Option<String>,
+}
+
+/// Longest profile fields accepted (relays and clients cut longer ones anyway).
+const MAX_PROFILE_NAME: usize = 64;
+const MAX_PROFILE_ABOUT: usize = 1000;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
@@ -359,6 +376,39 @@ impl Config {
             (None, None) => None,
         };
 
+        let profile = Profile {
+            name: p.str("PAYGRESS_PROFILE_NAME", "Paygress provider"),
+            about: p.str(
+                "PAYGRESS_PROFILE_ABOUT",
+                "SSH pods for Cashu ecash, each reachable as its own Tor onion service. Requests: kind 1000 \
+                 (see the kind-38400 offer for tiers, prices and mints).",
+            ),
+            website: Some(p.str("PAYGRESS_PROFILE_WEBSITE", "")).filter(|w| !w.is_empty()),
+            nip05: Some(p.str("PAYGRESS_PROFILE_NIP05", "")).filter(|n| !n.is_empty()),
+        };
+        if profile.name.chars().count() > MAX_PROFILE_NAME {
+            p.err("PAYGRESS_PROFILE_NAME", format!("at most {MAX_PROFILE_NAME} characters"));
+        }
+        if profile.about.chars().count() > MAX_PROFILE_ABOUT {
+            p.err("PAYGRESS_PROFILE_ABOUT", format!("at most {MAX_PROFILE_ABOUT} characters"));
+        }
+        if let Some(w) = &profile.website {
+            if !url::Url::parse(w).is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some()) {
+                p.err("PAYGRESS_PROFILE_WEBSITE", format!("{w:?} is not an http(s) URL"));
+            }
+        }
+        if let Some(n) = &profile.nip05 {
+            let ok = n.split_once('@').is_some_and(|(local, domain)| {
+                !local.is_empty()
+                    && local.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b))
+                    && domain.contains('.')
+                    && domain.split('.').all(is_dns_label)
+            });
+            if !ok {
+                p.err("PAYGRESS_PROFILE_NIP05", format!("{n:?} is not a NIP-05 identifier like name@example.com"));
+            }
+        }
+
         if !p.errors.is_empty() {
             return Err(ConfigErrors(p.errors));
         }
@@ -392,6 +442,7 @@ impl Config {
             failpoint,
             log_json,
             admin_token,
+            profile,
         })
     }
 

@@ -106,3 +106,27 @@ fn a_tier_may_run_under_a_sandboxing_runtime_class() {
     assert!(parse_tiers("x:1:1Gi:100:Not_A_Name", 100).is_err());
     assert!(parse_tiers("x:1:1Gi:100:gvisor:extra", 100).is_err());
 }
+
+#[test]
+fn the_profile_has_defaults_and_bad_values_are_reported_together() {
+    let c = Config::from_map(&env(&[("WHITELISTED_MINTS", "https://mint.example/")])).unwrap();
+    assert_eq!(c.profile.name, "Paygress provider");
+    assert!(c.profile.about.contains("Cashu") && c.profile.website.is_none() && c.profile.nip05.is_none());
+    let ok = Config::from_map(&env(&[
+        ("WHITELISTED_MINTS", "https://mint.example/"),
+        ("PAYGRESS_PROFILE_NAME", "Pods by Ann"),
+        ("PAYGRESS_PROFILE_WEBSITE", "https://pods.example"),
+        ("PAYGRESS_PROFILE_NIP05", "ann@pods.example"),
+    ]))
+    .unwrap();
+    assert_eq!(ok.profile.nip05.as_deref(), Some("ann@pods.example"));
+    let errs = Config::from_map(&env(&[
+        ("WHITELISTED_MINTS", "https://mint.example/"),
+        ("PAYGRESS_PROFILE_NAME", &"x".repeat(65)),
+        ("PAYGRESS_PROFILE_WEBSITE", "javascript:alert(1)"),
+        ("PAYGRESS_PROFILE_NIP05", "ann"),
+    ]))
+    .unwrap_err();
+    let vars: Vec<&str> = errs.0.iter().map(|e| e.var).collect();
+    assert_eq!(vars, ["PAYGRESS_PROFILE_NAME", "PAYGRESS_PROFILE_WEBSITE", "PAYGRESS_PROFILE_NIP05"]);
+}

@@ -116,6 +116,18 @@ pub const VARS: &[VarDoc] = &[
         default: "180",
         help: "how long to wait for a pod to run and answer SSH",
     },
+    VarDoc {
+        name: "PAYGRESS_PROFILE_NAME",
+        default: "Paygress provider",
+        help: "the provider's name in its Nostr profile (kind 0) and NIP-89 handler announcement",
+    },
+    VarDoc {
+        name: "PAYGRESS_PROFILE_ABOUT",
+        default: "(what it sells)",
+        help: "the profile's description (at most 1000 characters)",
+    },
+    VarDoc { name: "PAYGRESS_PROFILE_WEBSITE", default: "(none)", help: "the profile's website, an http(s) URL" },
+    VarDoc { name: "PAYGRESS_PROFILE_NIP05", default: "(none)", help: "the profile's NIP-05 identifier, name@domain" },
     VarDoc { name: "PAYGRESS_OFFER_INTERVAL_SECONDS", default: "900", help: "how often the offer is re-published" },
     VarDoc {
         name: "PAYGRESS_RECONCILE_INTERVAL_SECONDS",

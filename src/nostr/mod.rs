@@ -7,6 +7,7 @@
 //! or gift-wrapped when the request was.
 
 mod decode;
+mod discovery;
 mod keys;
 mod seen;
 
@@ -25,6 +26,7 @@ use tokio::sync::{broadcast, mpsc, watch, Mutex};
 use tokio::task::JoinHandle;
 
 pub use decode::{decode_event, Decoded, IgnoreReason, Transport, KIND_GIFT_WRAP, KIND_SEAL};
+pub use discovery::{discovery_events, profile_json, HANDLED_KINDS, HANDLER_D_TAG, KIND_HANDLER};
 pub use keys::load_keys;
 
 use crate::lease::ports::{FailureKind, PortError, PortResult, ReplyPort, ReplyRoute, ReplyVia};
@@ -93,6 +95,9 @@ pub struct NostrOptions {
     pub resubscribe_interval: Duration,
     /// How long `start` waits for a first relay connection (it never fails for lack of one).
     pub connect_timeout: Duration,
+    /// Profile, relay lists and NIP-89 handler (see `discovery`), refreshed this often.
+    pub profile: crate::config::Profile,
+    pub discovery_interval: Duration,
 }
 
 impl NostrOptions {
@@ -104,6 +109,13 @@ impl NostrOptions {
             gift_wrap_lookback: Duration::from_secs(3 * 24 * 3600),
             resubscribe_interval: Duration::from_secs(30 * 60),
             connect_timeout: Duration::from_secs(10),
+            profile: crate::config::Profile {
+                name: "Paygress provider".into(),
+                about: "SSH pods for Cashu ecash".into(),
+                website: None,
+                nip05: None,
+            },
+            discovery_interval: Duration::from_secs(6 * 3600),
         }
     }
 }
@@ -376,10 +388,20 @@ impl NostrFrontend {
 
     async fn offer_loop(self) {
         let mut stop = self.inner.stop.subscribe();
+        let mut discovery_due = tokio::time::Instant::now();
         loop {
             match self.publish_offer().await {
                 Ok((id, relays)) => tracing::info!(event_id = %id, relays, "offer published"),
                 Err(e) => tracing::warn!(error = %e, "offer not published; retrying next interval"),
+            }
+            if tokio::time::Instant::now() >= discovery_due {
+                match self.publish_discovery().await {
+                    Ok(accepted) => {
+                        tracing::info!(accepted, "profile, relay lists and handler published");
+                        discovery_due = tokio::time::Instant::now() + self.inner.opts.discovery_interval;
+                    }
+                    Err(e) => tracing::warn!(error = %e, "discovery events not published; retrying next interval"),
+                }
             }
             tokio::select! {
                 _ = stop.wait_for(|s| *s) => break,
