@@ -290,7 +290,7 @@ fn no_secret_reaches_the_provider_log() -> Result<()> {
 /// The offer's NUT-18 payment request over its own transport, as a NUT-18 wallet pays it: `cashu pay` makes the
 /// token the request asks for (its amount, P2PK-locked to the provider), and the payload `{id, memo, mint, unit,
 /// proofs}` goes as a NIP-17 message to the nprofile's key. The provider takes it as a lease of the default tier
-/// and answers the payer; a payload for another payment id is not the provider's to redeem and stays unspent.
+/// and answers the payer in a NIP-17 chat message its client shows; a payload for another payment id is not the provider's to redeem and stays unspent.
 #[test]
 fn nut18_payload_over_the_offers_nostr_transport_buys_a_lease() -> Result<()> {
     let p = provider();
@@ -339,9 +339,17 @@ fn nut18_payload_over_the_offers_nostr_transport_buys_a_lease() -> Result<()> {
     let token = w.pay_request(&creq)?;
     let user = User::new()?;
     let id = user.publish_gift_wrap(14, &payload(&token, "paygress-lease")?, &p.pubkey)?;
-    let reply =
-        user.await_reply(&id, &p.pubkey, REPLY_TIMEOUT).map_err(|e| anyhow::anyhow!("{e}\n{}", p.log_tail()))?;
+    // The payer's client shows chat messages: the answer is one, in words (the login and password), with
+    // the reply's JSON after them.
+    let chat = user.await_chat(&id, &p.pubkey, REPLY_TIMEOUT).map_err(|e| anyhow::anyhow!("{e}\n{}", p.log_tail()))?;
+    let (words, json) = chat.split_once("\n\n").unwrap_or_default();
+    let reply: Value = serde_json::from_str(json)?;
     assert_eq!(reply["status"], "ok", "{reply}");
+    assert!(
+        words.contains("Log in: ")
+            && words.contains(&format!("Password: {}", reply["access"]["ssh_password"].as_str().unwrap_or("?"))),
+        "{words}"
+    );
     assert!(reply["duration_seconds"].as_u64().is_some_and(|d| (3550..=3600).contains(&d)), "{reply}");
     assert!(reply["access"]["ssh_password"].is_string(), "a password, as no key came: {reply}");
     delete_lease(reply["access"]["lease_id"].as_str().unwrap_or_default());

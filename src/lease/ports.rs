@@ -307,6 +307,9 @@ pub enum ReplyVia {
     GiftWrap,
     /// Answered in-band (HTTP); nothing to send later.
     InBand,
+    /// A NIP-17 gift wrap around a kind-14 chat message in words (a NUT-18 payment from a wallet, whose
+    /// client shows chat messages).
+    Chat,
 }
 
 impl ReplyVia {
@@ -315,10 +318,11 @@ impl ReplyVia {
             ReplyVia::Nip44 => "nip44",
             ReplyVia::GiftWrap => "gift_wrap",
             ReplyVia::InBand => "in_band",
+            ReplyVia::Chat => "chat",
         }
     }
     pub fn parse(s: &str) -> Option<ReplyVia> {
-        [ReplyVia::Nip44, ReplyVia::GiftWrap, ReplyVia::InBand].into_iter().find(|v| v.as_str() == s)
+        [ReplyVia::Nip44, ReplyVia::GiftWrap, ReplyVia::InBand, ReplyVia::Chat].into_iter().find(|v| v.as_str() == s)
     }
 }
 

@@ -211,18 +211,20 @@ fn decode_gift_wrap(keys: &Keys, wrap: &Event, now: u64) -> Decoded {
         );
     }
     match payload {
-        Some(request) => {
-            Decoded::Deliver { incoming: Incoming::Create { route, request }, transport: Transport::GiftWrap }
-        }
+        // The payer's wallet reads chat messages: answered in kind 14, in words.
+        Some(request) => Decoded::Deliver {
+            incoming: Incoming::Create { route: ReplyRoute { via: ReplyVia::Chat, ..route }, request },
+            transport: Transport::GiftWrap,
+        },
         None => request_from_json(kind, &rumor.content, route, Transport::GiftWrap),
     }
 }
 
 /// A NUT-18 payment payload (`{id, memo, mint, unit, proofs}`) paying the offer's payment request, as the lease
 /// request it stands for: the default tier, user `user`, a generated password, as long as the amount buys.
-/// The payer's wallet may not read the reply (kind 1001, NIP-17 to the payer's key), but its money is not
-/// stranded: the proofs are usually locked to the provider, so only the provider can use them, and does. A
-/// payload with another `id` is someone else's request and is ignored, the proofs left alone.
+/// Its reply goes back as a NIP-17 chat message in words (`ReplyVia::Chat`), which the payer's client
+/// shows, with the login and password. A payload with another `id` is someone else's request and is
+/// ignored, the proofs left alone.
 fn nut18_payload(content: &str) -> Option<LeaseRequest> {
     if content.len() > MAX_CONTENT_BYTES {
         return None;
@@ -290,7 +292,7 @@ pub fn describe_json_error(what: &str, e: &serde_json::Error) -> String {
 
 fn invalid(route: ReplyRoute, code: ErrorCode, message: String) -> Decoded {
     let transport = match route.via {
-        ReplyVia::GiftWrap => Transport::GiftWrap,
+        ReplyVia::GiftWrap | ReplyVia::Chat => Transport::GiftWrap,
         _ => Transport::Nip44,
     };
     Decoded::Deliver { incoming: Incoming::Invalid { route, code, message }, transport }
@@ -453,6 +455,7 @@ mod tests {
             Incoming::Create { route, request } => {
                 assert_eq!(route.request_id, rumor_id);
                 assert_eq!(route.requester, alice.public_key().to_hex());
+                assert_eq!(route.via, ReplyVia::Chat, "answered as the chat message its wallet shows");
                 assert!(request.cashu_token.starts_with("cashuB"));
                 assert!(request.tier.is_none() && request.ssh_username.is_none());
             }

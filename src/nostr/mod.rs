@@ -6,6 +6,7 @@
 //! plain JSON. Replies are kind 1001 with `e` = request id and `p` = requester, NIP-44 to the requester,
 //! or gift-wrapped when the request was.
 
+mod chat;
 mod decode;
 mod discovery;
 mod keys;
@@ -534,6 +535,13 @@ pub async fn build_reply(keys: &Keys, route: &ReplyRoute, reply: &Reply) -> Resu
         }
         ReplyVia::GiftWrap => {
             let rumor = EventBuilder::new(decode::kind(KIND_REPLY), json).tags(tags).build(keys.public_key());
+            EventBuilder::gift_wrap(keys, &requester, rumor, []).await.map_err(|e| build(e.to_string()))
+        }
+        // A chat message in the payment's thread (`e` = the payment's rumor), as NIP-17 replies are.
+        ReplyVia::Chat => {
+            let text = chat::chat_text(reply, &json);
+            let rumor =
+                EventBuilder::new(decode::kind(decode::KIND_PRIVATE_DM), text).tags(tags).build(keys.public_key());
             EventBuilder::gift_wrap(keys, &requester, rumor, []).await.map_err(|e| build(e.to_string()))
         }
     }

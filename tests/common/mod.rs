@@ -354,6 +354,22 @@ impl User {
         })
     }
 
+    /// A NIP-17 chat message (kind 14, gift-wrapped) from `provider` in the thread of `request_id`, as a
+    /// chat client shows it: its text.
+    pub fn await_chat(&self, request_id: &str, provider: &str, timeout: Duration) -> Result<String> {
+        wait_until(&format!("a chat message answering {request_id}"), timeout, || {
+            let out = run(Command::new("nak").args(["req", "-k", "1059", "-p", &self.pubkey, &relay()])).ok()?;
+            out.lines().filter(|l| !l.trim().is_empty()).find_map(|line| {
+                let rumor =
+                    run_with_stdin(Command::new("nak").args(["gift", "unwrap", "--sec", &self.sec]), line).ok()?;
+                let rumor: Value = serde_json::from_str(&rumor).ok()?;
+                let answers = rumor["tags"].as_array().into_iter().flatten().any(|t| t[0] == "e" && t[1] == request_id);
+                (rumor["kind"] == 14 && answers && rumor["pubkey"] == provider)
+                    .then(|| rumor["content"].as_str().unwrap_or_default().to_string())
+            })
+        })
+    }
+
     /// The reply to `request_id`: not a later message tagged with the same request (an expiry notice, an
     /// early end), which `await_reply_where` finds.
     fn find_reply(&self, request_id: &str, provider: &str) -> Result<Option<Value>> {
