@@ -16,6 +16,12 @@ const SAGAS: TableDefinition<&str, &str> = TableDefinition::new("sagas");
 const TOKENS: TableDefinition<&str, &str> = TableDefinition::new("tokens");
 /// Lease id → "<unix secs> <holder>": who ends the lease (see `Journal::claim_end`).
 const ENDS: TableDefinition<&str, &str> = TableDefinition::new("lease_ends");
+/// Request ids of the sagas not yet Done: resuming reads these few, not every finished record (the
+/// resume pass runs every 30 s; the journal keeps a week of finished sagas).
+const OPEN: TableDefinition<&str, ()> = TableDefinition::new("open_sagas");
+/// Markers of one-time migrations (name → "").
+const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
+const OPEN_INDEX_BUILT: &str = "open_sagas_index";
 
 pub const JOURNAL_FILE: &str = "journal.redb";
 
@@ -84,6 +90,21 @@ impl RedbJournal {
             tx.open_table(SAGAS).map_err(|e| open_err(e.to_string()))?;
             tx.open_table(TOKENS).map_err(|e| open_err(e.to_string()))?;
             tx.open_table(ENDS).map_err(|e| open_err(e.to_string()))?;
+            tx.open_table(OPEN).map_err(|e| open_err(e.to_string()))?;
+            let mut meta = tx.open_table(META).map_err(|e| open_err(e.to_string()))?;
+            // A journal of an older version has no index yet: build it once from every record.
+            if meta.get(OPEN_INDEX_BUILT).map_err(|e| open_err(e.to_string()))?.is_none() {
+                let sagas = tx.open_table(SAGAS).map_err(|e| open_err(e.to_string()))?;
+                let mut open = tx.open_table(OPEN).map_err(|e| open_err(e.to_string()))?;
+                for entry in sagas.iter().map_err(|e| open_err(e.to_string()))? {
+                    let (k, v) = entry.map_err(|e| open_err(e.to_string()))?;
+                    let done = serde_json::from_str::<SagaRecord>(v.value()).is_ok_and(|r| r.step == Step::Done);
+                    if !done {
+                        open.insert(k.value(), ()).map_err(|e| open_err(e.to_string()))?;
+                    }
+                }
+                meta.insert(OPEN_INDEX_BUILT, "").map_err(|e| open_err(e.to_string()))?;
+            }
         }
         tx.commit().map_err(|e| open_err(e.to_string()))?;
         Ok(RedbJournal { db, path })
@@ -107,6 +128,14 @@ impl RedbJournal {
             }
         };
         if inserted {
+            let mut open = tx.open_table(OPEN).map_err(de("open index"))?;
+            if record.step == Step::Done {
+                open.remove(record.request_id.as_str()).map_err(de("index saga"))?;
+            } else {
+                open.insert(record.request_id.as_str(), ()).map_err(de("index saga"))?;
+            }
+        }
+        if inserted {
             tx.commit().map_err(de("commit saga"))?;
         } else {
             tx.abort().map_err(de("abort"))?;
@@ -128,9 +157,11 @@ impl RedbJournal {
     fn list_unfinished(&self) -> Result<Vec<SagaRecord>, StoreError> {
         let tx = self.db.begin_read().map_err(de("begin read"))?;
         let t = tx.open_table(SAGAS).map_err(de("open sagas"))?;
+        let open = tx.open_table(OPEN).map_err(de("open index"))?;
         let mut out = Vec::new();
-        for entry in t.iter().map_err(de("scan sagas"))? {
-            let (k, v) = entry.map_err(de("scan sagas"))?;
+        for entry in open.iter().map_err(de("scan index"))? {
+            let (k, _) = entry.map_err(de("scan index"))?;
+            let Some(v) = t.get(k.value()).map_err(de("read saga"))? else { continue };
             match serde_json::from_str::<SagaRecord>(v.value()) {
                 Ok(r) if r.step != Step::Done => out.push(r),
                 Ok(_) => {}
@@ -436,6 +467,33 @@ mod tests {
         assert_eq!(j.claim_end("l2", "rel-3", 400).expect("kept"), Some("expiry".into()));
         j.release_end("l2", "expiry").expect("release");
         assert_eq!(j.claim_end("l2", "rel-3", 400).expect("released"), None);
+    }
+
+    #[test]
+    fn unfinished_sagas_come_from_the_index_and_an_older_journal_is_indexed_on_open() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let j = RedbJournal::open(dir.path()).expect("open");
+            j.put(&record("a", Step::Redeeming)).expect("put");
+            j.put(&record("b", Step::Done)).expect("put");
+            j.put(&record("c", Step::Received)).expect("put");
+            j.put(&record("c", Step::Done)).expect("finish c");
+            // As a journal of the previous version: no index, no marker.
+            let tx = j.db.begin_write().expect("write");
+            tx.delete_table(OPEN).expect("drop index");
+            tx.open_table(META).expect("meta").remove(OPEN_INDEX_BUILT).expect("unmark");
+            tx.commit().expect("commit");
+        }
+        let j = RedbJournal::open(dir.path()).expect("reopen");
+        let ids =
+            |j: &RedbJournal| j.unfinished().expect("unfinished").into_iter().map(|r| r.request_id).collect::<Vec<_>>();
+        assert_eq!(ids(&j), ["a"]);
+        j.put(&record("d", Step::Redeeming)).expect("put");
+        j.put(&record("a", Step::Done)).expect("finish a");
+        assert_eq!(ids(&j), ["d"]);
+        let tx = j.db.begin_read().expect("read");
+        let indexed = redb::ReadableTableMetadata::len(&tx.open_table(OPEN).expect("index")).expect("len");
+        assert_eq!(indexed, 1, "finished sagas leave the index");
     }
 
     #[test]
