@@ -46,6 +46,17 @@ impl Seen {
     }
 }
 
+/// What an error reply to one requester may be now (see [`Admission::error_reply`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorReply {
+    Send,
+    /// Tell them to slow down instead: answers resume at `until` (unix seconds).
+    SlowDown {
+        until: u64,
+    },
+    Withhold,
+}
+
 #[derive(Default)]
 pub struct Admission {
     seen: Mutex<Seen>,
@@ -64,27 +75,40 @@ impl Admission {
 
     /// Whether an error reply to `requester` may go out now (and counts it).
     pub fn allow_error_reply(&self, requester: &str, now: u64) -> bool {
-        let Ok(mut m) = self.errors.lock() else { return false };
+        self.error_reply(requester, now) == ErrorReply::Send
+    }
+
+    /// What to send a requester whose request is refused: the refusal while under the limits; once per
+    /// window, the first refusal past the key's limit becomes a "slow down" (so the sender learns why the
+    /// answers stop, rather than taking silence for a provider that is offline); then nothing.
+    pub fn error_reply(&self, requester: &str, now: u64) -> ErrorReply {
+        let Ok(mut m) = self.errors.lock() else { return ErrorReply::Withhold };
         if m.len() >= LIMITER_CAPACITY && !m.contains_key(requester) {
             m.retain(|_, (start, _)| start.saturating_add(ERROR_WINDOW_SECS) > now);
             if m.len() >= LIMITER_CAPACITY {
-                return false;
+                return ErrorReply::Withhold;
             }
         }
         let entry = m.entry(requester.to_string()).or_insert((now, 0));
         if entry.0.saturating_add(ERROR_WINDOW_SECS) <= now {
             *entry = (now, 0);
         }
-        entry.1 += 1;
-        if entry.1 > ERROR_REPLIES_PER_WINDOW {
-            return false;
-        }
-        let Ok(mut all) = self.all_errors.lock() else { return false };
+        entry.1 = entry.1.saturating_add(1);
+        let verdict = match entry.1 {
+            n if n <= ERROR_REPLIES_PER_WINDOW => ErrorReply::Send,
+            n if n == ERROR_REPLIES_PER_WINDOW + 1 => ErrorReply::SlowDown { until: entry.0 + ERROR_WINDOW_SECS },
+            _ => return ErrorReply::Withhold,
+        };
+        let Ok(mut all) = self.all_errors.lock() else { return ErrorReply::Withhold };
         if all.0.saturating_add(ERROR_WINDOW_SECS) <= now {
             *all = (now, 0);
         }
         all.1 += 1;
-        all.1 <= ERROR_REPLIES_TOTAL_PER_WINDOW
+        if all.1 <= ERROR_REPLIES_TOTAL_PER_WINDOW {
+            verdict
+        } else {
+            ErrorReply::Withhold
+        }
     }
 
     /// Take one of the requester's in-flight slots; None when all are taken.
@@ -138,6 +162,19 @@ mod tests {
         let sent = (0..LIMITER_CAPACITY + 100).filter(|i| a.allow_error_reply(&format!("k{i}"), 2000)).count();
         assert!(a.errors.lock().unwrap().len() <= LIMITER_CAPACITY);
         assert_eq!(sent as u32, ERROR_REPLIES_TOTAL_PER_WINDOW);
+    }
+
+    #[test]
+    fn the_first_refusal_past_the_limit_says_slow_down_once_a_window() {
+        let a = Admission::default();
+        let verdicts: Vec<ErrorReply> = (0..20).map(|_| a.error_reply("mallory", 1000)).collect();
+        assert!(verdicts[..ERROR_REPLIES_PER_WINDOW as usize].iter().all(|v| *v == ErrorReply::Send));
+        assert_eq!(
+            verdicts[ERROR_REPLIES_PER_WINDOW as usize],
+            ErrorReply::SlowDown { until: 1000 + ERROR_WINDOW_SECS }
+        );
+        assert!(verdicts[ERROR_REPLIES_PER_WINDOW as usize + 1..].iter().all(|v| *v == ErrorReply::Withhold));
+        assert_eq!(a.error_reply("mallory", 1000 + ERROR_WINDOW_SECS), ErrorReply::Send, "a new window");
     }
 
     #[test]

@@ -109,18 +109,33 @@ impl LeaseService {
         reply: Reply,
         started: Instant,
     ) -> Option<Reply> {
-        let outcome = match &reply {
+        let mut outcome = match &reply {
             Reply::Error { code, .. } => code.as_str(),
             Reply::Status { .. } => "status",
             _ => "other",
         };
-        if route.via != ReplyVia::InBand
-            && matches!(reply, Reply::Error { .. })
-            && !self.admission.allow_error_reply(&route.requester, now_secs())
-        {
-            self.metrics.outcome("rate_limited");
-            debug!(request_id = %route.request_id, "error reply withheld: requester over its rate");
-            return None;
+        let mut reply = reply;
+        if route.via != ReplyVia::InBand && matches!(reply, Reply::Error { .. }) {
+            match self.admission.error_reply(&route.requester, now_secs()) {
+                admission::ErrorReply::Send => {}
+                admission::ErrorReply::SlowDown { until } => {
+                    outcome = "rate_limited";
+                    reply = Reply::error(
+                        &route.request_id,
+                        ErrorCode::TooManyRequests,
+                        format!(
+                            "slow down: at most {} refusals a minute are answered per key; requests refused \
+                             before {until} (unix time) go unanswered",
+                            admission::ERROR_REPLIES_PER_WINDOW
+                        ),
+                    );
+                }
+                admission::ErrorReply::Withhold => {
+                    self.metrics.outcome("rate_limited");
+                    debug!(request_id = %route.request_id, "error reply withheld: requester over its rate");
+                    return None;
+                }
+            }
         }
         match self.ports.replies.send(route, &reply).await {
             Ok(()) => {

@@ -168,3 +168,21 @@ async fn strangers_releases_and_forged_tokens_are_never_journaled() {
     assert!(w.journal.tokens.lock().unwrap().len() == 1);
     assert_eq!(w.cluster.leases.lock().unwrap().len(), 1);
 }
+
+#[tokio::test]
+async fn a_key_over_its_refusal_rate_is_told_to_slow_down_once_then_not_answered() {
+    let w = world();
+    let mut answered = Vec::new();
+    for i in 0..15 {
+        // A token of a mint that is not whitelisted: refused offline, unjournaled.
+        let reply = w.svc.handle(create(&format!("bad-{i}"), "tok:http:evil.test:100:x")).await;
+        answered.push(reply.as_ref().and_then(error_code));
+    }
+    let limit = crate::lease::admission::ERROR_REPLIES_PER_WINDOW as usize;
+    assert!(answered[..limit].iter().all(|c| *c == Some(ErrorCode::MintNotAllowed)), "{answered:?}");
+    assert_eq!(answered[limit], Some(ErrorCode::TooManyRequests), "one slow-down: {answered:?}");
+    assert!(answered[limit + 1..].iter().all(Option::is_none), "then silence: {answered:?}");
+    let sent = w.replies.sent.lock().unwrap();
+    let (_, last) = sent.last().unwrap();
+    assert!(matches!(last, Reply::Error { message, .. } if message.starts_with("slow down")), "{last:?}");
+}
