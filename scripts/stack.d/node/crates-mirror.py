@@ -154,6 +154,8 @@ class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "paygress-crates-mirror"
     mirror = None  # set in main
+    # A socket timeout per connection: a client that stalls (or idles on keep-alive) frees its thread.
+    timeout = 60
 
     def log_message(self, fmt, *args):  # the access log is our own line per request (below)
         pass
@@ -228,6 +230,31 @@ class Handler(BaseHTTPRequestHandler):
     do_HEAD = do_GET
 
 
+class BoundedServer(ThreadingHTTPServer):
+    """At most `max_threads` connections served at once; further ones wait in the listen backlog."""
+
+    daemon_threads = True
+    request_queue_size = 128  # cargo opens many connections at once
+
+    def __init__(self, address, handler, max_threads):
+        super().__init__(address, handler)
+        self.slots = threading.BoundedSemaphore(max_threads)
+
+    def process_request(self, request, client_address):
+        self.slots.acquire()
+        try:
+            super().process_request(request, client_address)
+        except Exception:
+            self.slots.release()
+            raise
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--listen", required=True, help="address (must be in 198.18.0.0/15)")
@@ -239,15 +266,14 @@ def main():
     p.add_argument("--upstream-dl", default="https://static.crates.io/crates")
     p.add_argument("--max-age", type=int, default=86400, help="seconds an index entry is served without refetch")
     p.add_argument("--timeout", type=float, default=30)
+    p.add_argument("--max-threads", type=int, default=64, help="connections served at once")
     args = p.parse_args()
     addr = ipaddress.ip_address(args.listen)
     if addr not in ALLOWED_NET or addr.is_unspecified:
         p.error("refusing to listen on %s: only an address in %s (the stack's bridge)" % (addr, ALLOWED_NET))
     os.makedirs(args.cache, exist_ok=True)
     Handler.mirror = Mirror(args)
-    ThreadingHTTPServer.request_queue_size = 128  # cargo opens many connections at once
-    server = ThreadingHTTPServer((str(addr), args.port), Handler)
-    server.daemon_threads = True
+    server = BoundedServer((str(addr), args.port), Handler, args.max_threads)
     log("serving on http://%s:%d (cache %s, host caches %s)" % (addr, args.port, args.cache, args.host_cache))
     server.serve_forever()
 
