@@ -200,14 +200,7 @@ impl LeaseService {
             }
         }
         if matches!(ask, Ask::Create(_) | Ask::TopUp(_)) {
-            self.ports.payment.vet(ask.token()).await.map_err(|e| {
-                let code = match e.kind {
-                    FailureKind::Rejected(c) => c,
-                    FailureKind::Transient => ErrorCode::MintUnavailable,
-                    FailureKind::Permanent => ErrorCode::InvalidToken,
-                };
-                (code, e.message)
-            })?;
+            self.ports.payment.vet(ask.token()).await.map_err(token_refusal)?;
         }
         Ok(())
     }
@@ -215,14 +208,7 @@ impl LeaseService {
     /// What can be told of a request's token without the mint: encoding, whitelist, and that its face
     /// value buys at least the minimum (and, for a create, not grossly more than the maximum).
     pub(super) fn offline_token_check(&self, ask: &Ask) -> Result<crate::lease::ports::TokenInfo, (ErrorCode, String)> {
-        let info = self.ports.payment.inspect(ask.token()).map_err(|e| {
-            let code = match e.kind {
-                FailureKind::Rejected(c) => c,
-                FailureKind::Transient => ErrorCode::MintUnavailable,
-                FailureKind::Permanent => ErrorCode::InvalidToken,
-            };
-            (code, e.message)
-        })?;
+        let info = self.ports.payment.inspect(ask.token()).map_err(token_refusal)?;
         let rate = match ask {
             Ask::Create(r) => self.tier(r.tier.as_deref()),
             _ => self.tier(None),
@@ -328,4 +314,14 @@ pub(super) fn lease_ref(name: &str) -> Result<&str, (ErrorCode, String)> {
     } else {
         Err((ErrorCode::LeaseNotFound, "no such lease: a lease id is 32 hex digits".into()))
     }
+}
+
+/// A payment port's verdict on a token as the refusal the requester gets.
+fn token_refusal(e: PortError) -> (ErrorCode, String) {
+    let code = match e.kind {
+        FailureKind::Rejected(c) => c,
+        FailureKind::Transient => ErrorCode::MintUnavailable,
+        FailureKind::Permanent => ErrorCode::InvalidToken,
+    };
+    (code, e.message)
 }

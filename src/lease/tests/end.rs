@@ -88,17 +88,7 @@ async fn a_release_cut_after_its_delete_still_refunds_once() {
     w.svc.handle(create("e1", "tok:http:mint.test:100:a")).await;
     let id = w.cluster.leases.lock().unwrap().keys().next().unwrap().clone();
     // What a crash right after the delete leaves: the release decided in Ending, the lease gone.
-    let mut rec = SagaRecord::new(
-        route("r1", "alice-pk"),
-        crate::lease::journal::Ask::Release(crate::protocol::ReleaseRequest { lease: id.clone() }),
-        now_secs(),
-    );
-    rec.step = Step::Ending;
-    rec.lease_id = Some(id.clone());
-    rec.amount = Some(25);
-    rec.unused_minutes = Some(15);
-    rec.mint_url = Some(MINT.into());
-    w.journal.put(&rec).unwrap();
+    w.journal.put(&release_in_ending("r1", &id, 15, 25, None)).unwrap();
     w.cluster.leases.lock().unwrap().clear();
     w.svc.resume_unfinished().await;
     let done = wait_done(&w, "r1").await;

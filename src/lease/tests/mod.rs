@@ -565,3 +565,20 @@ async fn wait_done(w: &World, id: &str) -> SagaRecord {
 fn release(id: &str, lease_id: &str, who: &str) -> Incoming {
     Incoming::Release { route: route(id, who), request: crate::protocol::ReleaseRequest { lease: lease_id.into() } }
 }
+
+/// What a release decided and then cut leaves in the journal: its record in Ending, `minutes` unused
+/// worth `amount`, judged on the pod at `version`.
+fn release_in_ending(id: &str, lease_id: &str, minutes: u64, amount: u64, version: Option<&str>) -> SagaRecord {
+    let mut rec = SagaRecord::new(
+        route(id, "alice-pk"),
+        super::journal::Ask::Release(crate::protocol::ReleaseRequest { lease: lease_id.into() }),
+        now_secs(),
+    );
+    rec.step = Step::Ending;
+    rec.lease_id = Some(lease_id.into());
+    rec.amount = Some(amount);
+    rec.unused_minutes = Some(minutes);
+    rec.mint_url = Some(MINT.into());
+    rec.pod_version = version.map(str::to_string);
+    rec
+}

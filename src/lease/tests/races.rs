@@ -73,18 +73,7 @@ async fn a_release_decided_before_expiry_refunds_nothing_once_expiry_ended_the_l
     let w = world();
     let id = half_hour_lease(&w).await;
     // A release decided while 15 minutes were left, then cut (a crash, or parked on the API server) ...
-    let mut rec = SagaRecord::new(
-        route("r1", "alice-pk"),
-        crate::lease::journal::Ask::Release(crate::protocol::ReleaseRequest { lease: id.clone() }),
-        now_secs(),
-    );
-    rec.step = Step::Ending;
-    rec.lease_id = Some(id.clone());
-    rec.amount = Some(25);
-    rec.unused_minutes = Some(15);
-    rec.mint_url = Some(MINT.into());
-    rec.pod_version = Some("0".into());
-    w.journal.put(&rec).unwrap();
+    w.journal.put(&release_in_ending("r1", &id, 15, 25, Some("0"))).unwrap();
     // ... while the lease ran out and the reconciler ended it.
     w.cluster.leases.lock().unwrap().get_mut(&id).unwrap().expires_at = now_secs() - 1;
     w.svc.reconcile_once().await.unwrap();
