@@ -436,7 +436,7 @@ mod tests {
         j.put(&at("mid-done", Step::Done, 500)).expect("put");
         j.put(&at("new-done", Step::Done, 900)).expect("put");
         // Refusals found before any redeem: kept only as long as replays need them.
-        let refused = |id: &str, t: u64| SagaRecord { amount: None, token_digest: None, ..at(id, Step::Done, t) };
+        let refused = |id: &str, t: u64| SagaRecord { amount: None, ..at(id, Step::Done, t) };
         j.put(&refused("mid-refused", 500)).expect("put");
         j.put(&refused("new-refused", 900)).expect("put");
         let p = j.prune(200, 600, 100).expect("prune");

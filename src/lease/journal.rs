@@ -139,14 +139,11 @@ impl SagaRecord {
 }
 
 impl SagaRecord {
-    /// Whether the saga moved no money and owes nothing more: a refusal, found before any redeem. Such
+    /// Whether the saga moved no money and owes nothing more: a refusal, before or by the mint. Such
     /// records only de-duplicate replays, which the acceptance window bounds, so they are kept briefly
     /// (a flood of refused requests must not fill the volume). Notices are kept: they make each once.
     pub fn moved_no_money(&self) -> bool {
-        self.step == Step::Done
-            && self.amount.is_none()
-            && self.token_digest.is_none()
-            && !matches!(self.ask, Ask::Notice { .. })
+        self.step == Step::Done && self.amount.is_none() && !matches!(self.ask, Ask::Notice { .. })
     }
 
     /// An HTTP lease's early end: its refund token has no reply to travel in, so it stays in the record
