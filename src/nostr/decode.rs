@@ -119,12 +119,16 @@ pub fn decode_event(keys: &Keys, event: &Event, now: u64) -> Decoded {
     if !is_request_kind(kind) {
         return Decoded::Ignore(IgnoreReason::UnsupportedKind);
     }
-    if !fresh(event.created_at.as_secs(), now) {
-        return Decoded::Ignore(IgnoreReason::Stale);
-    }
-
     let to_us = has_p_tag(event.tags.iter().map(|t| t.as_slice()), &keys.public_key());
     let route = ReplyRoute { request_id: event.id.to_hex(), requester: event.pubkey.to_hex(), via: ReplyVia::Nip44 };
+    if !fresh(event.created_at.as_secs(), now) {
+        // Addressed to us, it reached us live (our subscriptions ask for no older events than the window
+        // accepts): a clock that is off, which its sender can fix once told. Unaddressed, it may be anyone's.
+        if to_us {
+            return invalid(route, ErrorCode::InvalidRequest, clock_off(event.created_at.as_secs(), now));
+        }
+        return Decoded::Ignore(IgnoreReason::Stale);
+    }
 
     if !to_us {
         // Seed compatibility: an unaddressed kind 1000 is ours only if it is a plain lease request.
@@ -191,7 +195,11 @@ fn decode_gift_wrap(keys: &Keys, wrap: &Event, now: u64) -> Decoded {
     if !is_request_kind(kind) {
         return Decoded::Ignore(IgnoreReason::UnsupportedRumorKind);
     }
-    if !fresh(rumor.created_at.as_secs(), now) {
+    let rumor_at = rumor.created_at.as_secs();
+    // A rumor from the future: a clock that is ahead, told below. One from the past may be a relay's replay
+    // of an old wrap (their window is days wide): ignored.
+    let ahead = rumor_at > now + MAX_REQUEST_SKEW_SECS;
+    if !fresh(rumor_at, now) && !ahead {
         return Decoded::Ignore(IgnoreReason::Stale);
     }
     // The rumor's id is the request id (the reply's `e` tag): recompute it, never trust a claimed one,
@@ -202,6 +210,9 @@ fn decode_gift_wrap(keys: &Keys, wrap: &Event, now: u64) -> Decoded {
     let route = ReplyRoute { request_id: id.to_hex(), requester: rumor.pubkey.to_hex(), via: ReplyVia::GiftWrap };
     if claimed.is_some_and(|c| c != id) {
         return invalid(route, ErrorCode::InvalidRequest, "rumor id does not match its content".into());
+    }
+    if ahead {
+        return invalid(route, ErrorCode::InvalidRequest, clock_off(rumor_at, now));
     }
     if rumor.content.len() > MAX_CONTENT_BYTES {
         return invalid(
@@ -288,6 +299,22 @@ pub fn describe_json_error(what: &str, e: &serde_json::Error) -> String {
         }
     };
     format!("not a valid {what}: {detail} (line {}, column {})", e.line(), e.column())
+}
+
+/// What a sender whose clock is off is told: by how much, and the window.
+fn clock_off(created_at: u64, now: u64) -> String {
+    let (by, way) = if created_at > now { (created_at - now, "ahead of") } else { (now - created_at, "behind") };
+    let by = match by {
+        s if s >= 3600 => format!("{} h {} min", s / 3600, s % 3600 / 60),
+        s if s >= 60 => format!("{} min", s / 60),
+        s => format!("{s} s"),
+    };
+    format!(
+        "your clock is off: the request is dated {by} {way} the provider's time ({now}, unix seconds); requests \
+         are accepted from {} minutes before to {} minutes after it. Set your clock and send it again.",
+        MAX_REQUEST_AGE_SECS / 60,
+        MAX_REQUEST_SKEW_SECS / 60
+    )
 }
 
 fn invalid(route: ReplyRoute, code: ErrorCode, message: String) -> Decoded {
@@ -649,7 +676,7 @@ mod tests {
     }
 
     #[test]
-    fn requests_outside_the_time_window_are_ignored() {
+    fn requests_outside_the_time_window_are_refused_with_the_clock_error() {
         let (us, alice) = (provider(), Keys::generate());
         let at = |t: u64| {
             EventBuilder::new(kind(1000), SEED)
@@ -659,9 +686,25 @@ mod tests {
                 .unwrap()
         };
         let now = 1_900_000_000;
-        assert!(matches!(decode_event(&us, &at(now - 60), now), Decoded::Deliver { .. }));
-        assert_eq!(decode_event(&us, &at(now - 2 * 3600), now), Decoded::Ignore(IgnoreReason::Stale));
-        assert_eq!(decode_event(&us, &at(now + 3600), now), Decoded::Ignore(IgnoreReason::Stale));
+        assert!(matches!(
+            decode_event(&us, &at(now - 60), now),
+            Decoded::Deliver { incoming: Incoming::Create { .. }, .. }
+        ));
+        // Addressed to us and outside the window: the sender's clock is off, and is told so.
+        let told = |d: Decoded| match d {
+            Decoded::Deliver { incoming: Incoming::Invalid { code, message, .. }, .. } => (code, message),
+            other => panic!("{other:?}"),
+        };
+        let (code, message) = told(decode_event(&us, &at(now - 2 * 3600 - 300), now));
+        assert_eq!(code, ErrorCode::InvalidRequest);
+        assert!(message.contains("2 h 5 min behind"), "{message}");
+        assert!(told(decode_event(&us, &at(now + 3600), now)).1.contains("1 h 0 min ahead of"));
+        // Unaddressed (a seed client's plain request, or anyone's): ignored.
+        let plain = EventBuilder::new(kind(1000), SEED).custom_created_at(Timestamp::from(now - 7200));
+        assert_eq!(
+            decode_event(&us, &plain.sign_with_keys(&alice).unwrap(), now),
+            Decoded::Ignore(IgnoreReason::Stale)
+        );
         assert!(fresh(now - MAX_REQUEST_AGE_SECS, now) && !fresh(now - MAX_REQUEST_AGE_SECS - 1, now));
     }
 
@@ -672,7 +715,15 @@ mod tests {
         let (wrap, _) = gift_wrap(&alice, &us, 1000, SEED).await;
         let now = Timestamp::now().as_secs();
         assert!(matches!(decode_event(&us, &wrap, now), Decoded::Deliver { .. }));
-        // The same wrap read a day later: its rumor is stale.
+        // The same wrap read a day later: its rumor is stale (a relay's replay), ignored.
         assert_eq!(decode_event(&us, &wrap, now + 86_400), Decoded::Ignore(IgnoreReason::Stale));
+        // Read by a provider whose clock is an hour behind the sender's: the sender is told.
+        match decode_event(&us, &wrap, now - 3600) {
+            Decoded::Deliver { incoming: Incoming::Invalid { route, message, .. }, .. } => {
+                assert_eq!(route.via, ReplyVia::GiftWrap);
+                assert!(message.contains("ahead of"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }
