@@ -136,9 +136,12 @@ for _ in $(seq 1 20); do tcp_open 2222 "$cip" && break; sleep 0.5; done
   || fail kube-proxy "$LOG_DIR/kube-proxy.log" "SSH to ClusterIP $cip failed"
 kubectl -n "$NS" exec client -- bash -c "exec 3<>/dev/tcp/$cip/2222 && head -c 7 <&3" | grep -q '^SSH-2.0' \
   || fail kube-proxy "$LOG_DIR/kube-proxy.log" "pod to ClusterIP $cip: no SSH banner"
+# A free port: the range holds the instance's own Tor ports too (21540-21549 for the real node), and a
+# forward that lost the bind to one of them would meet a Tor relay instead of sshd.
 pf_port=$(( PORT_KUBELET + 100 + RANDOM % 400 ))
+while tcp_open "$pf_port"; do pf_port=$(( PORT_KUBELET + 100 + RANDOM % 400 )); done
 kubectl -n "$NS" port-forward svc/lease-ssh "$pf_port:2222" >"$TMP/pf.log" 2>&1 & PF_PID=$!
-for _ in $(seq 1 20); do tcp_open "$pf_port" && break; sleep 0.5; done
+for _ in $(seq 1 40); do grep -q '^Forwarding from' "$TMP/pf.log" && break; sleep 0.5; done
 [ "$(sshpass -p hunter2 ssh "${SSH_OPTS[@]}" -p "$pf_port" bob@127.0.0.1 hostname)" = lease ] \
   || fail kubelet "$TMP/pf.log" "SSH through kubectl port-forward svc/lease-ssh failed"
 kill "$PF_PID"; PF_PID=""
