@@ -1,20 +1,22 @@
 //! The operator's wallet endpoints (only with an admin token) and their client, `paygress wallet …`.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use utoipa::ToSchema;
 
-use super::{bearer, ApiError, ApiJson, ErrorBody};
+use super::{bearer, ApiError, ApiJson, ClientAddr, ErrorBody};
 use crate::lease::ports::{FailureKind, PortError};
 use crate::protocol::ErrorCode;
 
@@ -35,26 +37,61 @@ pub trait WalletAdmin: Send + Sync {
     async fn send(&self, mint: Option<&str>, amount: u64) -> Result<WalletSent, PortError>;
 }
 
+/// Wrong admin tokens one client address may try in a window; past them it is refused (429) until the
+/// window ends, whatever token it sends: guessing is bounded, and other addresses are not locked out.
+const FAILURES_PER_WINDOW: u32 = 10;
+const FAILURE_WINDOW_SECS: u64 = 60;
+/// Addresses remembered at once; a full table forgets windows that have ended.
+const TRACKED_ADDRESSES: usize = 4096;
+
 pub struct Admin {
     token_digest: [u8; 32],
     wallet: Arc<dyn WalletAdmin>,
+    /// Client address → (window start, wrong tokens in it).
+    failures: Mutex<HashMap<IpAddr, (u64, u32)>>,
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 impl Admin {
     pub fn new(token: &str, wallet: Arc<dyn WalletAdmin>) -> Self {
-        Admin { token_digest: Sha256::digest(token.as_bytes()).into(), wallet }
+        Admin { token_digest: Sha256::digest(token.as_bytes()).into(), wallet, failures: Mutex::default() }
     }
 
     /// Compared as digests: equal-length values, and timing reveals nothing useful about the token.
-    fn authorised(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+    fn authorised(&self, headers: &HeaderMap, client: Option<IpAddr>) -> Result<(), ApiError> {
+        let now = now_secs();
+        if let Some(ip) = client {
+            let locked = self.failures.lock().map_or(true, |f| {
+                f.get(&ip).is_some_and(|(start, n)| start + FAILURE_WINDOW_SECS > now && *n >= FAILURES_PER_WINDOW)
+            });
+            if locked {
+                let mut e = ApiError::code(ErrorCode::TooManyRequests, "too many wrong admin tokens; try again later");
+                e.retry_after = Some(FAILURE_WINDOW_SECS);
+                return Err(e);
+            }
+        }
         let given = bearer(headers).ok_or_else(|| ApiError::unauthorized("admin token"))?;
         let d: [u8; 32] = Sha256::digest(given.as_bytes()).into();
         let diff = d.iter().zip(self.token_digest.iter()).fold(0u8, |acc, (a, b)| acc | (a ^ b));
         if diff == 0 {
-            Ok(())
-        } else {
-            Err(ApiError::new(StatusCode::UNAUTHORIZED, ErrorCode::InvalidRequest, "wrong admin token"))
+            return Ok(());
         }
+        if let (Some(ip), Ok(mut f)) = (client, self.failures.lock()) {
+            if f.len() >= TRACKED_ADDRESSES && !f.contains_key(&ip) {
+                f.retain(|_, (start, _)| *start + FAILURE_WINDOW_SECS > now);
+            }
+            if f.len() < TRACKED_ADDRESSES || f.contains_key(&ip) {
+                let entry = f.entry(ip).or_insert((now, 0));
+                if entry.0 + FAILURE_WINDOW_SECS <= now {
+                    *entry = (now, 0);
+                }
+                entry.1 += 1;
+            }
+        }
+        Err(ApiError::new(StatusCode::UNAUTHORIZED, ErrorCode::InvalidRequest, "wrong admin token"))
     }
 }
 
@@ -81,8 +118,12 @@ pub struct WalletSendBody {
 #[utoipa::path(get, path = "/admin/wallet/balance", tag = "admin", security(("admin_token" = [])),
     description = "Only when PAYGRESS_ADMIN_TOKEN(_FILE) is set.",
     responses((status = 200, body = WalletBalance), (status = 401, body = ErrorBody)))]
-pub(super) async fn admin_balance(State(admin): State<Arc<Admin>>, headers: HeaderMap) -> Response {
-    if let Err(e) = admin.authorised(&headers) {
+pub(super) async fn admin_balance(
+    State(admin): State<Arc<Admin>>,
+    client: Option<Extension<ClientAddr>>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(e) = admin.authorised(&headers, client.map(|c| c.0 .0)) {
         return e.into_response();
     }
     match admin.wallet.balances().await {
@@ -100,10 +141,11 @@ pub(super) async fn admin_balance(State(admin): State<Arc<Admin>>, headers: Head
     responses((status = 200, body = WalletSent), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
 pub(super) async fn admin_send(
     State(admin): State<Arc<Admin>>,
+    client: Option<Extension<ClientAddr>>,
     headers: HeaderMap,
     body: Result<ApiJson<WalletSendBody>, ApiError>,
 ) -> Response {
-    if let Err(e) = admin.authorised(&headers) {
+    if let Err(e) = admin.authorised(&headers, client.map(|c| c.0 .0)) {
         return e.into_response();
     }
     let body = match body {
@@ -217,5 +259,41 @@ pub(super) fn split_response(raw: &[u8]) -> Option<(u16, Vec<u8>)> {
         }
         out.extend_from_slice(rest.get(..size)?);
         rest = rest.get(size + 2..)?;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct NoWallet;
+    #[async_trait]
+    impl WalletAdmin for NoWallet {
+        async fn balances(&self) -> Result<Vec<(String, u64)>, PortError> {
+            Ok(vec![])
+        }
+        async fn send(&self, _mint: Option<&str>, _amount: u64) -> Result<WalletSent, PortError> {
+            Err(PortError::permanent("none"))
+        }
+    }
+
+    fn with_token(t: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(axum::http::header::AUTHORIZATION, format!("Bearer {t}").parse().unwrap());
+        h
+    }
+
+    #[test]
+    fn a_client_guessing_admin_tokens_is_stopped_and_others_are_not() {
+        let admin = Admin::new("the-right-admin-token", Arc::new(NoWallet));
+        let (guesser, operator): (IpAddr, IpAddr) = ("203.0.113.9".parse().unwrap(), "10.0.0.2".parse().unwrap());
+        for i in 0..FAILURES_PER_WINDOW {
+            let e = admin.authorised(&with_token(&format!("guess-{i}")), Some(guesser)).unwrap_err();
+            assert_eq!(e.status, StatusCode::UNAUTHORIZED);
+        }
+        // Past the limit even the right token is refused from that address, so guessing stops paying off.
+        let e = admin.authorised(&with_token("the-right-admin-token"), Some(guesser)).unwrap_err();
+        assert_eq!(e.status, StatusCode::TOO_MANY_REQUESTS);
+        assert!(admin.authorised(&with_token("the-right-admin-token"), Some(operator)).is_ok());
     }
 }

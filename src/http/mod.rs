@@ -21,7 +21,7 @@ pub use auth::{AuthCheck, AuthResult};
 pub use health::{HealthState, Readiness, ReadyReport};
 pub use leases::{Api, LeaseCreated, LeaseOrder, TopUpBody};
 pub use nut24::{PayQuery, X_CASHU};
-pub use serve::serve;
+pub use serve::{serve, ClientAddr};
 
 use std::sync::Arc;
 

@@ -36,6 +36,11 @@ pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a graceful stop waits for connections in flight.
 const DRAIN: Duration = Duration::from_secs(25);
 
+/// The client's address, as an extension on every request of its connection (the admin endpoints count
+/// wrong tokens per address).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientAddr(pub IpAddr);
+
 /// The listener's bounds (tests shrink them).
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -156,6 +161,7 @@ pub async fn serve_with(
             debug!(%peer, "connection refused: no room for this client");
             continue; // dropped: closed at once
         };
+        let router = router.layer(axum::Extension(ClientAddr(peer.ip())));
         let conn = connection(stream, router, header_timeout, keep_alive);
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
