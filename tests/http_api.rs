@@ -395,7 +395,8 @@ fn nut24_lease_and_top_up_with_curl_and_the_cashu_cli() -> Result<()> {
     assert_eq!(created.status, 201, "{created:?}");
     let c = created.json();
     let lease_id = c["access"]["lease_id"].as_str().expect("lease id").to_string();
-    assert!(c["duration_seconds"].as_u64().is_some_and(|d| (1800..1900).contains(&d)), "{c}");
+    // What is left of the 30 minutes when the reply is made: a second may have passed since the redeem.
+    assert!(c["duration_seconds"].as_u64().is_some_and(|d| (1750..=1800).contains(&d)), "{c}");
     assert!(w.balance()? <= before - 50);
     let auth = format!("Bearer {}", c["lease_secret"].as_str().expect("lease_secret"));
     // The retry with the same key is the same request: the same lease, paid once.
