@@ -48,6 +48,12 @@ impl From<StoreError> for PortError {
     }
 }
 
+/// Whether pruning deletes a finished record: past the retention, or a refusal that moved no money past
+/// the hour kept for replays (see `Journal::prune`).
+fn deletable(r: &SagaRecord, delete_before: u64, redact_before: u64) -> bool {
+    r.received_at < delete_before || (r.received_at < redact_before && r.moved_no_money())
+}
+
 /// The holder in an end claim's value ("<secs> <holder>").
 fn end_holder(value: &str) -> &str {
     value.split_once(' ').map_or(value, |(_, h)| h)
@@ -128,14 +134,14 @@ impl RedbJournal {
             }
         };
         if inserted {
-            let mut open = tx.open_table(OPEN).map_err(de("open index"))?;
-            if record.step == Step::Done {
-                open.remove(record.request_id.as_str()).map_err(de("index saga"))?;
-            } else {
-                open.insert(record.request_id.as_str(), ()).map_err(de("index saga"))?;
+            {
+                let mut open = tx.open_table(OPEN).map_err(de("open index"))?;
+                if record.step == Step::Done {
+                    open.remove(record.request_id.as_str()).map_err(de("index saga"))?;
+                } else {
+                    open.insert(record.request_id.as_str(), ()).map_err(de("index saga"))?;
+                }
             }
-        }
-        if inserted {
             tx.commit().map_err(de("commit saga"))?;
         } else {
             tx.abort().map_err(de("abort"))?;
@@ -271,7 +277,7 @@ impl RedbJournal {
                 if r.step != Step::Done {
                     continue;
                 }
-                if r.received_at < delete_before || (r.received_at < redact_before && r.moved_no_money()) {
+                if deletable(&r, delete_before, redact_before) {
                     delete.push(k.value().to_string());
                 } else if r.received_at < redact_before && r.has_secrets() && !r.keeps_secrets_for_owner() {
                     redact.push(k.value().to_string());
@@ -292,7 +298,7 @@ impl RedbJournal {
                 if r.step != Step::Done {
                     continue;
                 }
-                if r.received_at < delete_before || (r.received_at < redact_before && r.moved_no_money()) {
+                if deletable(&r, delete_before, redact_before) {
                     sagas.remove(id.as_str()).map_err(de("delete saga"))?;
                     if let Some(d) = &r.token_digest {
                         let holder = tokens.get(d.as_str()).map_err(de("read token"))?.map(|v| v.value().to_string());

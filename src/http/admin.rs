@@ -18,6 +18,7 @@ use utoipa::ToSchema;
 
 use super::{bearer, ApiError, ApiJson, ClientAddr, ErrorBody};
 use crate::lease::ports::{FailureKind, PortError};
+use crate::lease::service::now_secs;
 use crate::protocol::ErrorCode;
 
 /// A token made from the provider's wallet.
@@ -49,10 +50,6 @@ pub struct Admin {
     wallet: Arc<dyn WalletAdmin>,
     /// Client address → (window start, wrong tokens in it).
     failures: Mutex<HashMap<IpAddr, (u64, u32)>>,
-}
-
-fn now_secs() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 impl Admin {

@@ -73,11 +73,6 @@ impl Admission {
         self.seen.lock().map(|mut s| s.insert(request_id)).unwrap_or(false)
     }
 
-    /// Whether an error reply to `requester` may go out now (and counts it).
-    pub fn allow_error_reply(&self, requester: &str, now: u64) -> bool {
-        self.error_reply(requester, now) == ErrorReply::Send
-    }
-
     /// What to send a requester whose request is refused: the refusal while under the limits; once per
     /// window, the first refusal past the key's limit becomes a "slow down" (so the sender learns why the
     /// answers stop, rather than taking silence for a provider that is offline); then nothing.
@@ -154,12 +149,13 @@ mod tests {
     #[test]
     fn error_replies_are_limited_per_requester_and_window() {
         let a = Admission::default();
-        let sent = (0..50).filter(|_| a.allow_error_reply("mallory", 1000)).count();
+        let sent = (0..50).filter(|_| a.error_reply("mallory", 1000) == ErrorReply::Send).count();
         assert_eq!(sent as u32, ERROR_REPLIES_PER_WINDOW);
-        assert!(a.allow_error_reply("alice", 1000), "others are not affected");
-        assert!(a.allow_error_reply("mallory", 1000 + ERROR_WINDOW_SECS), "a new window");
+        assert_eq!(a.error_reply("alice", 1000), ErrorReply::Send, "others are not affected");
+        assert_eq!(a.error_reply("mallory", 1000 + ERROR_WINDOW_SECS), ErrorReply::Send, "a new window");
         // A flood of fresh keys neither grows the map beyond its bound nor gets more than the total.
-        let sent = (0..LIMITER_CAPACITY + 100).filter(|i| a.allow_error_reply(&format!("k{i}"), 2000)).count();
+        let sent =
+            (0..LIMITER_CAPACITY + 100).filter(|i| a.error_reply(&format!("k{i}"), 2000) == ErrorReply::Send).count();
         assert!(a.errors.lock().unwrap().len() <= LIMITER_CAPACITY);
         assert_eq!(sent as u32, ERROR_REPLIES_TOTAL_PER_WINDOW);
     }

@@ -358,16 +358,27 @@ impl User {
     /// chat client shows it: its text.
     pub fn await_chat(&self, request_id: &str, provider: &str, timeout: Duration) -> Result<String> {
         wait_until(&format!("a chat message answering {request_id}"), timeout, || {
-            let out = run(Command::new("nak").args(["req", "-k", "1059", "-p", &self.pubkey, &relay()])).ok()?;
-            out.lines().filter(|l| !l.trim().is_empty()).find_map(|line| {
-                let rumor =
-                    run_with_stdin(Command::new("nak").args(["gift", "unwrap", "--sec", &self.sec]), line).ok()?;
-                let rumor: Value = serde_json::from_str(&rumor).ok()?;
-                let answers = rumor["tags"].as_array().into_iter().flatten().any(|t| t[0] == "e" && t[1] == request_id);
-                (rumor["kind"] == 14 && answers && rumor["pubkey"] == provider)
-                    .then(|| rumor["content"].as_str().unwrap_or_default().to_string())
-            })
+            let rumor = self.gift_rumor(14, request_id, provider).ok()??;
+            Some(rumor["content"].as_str().unwrap_or_default().to_string())
         })
+    }
+
+    /// The first rumor of `kind` from `provider` answering `request_id` (its `e` tag) among the gift wraps
+    /// to this user on the relay.
+    fn gift_rumor(&self, kind: u16, request_id: &str, provider: &str) -> Result<Option<Value>> {
+        let out = run(Command::new("nak").args(["req", "-k", "1059", "-p", &self.pubkey, &relay()]))?;
+        for line in out.lines().filter(|l| !l.trim().is_empty()) {
+            let Ok(rumor) = run_with_stdin(Command::new("nak").args(["gift", "unwrap", "--sec", &self.sec]), line)
+            else {
+                continue;
+            };
+            let rumor: Value = serde_json::from_str(&rumor)?;
+            let answers = rumor["tags"].as_array().into_iter().flatten().any(|t| t[0] == "e" && t[1] == request_id);
+            if rumor["kind"] == kind && answers && rumor["pubkey"] == provider {
+                return Ok(Some(rumor));
+            }
+        }
+        Ok(None)
     }
 
     /// The reply to `request_id`: not a later message tagged with the same request (an expiry notice, an
@@ -383,19 +394,10 @@ impl User {
                 return Ok(Some(v));
             }
         }
-        let out = run(Command::new("nak").args(["req", "-k", "1059", "-p", &self.pubkey, &relay()]))?;
-        for line in out.lines().filter(|l| !l.trim().is_empty()) {
-            let Ok(rumor) = run_with_stdin(Command::new("nak").args(["gift", "unwrap", "--sec", &self.sec]), line)
-            else {
-                continue;
-            };
-            let rumor: Value = serde_json::from_str(&rumor)?;
-            let answers = rumor["tags"].as_array().into_iter().flatten().any(|t| t[0] == "e" && t[1] == request_id);
-            if rumor["kind"] == 1001 && answers && rumor["pubkey"] == provider {
-                return Ok(Some(serde_json::from_str(rumor["content"].as_str().unwrap_or_default())?));
-            }
+        match self.gift_rumor(1001, request_id, provider)? {
+            Some(rumor) => Ok(Some(serde_json::from_str(rumor["content"].as_str().unwrap_or_default())?)),
+            None => Ok(None),
         }
-        Ok(None)
     }
 }
 
