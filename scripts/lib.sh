@@ -1,5 +1,5 @@
 # Shared helpers for scripts/stack and its components (scripts/stack.d/*.sh).
-# Sourced, never executed. Everything binds 127.0.0.1; every process is recorded by PID.
+# Sourced, never executed. Everything binds 127.0.0.1 or the node's bridge address; every process is recorded by PID.
 
 PAYGRESS_CACHE="${PAYGRESS_CACHE:-$HOME/.cache/paygress}"
 # Runtime state of the running stack (logs, data dirs, pid files, generated configs).
@@ -10,39 +10,37 @@ PID_DIR="$STACK_DIR/pids"
 LOG_DIR="$STACK_DIR/logs"
 mkdir -p "$STACK_DIR" "$BUILD_DIR" "$PID_DIR" "$LOG_DIR"
 
-# The address every peer (relay, mints, Tor network) listens on and is named by in env.sh: loopback for the main
-# stack; the real node's instance (scripts/real-node-env) puts them on its bridge, 198.18.0.1, where the host and
-# pods both reach them.
-STACK_ADDR="${PAYGRESS_STACK_ADDR:-127.0.0.1}"
+# The address every peer (API server, relay, mints, Tor network) listens on and is named by in env.sh: the node's
+# bridge address, where the host and pods both reach them (pods cannot reach the host's loopback).
+STACK_ADDR="${PAYGRESS_STACK_ADDR:-198.18.0.1}"
 
-# Fixed loopback ports, one table so components never collide. Each can be moved from the environment
-# (PAYGRESS_PORT_APISERVER=36443 …) to run a second stack instance beside the first (with its own PAYGRESS_STACK_DIR).
-PORT_ETCD_CLIENT="${PAYGRESS_PORT_ETCD_CLIENT:-23790}"
-PORT_ETCD_PEER="${PAYGRESS_PORT_ETCD_PEER:-23800}"
-PORT_APISERVER="${PAYGRESS_PORT_APISERVER:-26443}"
-PORT_RELAY="${PAYGRESS_PORT_RELAY:-27777}"
-PORT_MINT="${PAYGRESS_PORT_MINT:-23338}"
-PORT_MINT_ALT="${PAYGRESS_PORT_MINT_ALT:-23339}"
-PORT_TOR_BASE="${PAYGRESS_PORT_TOR_BASE:-25000}"      # tor network uses BASE..BASE+99 (authorities, relays, exit, client)
-PORT_TOR_SOCKS="${PAYGRESS_PORT_TOR_SOCKS:-29050}"    # C tor client SocksPort used by torsocks
-PORT_NODE_AGENT="${PAYGRESS_PORT_NODE_AGENT:-28080}"  # stack-node agent health endpoint
-PORT_KUBELET="${PAYGRESS_PORT_KUBELET:-28250}"        # kubelet API (stack-kubelet, or the real kubelet of `node`)
-# The real node (component `node`): local ports of its components, all on 127.0.0.1.
-PORT_KUBELET_HEALTHZ="${PAYGRESS_PORT_KUBELET_HEALTHZ:-28251}"
-PORT_SCHEDULER="${PAYGRESS_PORT_SCHEDULER:-28252}"
-PORT_CONTROLLER_MANAGER="${PAYGRESS_PORT_CONTROLLER_MANAGER:-28253}"
-PORT_PROXY_HEALTHZ="${PAYGRESS_PORT_PROXY_HEALTHZ:-28254}"
-PORT_PROXY_METRICS="${PAYGRESS_PORT_PROXY_METRICS:-28255}"
-PORT_NODE_REGISTRY="${PAYGRESS_PORT_NODE_REGISTRY:-28256}"  # every registry's only host for the node's containerd
+# Fixed ports, one table so components never collide; below 32768 (outside Linux's ephemeral range). Each can be
+# moved from the environment (PAYGRESS_PORT_APISERVER=36443 …).
+PORT_ETCD_CLIENT="${PAYGRESS_PORT_ETCD_CLIENT:-21790}"
+PORT_ETCD_PEER="${PAYGRESS_PORT_ETCD_PEER:-21800}"
+PORT_APISERVER="${PAYGRESS_PORT_APISERVER:-21443}"
+PORT_RELAY="${PAYGRESS_PORT_RELAY:-21777}"
+PORT_MINT="${PAYGRESS_PORT_MINT:-21338}"
+PORT_MINT_ALT="${PAYGRESS_PORT_MINT_ALT:-21339}"
+PORT_TOR_BASE="${PAYGRESS_PORT_TOR_BASE:-21500}"      # tor network uses BASE..BASE+99 (authorities, relays, exit, client)
+PORT_TOR_SOCKS="${PAYGRESS_PORT_TOR_SOCKS:-21050}"    # C tor client SocksPort used by torsocks
+PORT_KUBELET="${PAYGRESS_PORT_KUBELET:-21250}"        # kubelet API (on the bridge address)
+# The node's other components: local ports, all on 127.0.0.1.
+PORT_KUBELET_HEALTHZ="${PAYGRESS_PORT_KUBELET_HEALTHZ:-21251}"
+PORT_SCHEDULER="${PAYGRESS_PORT_SCHEDULER:-21252}"
+PORT_CONTROLLER_MANAGER="${PAYGRESS_PORT_CONTROLLER_MANAGER:-21253}"
+PORT_PROXY_HEALTHZ="${PAYGRESS_PORT_PROXY_HEALTHZ:-21254}"
+PORT_PROXY_METRICS="${PAYGRESS_PORT_PROXY_METRICS:-21255}"
+PORT_NODE_REGISTRY="${PAYGRESS_PORT_NODE_REGISTRY:-21256}"  # every registry's only host for the node's containerd
 # shellcheck disable=SC2034  # used by stack.d/node/up.sh and smoke/node.sh
-PORT_NETPOL_METRICS="${PAYGRESS_PORT_NETPOL_METRICS:-28257}"  # kube-network-policies' metrics (its readiness)
+PORT_NETPOL_METRICS="${PAYGRESS_PORT_NETPOL_METRICS:-21257}"  # kube-network-policies' metrics (its readiness)
 # shellcheck disable=SC2034  # used by stack.d/node.sh
-PORT_NODE_CRATES="${PAYGRESS_PORT_NODE_CRATES:-28258}"  # crates.io mirror for image builds (on the bridge)
+PORT_NODE_CRATES="${PAYGRESS_PORT_NODE_CRATES:-21258}"  # crates.io mirror for image builds (on the bridge)
 
-# port_env: the PAYGRESS_PORT_* exports of this instance (for env.sh, so a second instance's env is complete).
+# port_env: the PAYGRESS_PORT_* exports of the stack (for env.sh).
 port_env() {
   local v
-  for v in ETCD_CLIENT ETCD_PEER APISERVER RELAY MINT MINT_ALT TOR_BASE TOR_SOCKS NODE_AGENT KUBELET \
+  for v in ETCD_CLIENT ETCD_PEER APISERVER RELAY MINT MINT_ALT TOR_BASE TOR_SOCKS KUBELET \
       KUBELET_HEALTHZ SCHEDULER CONTROLLER_MANAGER PROXY_HEALTHZ PROXY_METRICS NODE_REGISTRY NETPOL_METRICS \
       NODE_CRATES; do
     local name="PORT_$v"

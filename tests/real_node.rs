@@ -1,10 +1,10 @@
-//! Leases on a real node: the stack's second cluster (`scripts/real-node-env`: kubelet, containerd, a CNI
-//! bridge in 198.18.0.0/15, scheduler, controller-manager, kube-proxy), so every lease pod here is a real
-//! container of the stack's linuxserver/openssh-server stand-in. The provider runs as a host process with
-//! the manifest's ServiceAccount of that cluster; relay and mint are the main stack's. The provider as the
-//! manifest's Deployment in its pod, built from the Dockerfile, is scripts/smoke/deploy.sh.
+//! What only a real node shows (every lease pod of the black-box tests is a real container of the stack's
+//! linuxserver/openssh-server stand-in; these tests look at the node itself): containers in containerd, restarts
+//! in place, quota, gVisor, NetworkPolicy enforcement. The provider runs as a host process with the manifest's
+//! ServiceAccount. The provider as the manifest's Deployment in its pod, built from the Dockerfile, is
+//! scripts/smoke/deploy.sh.
 //!
-//! Needs `PAYGRESS_REAL_KUBECONFIG` and `PAYGRESS_REAL_CONTAINERD` (exported by scripts/test).
+//! Needs the stack's env (`KUBECONFIG`, `CONTAINERD_ADDRESS`).
 
 mod common;
 
@@ -26,7 +26,7 @@ fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
 }
 
 fn admin() -> PathBuf {
-    PathBuf::from(env("PAYGRESS_REAL_KUBECONFIG"))
+    PathBuf::from(env("KUBECONFIG"))
 }
 
 fn pod_json(name: &str) -> Result<Option<Value>> {
@@ -36,7 +36,7 @@ fn pod_json(name: &str) -> Result<Option<Value>> {
 
 /// The container ids containerd runs, in Kubernetes' namespace.
 fn containers() -> Result<String> {
-    run(Command::new("ctr").args(["-a", &env("PAYGRESS_REAL_CONTAINERD"), "-n", "k8s.io", "containers", "ls", "-q"]))
+    run(Command::new("ctr").args(["-a", &env("CONTAINERD_ADDRESS"), "-n", "k8s.io", "containers", "ls", "-q"]))
 }
 
 #[test]
@@ -85,7 +85,7 @@ fn a_lease_is_a_real_container_that_restarts_in_place_and_goes_at_expiry() -> Re
     // The tenant's container crashes: it restarts in place (same pod, same IP), and the lease goes on.
     run(Command::new("ctr").args([
         "-a",
-        &env("PAYGRESS_REAL_CONTAINERD"),
+        &env("CONTAINERD_ADDRESS"),
         "-n",
         "k8s.io",
         "tasks",
@@ -234,7 +234,7 @@ fn a_lease_of_a_gvisor_tier_runs_under_gvisors_kernel() -> Result<()> {
     let cid = cid.trim_start_matches("containerd://").to_string();
     let info: Value = serde_json::from_str(&run(Command::new("ctr").args([
         "-a",
-        &env("PAYGRESS_REAL_CONTAINERD"),
+        &env("CONTAINERD_ADDRESS"),
         "-n",
         "k8s.io",
         "containers",
@@ -283,8 +283,7 @@ struct Isolation {
 impl Isolation {
     fn up(test: &str) -> Result<Isolation> {
         // The real manifest, as an operator applies it (its NetworkPolicies among the rest).
-        let manifest = repo_root().join("k8s/sidecar-service.yaml");
-        kubectl_at(&admin(), &["apply", "-f", manifest.to_str().context("path")?])?;
+        apply_manifest(&admin())?;
         for (ns, name) in [
             (NS, "paygress-ssh-pods-ingress"),
             (NS, "paygress-ssh-pods-egress"),

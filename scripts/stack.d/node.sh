@@ -1,6 +1,5 @@
-# scripts/stack.d/node.sh — a real single-node Kubernetes beside the stack's API server (component `node`, named
-# explicitly: `scripts/stack up k8s node`): containerd + runc (Debian), a CNI bridge network for pods in
-# 198.18.0.0/15 (RFC 2544; no masquerade, no route off the machine), kubelet, kube-scheduler,
+# scripts/stack.d/node.sh — the stack's real node, beside its API server (component `node`): containerd + runc
+# (Debian), a CNI bridge network for pods in 198.18.0.0/15 (RFC 2544; no masquerade, no route off the machine), kubelet, kube-scheduler,
 # kube-controller-manager and kube-proxy v1.36.3 (built from the Go module proxy like kube-apiserver), a local
 # registry (CNCF Distribution) that is every registry's only host for containerd, dockerd on the node's containerd
 # (DOCKER_HOST, BuildKit; `docker build` of the shipped Dockerfile, `scripts/stack image load`) whose build steps
@@ -9,8 +8,8 @@
 # for lscr.io/linuxserver/openssh-server:latest (Debian's OpenSSH, same interface) and for the Dockerfile's bases
 # rust:1.95-bookworm (the host's Rust toolchain) and debian:bookworm-slim; gVisor as the runtime handler `runsc` (Debian's runsc, a shim built from gVisor's
 # Go module) behind the RuntimeClass `gvisor`; NetworkPolicy enforced by kube-network-policies (kind's enforcer, built
-# from the Go module proxy with a patch: the nft `queue` it uses is missing from this kernel). It replaces tools/stack-node and stack-kubelet: with the real node
-# (PAYGRESS_NODE=real) k8s.sh runs neither, and its API server listens on the bridge address so pods reach it.
+# from the Go module proxy with a patch: the nft `queue` it uses is missing from this kernel). The API server
+# (k8s.sh) listens on the bridge address, so pods reach it.
 # Sourced by scripts/stack after lib.sh and k8s.sh. Functions: node_install node_up node_wait node_down node_status
 # node_env, and node_network_up (used by k8s_up), node_image_load (`scripts/stack image load`). Needs root.
 # Everything it changes on the machine is recorded at up (_node_machine_record) and undone by node_down: see

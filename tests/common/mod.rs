@@ -84,12 +84,22 @@ fn make_provider_kubeconfig() -> Result<PathBuf> {
     provider_kubeconfig_for(Path::new(&env("KUBECONFIG")), "stack")
 }
 
+/// `kubectl apply` of k8s/sidecar-service.yaml, unedited, but for its Deployment: the provider under test runs
+/// as a host process; the manifest's own would take the node's CPU (scripts/smoke/deploy.sh runs that one).
+pub fn apply_manifest(admin: &Path) -> Result<()> {
+    let manifest = std::fs::read_to_string(repo_root().join("k8s/sidecar-service.yaml"))?;
+    let docs: Vec<&str> = manifest.split("\n---\n").filter(|d| !d.contains("\nkind: Deployment\n")).collect();
+    ensure!(docs.len() + 1 == manifest.split("\n---\n").count(), "the manifest has no Deployment to leave out");
+    let mut apply = Command::new("kubectl");
+    apply.arg("--kubeconfig").arg(admin).args(["apply", "-f", "-"]);
+    run_with_stdin(&mut apply, &docs.join("\n---\n")).map(|_| ())
+}
+
 /// Apply k8s/sidecar-service.yaml as the admin of `admin`'s cluster and return a kubeconfig of the
 /// provider's ServiceAccount there (`tag` names the file).
 pub fn provider_kubeconfig_for(admin: &Path, tag: &str) -> Result<PathBuf> {
     let kubectl = |args: &[&str]| kubectl_at(admin, args);
-    let manifest = repo_root().join("k8s/sidecar-service.yaml");
-    kubectl(&["apply", "-f", manifest.to_str().ok_or(anyhow!("path"))?])?;
+    apply_manifest(admin)?;
     let token = kubectl(&["-n", "ingress-system", "create", "token", "paygress", "--duration", "6h"])?;
     let server = kubectl(&["config", "view", "--minify", "-o", "jsonpath={.clusters[0].cluster.server}"])?;
     let ca = kubectl(&[
@@ -532,6 +542,20 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(28091)
 }
 
+/// The harness's tiers: see [`Provider::start`].
+pub const TEST_TIERS: &str = "basic:50m:64Mi";
+
+/// `bash -c` body: `$1` admin kubeconfig, `$2` the provider's label selector, then the command. Waits on the test
+/// process (`PAYGRESS_TEST_PID`) and the provider; kills the provider; if the test process is gone, deletes the
+/// provider's lease objects.
+const BABYSITTER: &str = r#"admin=$1; sel=$2; shift 2
+"$@" & c=$!
+while kill -0 "$PAYGRESS_TEST_PID" 2>/dev/null && kill -0 $c 2>/dev/null; do sleep 0.5; done
+kill -9 $c 2>/dev/null; wait
+if ! kill -0 "$PAYGRESS_TEST_PID" 2>/dev/null; then
+  kubectl --kubeconfig "$admin" delete pods,services,secrets --all-namespaces -l "$sel" --wait=false >/dev/null 2>&1
+fi"#;
+
 impl Provider {
     /// A provider (Tor off) with `extra` variables over the harness's, on `kubeconfig` (the stack's
     /// ServiceAccount when None), once it is ready.
@@ -568,12 +592,17 @@ impl Provider {
         let log = state_dir.join("provider.log");
         let logf = std::fs::OpenOptions::new().create(true).append(true).open(&log)?;
         // A babysitter shell kills the provider when this test process goes away (statics are never
-        // dropped), so no stray provider outlives its test run and races the next one for tokens.
+        // dropped), so no stray provider outlives its test run and races the next one for tokens; then it
+        // deletes the provider's lease objects, whose real containers would otherwise hold the node's CPU
+        // through the next test binaries. (Not when only the provider died: a test restarting it on the same
+        // state expects its leases back.)
         let mut cmd = Command::new("bash");
         cmd.args([
             "-c",
-            "\"$@\" & c=$!; while kill -0 \"$PAYGRESS_TEST_PID\" 2>/dev/null && kill -0 $c 2>/dev/null; do sleep 0.5; done; kill -9 $c 2>/dev/null; wait",
+            BABYSITTER,
             "babysitter",
+            &env("KUBECONFIG"),
+            &format!("paygress.io/provider={}", paygress::lease::ports::provider_id(&pubkey)),
             &paygress_bin(),
         ]);
         std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
@@ -589,6 +618,9 @@ impl Provider {
             .env("KUBECONFIG", opts.kubeconfig.clone().unwrap_or_else(provider_kubeconfig))
             .env("POD_NAMESPACE", "user-workloads")
             .env("PAYMENT_RATE_SATS_PER_HOUR", "100")
+            // Real containers on a 2-core node: a tier small enough that the tests' leases all fit (40 at once
+            // at 50m), and that still runs sshd and a shell.
+            .env("PAYGRESS_TIERS", TEST_TIERS)
             .env("PAYGRESS_STATE_DIR", &state_dir)
             .env("PAYGRESS_HTTP_ADDR", &http)
             .env("ENABLE_TOR_SIDECAR", if opts.enable_tor { "true" } else { "false" })

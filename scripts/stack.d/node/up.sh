@@ -84,8 +84,8 @@ node_up() {
   _node_kubelet_config
   _node_proxy_config
   local k="$K8S_DIR/pki"
-  # A Node object left by the simulated node of an earlier `up` of this stack dir (its pod CIDR and labels are
-  # wrong for the real one): the kubelet registers anew.
+  # A Node object left in this stack dir by the simulated node of older stacks (tools/stack-node, gone; its pod
+  # CIDR and labels are wrong for the real one): the kubelet registers anew.
   if ! is_running kubelet && _node_kubectl get node "$NODE_NAME" -o jsonpath='{.metadata.labels}' 2>/dev/null \
       | grep -q 'paygress.dev/stack-node'; then
     _node_kubectl delete node "$NODE_NAME" >>"$LOG_DIR/node.log" 2>&1 || true
@@ -155,7 +155,6 @@ node_status() {
 }
 
 node_env() {
-  echo "export PAYGRESS_NODE=real"
   echo "export DOCKER_HOST='$NODE_DOCKER_HOST'"
   # BuildKit for `docker build` (cache mounts, parallel stages): the preinstalled docker 28 client
   # (/usr/local/bin/docker) builds only through the buildx plugin, which is not installed (and could only be
