@@ -3,9 +3,7 @@
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
 # protoc is not needed: no cdk mint features are built into the provider.
-# The whole workspace (tools/ holds a member), so that --locked checks the committed Cargo.lock.
 COPY Cargo.toml Cargo.lock ./
-COPY tools ./tools
 COPY src ./src
 # Downloaded crates and the target dir are BuildKit cache mounts: a rebuild after a source change recompiles
 # only this crate. The binary is copied out of the mount (the mount is not part of the image). It links the

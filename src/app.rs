@@ -11,7 +11,7 @@ use tracing::{info, warn};
 
 use crate::config::AdminTokenSource;
 use crate::config::{Config, RunMode};
-use crate::http::{Admin, Api, HealthState, Readiness, WalletAdmin, WalletSent};
+use crate::http::{Admin, Api, HealthState, Readiness, WalletAdmin, WalletPaid, WalletSent};
 use crate::lease::ports::{ClusterPort, OnionPort, PaymentPort, PortError};
 use crate::lease::{Incoming, LeaseService, LeaseSettings, Ports};
 use crate::metrics::Metrics;
@@ -95,6 +95,12 @@ pub async fn run(cfg: Config) -> Result<()> {
     // Local state first: journal, keys, wallet.
     let journal = Arc::new(crate::store::RedbJournal::open(&cfg.state_dir).context("open request journal")?);
     let keys = crate::nostr::load_keys(&cfg.nostr_key).context("load the provider's Nostr key")?;
+    if let Some(source) = &cfg.wallet_seed {
+        let phrase = source.read().context("read PAYGRESS_WALLET_SEED")?;
+        let restored = crate::payment::CashuPayment::restore_seed(&cfg.wallet_dir, &phrase)
+            .context("restore the wallet from PAYGRESS_WALLET_SEED")?;
+        info!(?restored, "PAYGRESS_WALLET_SEED checked against the wallet dir");
+    }
     let payment = Arc::new(
         crate::payment::CashuPayment::new(
             &cfg.wallet_dir,
@@ -104,6 +110,11 @@ pub async fn run(cfg: Config) -> Result<()> {
         )
         .context("open the Cashu wallet")?,
     );
+    // A restored seed: its ecash is found at the mints before any request can touch the wallet.
+    if payment.restore_pending() {
+        let balances = payment.restore_from_mints().await.context("restore the wallet's ecash at the mints")?;
+        info!(total = balances.iter().map(|(_, b)| b).sum::<u64>(), "wallet restored");
+    }
 
     // Then the outside world.
     let pubkey_hex = keys.public_key().to_hex();
@@ -433,26 +444,85 @@ impl WalletAdmin for OperatorWallet {
         let sent = self.0.send_up_to(mint, amount).await.map_err(operator_error)?;
         Ok(WalletSent { token: sent.token, mint: sent.mint_url, amount: sent.amount })
     }
+
+    async fn pay(&self, invoice: &str, mint: Option<&str>) -> Result<WalletPaid, PortError> {
+        let paid = self.0.pay_invoice(invoice, mint).await.map_err(operator_error)?;
+        Ok(WalletPaid { mint: paid.mint, amount: paid.amount, fee: paid.fee, preimage: paid.preimage })
+    }
 }
 
-const WALLET_USAGE: &str = "usage: paygress wallet balance | paygress wallet send <sats> [--mint URL]";
+const WALLET_USAGE: &str = "usage: paygress wallet balance | send <sats> [--mint URL] | pay <bolt11> [--mint URL] | \
+backup | restore   (restore reads a backup on stdin)";
 
-/// `paygress wallet balance|send`: the operator's access to earned ecash. The wallet database is
-/// single-process: while the provider runs it is locked, and the command goes through the provider's admin
-/// endpoint instead (PAYGRESS_HTTP_ADDR with PAYGRESS_ADMIN_TOKEN[_FILE]).
-pub async fn wallet_command(cfg: &Config, args: &[String]) -> Result<()> {
-    enum Op {
-        Balance,
-        Send { amount: u64, mint: Option<String> },
-    }
-    let op = match args.first().map(String::as_str) {
-        Some("balance") => Op::Balance,
-        Some("send") => Op::Send {
-            amount: args.get(1).and_then(|a| a.parse().ok()).context(WALLET_USAGE)?,
-            mint: args.iter().position(|a| a == "--mint").and_then(|i| args.get(i + 1)).cloned(),
+/// The backup's two lines that matter; the rest is comment. Both are needed: the seed holds the ecash, the
+/// key receives P2PK-locked tokens and is the provider's identity on Nostr.
+const BACKUP_SEED: &str = "PAYGRESS_WALLET_SEED=";
+const BACKUP_KEY: &str = "NOSTR_PRIVATE_KEY=";
+
+enum WalletOp {
+    Balance,
+    Send { amount: u64, mint: Option<String> },
+    Pay { invoice: String, mint: Option<String> },
+    Backup,
+    Restore,
+}
+
+fn wallet_op(args: &[String]) -> Result<WalletOp> {
+    let mint = || args.iter().position(|a| a == "--mint").and_then(|i| args.get(i + 1)).cloned();
+    Ok(match args.first().map(String::as_str) {
+        Some("balance") => WalletOp::Balance,
+        Some("send") => {
+            WalletOp::Send { amount: args.get(1).and_then(|a| a.parse().ok()).context(WALLET_USAGE)?, mint: mint() }
+        }
+        Some("pay") => WalletOp::Pay {
+            invoice: args.get(1).filter(|a| !a.starts_with("--")).cloned().context(WALLET_USAGE)?,
+            mint: mint(),
         },
+        Some("backup") => WalletOp::Backup,
+        Some("restore") => WalletOp::Restore,
         _ => anyhow::bail!(WALLET_USAGE),
+    })
+}
+
+/// `paygress wallet backup`'s text: what restores the wallet, as lines an operator can keep (and that
+/// `paygress wallet restore` and a Secret's env both read).
+fn backup_text(phrase: &str, nsec: &str, mints: &[String]) -> String {
+    format!(
+        "# Paygress wallet backup. Whoever holds this can spend the provider's earnings: keep it offline.\n\
+         # Restore onto an empty volume: `paygress wallet restore < this-file`, or in Kubernetes the Secrets of\n\
+         # README \"Backup and restore\".\n\
+         # Mints: {}\n{BACKUP_SEED}{phrase}\n{BACKUP_KEY}{nsec}\n",
+        mints.join(" ")
+    )
+}
+
+/// The seed and key of a backup's text (comments and blank lines ignored).
+fn parse_backup(text: &str) -> Result<(String, Option<String>)> {
+    let value = |prefix: &str| {
+        text.lines().map(str::trim).find_map(|l| l.strip_prefix(prefix)).map(|v| v.trim().trim_matches('"').to_string())
     };
+    let seed = value(BACKUP_SEED).filter(|s| !s.is_empty()).context("the backup has no PAYGRESS_WALLET_SEED= line")?;
+    Ok((seed, value(BACKUP_KEY).filter(|k| !k.is_empty())))
+}
+
+/// `paygress wallet …`: the operator's access to earned ecash. The wallet database is single-process: while
+/// the provider runs it is locked, and balance, send and pay go through the provider's admin endpoint instead
+/// (PAYGRESS_HTTP_ADDR with PAYGRESS_ADMIN_TOKEN[_FILE]). Backup reads files only; restore wants an empty
+/// wallet dir and no running provider.
+pub async fn wallet_command(cfg: &Config, args: &[String]) -> Result<()> {
+    let op = wallet_op(args)?;
+    match op {
+        WalletOp::Backup => {
+            let phrase =
+                crate::payment::CashuPayment::backup_phrase(&cfg.wallet_dir).context("read the wallet seed")?;
+            let keys = crate::nostr::load_keys(&cfg.nostr_key).context("load the provider's Nostr key")?;
+            let nsec = nostr_sdk::ToBech32::to_bech32(keys.secret_key()).context("encode the Nostr key")?;
+            print!("{}", backup_text(&phrase, &nsec, &cfg.whitelisted_mints));
+            return Ok(());
+        }
+        WalletOp::Restore => return wallet_restore(cfg).await,
+        _ => {}
+    }
     let keys = crate::nostr::load_keys(&cfg.nostr_key).context("load the provider's Nostr key")?;
     let wallet = crate::payment::CashuPayment::new(
         &cfg.wallet_dir,
@@ -460,51 +530,116 @@ pub async fn wallet_command(cfg: &Config, args: &[String]) -> Result<()> {
         &keys.secret_key().secret_bytes(),
         "sat",
     );
-    match wallet {
-        Ok(payment) => match op {
-            Op::Balance => {
-                for (mint, sats) in payment.balances().await? {
-                    println!("{mint}\t{sats} sat");
-                }
-            }
-            Op::Send { amount, mint } => println!("{}", payment.send(mint.as_deref(), amount).await?),
-        },
-        Err(open_err) => {
-            // Most likely the running provider holds the database: ask it.
-            let Some(source) = &cfg.admin_token else {
-                return Err(anyhow::Error::new(open_err).context(
-                    "open the Cashu wallet (a running provider holds it: stop it, or set PAYGRESS_ADMIN_TOKEN to go through it)",
-                ));
-            };
-            let token = read_admin_token(source)?;
-            let via = |e: crate::http::AdminClientError| {
-                anyhow::anyhow!("the wallet is not available locally ({open_err}) and through the provider: {e}")
-            };
-            match op {
-                Op::Balance => {
-                    let v = crate::http::admin_call(cfg.http_addr, &token, "GET", "/admin/wallet/balance", None)
-                        .await
-                        .map_err(via)?;
-                    let balances = v["balances"].as_array().context("no balances in the provider's answer")?;
-                    for b in balances {
-                        println!("{}\t{} sat", b["mint"].as_str().unwrap_or("?"), b["sats"].as_u64().unwrap_or(0));
-                    }
-                }
-                Op::Send { amount, mint } => {
-                    let body = serde_json::json!({"amount": amount, "mint": mint});
-                    let v = crate::http::admin_call(cfg.http_addr, &token, "POST", "/admin/wallet/send", Some(&body))
-                        .await
-                        .map_err(via)?;
-                    println!("{}", v["token"].as_str().context("no token in the provider's answer")?);
-                }
+    let payment = match wallet {
+        Ok(payment) => payment,
+        Err(open_err) => return wallet_via_provider(cfg, op, open_err).await,
+    };
+    match op {
+        WalletOp::Balance => {
+            for (mint, sats) in payment.balances().await? {
+                println!("{mint}\t{sats} sat");
             }
         }
+        WalletOp::Send { amount, mint } => println!("{}", payment.send(mint.as_deref(), amount).await?),
+        WalletOp::Pay { invoice, mint } => {
+            let paid = payment.pay_invoice(&invoice, mint.as_deref()).await?;
+            println!("paid {} sat (fee {} sat) from {}", paid.amount, paid.fee, paid.mint);
+        }
+        WalletOp::Backup | WalletOp::Restore => {}
+    }
+    Ok(())
+}
+
+/// `paygress wallet restore < backup`: the seed into the (empty) wallet dir, the key where the provider
+/// reads it when it keeps its own, then the ecash found again at every whitelisted mint.
+async fn wallet_restore(cfg: &Config) -> Result<()> {
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut std::io::stdin(), &mut text).context("read the backup from stdin")?;
+    let (phrase, nsec) = parse_backup(&text)?;
+    let backed_up = match &nsec {
+        Some(k) => Some(crate::nostr::parse_secret(k, "the backup's NOSTR_PRIVATE_KEY")?),
+        None => None,
+    };
+    if let (Some(k), crate::config::KeySource::Generated(path)) = (&backed_up, &cfg.nostr_key) {
+        if !path.exists() {
+            crate::nostr::save_key(path, k).context("keep the backup's Nostr key")?;
+        }
+    }
+    let keys = crate::nostr::load_keys(&cfg.nostr_key).context("load the provider's Nostr key")?;
+    if let Some(backed_up) = &backed_up {
+        if backed_up.public_key() != keys.public_key() {
+            anyhow::bail!(
+                "the provider's Nostr key is not the backup's: tokens locked to the backup's key could not be spent"
+            );
+        }
+    }
+    crate::payment::CashuPayment::restore_seed(&cfg.wallet_dir, &phrase).context("restore the wallet seed")?;
+    let payment = crate::payment::CashuPayment::new(
+        &cfg.wallet_dir,
+        &cfg.whitelisted_mints,
+        &keys.secret_key().secret_bytes(),
+        "sat",
+    )
+    .context("open the restored wallet (stop the provider first)")?;
+    for (mint, sats) in payment.restore_from_mints().await.context("find the ecash at the mints")? {
+        println!("{mint}\t{sats} sat");
+    }
+    Ok(())
+}
+
+/// Balance, send and pay through the running provider, which holds the wallet database.
+async fn wallet_via_provider(cfg: &Config, op: WalletOp, open_err: crate::payment::PaymentError) -> Result<()> {
+    let Some(source) = &cfg.admin_token else {
+        return Err(anyhow::Error::new(open_err).context(
+            "open the Cashu wallet (a running provider holds it: stop it, or set PAYGRESS_ADMIN_TOKEN to go through it)",
+        ));
+    };
+    let token = read_admin_token(source)?;
+    let via = |e: crate::http::AdminClientError| {
+        anyhow::anyhow!("the wallet is not available locally ({open_err}) and through the provider: {e}")
+    };
+    let call = |method: &'static str, path: &'static str, body: Option<serde_json::Value>| {
+        let token = token.clone();
+        async move { crate::http::admin_call(cfg.http_addr, &token, method, path, body.as_ref()).await }
+    };
+    match op {
+        WalletOp::Balance => {
+            let v = call("GET", "/admin/wallet/balance", None).await.map_err(via)?;
+            let balances = v["balances"].as_array().context("no balances in the provider's answer")?;
+            for b in balances {
+                println!("{}\t{} sat", b["mint"].as_str().unwrap_or("?"), b["sats"].as_u64().unwrap_or(0));
+            }
+        }
+        WalletOp::Send { amount, mint } => {
+            let body = serde_json::json!({"amount": amount, "mint": mint});
+            let v = call("POST", "/admin/wallet/send", Some(body)).await.map_err(via)?;
+            println!("{}", v["token"].as_str().context("no token in the provider's answer")?);
+        }
+        WalletOp::Pay { invoice, mint } => {
+            let body = serde_json::json!({"invoice": invoice, "mint": mint});
+            let v = call("POST", "/admin/wallet/pay", Some(body)).await.map_err(via)?;
+            println!(
+                "paid {} sat (fee {} sat) from {}",
+                v["amount"].as_u64().unwrap_or(0),
+                v["fee"].as_u64().unwrap_or(0),
+                v["mint"].as_str().unwrap_or("?")
+            );
+        }
+        WalletOp::Backup | WalletOp::Restore => {}
     }
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_backup_text_reads_back() {
+        let text = super::backup_text("abandon ability able", "nsec1xyz", &["http://m".into()]);
+        let (seed, key) = super::parse_backup(&text).expect("parse");
+        assert_eq!((seed.as_str(), key.as_deref()), ("abandon ability able", Some("nsec1xyz")));
+        assert!(super::parse_backup("# nothing here\n").is_err());
+    }
+
     #[test]
     fn the_open_file_limit_is_raised_to_the_hard_limit() {
         let read = || {

@@ -15,6 +15,8 @@
 #  6. `kubectl rollout restart`: a new provider pod, and every live lease keeps its onion address (ssh again).
 #  7. A short lease ends on time: its pod and its container go.
 #  8. ENABLE_TOR_SIDECAR=false: no Tor; the reply's `kubectl port-forward` + ssh is the way in.
+#  9. Uninstall: `kubectl delete -f` of the manifest deletes the Deployment but keeps (with the policy's message)
+#     the namespaces and the wallet's PVC.
 # Runs with the env of `scripts/stack env` sourced.
 # Cleans up what it creates: the Deployment, its PVC and ConfigMap, and every lease object.
 set -euo pipefail
@@ -45,6 +47,8 @@ cleanup() {
   local rc=$?
   local p; for p in "${PF_PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
   kubectl -n "$PNS" delete deploy paygress-sidecar --wait=true --timeout=60s >/dev/null 2>&1 || true
+  # The wallet's volume is kept by the manifest's admission policy unless annotated (step 9).
+  kubectl -n "$PNS" annotate pvc/paygress-state paygress.io/uninstall=confirmed --overwrite >/dev/null 2>&1 || true
   kubectl -n "$PNS" delete pvc/paygress-state configmap/paygress-tor-network --wait=false >/dev/null 2>&1 || true
   kubectl -n "$LNS" delete pods,services,secrets -l app.kubernetes.io/managed-by=paygress --wait=false >/dev/null 2>&1 || true
   rm -rf "$TMP"
@@ -205,5 +209,22 @@ PF_PIDS+=($!)
 pf_ssh() { sshpass -p "$D_PW" ssh "${SSH_OPTS[@]}" -o ConnectTimeout=10 -p 2222 alice@127.0.0.1 "$@"; }
 wait_for 60 "ssh through kubectl port-forward" pf_ssh true
 [ "$(pf_ssh 'id -un')" = alice ] || die "ssh through port-forward"
+took
+
+step "9. uninstall: kubectl delete -f of the manifest keeps the namespaces and the wallet's volume, and says why"
+PVC_UID="$(kubectl -n "$PNS" get pvc paygress-state -o jsonpath='{.metadata.uid}')"
+if kubectl delete -f k8s/sidecar-service.yaml --wait=false >"$TMP/uninstall.log" 2>&1; then
+  die "kubectl delete -f succeeded: the wallet's volume was not protected"
+fi
+grep -q "paygress: PersistentVolumeClaim paygress-state holds the provider's wallet" "$TMP/uninstall.log" \
+  || die "no reason given for keeping the volume: $(cat "$TMP/uninstall.log")"
+[ "$(kubectl -n "$PNS" get pvc paygress-state -o jsonpath='{.metadata.uid}')" = "$PVC_UID" ] || die "the wallet's PVC is gone"
+[ -z "$(kubectl -n "$PNS" get pvc paygress-state -o jsonpath='{.metadata.deletionTimestamp}')" ] || die "the PVC is being deleted"
+for ns in "$PNS" "$LNS"; do
+  [ "$(kubectl get ns "$ns" -o jsonpath='{.status.phase}')" = Active ] || die "namespace $ns is not Active after the delete"
+done
+kubectl get deploy -n "$PNS" paygress-sidecar >/dev/null 2>&1 && die "the Deployment was not deleted"
+# Installed again over the kept volume (the cleanup deletes it all, annotated).
+kubectl apply -f k8s/sidecar-service.yaml >/dev/null
 took
 say "all steps passed"

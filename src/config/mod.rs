@@ -21,6 +21,33 @@ pub enum RunMode {
     Http,
 }
 
+/// Where a wallet seed to restore comes from. Debug never shows the words.
+#[derive(Clone, PartialEq, Eq)]
+pub enum SeedSource {
+    Inline(String),
+    /// A file holding it (a mounted Secret).
+    File(PathBuf),
+}
+
+impl fmt::Debug for SeedSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SeedSource::Inline(_) => f.write_str("Inline(<redacted>)"),
+            SeedSource::File(p) => f.debug_tuple("File").field(p).finish(),
+        }
+    }
+}
+
+impl SeedSource {
+    /// The mnemonic's text (read from the file when it is one).
+    pub fn read(&self) -> std::io::Result<String> {
+        match self {
+            SeedSource::Inline(s) => Ok(s.clone()),
+            SeedSource::File(p) => std::fs::read_to_string(p),
+        }
+    }
+}
+
 /// Where the provider's Nostr secret key comes from. Parsing the key itself belongs to the nostr adapter;
 /// here we only check its shape, so config stays free of I/O.
 #[derive(Clone, PartialEq, Eq)]
@@ -119,6 +146,8 @@ pub struct Config {
     pub tor_network_config: Option<PathBuf>,
     pub state_dir: PathBuf,
     pub wallet_dir: PathBuf,
+    /// A backed-up mnemonic to restore onto an empty wallet dir (PAYGRESS_WALLET_SEED).
+    pub wallet_seed: Option<SeedSource>,
     pub default_image: String,
     /// Lease pods' imagePullPolicy.
     pub image_pull_policy: String,
@@ -218,6 +247,20 @@ impl Config {
         let wallet_dir = match env.get("PAYGRESS_WALLET_DIR").filter(|v| !v.trim().is_empty()) {
             Some(v) => PathBuf::from(v.trim()),
             None => state_dir.join("wallet"),
+        };
+
+        let wallet_seed = match env.get("PAYGRESS_WALLET_SEED").map(|v| v.trim()).filter(|v| !v.is_empty()) {
+            None => None,
+            Some(v) if v.starts_with('/') || v.starts_with("./") => Some(SeedSource::File(PathBuf::from(v))),
+            // Checked for shape only (the words themselves when it is used): never echoed.
+            Some(v) if v.split_whitespace().count() >= 12 => Some(SeedSource::Inline(v.to_string())),
+            Some(_) => {
+                p.err(
+                    "PAYGRESS_WALLET_SEED",
+                    "must be a BIP-39 mnemonic (12 or more words) or an absolute file path".into(),
+                );
+                None
+            }
         };
 
         let nostr_key = match env.get("NOSTR_PRIVATE_KEY").map(|v| v.trim()).filter(|v| !v.is_empty()) {
@@ -423,6 +466,7 @@ impl Config {
             tor_network_config,
             state_dir,
             wallet_dir,
+            wallet_seed,
             default_image,
             image_pull_policy,
             max_leases_per_requester,

@@ -57,6 +57,13 @@ pub const VARS: &[VarDoc] = &[
         help: "Cashu wallet (seed and database); must be persistent",
     },
     VarDoc {
+        name: "PAYGRESS_WALLET_SEED",
+        default: "(none)",
+        help: "restore: a wallet's backed-up BIP-39 mnemonic (`paygress wallet backup`), or a file holding it; on an \
+               empty wallet dir the provider writes it and finds its ecash again at the mints before serving; refused \
+               over a wallet of another seed",
+    },
+    VarDoc {
         name: "PAYGRESS_DEFAULT_IMAGE",
         default: "lscr.io/linuxserver/openssh-server:latest",
         help: "image used when a request names none",

@@ -30,12 +30,26 @@ pub struct WalletSent {
     pub amount: u64,
 }
 
+/// A Lightning invoice paid from the provider's wallet (cash-out, NUT-05).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct WalletPaid {
+    pub mint: String,
+    /// The invoice's amount in sats.
+    pub amount: u64,
+    /// Lightning fee the mint charged.
+    pub fee: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preimage: Option<String>,
+}
+
 /// The operator's view of the wallet; `app` implements it over the payment adapter.
 #[async_trait]
 pub trait WalletAdmin: Send + Sync {
     /// Spendable sats per mint.
     async fn balances(&self) -> Result<Vec<(String, u64)>, PortError>;
     async fn send(&self, mint: Option<&str>, amount: u64) -> Result<WalletSent, PortError>;
+    /// Pay a BOLT11 invoice from the ecash at `mint` (the richest when None).
+    async fn pay(&self, invoice: &str, mint: Option<&str>) -> Result<WalletPaid, PortError>;
 }
 
 /// Wrong admin tokens one client address may try in a window; past them it is refused (429) until the
@@ -158,6 +172,46 @@ pub(super) async fn admin_send(
     }
 }
 
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct WalletPayBody {
+    /// A BOLT11 invoice.
+    pub invoice: String,
+    /// Mint URL whose ecash pays it; the one with the largest balance when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mint: Option<String>,
+}
+
+/// Longest invoice accepted: BOLT11 strings of real invoices are well under 2 KB.
+const MAX_INVOICE_LEN: usize = 4096;
+
+#[utoipa::path(post, path = "/admin/wallet/pay", tag = "admin", security(("admin_token" = [])),
+    request_body = WalletPayBody,
+    description = "Cash out: the mint pays the invoice over Lightning from the provider's ecash (NUT-05). Only when \
+        PAYGRESS_ADMIN_TOKEN(_FILE) is set.",
+    responses((status = 200, body = WalletPaid), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+pub(super) async fn admin_pay(
+    State(admin): State<Arc<Admin>>,
+    client: Option<Extension<ClientAddr>>,
+    headers: HeaderMap,
+    body: Result<ApiJson<WalletPayBody>, ApiError>,
+) -> Response {
+    if let Err(e) = admin.authorised(&headers, client.map(|c| c.0 .0)) {
+        return e.into_response();
+    }
+    let body = match body {
+        Ok(ApiJson(b)) => b,
+        Err(e) => return e.into_response(),
+    };
+    let invoice = body.invoice.trim();
+    if invoice.is_empty() || invoice.len() > MAX_INVOICE_LEN {
+        return ApiError::code(ErrorCode::InvalidRequest, "invoice must be a BOLT11 invoice").into_response();
+    }
+    match admin.wallet.pay(invoice, body.mint.as_deref()).await {
+        Ok(paid) => Json(paid).into_response(),
+        Err(e) => ApiError::from_port(e).into_response(),
+    }
+}
+
 // ---------------------------------------------------------------- admin client (`paygress wallet …`)
 
 #[derive(Debug, thiserror::Error)]
@@ -270,6 +324,9 @@ mod tests {
             Ok(vec![])
         }
         async fn send(&self, _mint: Option<&str>, _amount: u64) -> Result<WalletSent, PortError> {
+            Err(PortError::permanent("none"))
+        }
+        async fn pay(&self, _invoice: &str, _mint: Option<&str>) -> Result<WalletPaid, PortError> {
             Err(PortError::permanent("none"))
         }
     }

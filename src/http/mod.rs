@@ -15,7 +15,8 @@ mod nut24;
 mod serve;
 
 pub use admin::{
-    admin_call, Admin, AdminClientError, MintBalance, WalletAdmin, WalletBalance, WalletSendBody, WalletSent,
+    admin_call, Admin, AdminClientError, MintBalance, WalletAdmin, WalletBalance, WalletPaid, WalletPayBody,
+    WalletSendBody, WalletSent,
 };
 pub use auth::{AuthCheck, AuthResult};
 pub use health::{HealthState, Readiness, ReadyReport};
@@ -38,7 +39,7 @@ use utoipa::{OpenApi, ToSchema};
 
 use crate::lease::ports::{FailureKind, PortError};
 use crate::protocol::{ErrorCode, LeaseAccess, LeaseRequest, LeaseStatus, Offer, Reply, Tier, MAX_CONTENT_BYTES};
-use admin::{admin_balance, admin_send};
+use admin::{admin_balance, admin_pay, admin_send};
 use auth::{auth_get, auth_post};
 use health::{healthz, metrics, readyz};
 use leases::{create_lease, get_offer, lease_status, openapi, release_lease, topup_lease};
@@ -83,6 +84,7 @@ pub fn router(health: HealthState, api: Option<Arc<Api>>, admin: Option<Arc<Admi
             Router::new()
                 .route("/admin/wallet/balance", get(admin_balance))
                 .route("/admin/wallet/send", post(admin_send))
+                .route("/admin/wallet/pay", post(admin_pay))
                 .with_state(admin),
         );
     }
@@ -351,12 +353,12 @@ impl utoipa::Modify for SecuritySchemes {
     ),
     paths(
         leases::create_lease, leases::lease_status, leases::release_lease, leases::topup_lease, leases::get_offer,
-        auth::auth_get, auth::auth_post, admin::admin_balance, admin::admin_send, health::healthz, health::readyz,
+        auth::auth_get, auth::auth_post, admin::admin_balance, admin::admin_send, admin::admin_pay, health::healthz, health::readyz,
         health::metrics
     ),
     components(schemas(
         LeaseRequest, LeaseOrder, LeaseCreated, LeaseAccess, LeaseStatus, TopUpBody, Reply, ErrorBody, ErrorCode, Offer, Tier,
-        AuthCheck, AuthResult, WalletBalance, MintBalance, WalletSendBody, WalletSent, ReadyReport
+        AuthCheck, AuthResult, WalletBalance, MintBalance, WalletSendBody, WalletSent, WalletPayBody, WalletPaid, ReadyReport
     )),
     modifiers(&SecuritySchemes),
     tags(

@@ -47,7 +47,18 @@ fn read_key_file(path: &Path) -> Result<Keys, NostrError> {
     parse_secret(&text, &path.display().to_string())
 }
 
-fn parse_secret(text: &str, origin: &str) -> Result<Keys, NostrError> {
+/// Keep `keys` at `path` (0600) where the provider would have generated its own, for a restore. An existing
+/// file is never replaced: `AlreadyExists`.
+pub fn save_key(path: &Path, keys: &Keys) -> Result<(), NostrError> {
+    write_new_key_file(path, keys).map_err(|source| NostrError::KeyFile {
+        path: path.display().to_string(),
+        action: "write",
+        source,
+    })
+}
+
+/// A secret key given as nsec… or hex (`origin` names where it came from in the error, which never holds it).
+pub fn parse_secret(text: &str, origin: &str) -> Result<Keys, NostrError> {
     // nostr's parse error names only the failure kind, never the input; keep it that way.
     Keys::parse(text.trim()).map_err(|e| NostrError::InvalidKey { origin: origin.to_string(), reason: e.to_string() })
 }

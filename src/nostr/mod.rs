@@ -28,7 +28,7 @@ use tokio::task::JoinHandle;
 
 pub use decode::{decode_event, Decoded, IgnoreReason, Transport, KIND_GIFT_WRAP, KIND_SEAL};
 pub use discovery::{discovery_events, profile_json, HANDLED_KINDS, HANDLER_D_TAG, KIND_HANDLER};
-pub use keys::load_keys;
+pub use keys::{load_keys, parse_secret, save_key};
 
 use crate::lease::ports::{FailureKind, PortError, PortResult, ReplyPort, ReplyRoute, ReplyVia};
 use crate::lease::Incoming;

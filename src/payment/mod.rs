@@ -17,6 +17,7 @@
 //!   a crash hands out that same token instead of paying twice.
 
 mod error;
+mod operator;
 mod seed;
 mod token;
 
@@ -37,6 +38,7 @@ use cdk_redb::WalletRedbDatabase;
 use tokio::sync::Mutex;
 
 pub use error::PaymentError;
+pub use operator::{Paid, Restore};
 
 use crate::config::normalize_mint_url;
 use crate::lease::ports::{PaymentPort, PortResult, TokenInfo, TokenState};

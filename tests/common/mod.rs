@@ -970,9 +970,15 @@ fn tor_authority_dirports() -> Result<Vec<u16>> {
 
 /// Whether an authority serves a consensus with both shared random values (tor.sh `tor_srv_ready`).
 /// Until then arti onion services stay Bootstrapping, so launches time out.
+/// Where the stack's peers listen (its bridge address; env.sh says).
+pub fn stack_addr() -> String {
+    env("PAYGRESS_STACK_ADDR")
+}
+
 pub fn tor_srv_ready() -> Result<bool> {
+    let host = stack_addr();
     for port in tor_authority_dirports()? {
-        let url = format!("http://127.0.0.1:{port}/tor/status-vote/current/consensus-microdesc");
+        let url = format!("http://{host}:{port}/tor/status-vote/current/consensus-microdesc");
         let Ok(out) = Command::new("curl").args(["-s", "--max-time", "3", &url]).stdin(Stdio::null()).output() else {
             continue;
         };
@@ -1084,7 +1090,7 @@ pub fn socks5_open(
     timeout: Duration,
 ) -> Result<(u8, std::net::TcpStream)> {
     use std::io::Read;
-    let socks = format!("127.0.0.1:{}", env("TORSOCKS_TOR_PORT"));
+    let socks = format!("{}:{}", env("TORSOCKS_TOR_ADDRESS"), env("TORSOCKS_TOR_PORT"));
     let mut s = std::net::TcpStream::connect(&socks).with_context(|| format!("SocksPort {socks}"))?;
     s.set_read_timeout(Some(timeout))?;
     s.write_all(&[5, 1, if isolation.is_some() { 2 } else { 0 }])?;
