@@ -108,7 +108,8 @@ pub async fn run(cfg: Config) -> Result<()> {
             &keys.secret_key().secret_bytes(),
             "sat",
         )
-        .context("open the Cashu wallet")?,
+        .context("open the Cashu wallet")?
+        .with_failpoint(cfg.failpoint),
     );
     // A restored seed: its ecash is found at the mints before any request can touch the wallet.
     if payment.restore_pending() {
@@ -437,7 +438,7 @@ fn operator_error(e: crate::payment::PaymentError) -> PortError {
 #[async_trait::async_trait]
 impl WalletAdmin for OperatorWallet {
     async fn balances(&self) -> Result<Vec<(String, u64)>, PortError> {
-        self.0.balances().await.map_err(operator_error)
+        self.0.settled_balances().await.map_err(operator_error)
     }
 
     async fn send(&self, mint: Option<&str>, amount: u64) -> Result<WalletSent, PortError> {
@@ -536,7 +537,7 @@ pub async fn wallet_command(cfg: &Config, args: &[String]) -> Result<()> {
     };
     match op {
         WalletOp::Balance => {
-            for (mint, sats) in payment.balances().await? {
+            for (mint, sats) in payment.settled_balances().await? {
                 println!("{mint}\t{sats} sat");
             }
         }

@@ -23,6 +23,8 @@ use paygress::ssh::RusshProbe;
 const NS: &str = "user-workloads";
 const SA_NS: &str = "ingress-system";
 const SSH_PORT: u16 = 2222;
+/// The image of the stack's lease pods (a real container on the node: a made-up name would never pull).
+const SSH_IMAGE: &str = "lscr.io/linuxserver/openssh-server:latest";
 /// Generous bounds on waits for the cluster; never asserted as durations.
 const RUN_TIMEOUT: Duration = Duration::from_secs(90);
 /// This test process's provider label (each test file a provider of its own).
@@ -186,7 +188,7 @@ async fn lease_lifecycle_with_the_manifest_rbac() -> Result<()> {
     let orphan_id = unique_id("ko");
     let _cleanup = Cleanup(vec![id.clone(), orphan_id.clone()]);
     let password = format!("pw-{}", unique_id("x"));
-    let p = plan(&id, &password, "lscr.io/linuxserver/openssh-server:latest");
+    let p = plan(&id, &password, SSH_IMAGE);
 
     // Idempotent: a resumed saga creates again.
     cluster.ensure_lease_objects(&p).await.context("ensure #1")?;
@@ -223,7 +225,16 @@ async fn lease_lifecycle_with_the_manifest_rbac() -> Result<()> {
     let ep = cluster.wait_running(&id, RUN_TIMEOUT).await.context("wait_running")?;
     ensure!(ep.port() == SSH_PORT, "endpoint {ep}");
     let probe = RusshProbe::new();
-    let host_key = probe.probe(ep).await.context("probe")?;
+    // Running is not listening: the image's init starts sshd a moment later (the provider retries the same way).
+    let mut host_key = probe.probe(ep).await;
+    for _ in 0..60 {
+        if host_key.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        host_key = probe.probe(ep).await;
+    }
+    let host_key = host_key.context("probe")?;
     ensure!(host_key.fingerprint.starts_with("SHA256:"), "{host_key:?}");
     ensure!(probe.probe(ep).await? == host_key, "host key changed between probes");
     let openssh = openssh_fingerprints(ep)?;
@@ -457,7 +468,7 @@ async fn a_provider_acts_only_on_its_own_leases() -> Result<()> {
     let theirs = KubeCluster::from_config(sa_config().await?, NS, SSH_PORT, "0the7provider")?;
     let id = unique_id("pv");
     let _cleanup = Cleanup(vec![id.clone()]);
-    theirs.ensure_lease_objects(&PodPlan { provider: "0the7provider".into(), ..plan(&id, "pw", "img:1") }).await?;
+    theirs.ensure_lease_objects(&PodPlan { provider: "0the7provider".into(), ..plan(&id, "pw", SSH_IMAGE) }).await?;
     ensure!(!ours.list_leases().await?.iter().any(|l| l.lease_id == id), "another provider's lease listed");
     ensure!(ours.get_lease(&id).await?.is_none());
     ensure!(ours.load_onion_key(&id).await?.is_none());
@@ -475,8 +486,8 @@ async fn ending_a_lease_is_conditional_on_the_version_that_was_judged() -> Resul
     let cluster = sa_cluster().await?;
     let id = unique_id("rv");
     let _cleanup = Cleanup(vec![id.clone()]);
-    cluster.ensure_lease_objects(&plan(&id, "pw", "img:1")).await?;
-    // The node agent is still writing the new pod's status: judge it once it runs, and retry the top-up
+    cluster.ensure_lease_objects(&plan(&id, "pw", SSH_IMAGE)).await?;
+    // The kubelet is still writing the new pod's status: judge it once it runs, and retry the top-up
     // on 409 as the saga does.
     cluster.wait_running(&id, RUN_TIMEOUT).await?;
     let mut judged = cluster.get_lease(&id).await?.context("lease")?;

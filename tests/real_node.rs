@@ -212,8 +212,9 @@ fn a_lease_of_a_gvisor_tier_runs_under_gvisors_kernel() -> Result<()> {
     let w = Wallet::new(&env("CASHU_MINT_URL"))?;
     w.fund(20)?;
     let user = User::new()?;
-    // 2 sats at 100 sats/hour: a 72 s lease.
-    let token = w.send(2)?;
+    // 4 sats at 100 sats/hour: a 144 s lease (the gVisor pod's init runs under ptrace within 100m of CPU: on a
+    // busy node reply and first login took over 72 s, and the lease was gone under the login).
+    let token = w.send(4)?;
     let mut request: Value = serde_json::from_str(&request_json(&token, "sandboxed"))?;
     request["tier"] = "isolated".into();
     let started = std::time::Instant::now();

@@ -162,3 +162,69 @@ fn a_backup_restores_the_same_balance_and_earnings_cash_out_to_lightning() -> Re
     drop(p);
     Ok(())
 }
+
+/// Earn `sats` for the provider `p`: one paid lease (a real container).
+fn earn(p: &Provider, w: &Wallet, sats: u64) -> Result<()> {
+    let user = User::new()?;
+    let id = user.publish_nip44(1000, &request_json(&w.send(sats)?, "erin"), &p.pubkey)?;
+    let reply = user.await_reply(&id, &p.pubkey, Duration::from_secs(120))?;
+    ensure!(reply["status"] == "ok", "{reply}");
+    Ok(())
+}
+
+/// Cash-out is a money path: killed right before the melt is sent, or right after the mint paid, the provider
+/// comes back with the balance the mint agrees with, and the same invoice is paid exactly once.
+#[test]
+fn a_cash_out_killed_before_or_after_the_melt_pays_the_invoice_once() -> Result<()> {
+    let w = Wallet::new(&env("CASHU_MINT_URL"))?;
+    w.fund(300)?;
+    for point in ["before_melt", "after_melt"] {
+        let mut env_of = vec![("PAYGRESS_ADMIN_TOKEN".to_string(), ADMIN_TOKEN.to_string())];
+        env_of.push(("PAYGRESS_FAILPOINT".into(), point.into()));
+        let mut first = Provider::start(ProviderOptions { extra_env: env_of, ..Default::default() })?;
+        let _kept = first.keep_state();
+        let state_dir = first.state_dir.clone();
+        earn(&first, &w, 60)?;
+        let cli = |p: &Provider, args: &[&str]| wallet_cli(&p.state_dir, Some(&p.nsec_hex), Some(&p.http), args, None);
+        let before = total(&ok(cli(&first, &["balance"]))?)?;
+        let inv = invoice(20)?;
+        ensure!(!cli(&first, &["pay", &inv]).status.success(), "{point}: the call must die with the provider");
+        first.wait_exit(Duration::from_secs(60))?;
+        ensure!(first.log_text().contains("PAYGRESS_FAILPOINT reached"), "{point}: {}", first.log_tail());
+        drop(first);
+
+        let admin = vec![("PAYGRESS_ADMIN_TOKEN".to_string(), ADMIN_TOKEN.to_string())];
+        let second =
+            Provider::start(ProviderOptions { extra_env: admin, state_dir: Some(state_dir), ..Default::default() })?;
+        let restarted = total(&ok(cli(&second, &["balance"]))?)?;
+        let retry = cli(&second, &["pay", &inv]);
+        let after = total(&ok(cli(&second, &["balance"]))?)?;
+        match point {
+            // Nothing reached the mint: all the money is back, and the retry pays.
+            "before_melt" => {
+                ensure!(restarted == before, "{point}: {restarted} after the restart, {before} before");
+                ensure!(retry.status.success(), "{point}: the retry: {}", String::from_utf8_lossy(&retry.stderr));
+                ensure!(
+                    after < before - 20 + 1 && after + 20 + 2 >= before,
+                    "{point}: {after} after paying 20 from {before}"
+                );
+            }
+            // Paid before the crash: the balance shows it, and the same invoice is not paid again.
+            _ => {
+                ensure!(
+                    restarted < before - 20 + 1 && restarted + 20 + 2 >= before,
+                    "{point}: {restarted} from {before}"
+                );
+                ensure!(!retry.status.success(), "{point}: the invoice was paid twice");
+                ensure!(after == restarted, "{point}: the refused retry moved ecash: {after} vs {restarted}");
+            }
+        }
+        // What the wallet shows is real at the mint.
+        let rest = ok(cli(&second, &["send", &after.to_string()]))?;
+        w.receive(rest.trim())?;
+        println!(
+            "cash-out killed {point}: {before} sat before, {restarted} after the restart, {after} after the retry"
+        );
+    }
+    Ok(())
+}

@@ -24,7 +24,7 @@
 #     descriptor names STACK_ADDR) and the Tor client's SocksPort (SOCKS5 greeting) answer at STACK_ADDR; env.sh names
 #     them there; `ss -ltnp`: the peers' processes listen on STACK_ADDR only (their ControlPorts on 127.0.0.1, by
 #     design) and nothing listens on the peers' ports elsewhere. Skipped when none of the peers runs.
-# 10. A PVC without a class binds to a volume of the default StorageClass; a non-root pod with fsGroup writes to it
+# 10. A PVC of class `standard` (local PVs) binds; a non-root pod with fsGroup writes to it
 #     and the kubelet applied the fsGroup (group-owned, setgid). The namespace is deleted to the end (namespace
 #     controller).
 set -euo pipefail
@@ -317,12 +317,13 @@ PROBE
 fi
 took
 
-step "10. a PVC binds (default StorageClass); fsGroup applied; namespace deletion"
+step "10. a PVC of the class of local PVs binds; fsGroup applied; namespace deletion"
 kubectl -n "$NS" apply -f - >/dev/null <<'EOF'
 apiVersion: v1
 kind: PersistentVolumeClaim
 metadata: {name: state}
 spec:
+  storageClassName: standard
   accessModes: ["ReadWriteOnce"]
   resources: {requests: {storage: 1Gi}}
 ---

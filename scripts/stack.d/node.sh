@@ -18,7 +18,7 @@
 # node's address is the bridge's; only one real node per machine (bridge, sysctls, /var/log/containers are
 # machine-wide).
 # This file sets the variables and small helpers the parts share; the code is in node/, by concern: install.sh,
-# images.sh, network.sh, config.sh, objects.sh, up.sh, down.sh (sourced at the end).
+# images.sh, network.sh, config.sh, objects.sh, provisioners.sh, up.sh, down.sh (sourced at the end).
 
 NODE_DIR="$STACK_DIR/node"
 NODE_SRC="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/node"
@@ -110,6 +110,8 @@ _node_config() {
 . "$NODE_SRC/config.sh"
 # shellcheck source=scripts/stack.d/node/objects.sh
 . "$NODE_SRC/objects.sh"
+# shellcheck source=scripts/stack.d/node/provisioners.sh
+. "$NODE_SRC/provisioners.sh"
 # shellcheck source=scripts/stack.d/node/up.sh
 . "$NODE_SRC/up.sh"
 # shellcheck source=scripts/stack.d/node/down.sh

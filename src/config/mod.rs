@@ -77,6 +77,10 @@ pub enum Failpoint {
     BeforeReply,
     /// A pool slot's Secret is taken (deleted; its key only in memory); the lease's onion Secret not yet written.
     AfterPoolTake,
+    /// Cash-out: cdk's melt saga is prepared (proofs reserved), nothing sent to the mint.
+    BeforeMelt,
+    /// Cash-out: the mint answered that the invoice is paid; the operator has no answer yet.
+    AfterMelt,
 }
 
 impl Failpoint {
@@ -88,6 +92,8 @@ impl Failpoint {
             "after_ready" | "after_onion" => Some(Failpoint::AfterReady),
             "before_reply" => Some(Failpoint::BeforeReply),
             "after_pool_take" => Some(Failpoint::AfterPoolTake),
+            "before_melt" => Some(Failpoint::BeforeMelt),
+            "after_melt" => Some(Failpoint::AfterMelt),
             _ => None,
         }
     }
@@ -98,6 +104,8 @@ impl Failpoint {
             Failpoint::AfterPodCreate => "after_pod_create",
             Failpoint::AfterReady => "after_ready",
             Failpoint::BeforeReply => "before_reply",
+            Failpoint::BeforeMelt => "before_melt",
+            Failpoint::AfterMelt => "after_melt",
             Failpoint::AfterPoolTake => "after_pool_take",
         }
     }
@@ -384,7 +392,7 @@ impl Config {
                     "PAYGRESS_FAILPOINT",
                     format!(
                         "{name:?} is not one of after_redeem, after_pod_create, after_pool_take, after_ready, after_onion, \
-                         before_reply"
+                         before_reply, before_melt, after_melt"
                     ),
                 );
                 None

@@ -78,6 +78,8 @@ fn failpoints_parse_and_bad_names_are_refused() {
         ("after_ready", Failpoint::AfterReady),
         ("after_onion", Failpoint::AfterReady),
         ("before_reply", Failpoint::BeforeReply),
+        ("before_melt", Failpoint::BeforeMelt),
+        ("after_melt", Failpoint::AfterMelt),
         ("after_pool_take", Failpoint::AfterPoolTake),
     ] {
         let c = Config::from_map(&env(&[base[0], ("PAYGRESS_FAILPOINT", name)])).unwrap();

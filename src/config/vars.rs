@@ -159,9 +159,9 @@ pub const VARS: &[VarDoc] = &[
     VarDoc {
         name: "PAYGRESS_FAILPOINT",
         default: "(none)",
-        help:
-            "testing/operations aid: abort the process (like kill -9) right after a saga step is persisted: \
-               after_redeem, after_pod_create, after_pool_take, after_ready (alias after_onion) or before_reply; never set in production",
+        help: "testing/operations aid: abort the process (like kill -9) right after a saga step is persisted: \
+               after_redeem, after_pod_create, after_pool_take, after_ready (alias after_onion) or before_reply; of a \
+               cash-out: before_melt, after_melt; never set in production",
     },
     VarDoc { name: "PAYGRESS_LOG_FORMAT", default: "text", help: "text or json" },
     VarDoc { name: "RUST_LOG", default: "info", help: "tracing filter" },

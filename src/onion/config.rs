@@ -2,7 +2,7 @@
 //! the purge of onion-service state a previous process left.
 
 use std::fmt::Write as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use arti_client::config::{ConfigurationSource, ConfigurationSources};
@@ -28,10 +28,23 @@ pub fn client_config(tor_dir: &Path, network_config: Option<&Path>) -> Result<To
         sources.push_source(ConfigurationSource::from_verbatim(text), MustRead::MustRead);
     }
     let mut ours = storage_overrides(&tor_dir.join("state"), &tor_dir.join("cache")).map_err(setup)?;
+    let mut permissions = String::new();
     if let Some(gid) = trusted_group(tor_dir) {
         // A volume mounted with fsGroup is group-writable by that group, which is ours (Kubernetes adds it
         // to the pod's groups); arti's default trusts only a group named like the user and would refuse.
-        ours.push_str(&format!("\n[storage.permissions]\ntrust_group = {gid}\n"));
+        permissions.push_str(&format!("trust_group = {gid}\n"));
+    }
+    if let Some(root) = open_volume_root(tor_dir) {
+        // k3s's local-path and minikube's hostpath provisioners give a volume root owned by root with mode 0777
+        // and apply no fsGroup: arti would refuse every path under it, and the provider cannot change it.
+        // arti then checks only what the provider makes inside it (its own directories, 0700).
+        warn!(volume = %root.display(), "the state volume's root is world-writable and not ours (a hostPath \
+              provisioner's volume): only the provider's own directories in it are permission-checked");
+        let root = root.to_str().ok_or_else(|| setup(format!("path {} is not UTF-8", root.display())))?;
+        permissions.push_str(&format!("ignore_prefix = {}\n", toml_string(root)));
+    }
+    if !permissions.is_empty() {
+        ours.push_str(&format!("\n[storage.permissions]\n{permissions}"));
     }
     sources.push_source(ConfigurationSource::from_verbatim(ours), MustRead::MustRead);
 
@@ -59,6 +72,30 @@ fn trusted_group(dir: &Path) -> Option<u32> {
     let existing = dir.ancestors().find(|p| p.exists())?;
     let gid = std::fs::metadata(existing).ok()?.gid();
     (gid != 0 && process_groups().contains(&gid)).then_some(gid)
+}
+
+/// The state volume's root (`tor_dir`'s parent) when it is world-writable without the sticky bit and owned by
+/// someone else: what a hostPath provisioner hands out. (One of ours is made private instead.)
+fn open_volume_root(tor_dir: &Path) -> Option<PathBuf> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let root = tor_dir.parent()?;
+    let meta = std::fs::metadata(root).ok()?;
+    let mode = meta.mode();
+    if mode & 0o002 == 0 || mode & 0o1000 != 0 {
+        return None;
+    }
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if meta.uid() == unsafe { libc::geteuid() } {
+        let private = std::fs::Permissions::from_mode(mode & 0o7750);
+        match std::fs::set_permissions(root, private) {
+            Ok(()) => warn!(dir = %root.display(), "the state dir was world-writable; made it private"),
+            Err(e) => {
+                warn!(dir = %root.display(), error = %e, "the state dir is world-writable and could not be fixed")
+            }
+        }
+        return None;
+    }
+    Some(root.to_path_buf())
 }
 
 /// This process's effective and supplementary group ids (from /proc/self/status).

@@ -163,6 +163,41 @@ fn a_fragment_mounted_from_a_configmap_is_read() {
     assert!(format!("{cfg:?}").contains("allow_local_addrs: true"), "fragment not merged");
 }
 
+/// k3s's local-path provisioner (and minikube's hostpath one) hand out a volume root owned by root, mode 0777, no
+/// fsGroup. arti refused it ("problem with filesystem permissions"), so the provider exited at once; now only
+/// the provider's own directories in it are checked.
+#[test]
+fn a_world_writable_volume_root_of_another_owner_is_left_unchecked() {
+    use std::os::unix::fs::PermissionsExt;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root to give the volume root another owner");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let vol = dir.path().join("pvc-0123");
+    std::fs::create_dir(&vol).unwrap();
+    std::os::unix::fs::chown(&vol, Some(4242), Some(4242)).unwrap();
+    std::fs::set_permissions(&vol, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let tor_dir = vol.join("tor");
+    let cfg = client_config(&tor_dir, None).unwrap();
+    cfg.fs_mistrust().make_directory(tor_dir.join("state")).expect("arti accepts the provider's dir in the volume");
+    // Without the exception arti refuses the same volume: the defence is what makes it pass.
+    let strict = arti_client::TorClientConfig::default().fs_mistrust().clone();
+    assert!(strict.make_directory(tor_dir.join("other")).is_err(), "a world-writable root must fail by default");
+    // The provider's own directory stays private.
+    let mode = std::fs::metadata(tor_dir.join("state")).unwrap().permissions().mode();
+    assert_eq!(mode & 0o077, 0, "{mode:o}");
+
+    // A world-writable state dir of our own is made private instead.
+    let ours = dir.path().join("ours");
+    std::fs::create_dir(&ours).unwrap();
+    std::fs::set_permissions(&ours, std::fs::Permissions::from_mode(0o777)).unwrap();
+    client_config(&ours.join("tor"), None).unwrap();
+    assert_eq!(std::fs::metadata(&ours).unwrap().permissions().mode() & 0o777, 0o750);
+}
+
 #[tokio::test]
 async fn disabled_variant_creates_nothing() {
     let o = ArtiOnion::disabled();

@@ -87,6 +87,8 @@ pub struct CashuPayment {
     /// One money-moving operation per mint at a time: cdk's sagas are safe, but serialising avoids
     /// spurious `ConcurrentUpdate` conflicts on the keyset counters of one wallet.
     locks: Mutex<BTreeMap<String, Arc<Mutex<()>>>>,
+    /// Crash-recovery testing of the cash-out (`PAYGRESS_FAILPOINT` before_melt/after_melt).
+    failpoint: Option<crate::config::Failpoint>,
 }
 
 impl std::fmt::Debug for CashuPayment {
@@ -133,6 +135,7 @@ impl CashuPayment {
             db: Arc::new(db),
             wallets: Mutex::new(BTreeMap::new()),
             locks: Mutex::new(BTreeMap::new()),
+            failpoint: None,
         })
     }
 

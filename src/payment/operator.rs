@@ -8,7 +8,7 @@ use std::path::Path;
 use cdk::nuts::{MeltQuoteState, PaymentMethod};
 
 use super::{seed, CashuPayment, PaymentError, MINT_TIMEOUT};
-use crate::config::normalize_mint_url;
+use crate::config::{normalize_mint_url, Failpoint};
 
 pub use seed::Restore;
 
@@ -25,6 +25,19 @@ pub struct Paid {
 }
 
 impl CashuPayment {
+    /// Abort at `at` when it is the configured kill point (cash-out crash tests, docs/crash-safety.md).
+    pub fn with_failpoint(mut self, failpoint: Option<Failpoint>) -> Self {
+        self.failpoint = failpoint;
+        self
+    }
+
+    fn failpoint(&self, at: Failpoint) {
+        if self.failpoint == Some(at) {
+            tracing::error!(failpoint = at.name(), "PAYGRESS_FAILPOINT reached: aborting");
+            std::process::abort();
+        }
+    }
+
     /// The mnemonic of the wallet in `wallet_dir`: with the provider's Nostr key, all a restore needs. Reads
     /// the seed file only, so it works while the provider runs. A bearer secret: print it, never log it.
     pub fn backup_phrase(wallet_dir: &Path) -> Result<String, PaymentError> {
@@ -76,6 +89,18 @@ impl CashuPayment {
         self.balances().await
     }
 
+    /// The balance per mint once every interrupted operation at the whitelisted mints is finished (cdk's sagas,
+    /// also run when a mint's wallet is first opened): a cash-out or refund a crash cut short holds its proofs
+    /// reserved until then, so the bare database would show too little. What the operator is shown.
+    pub async fn settled_balances(&self) -> Result<Vec<(String, u64)>, PaymentError> {
+        for mint in &self.mints {
+            if let Err(e) = self.recover_at(mint).await {
+                tracing::warn!(mint = %mint, error = %e, "could not finish interrupted wallet operations");
+            }
+        }
+        self.balances().await
+    }
+
     /// Pay a BOLT11 invoice with the ecash held at `mint` (None: the mint with the largest balance). The mint
     /// pays it over Lightning (NUT-05 melt quote, then melt); fails before any ecash moves when the balance
     /// cannot cover the amount and the mint's fee reserve.
@@ -105,11 +130,13 @@ impl CashuPayment {
             .prepare_melt(&quote.id, HashMap::new())
             .await
             .map_err(|e| PaymentError::from_cdk(&mint, "melt", e))?;
+        self.failpoint(Failpoint::BeforeMelt);
         // No timeout around the payment itself: cdk's saga settles an interrupted melt, and dropping it
         // half-way would leave the outcome to the next start's recovery.
         let confirmed = prepared.confirm().await;
         if let Ok(done) = &confirmed {
             if done.state() == MeltQuoteState::Paid {
+                self.failpoint(Failpoint::AfterMelt);
                 tracing::info!(mint = %mint, amount = u64::from(done.amount()), fee = u64::from(done.fee_paid()), "invoice paid");
                 return Ok(Paid {
                     mint,
@@ -137,6 +164,7 @@ impl CashuPayment {
         if state != MeltQuoteState::Paid {
             return Err(PaymentError::MintRefused { mint, action: "melt", reason });
         }
+        self.failpoint(Failpoint::AfterMelt);
         let after = self.balances().await?.into_iter().find(|(m, _)| *m == mint).map_or(0, |(_, b)| b);
         let amount = u64::from(quote.amount);
         let fee = available.saturating_sub(after).saturating_sub(amount);

@@ -34,6 +34,7 @@ _node_iptables_clean() {
 
 node_down() {
   local name
+  _node_provisioners_down
   for name in kube-network-policies kube-proxy kube-controller-manager kube-scheduler kubelet dockerd crates-mirror; do
     stop_proc "$name"
   done

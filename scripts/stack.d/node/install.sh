@@ -75,6 +75,7 @@ node_install() {
   _node_build_registry
   _node_build_runsc_shim
   _node_build_netpol
+  _node_build_lpp
   _node_build_pause_image
   _node_build_ssh_image
   _node_build_debian_image

@@ -46,9 +46,10 @@ subjects:
 EOF
 }
 
-# Storage: the default StorageClass `standard` and a pool of `local` PersistentVolumes (directories under
-# <stack>/node/pv, node affinity to this node), so a PVC without a class (the manifest's) binds when its pod is
-# scheduled, and the kubelet applies the pod's fsGroup to it as on a cloud disk (a hostPath volume gets no fsGroup).
+# Storage: the StorageClass `standard` and a pool of `local` PersistentVolumes (directories under
+# <stack>/node/pv, node affinity to this node): a PVC of that class binds when its pod is scheduled, and the
+# kubelet applies the pod's fsGroup to it as on a cloud disk (a hostPath volume gets no fsGroup). Not the default
+# class: that is local-path (provisioners.sh).
 # Kept at NODE_PVS available volumes: a Released one (its claim deleted) is wiped and made Available again at up.
 _node_storage() {
   local i pv dir logf="$LOG_DIR/node.log"
@@ -58,7 +59,8 @@ kind: StorageClass
 metadata:
   name: standard
   annotations:
-    storageclass.kubernetes.io/is-default-class: "true"
+    # The default is local-path (provisioners.sh), as on k3s.
+    storageclass.kubernetes.io/is-default-class: "false"
 provisioner: kubernetes.io/no-provisioner
 volumeBindingMode: WaitForFirstConsumer
 reclaimPolicy: Retain

@@ -128,6 +128,8 @@ node_up() {
     kube-network-policies "$NODE_NETPOL_BIN" --kubeconfig="$NODE_PKI/kube-network-policies.kubeconfig" \
     --hostname-override="$NODE_NAME" --nfqueue-id="$NODE_NETPOL_QUEUE" --disable-nri \
     --metrics-bind-address="127.0.0.1:$PORT_NETPOL_METRICS" --v=1
+  # Dynamic storage as k3s and minikube have it (provisioners.sh).
+  _node_provisioners_up
   touch "$NODE_DIR/real"
 }
 
@@ -151,7 +153,8 @@ node_status() {
     && is_running crates-mirror && _node_crates_ready >/dev/null 2>&1 \
     && is_running containerd && _node_ctr_ready >/dev/null 2>&1 && is_running kubelet && _node_kubelet_ready >/dev/null 2>&1 \
     && is_running kube-scheduler && is_running kube-controller-manager && is_running kube-proxy \
-    && _node_registered_ready >/dev/null 2>&1 && is_running kube-network-policies && _node_netpol_ready >/dev/null 2>&1
+    && _node_registered_ready >/dev/null 2>&1 && is_running kube-network-policies && _node_netpol_ready >/dev/null 2>&1 \
+    && _node_provisioners_running
 }
 
 node_env() {
