@@ -490,8 +490,8 @@ fn wallet_op(args: &[String]) -> Result<WalletOp> {
 fn backup_text(phrase: &str, nsec: &str, mints: &[String]) -> String {
     format!(
         "# Paygress wallet backup. Whoever holds this can spend the provider's earnings: keep it offline.\n\
-         # Restore onto an empty volume: `paygress wallet restore < this-file`, or in Kubernetes the Secrets of\n\
-         # README \"Backup and restore\".\n\
+         # Restore onto an empty volume: `paygress wallet restore < this-file`, or in Kubernetes the Secrets\n\
+         # paygress-wallet-seed and paygress-nostr-key (README, \"Day two\").\n\
          # Mints: {}\n{BACKUP_SEED}{phrase}\n{BACKUP_KEY}{nsec}\n",
         mints.join(" ")
     )
