@@ -461,24 +461,30 @@ const BACKUP_SEED: &str = "PAYGRESS_WALLET_SEED=";
 const BACKUP_KEY: &str = "NOSTR_PRIVATE_KEY=";
 
 enum WalletOp {
+    Backup,
+    Restore,
+    /// What needs the wallet database: opened here, or through the running provider that holds it.
+    Db(DbOp),
+}
+
+enum DbOp {
     Balance,
     Send { amount: u64, mint: Option<String> },
     Pay { invoice: String, mint: Option<String> },
-    Backup,
-    Restore,
 }
 
 fn wallet_op(args: &[String]) -> Result<WalletOp> {
     let mint = || args.iter().position(|a| a == "--mint").and_then(|i| args.get(i + 1)).cloned();
     Ok(match args.first().map(String::as_str) {
-        Some("balance") => WalletOp::Balance,
-        Some("send") => {
-            WalletOp::Send { amount: args.get(1).and_then(|a| a.parse().ok()).context(WALLET_USAGE)?, mint: mint() }
-        }
-        Some("pay") => WalletOp::Pay {
+        Some("balance") => WalletOp::Db(DbOp::Balance),
+        Some("send") => WalletOp::Db(DbOp::Send {
+            amount: args.get(1).and_then(|a| a.parse().ok()).context(WALLET_USAGE)?,
+            mint: mint(),
+        }),
+        Some("pay") => WalletOp::Db(DbOp::Pay {
             invoice: args.get(1).filter(|a| !a.starts_with("--")).cloned().context(WALLET_USAGE)?,
             mint: mint(),
-        },
+        }),
         Some("backup") => WalletOp::Backup,
         Some("restore") => WalletOp::Restore,
         _ => anyhow::bail!(WALLET_USAGE),
@@ -511,8 +517,7 @@ fn parse_backup(text: &str) -> Result<(String, Option<String>)> {
 /// (PAYGRESS_HTTP_ADDR with PAYGRESS_ADMIN_TOKEN[_FILE]). Backup reads files only; restore wants an empty
 /// wallet dir and no running provider.
 pub async fn wallet_command(cfg: &Config, args: &[String]) -> Result<()> {
-    let op = wallet_op(args)?;
-    match op {
+    let op = match wallet_op(args)? {
         WalletOp::Backup => {
             let phrase =
                 crate::payment::CashuPayment::backup_phrase(&cfg.wallet_dir).context("read the wallet seed")?;
@@ -522,8 +527,8 @@ pub async fn wallet_command(cfg: &Config, args: &[String]) -> Result<()> {
             return Ok(());
         }
         WalletOp::Restore => return wallet_restore(cfg).await,
-        _ => {}
-    }
+        WalletOp::Db(op) => op,
+    };
     let keys = crate::nostr::load_keys(&cfg.nostr_key).context("load the provider's Nostr key")?;
     let wallet = crate::payment::CashuPayment::new(
         &cfg.wallet_dir,
@@ -536,17 +541,16 @@ pub async fn wallet_command(cfg: &Config, args: &[String]) -> Result<()> {
         Err(open_err) => return wallet_via_provider(cfg, op, open_err).await,
     };
     match op {
-        WalletOp::Balance => {
+        DbOp::Balance => {
             for (mint, sats) in payment.settled_balances().await? {
                 println!("{mint}\t{sats} sat");
             }
         }
-        WalletOp::Send { amount, mint } => println!("{}", payment.send(mint.as_deref(), amount).await?),
-        WalletOp::Pay { invoice, mint } => {
+        DbOp::Send { amount, mint } => println!("{}", payment.send(mint.as_deref(), amount).await?),
+        DbOp::Pay { invoice, mint } => {
             let paid = payment.pay_invoice(&invoice, mint.as_deref()).await?;
             println!("paid {} sat (fee {} sat) from {}", paid.amount, paid.fee, paid.mint);
         }
-        WalletOp::Backup | WalletOp::Restore => {}
     }
     Ok(())
 }
@@ -589,7 +593,7 @@ async fn wallet_restore(cfg: &Config) -> Result<()> {
 }
 
 /// Balance, send and pay through the running provider, which holds the wallet database.
-async fn wallet_via_provider(cfg: &Config, op: WalletOp, open_err: crate::payment::PaymentError) -> Result<()> {
+async fn wallet_via_provider(cfg: &Config, op: DbOp, open_err: crate::payment::PaymentError) -> Result<()> {
     let Some(source) = &cfg.admin_token else {
         return Err(anyhow::Error::new(open_err).context(
             "open the Cashu wallet (a running provider holds it: stop it, or set PAYGRESS_ADMIN_TOKEN to go through it)",
@@ -604,19 +608,19 @@ async fn wallet_via_provider(cfg: &Config, op: WalletOp, open_err: crate::paymen
         async move { crate::http::admin_call(cfg.http_addr, &token, method, path, body.as_ref()).await }
     };
     match op {
-        WalletOp::Balance => {
+        DbOp::Balance => {
             let v = call("GET", "/admin/wallet/balance", None).await.map_err(via)?;
             let balances = v["balances"].as_array().context("no balances in the provider's answer")?;
             for b in balances {
                 println!("{}\t{} sat", b["mint"].as_str().unwrap_or("?"), b["sats"].as_u64().unwrap_or(0));
             }
         }
-        WalletOp::Send { amount, mint } => {
+        DbOp::Send { amount, mint } => {
             let body = serde_json::json!({"amount": amount, "mint": mint});
             let v = call("POST", "/admin/wallet/send", Some(body)).await.map_err(via)?;
             println!("{}", v["token"].as_str().context("no token in the provider's answer")?);
         }
-        WalletOp::Pay { invoice, mint } => {
+        DbOp::Pay { invoice, mint } => {
             let body = serde_json::json!({"invoice": invoice, "mint": mint});
             let v = call("POST", "/admin/wallet/pay", Some(body)).await.map_err(via)?;
             println!(
@@ -626,7 +630,6 @@ async fn wallet_via_provider(cfg: &Config, op: WalletOp, open_err: crate::paymen
                 v["mint"].as_str().unwrap_or("?")
             );
         }
-        WalletOp::Backup | WalletOp::Restore => {}
     }
     Ok(())
 }

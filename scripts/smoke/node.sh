@@ -24,9 +24,8 @@
 #     descriptor names STACK_ADDR) and the Tor client's SocksPort (SOCKS5 greeting) answer at STACK_ADDR; env.sh names
 #     them there; `ss -ltnp`: the peers' processes listen on STACK_ADDR only (their ControlPorts on 127.0.0.1, by
 #     design) and nothing listens on the peers' ports elsewhere. Skipped when none of the peers runs.
-# 10. A PVC of class `standard` (local PVs) binds; a non-root pod with fsGroup writes to it
-#     and the kubelet applied the fsGroup (group-owned, setgid). The namespace is deleted to the end (namespace
-#     controller).
+# 10. The namespace is deleted to the end (namespace controller). Volumes of each StorageClass, fsGroup among
+#     them: scripts/smoke/storage.sh.
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=scripts/lib.sh
@@ -317,35 +316,7 @@ PROBE
 fi
 took
 
-step "10. a PVC of the class of local PVs binds; fsGroup applied; namespace deletion"
-kubectl -n "$NS" apply -f - >/dev/null <<'EOF'
-apiVersion: v1
-kind: PersistentVolumeClaim
-metadata: {name: state}
-spec:
-  storageClassName: standard
-  accessModes: ["ReadWriteOnce"]
-  resources: {requests: {storage: 1Gi}}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: writer}
-spec:
-  restartPolicy: Never
-  securityContext: {runAsUser: 65532, runAsGroup: 65532, fsGroup: 65532, runAsNonRoot: true}
-  containers:
-  - name: c
-    image: lscr.io/linuxserver/openssh-server:latest
-    imagePullPolicy: IfNotPresent
-    command: [bash, -c, 'echo ok > /state/x && stat -c "%a %g" /state']
-    volumeMounts: [{name: s, mountPath: /state}]
-  volumes: [{name: s, persistentVolumeClaim: {claimName: state}}]
-EOF
-for _ in $(seq 1 60); do
-  [ "$(kubectl -n "$NS" get pod writer -o jsonpath='{.status.phase}')" = Succeeded ] && break; sleep 0.5
-done
-[ "$(kubectl -n "$NS" get pvc state -o jsonpath='{.status.phase}')" = Bound ] || fail kubelet "$KLOG" "PVC not Bound"
-[ "$(kubectl -n "$NS" logs writer)" = "2775 65532" ] || fail kubelet "$KLOG" "fsGroup not applied: $(kubectl -n "$NS" logs writer)"
+step "10. the namespace is deleted to the end (namespace controller); volumes are scripts/smoke/storage.sh's"
 kubectl delete ns "$NS" --timeout=90s >/dev/null || fail kube-controller-manager "$LOG_DIR/kube-controller-manager.log" "namespace not deleted"
 took
 say "all passed"

@@ -2,7 +2,7 @@
 # Operators' storage (issue 19 item 3): the unedited manifest starts, Tor on, on each StorageClass of the stack.
 #  1. What each class hands out: a PVC of `local-path` (rancher/local-path-provisioner, k3s's default) and of
 #     `hostpath` (minikube's kind) becomes a hostPath directory, root-owned, mode 0777, no fsGroup; one of
-#     `standard` (local PVs) gets the pod's fsGroup (2775, group 65532).
+#     `standard` (local PVs) gets the pod's fsGroup (2775, group 65532). A claim's deletion removes its directory.
 #  2. For `hostpath` and `standard` (`local-path`, the default class, is scripts/smoke/deploy.sh's), made the
 #     default class for the run: `kubectl apply -f k8s/sidecar-service.yaml`, the stack's Tor network and relay
 #     and mint set as deploy.sh sets them; the Deployment becomes available, i.e. /readyz passed: journal, wallet

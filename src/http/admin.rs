@@ -104,6 +104,18 @@ impl Admin {
         }
         Err(ApiError::new(StatusCode::UNAUTHORIZED, ErrorCode::InvalidRequest, "wrong admin token"))
     }
+
+    /// The body of an authorised call: the token is judged first, so a caller without it learns nothing from
+    /// how its body is read.
+    fn authorised_body<T>(
+        &self,
+        headers: &HeaderMap,
+        client: Option<Extension<ClientAddr>>,
+        body: Result<ApiJson<T>, ApiError>,
+    ) -> Result<T, ApiError> {
+        self.authorised(headers, client.map(|c| c.0 .0))?;
+        body.map(|ApiJson(b)| b)
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -156,11 +168,8 @@ pub(super) async fn admin_send(
     headers: HeaderMap,
     body: Result<ApiJson<WalletSendBody>, ApiError>,
 ) -> Response {
-    if let Err(e) = admin.authorised(&headers, client.map(|c| c.0 .0)) {
-        return e.into_response();
-    }
-    let body = match body {
-        Ok(ApiJson(b)) => b,
+    let body = match admin.authorised_body(&headers, client, body) {
+        Ok(b) => b,
         Err(e) => return e.into_response(),
     };
     if body.amount == 0 {
@@ -195,11 +204,8 @@ pub(super) async fn admin_pay(
     headers: HeaderMap,
     body: Result<ApiJson<WalletPayBody>, ApiError>,
 ) -> Response {
-    if let Err(e) = admin.authorised(&headers, client.map(|c| c.0 .0)) {
-        return e.into_response();
-    }
-    let body = match body {
-        Ok(ApiJson(b)) => b,
+    let body = match admin.authorised_body(&headers, client, body) {
+        Ok(b) => b,
         Err(e) => return e.into_response(),
     };
     let invoice = body.invoice.trim();

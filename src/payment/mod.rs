@@ -46,6 +46,31 @@ use crate::lease::ports::{PaymentPort, PortResult, TokenInfo, TokenState};
 /// Bound on one exchange with a mint; past it the outcome is treated as unknown (Transient).
 const MINT_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// `call` at `mint`, bounded by `limit`: past it the outcome is unknown (`MintUnavailable`, Transient); cdk's
+/// own errors are classified by [`PaymentError::from_cdk`] under the same `action`.
+async fn at_mint<T>(
+    mint: &str,
+    action: &'static str,
+    limit: Duration,
+    call: impl std::future::Future<Output = Result<T, cdk::Error>>,
+) -> Result<T, PaymentError> {
+    timed(mint, action, limit, call).await?.map_err(|e| PaymentError::from_cdk(mint, action, e))
+}
+
+/// As [`at_mint`], for a call whose error the caller reads itself.
+async fn timed<F: std::future::Future>(
+    mint: &str,
+    action: &'static str,
+    limit: Duration,
+    call: F,
+) -> Result<F::Output, PaymentError> {
+    tokio::time::timeout(limit, call).await.map_err(|_| PaymentError::MintUnavailable {
+        mint: mint.to_string(),
+        action,
+        reason: "timed out".into(),
+    })
+}
+
 /// Metadata key on cdk's outgoing transaction naming the request a refund belongs to.
 const REFUND_METADATA_KEY: &str = "paygress-refund";
 
@@ -177,8 +202,7 @@ impl CashuPayment {
         if self.mints.iter().any(|m| m == mint) {
             return self.open_wallet(mint).await;
         }
-        let held = self.balances().await?.into_iter().any(|(m, b)| m == mint && b > 0);
-        if !held {
+        if self.balance_at(mint).await? == 0 {
             return Err(PaymentError::MintNotAllowed { mint: mint.to_string() });
         }
         self.open_wallet(mint).await
@@ -219,14 +243,7 @@ impl CashuPayment {
         let wallet = self.open_wallet(mint).await?;
         let lock = self.lock(mint).await;
         let _guard = lock.lock().await;
-        tokio::time::timeout(MINT_TIMEOUT, wallet.recover_incomplete_sagas())
-            .await
-            .map_err(|_| PaymentError::MintUnavailable {
-                mint: mint.to_string(),
-                action: "recover",
-                reason: "timed out".into(),
-            })?
-            .map_err(|e| PaymentError::from_cdk(mint, "recover", e))?;
+        at_mint(mint, "recover", MINT_TIMEOUT, wallet.recover_incomplete_sagas()).await?;
         Ok(())
     }
 
@@ -244,14 +261,8 @@ impl CashuPayment {
         let checked = self.check(raw)?;
         let mint = checked.info.mint_url.clone();
         let wallet = self.wallet(&mint).await?;
-        let keysets = tokio::time::timeout(MINT_TIMEOUT, wallet.keysets(KeysetLoadPolicy::CacheThenNetwork))
-            .await
-            .map_err(|_| PaymentError::MintUnavailable {
-                mint: mint.clone(),
-                action: "keysets",
-                reason: "timed out".into(),
-            })?
-            .map_err(|e| PaymentError::from_cdk(&mint, "keysets", e))?;
+        let keysets =
+            at_mint(&mint, "keysets", MINT_TIMEOUT, wallet.keysets(KeysetLoadPolicy::CacheThenNetwork)).await?;
         token::vet_proofs(&checked.token, &keysets)
     }
 
@@ -270,14 +281,7 @@ impl CashuPayment {
         let opts = ReceiveOptions { p2pk_signing_keys: vec![self.p2pk_key.clone()], ..Default::default() };
         let lock = self.lock(&mint).await;
         let _guard = lock.lock().await;
-        let received = tokio::time::timeout(MINT_TIMEOUT, wallet.receive(&tok.to_string(), opts))
-            .await
-            .map_err(|_| PaymentError::MintUnavailable {
-                mint: mint.clone(),
-                action: "redeem",
-                reason: "timed out".into(),
-            })?
-            .map_err(|e| PaymentError::from_cdk(&mint, "redeem", e))?;
+        let received = at_mint(&mint, "redeem", MINT_TIMEOUT, wallet.receive(&tok.to_string(), opts)).await?;
         let received = u64::from(received);
         tracing::info!(mint = %mint, face = checked.info.amount, received, "token redeemed");
         Ok(received)
@@ -295,17 +299,9 @@ impl CashuPayment {
             .collect::<Result<Vec<_>, _>>()
             .map_err(|_| PaymentError::InvalidToken { reason: "proof secret maps to no curve point".into() })?;
         let wallet = self.wallet(&mint).await?;
-        let resp = tokio::time::timeout(
-            MINT_TIMEOUT,
-            wallet.mint_connector().post_check_state(CheckStateRequest { ys: ys.clone() }),
-        )
-        .await
-        .map_err(|_| PaymentError::MintUnavailable {
-            mint: mint.clone(),
-            action: "check state",
-            reason: "timed out".into(),
-        })?
-        .map_err(|e| PaymentError::from_cdk(&mint, "check state", e))?;
+        let connector = wallet.mint_connector();
+        let check = connector.post_check_state(CheckStateRequest { ys: ys.clone() });
+        let resp = at_mint(&mint, "check state", MINT_TIMEOUT, check).await?;
         let states: BTreeMap<PublicKey, State> = resp.states.iter().map(|s| (s.y, s.state)).collect();
         let mut all_spent = true;
         for y in &ys {
@@ -445,23 +441,11 @@ impl CashuPayment {
                 break;
             }
             let prepared =
-                tokio::time::timeout(MINT_TIMEOUT, wallet.prepare_send(Amount::from(try_amount), options.clone()))
-                    .await
-                    .map_err(|_| PaymentError::MintUnavailable {
-                        mint: mint.clone(),
-                        action: "send",
-                        reason: "timed out".into(),
-                    })?;
+                timed(&mint, "send", MINT_TIMEOUT, wallet.prepare_send(Amount::from(try_amount), options.clone()))
+                    .await?;
             match prepared {
                 Ok(p) => {
-                    let token = tokio::time::timeout(MINT_TIMEOUT, p.confirm(None))
-                        .await
-                        .map_err(|_| PaymentError::MintUnavailable {
-                            mint: mint.clone(),
-                            action: "send",
-                            reason: "timed out".into(),
-                        })?
-                        .map_err(|e| PaymentError::from_cdk(&mint, "send", e))?;
+                    let token = at_mint(&mint, "send", MINT_TIMEOUT, p.confirm(None)).await?;
                     if try_amount < amount {
                         tracing::warn!(mint = %mint, requested = amount, sent = try_amount, "wallet short: sent less than requested");
                     } else {
@@ -521,6 +505,11 @@ impl CashuPayment {
             *out.entry(key).or_default() += b;
         }
         Ok(out.into_iter().collect())
+    }
+
+    /// Spendable sats at one mint (normalised URL), from the database.
+    async fn balance_at(&self, mint: &str) -> Result<u64, PaymentError> {
+        Ok(self.balances().await?.into_iter().find(|(m, _)| m == mint).map_or(0, |(_, b)| b))
     }
 
     pub async fn total_balance(&self) -> Result<u64, PaymentError> {

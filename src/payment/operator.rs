@@ -7,10 +7,13 @@ use std::path::Path;
 
 use cdk::nuts::{MeltQuoteState, PaymentMethod};
 
-use super::{seed, CashuPayment, PaymentError, MINT_TIMEOUT};
+use super::{at_mint, seed, CashuPayment, PaymentError, MINT_TIMEOUT};
 use crate::config::{normalize_mint_url, Failpoint};
 
 pub use seed::Restore;
+
+/// A NUT-13 restore scans every keyset in batches until a gap: several exchanges, so a longer bound.
+const RESTORE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
 
 /// An invoice paid from the wallet.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,14 +67,7 @@ impl CashuPayment {
             let wallet = self.open_wallet(mint).await?;
             let lock = self.lock(mint).await;
             let _guard = lock.lock().await;
-            let restored = tokio::time::timeout(MINT_TIMEOUT * 4, wallet.restore())
-                .await
-                .map_err(|_| PaymentError::MintUnavailable {
-                    mint: mint.clone(),
-                    action: "restore",
-                    reason: "timed out".into(),
-                })?
-                .map_err(|e| PaymentError::from_cdk(mint, "restore", e))?;
+            let restored = at_mint(mint, "restore", RESTORE_TIMEOUT, wallet.restore()).await?;
             tracing::info!(
                 mint = %mint,
                 unspent = u64::from(restored.unspent),
@@ -112,17 +108,11 @@ impl CashuPayment {
         let wallet = self.spending_wallet(&mint).await?;
         let lock = self.lock(&mint).await;
         let _guard = lock.lock().await;
-        let timeout = |action: &'static str| PaymentError::MintUnavailable {
-            mint: mint.clone(),
-            action,
-            reason: "timed out".into(),
-        };
-        let quote = tokio::time::timeout(MINT_TIMEOUT, wallet.melt_quote(PaymentMethod::BOLT11, invoice, None, None))
-            .await
-            .map_err(|_| timeout("melt quote"))?
-            .map_err(|e| PaymentError::from_cdk(&mint, "melt quote", e))?;
+        let quote =
+            at_mint(&mint, "melt quote", MINT_TIMEOUT, wallet.melt_quote(PaymentMethod::BOLT11, invoice, None, None))
+                .await?;
         let needed = u64::from(quote.amount) + u64::from(quote.fee_reserve);
-        let available = self.balances().await?.into_iter().find(|(m, _)| *m == mint).map_or(0, |(_, b)| b);
+        let available = self.balance_at(&mint).await?;
         if available < needed {
             return Err(PaymentError::InsufficientFunds { mint, available, requested: needed });
         }
@@ -165,7 +155,7 @@ impl CashuPayment {
             return Err(PaymentError::MintRefused { mint, action: "melt", reason });
         }
         self.failpoint(Failpoint::AfterMelt);
-        let after = self.balances().await?.into_iter().find(|(m, _)| *m == mint).map_or(0, |(_, b)| b);
+        let after = self.balance_at(&mint).await?;
         let amount = u64::from(quote.amount);
         let fee = available.saturating_sub(after).saturating_sub(amount);
         tracing::info!(mint = %mint, amount, fee, "invoice paid (confirmed by the mint)");
@@ -179,14 +169,7 @@ impl CashuPayment {
         if !unspent.is_empty() {
             wallet.check_proofs_spent(unspent).await.map_err(|e| PaymentError::from_cdk(mint, "check proofs", e))?;
         }
-        tokio::time::timeout(MINT_TIMEOUT * 4, wallet.restore())
-            .await
-            .map_err(|_| PaymentError::MintUnavailable {
-                mint: mint.to_string(),
-                action: "restore",
-                reason: "timed out".into(),
-            })?
-            .map_err(|e| PaymentError::from_cdk(mint, "restore", e))?;
+        at_mint(mint, "restore", RESTORE_TIMEOUT, wallet.restore()).await?;
         Ok(())
     }
 }

@@ -13,18 +13,22 @@ _node_apt() {
     || fail node "$logf" "apt-get install ${missing[*]} failed"
 }
 
-# The local registry: CNCF Distribution's `registry`, built from the Go module proxy (no replace directives, so a
-# plain `go install …@version`).
-_node_build_registry() {
-  [ -x "$NODE_REGISTRY_BIN" ] && return 0
-  local logf="$LOG_DIR/node-build-registry.log" t0
+# _node_go_install PEER BIN PACKAGE@VERSION: a command from the Go module proxy whose module has no replace
+# directives (so a plain `go install …@version`) into BIN's directory, unless BIN is there.
+_node_go_install() {
+  local peer="$1" bin="$2" pkg="$3" logf="$LOG_DIR/node-build-$1.log" t0
+  [ -x "$bin" ] && return 0
   t0=$(date +%s)
-  log "node: building the registry (distribution $NODE_REGISTRY_VERSION) from the Go module proxy (log $logf)"
-  mkdir -p "$(dirname "$NODE_REGISTRY_BIN")"
-  ( cd "$(dirname "$NODE_REGISTRY_BIN")" && GOWORK=off GOBIN="$(dirname "$NODE_REGISTRY_BIN")" nice -n 10 "$K8S_GO" install \
-      -trimpath -ldflags='-s -w' "github.com/distribution/distribution/v3/cmd/registry@$NODE_REGISTRY_VERSION" ) \
-    >>"$logf" 2>&1 || fail registry "$logf" "build of the registry failed"
-  log "node: registry built in $(( $(date +%s) - t0 ))s"
+  log "node: building $peer ($pkg) from the Go module proxy (log $logf)"
+  mkdir -p "$(dirname "$bin")"
+  ( cd "$(dirname "$bin")" && GOWORK=off GOBIN="$(dirname "$bin")" nice -n 10 "$K8S_GO" install \
+      -trimpath -ldflags='-s -w' "$pkg" ) >>"$logf" 2>&1 || fail "$peer" "$logf" "build of $peer failed"
+  log "node: $peer built in $(( $(date +%s) - t0 ))s"
+}
+
+# The local registry: CNCF Distribution's `registry`.
+_node_build_registry() {
+  _node_go_install registry "$NODE_REGISTRY_BIN" "github.com/distribution/distribution/v3/cmd/registry@$NODE_REGISTRY_VERSION"
 }
 
 # gVisor's containerd shim (containerd-shim-runsc-v1), built from gVisor's module (Go module proxy) copied under

@@ -18,15 +18,7 @@ NODE_LPP_NS="local-path-storage"
 NODE_STORAGE_CLASSES=("local-path:rancher.io/local-path:local-path" "hostpath:k8s.io/minikube-hostpath:hostpath")
 
 _node_build_lpp() {
-  [ -x "$NODE_LPP_BIN" ] && return 0
-  local logf="$LOG_DIR/node-build-local-path.log" t0
-  t0=$(date +%s)
-  log "node: building local-path-provisioner $NODE_LPP_VERSION from the Go module proxy (log $logf)"
-  mkdir -p "$(dirname "$NODE_LPP_BIN")"
-  ( cd "$(dirname "$NODE_LPP_BIN")" && GOWORK=off GOFLAGS=-mod=mod GOBIN="$(dirname "$NODE_LPP_BIN")" nice -n 10 \
-      "$K8S_GO" install -trimpath -ldflags='-s -w' "github.com/rancher/local-path-provisioner@$NODE_LPP_VERSION" ) \
-    >>"$logf" 2>&1 || fail local-path-provisioner "$logf" "build of local-path-provisioner failed"
-  log "node: local-path-provisioner built in $(( $(date +%s) - t0 ))s"
+  _node_go_install local-path-provisioner "$NODE_LPP_BIN" "github.com/rancher/local-path-provisioner@$NODE_LPP_VERSION"
 }
 
 # The helper pods' image: the bookworm-slim stand-in, tagged busybox in the node's containerd and the registry.
@@ -99,7 +91,7 @@ EOF
 }
 
 _node_provisioners_up() {
-  [ -x "$NODE_LPP_BIN" ] || fail local-path-provisioner "$LOG_DIR/node-build-local-path.log" "$NODE_LPP_BIN not built (scripts/stack install node)"
+  [ -x "$NODE_LPP_BIN" ] || fail local-path-provisioner "$LOG_DIR/node-build-local-path-provisioner.log" "$NODE_LPP_BIN not built (scripts/stack install node)"
   _node_busybox_image
   _node_provisioner_objects
   local entry name prov dir
@@ -112,7 +104,7 @@ _node_provisioners_up() {
 }
 
 _node_provisioners_down() {
-  local entry name
+  local entry
   for entry in "${NODE_STORAGE_CLASSES[@]}"; do stop_proc "provisioner-${entry%%:*}"; done
 }
 
